@@ -1,0 +1,479 @@
+"""``MMDataset``: an immutable, Schema-typed dataset over an Arrow table. Every method returns a new one."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datacopilot.schemas import Schema, detect_schema, get_schema
+from datacopilot.schemas.image import decode_image
+
+from . import transforms
+from .errors import DataCopilotError, OperatorError, SchemaError
+from .history import OpRecord, format_history
+from .parallel import check_workers, run_batches
+from .rowops import POLICIES, FilterTask, MapTask, fn_name
+
+
+def _resolve_schema(table: pa.Table, schema: "Schema | str | None") -> Schema:
+    if schema is not None:
+        return get_schema(schema)
+    return detect_schema(table.schema) or Schema.infer(table.schema)
+
+
+class MMDataset:
+    """An immutable multimodal dataset: an Arrow table plus its :class:`~datacopilot.schemas.Schema`.
+
+    Parameters
+    ----------
+    table: the rows, as an Arrow table (it may be memory-mapped from Arrow IPC files).
+    schema: a Schema or a built-in schema's name; detected from the columns when None.
+    root: where relative image paths are resolved (a directory or an fsspec URL prefix).
+
+    Example
+    -------
+    >>> ds = MMDataset.from_rows([{"id": "1", "conversations": [{"from": "human", "value": "hi"},
+    ...                                                        {"from": "gpt", "value": "hello"}]}], schema="MM")
+    >>> len(ds), ds[0]["conversations"][1]["value"]
+    (1, 'hello')
+    """
+
+    def __init__(self, table: pa.Table, schema: "Schema | str | None" = None, root: str | None = None,
+                 history: Sequence[OpRecord] = (), quarantine: "MMDataset | None" = None):
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not isinstance(table, pa.Table):
+            raise DataCopilotError(f"`table` must be a pyarrow Table, got {type(table).__name__}")
+        self._schema = _resolve_schema(table, schema)
+        self._table = self._schema.conform(table)
+        self.root = root
+        self._history = tuple(history)
+        self.quarantine = quarantine
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict], schema: "Schema | str | None" = None, root: str | None = None,
+                  validate: bool = True) -> "MMDataset":
+        """Build a dataset from Python dicts (validated against ``schema`` unless ``validate=False``)."""
+        from .loading import rows_to_table
+
+        s = get_schema(schema) if schema is not None else None
+        table, s = rows_to_table(list(rows), s, source="rows", validate=validate)
+        return cls(table, s, root=root)
+
+    @classmethod
+    def from_polars(cls, df, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
+        """Build a dataset from a polars DataFrame."""
+        return cls(transforms.from_polars_arrow(df.to_arrow()), schema, root=root)
+
+    @classmethod
+    def from_hf(cls, hf_dataset, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
+        """Build a dataset from a Hugging Face ``datasets.Dataset`` (zero-copy over its Arrow table)."""
+        return cls(hf_dataset.data.table, schema, root=root)
+
+    @classmethod
+    def from_pandas(cls, df, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
+        return cls(pa.Table.from_pandas(df, preserve_index=False), schema, root=root)
+
+    def _new(self, table: pa.Table, record: OpRecord | None = None, schema: Schema | None = None,
+             quarantine: "MMDataset | None" = None) -> "MMDataset":
+        hist = self._history + ((record,) if record is not None else ())
+        q = self.quarantine
+        if quarantine is not None:
+            q = quarantine if q is None else q.concat(quarantine)
+        return MMDataset(table, schema or self._schema, root=self.root, history=hist, quarantine=q)
+
+    # -- basics ---------------------------------------------------------------------------------------
+    @property
+    def schema(self) -> Schema:
+        return self._schema
+
+    @property
+    def columns(self) -> list[str]:
+        return self._table.column_names
+
+    @property
+    def nbytes(self) -> int:
+        return self._table.nbytes
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __repr__(self) -> str:
+        return f"MMDataset(schema={self._schema.name}, rows={len(self)}, columns={self.columns})"
+
+    def __getitem__(self, key: Any) -> "dict | MMDataset":
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row index {int(key)} out of range for a dataset of {n} rows")
+            return self._table.slice(i, 1).to_pylist()[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self._new(self._table.slice(start, max(0, stop - start)))
+            return self._new(self._table.take(np.arange(start, stop, step)))
+        if isinstance(key, str):
+            raise DataCopilotError(f"use ds.select([{key!r}]) or ds.to_arrow()[{key!r}] for a column")
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean mask must have {n} entries, got {idx.shape}")
+            return self._new(self._table.filter(pa.array(idx)))
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise IndexError(f"rows are selected by int, slice, list of ints or a boolean mask, got {key!r}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.max() >= n or idx.min() < -n):
+            raise IndexError(f"row indices out of range for a dataset of {n} rows")
+        return self._new(self._table.take(np.where(idx < 0, idx + n, idx)))
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self._table.to_batches(max_chunksize=1024):
+            yield from batch.to_pylist()
+
+    def __add__(self, other: "MMDataset") -> "MMDataset":
+        return self.concat(other)
+
+    def concat(self, *others: "MMDataset") -> "MMDataset":
+        """Rows of this dataset followed by the others'; the schemas must be equal.
+
+        Relative image paths are made absolute when the datasets have different roots, so none is lost.
+        """
+        parts = [self]
+        for o in others:
+            if not isinstance(o, MMDataset):
+                raise DataCopilotError(f"can only add an MMDataset, got {type(o).__name__}")
+            if o.schema != self.schema:
+                raise SchemaError(f"cannot add datasets of different schemas: {self.schema.name} and {o.schema.name}"
+                                  f" (convert one with ds.convert({self.schema.name!r}))")
+            parts.append(o)
+        roots = {p.root for p in parts}
+        root = self.root
+        if len(roots) > 1:
+            parts = [p.with_absolute_paths() for p in parts]
+            root = None
+        table = pa.concat_tables([p._table for p in parts], promote_options="permissive")
+        hist = tuple(r for p in parts for r in p._history)
+        qs = [p.quarantine for p in parts if p.quarantine is not None]
+        q = qs[0].concat(*qs[1:]) if qs else None
+        return MMDataset(table, self._schema, root=root, history=hist, quarantine=q)
+
+    def with_absolute_paths(self) -> "MMDataset":
+        """The same rows with image paths resolved against ``root`` (no-op without a root)."""
+        if not self.root:
+            return self
+        return MMDataset(transforms.absolutize_images(self._table, self._schema, self.root), self._schema,
+                         root=None, history=self._history, quarantine=self.quarantine)
+
+    def history(self) -> list[OpRecord]:
+        """What every operation so far did to the rows: in, out, dropped by reason, failed."""
+        return list(self._history)
+
+    def info(self, print_: bool = True) -> dict:
+        """A summary: rows, schema, columns with types, size in memory, history. Printed unless ``print_=False``."""
+        info = {
+            "rows": len(self), "schema": self._schema.name, "root": self.root,
+            "columns": {f.name: str(f.type) for f in self._table.schema},
+            "nbytes": self.nbytes, "history": [r.as_dict() for r in self._history],
+            "quarantined": len(self.quarantine) if self.quarantine is not None else 0,
+        }
+        if print_:
+            print(f"MMDataset: {info['rows']} rows, schema {info['schema']}, {info['nbytes'] / 1e6:.1f} MB")
+            for k, v in info["columns"].items():
+                print(f"  {k}: {v}")
+            if self._history:
+                print(format_history(self._history))
+        return info
+
+    def head(self, n: int = 5) -> "MMDataset":
+        return self[:n]
+
+    def image(self, i: int, field: str | None = None):
+        """Decode the image of row ``i`` (``field`` defaults to ``image``, or the first of ``images``)."""
+        row = self[i]
+        if field is None:
+            field = "image" if "image" in row else "images"
+        value = row.get(field)
+        if isinstance(value, list):
+            value = value[0] if value else None
+            if isinstance(value, dict) and "url" in value:
+                value = value["url"]
+        if value is None:
+            raise DataCopilotError(f"row {i} has no image in field {field!r}")
+        return decode_image(value, self.root)
+
+    def to_arrow(self) -> pa.Table:
+        return self._table
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.from_arrow(self._table)
+
+    def to_pandas(self):
+        return self._table.to_pandas()
+
+    def to_hf(self):
+        """A Hugging Face ``datasets.Dataset`` over the same Arrow data."""
+        try:
+            import datasets
+        except ImportError as e:
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("datasets", "hf") from e
+        return datasets.Dataset(self._table)
+
+    def to_list(self) -> list[dict]:
+        return self._table.to_pylist()
+
+    # -- reshaping ------------------------------------------------------------------------------------
+    def select(self, columns: Sequence[str]) -> "MMDataset":
+        self._check_columns(columns)
+        t = self._table.select(list(columns))
+        return self._new(t, schema=_resolve_schema(t, None))
+
+    def drop(self, columns: Sequence[str]) -> "MMDataset":
+        self._check_columns(columns)
+        t = self._table.drop_columns(list(columns))
+        keep = all(f.name in t.column_names or not f.required for f in self._schema.fields)
+        return self._new(t, schema=self._schema if keep else _resolve_schema(t, None))
+
+    def rename(self, mapping: dict[str, str]) -> "MMDataset":
+        self._check_columns(mapping)
+        t = self._table.rename_columns([mapping.get(c, c) for c in self.columns])
+        return self._new(t, schema=_resolve_schema(t, None))
+
+    def _check_columns(self, columns) -> None:
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise DataCopilotError(f"no column(s) {missing}; columns: {self.columns}")
+
+    def with_columns(self, *exprs, **named) -> "MMDataset":
+        """Add or replace columns computed by polars expressions (the vectorized fast path).
+
+        >>> import polars as pl
+        >>> ds.with_columns(n_turns=pl.col("conversations").list.len())  # doctest: +SKIP
+        """
+        t0 = time.perf_counter()
+        t = transforms.with_columns(self._table, list(exprs), named)
+        rec = OpRecord("with_columns", len(self), t.num_rows, seconds=time.perf_counter() - t0)
+        return self._new(t, rec)
+
+    def convert(self, schema: "Schema | str") -> "MMDataset":
+        """The same rows in another built-in schema; raises ConversionError naming the row that cannot fit."""
+        from .loading import convert_table
+
+        target = get_schema(schema)
+        if target == self._schema:
+            return self
+        t0 = time.perf_counter()
+        t = convert_table(self._table, self._schema, target)
+        return self._new(t, OpRecord(f"convert:{target.name}", len(self), t.num_rows,
+                                     seconds=time.perf_counter() - t0), schema=target)
+
+    # -- ordering and sampling ------------------------------------------------------------------------
+    def shuffle(self, seed: int | None = None) -> "MMDataset":
+        return self._new(self._table.take(np.random.default_rng(seed).permutation(len(self))))
+
+    def sample(self, n: int, seed: int | None = None) -> "MMDataset":
+        """``n`` distinct rows drawn at random (in random order)."""
+        if not 0 <= n <= len(self):
+            raise DataCopilotError(f"`n` must be between 0 and {len(self)}, got {n!r}")
+        return self._new(self._table.take(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
+    def sort(self, key: "str | Sequence[str] | Callable[[dict], Any]", reverse: bool = False) -> "MMDataset":
+        """Sort by column name(s) or by a function of the row (stable)."""
+        order = "descending" if reverse else "ascending"
+        if callable(key):
+            keys = [key(r) for r in self]
+            idx = sorted(range(len(keys)), key=keys.__getitem__, reverse=reverse)
+            return self._new(self._table.take(idx))
+        names = [key] if isinstance(key, str) else list(key)
+        self._check_columns(names)
+        return self._new(self._table.sort_by([(k, order) for k in names]))
+
+    def split(self, fractions: "float | Sequence[float]", seed: int | None = None) -> list["MMDataset"]:
+        """Split into parts by fractions (``0.9`` -> 90% / 10%); shuffled first when ``seed`` is given."""
+        fr = [fractions, 1 - fractions] if isinstance(fractions, float) else list(fractions)
+        if any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+            raise DataCopilotError(f"`fractions` must be non-negative and sum to 1, got {fractions!r}")
+        ds = self.shuffle(seed) if seed is not None else self
+        bounds = np.round(np.cumsum([0] + fr) * len(self)).astype(int)
+        return [ds[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def shard(self, num_shards: int, index: int, contiguous: bool = True) -> "MMDataset":
+        """Shard ``index`` of ``num_shards``: contiguous blocks, or every ``num_shards``-th row."""
+        if num_shards < 1 or not 0 <= index < num_shards:
+            raise DataCopilotError(f"need 0 <= index < num_shards, got index={index}, num_shards={num_shards}")
+        if not contiguous:
+            return self[index::num_shards]
+        bounds = np.linspace(0, len(self), num_shards + 1).astype(int)
+        return self[int(bounds[index]):int(bounds[index + 1])]
+
+    # -- cleaning -------------------------------------------------------------------------------------
+    def unique(self, by: "str | Sequence[str] | None" = None) -> "MMDataset":
+        """Keep the first row of each distinct value of ``by`` (all columns when None)."""
+        names = self.columns if by is None else ([by] if isinstance(by, str) else list(by))
+        self._check_columns(names)
+        t0 = time.perf_counter()
+        keep = transforms.first_distinct(self._table, names)
+        n_drop = int(len(self) - keep.sum())
+        rec = OpRecord(f"unique({','.join(names)})", len(self), int(keep.sum()),
+                       {f"duplicate {','.join(names)}": n_drop} if n_drop else {}, seconds=time.perf_counter() - t0)
+        return self._new(self._table.filter(pa.array(keep)), rec)
+
+    def nonempty(self) -> "MMDataset":
+        """Drop rows where a required field is null or empty (an empty string, list or conversation turn)."""
+        t0 = time.perf_counter()
+        keep = transforms.nonempty_mask(self._table, self._schema)
+        n_drop = int(len(self) - keep.sum())
+        rec = OpRecord("nonempty", len(self), int(keep.sum()), {"empty field": n_drop} if n_drop else {},
+                       seconds=time.perf_counter() - t0)
+        return self._new(self._table.filter(pa.array(keep)), rec)
+
+    def validate(self) -> list[str]:
+        """Every problem of every row against the schema (empty when all rows are valid). Never raises."""
+        from .loading import table_problems
+
+        return [m for _, m in table_problems(self._table, self._schema, source="row")]
+
+    def sanitize(self) -> "MMDataset":
+        """Drop the rows that do not validate against the schema, each counted with its first problem."""
+        from .loading import table_problems
+
+        t0 = time.perf_counter()
+        probs = table_problems(self._table, self._schema, source="row")
+        first: dict[int, str] = {}
+        for i, m in probs:
+            first.setdefault(i, m)
+        reasons = Counter(transforms.problem_field(m) for m in first.values())
+        keep = np.ones(len(self), dtype=bool)
+        keep[list(first)] = False
+        rec = OpRecord("sanitize", len(self), int(keep.sum()), {f"invalid {k}": v for k, v in reasons.items()},
+                       seconds=time.perf_counter() - t0)
+        return self._new(self._table.filter(pa.array(keep)), rec)
+
+    # -- Python functions over rows or batches ---------------------------------------------------------
+    def map(self, fn: Callable, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
+            batch_size: int = 1024, on_error: str = "raise", schema: "Schema | str | None" = None,
+            progress: bool | None = None) -> "MMDataset":
+        """Apply ``fn`` to every row (a dict -> a dict, or None to drop the row) or, with ``batched=True``, to
+        every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame).
+
+        Runs over ``num_workers`` threads or processes (``mode``), keeping order; lambdas and closures work in
+        process mode. ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
+        failed) or ``"quarantine"`` (also keep the failed row with its error in ``result.quarantine``). The
+        output keeps this schema when it fits, else ``schema`` or one detected from the columns.
+
+        >>> ds.map(lambda r: {**r, "id": r["id"].upper()}, num_workers=2, mode="process")  # doctest: +SKIP
+        """
+        self._check_policy(on_error)
+        check_workers(num_workers, mode)
+        name = f"map {fn_name(fn)}"
+        task = MapTask(fn, batched, on_error, self._schema.normalize_row if self._schema.to_canonical else None)
+        t0 = time.perf_counter()
+        results = self._run(task, name, num_workers, mode, batch_size, on_error, progress)
+        tables = [r.table for r in results if r.table is not None and r.table.num_rows]
+        dropped = sum((r.dropped for r in results), Counter())
+        failures = [f for r in results for f in r.failures]
+        if tables:
+            out = pa.concat_tables(tables, promote_options="permissive")
+        else:
+            out = self._table.schema.empty_table()
+        out_schema = self._output_schema(out, schema)
+        rec = OpRecord(name, len(self), out.num_rows, dict(dropped), len(failures), time.perf_counter() - t0)
+        return self._new(out, rec, schema=out_schema, quarantine=self._quarantined(failures, name, on_error))
+
+    def filter(self, predicate: Any, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
+               batch_size: int = 1024, on_error: str = "raise", progress: bool | None = None) -> "MMDataset":
+        """Keep the rows for which ``predicate`` holds.
+
+        ``predicate`` is a polars expression (vectorized, the fast path), or a function of a row returning a
+        bool or ``(bool, reason)``, or with ``batched=True`` a function of a RecordBatch returning a mask.
+        Dropped rows are counted by reason in :meth:`history`.
+
+        >>> import polars as pl
+        >>> ds.filter(pl.col("conversations").list.len() >= 2)  # doctest: +SKIP
+        """
+        t0 = time.perf_counter()
+        if transforms.is_polars_expr(predicate):
+            keep = transforms.expr_mask(self._table, predicate)
+            name = f"filter {predicate}"[:120]
+            n_drop = int(len(self) - keep.sum())
+            rec = OpRecord(name, len(self), int(keep.sum()), {name: n_drop} if n_drop else {}, 0,
+                           time.perf_counter() - t0)
+            return self._new(self._table.filter(pa.array(keep)), rec)
+        if not callable(predicate):
+            raise DataCopilotError(f"`predicate` must be a polars expression or a function, got {predicate!r}")
+        self._check_policy(on_error)
+        check_workers(num_workers, mode)
+        name = f"filter {fn_name(predicate)}"
+        results = self._run(FilterTask(predicate, batched, on_error), name, num_workers, mode, batch_size,
+                            on_error, progress)
+        keep = np.concatenate([r.mask for r in results]) if results else np.zeros(0, dtype=bool)
+        dropped = sum((r.dropped for r in results), Counter())
+        failures = [f for r in results for f in r.failures]
+        rec = OpRecord(name, len(self), int(keep.sum()), dict(dropped), len(failures), time.perf_counter() - t0)
+        return self._new(self._table.filter(pa.array(keep)), rec,
+                         quarantine=self._quarantined(failures, name, on_error))
+
+    def _run(self, task, name, num_workers, mode, batch_size, on_error, progress) -> list:
+        results = run_batches(self._table, task, num_workers=num_workers, mode=mode, batch_size=batch_size,
+                              desc=name, progress=progress,
+                              stop=(lambda r: bool(r.failures)) if on_error == "raise" else None)
+        if on_error == "raise":
+            for r in results:
+                if r.failures:
+                    row, msg, tb = r.failures[0]
+                    raise OperatorError(name, row, msg, tb)
+        return results
+
+    @staticmethod
+    def _check_policy(on_error: str) -> None:
+        if on_error not in POLICIES:
+            raise DataCopilotError(f"`on_error` must be one of {POLICIES}, got {on_error!r}")
+
+    def _output_schema(self, out: pa.Table, schema) -> Schema:
+        if schema is not None:
+            return get_schema(schema)
+        try:
+            self._schema.conform(out)
+            return self._schema
+        except SchemaError:
+            return _resolve_schema(out, None)
+
+    def _quarantined(self, failures: list, op: str, policy: str) -> "MMDataset | None":
+        if policy != "quarantine" or not failures:
+            return None
+        rows = self._table.take([f[0] for f in failures])
+        rows = rows.append_column("_op", pa.array([op] * len(failures), pa.string()))
+        rows = rows.append_column("_error", pa.array([f[1] for f in failures], pa.string()))
+        return MMDataset(rows, Schema.infer(rows.schema, "QUARANTINE"), root=self.root)
+
+    # -- batches and output ---------------------------------------------------------------------------
+    def iter_batches(self, size: int = 1024) -> Iterator[pa.RecordBatch]:
+        """Record batches of at most ``size`` rows (zero-copy slices)."""
+        if size < 1:
+            raise DataCopilotError(f"`size` must be positive, got {size!r}")
+        for start in range(0, len(self), size):
+            yield from self._table.slice(start, size).combine_chunks().to_batches() or []
+
+    def write(self, path: str, format: str | None = None, **options) -> str:
+        """Write to one file (format from the extension, or ``format``); atomic. Returns the path."""
+        from .io import write
+
+        return write(self, path, format=format, **options)
+
+    def write_shards(self, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
+                     max_bytes_per_shard: int | None = None, **options) -> dict:
+        """Write shards plus a ``manifest.json`` (rows, bytes, sha256 per shard). Returns the manifest."""
+        from .io import write_shards
+
+        return write_shards(self, directory, format=format, max_rows_per_shard=max_rows_per_shard,
+                            max_bytes_per_shard=max_bytes_per_shard, **options)

@@ -1,0 +1,58 @@
+"""The one exception hierarchy of datacopilot.
+
+Every error the library raises on purpose derives from :class:`DataCopilotError`, so callers can catch
+all of them with one clause. Messages are lowercase, name the parameter, field, file or row, and show
+what was given.
+"""
+
+from __future__ import annotations
+
+
+class DataCopilotError(Exception):
+    """Base class of every datacopilot error."""
+
+
+class SchemaError(DataCopilotError):
+    """A row or a table does not fit its schema, or two schemas do not fit each other."""
+
+
+class ValidationError(SchemaError):
+    """One or more rows failed validation; ``problems`` holds every message, not just the first."""
+
+    def __init__(self, problems: list[str], limit: int = 20):
+        self.problems = list(problems)
+        shown = "\n".join(self.problems[:limit])
+        more = len(self.problems) - limit
+        tail = f"\n... and {more} more" if more > 0 else ""
+        super().__init__(f"{len(self.problems)} invalid row(s):\n{shown}{tail}")
+
+
+class InputError(DataCopilotError):
+    """Malformed input: a broken JSON line, a truncated file, a duplicate key, a missing image."""
+
+
+class ConversionError(SchemaError):
+    """A row cannot be converted between two schemas without losing information."""
+
+
+class OperatorError(DataCopilotError):
+    """A user function or operator failed on a row; names the operation and the row."""
+
+    def __init__(self, op: str, row: int | None, message: str, tb: str | None = None):
+        self.op, self.row, self.tb = op, row, tb
+        where = f" at row {row}" if row is not None else ""
+        text = f"{op}{where}: {message}"
+        if tb:
+            text += f"\n--- worker traceback ---\n{tb.rstrip()}"
+        super().__init__(text)
+
+
+class ModelError(DataCopilotError):
+    """A model could not be loaded or called."""
+
+
+class MissingDependencyError(DataCopilotError, ImportError):
+    """An optional dependency is not installed; the message carries the install line."""
+
+    def __init__(self, package: str, extra: str):
+        super().__init__(f"{package} is not installed: pip install 'datacopilot[{extra}]'")

@@ -1,0 +1,143 @@
+"""Readers and writers, one module per format, chosen by extension. Every path may be an fsspec URL."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.history import OpRecord
+from datacopilot.loading import check_invalid_policy, quarantine_table
+from datacopilot.schemas import Schema, get_schema
+
+from ._fs import expand, parent
+from .shards import verify_shards, write_shards
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    extensions: tuple[str, ...]
+    module: str
+    reader: str
+    writer: str
+
+    def _fn(self, attr: str):
+        return getattr(importlib.import_module(f"datacopilot.io.{self.module}"), attr)
+
+    def read(self, *args, **kw):
+        return self._fn(self.reader)(*args, **kw)
+
+    def write(self, *args, **kw):
+        return self._fn(self.writer)(*args, **kw)
+
+
+FORMATS = {f.name: f for f in (
+    Format("jsonl", (".jsonl", ".ndjson"), "jsonl", "read_jsonl", "write_jsonl"),
+    Format("json", (".json",), "jsonl", "read_json", "write_json"),
+    Format("parquet", (".parquet",), "parquet", "read_parquet", "write_parquet"),
+    Format("arrow", (".arrow", ".feather", ".ipc"), "ipc", "read_ipc", "write_ipc"),
+    Format("h5", (".h5", ".hdf5"), "h5", "read_h5", "write_h5"),
+    Format("webdataset", (".tar",), "wds", "read_wds", "write_wds"),
+)}
+EXTENSIONS = tuple(e for f in FORMATS.values() for e in f.extensions)
+
+
+def format_of(path: str, format: str | None = None) -> Format:
+    if format is not None:
+        if format not in FORMATS:
+            raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+        return FORMATS[format]
+    p = str(path).lower()
+    for f in FORMATS.values():
+        if p.endswith(f.extensions):
+            return f
+    raise InputError(f"{path}: unknown extension; known: {list(EXTENSIONS)} (or pass format=)")
+
+
+def writer_for(format: str):
+    return FORMATS[format].write
+
+
+def load(paths, schema: "Schema | str | None" = None, format: str | None = None, invalid: str = "raise",
+         root: str | None = None, progress: bool | None = None):
+    """Load files into an :class:`~datacopilot.MMDataset`.
+
+    Parameters
+    ----------
+    paths: a file, a glob, a directory (its ``manifest.json`` shards, or every file of a known extension), a
+        list of these, any of them local or an fsspec URL; or an in-memory polars / pandas DataFrame, HF
+        ``datasets.Dataset`` or Arrow table.
+    schema: a Schema or built-in name (``"MM"``, ``"MIX"``, ``"PAIRS"``, ``"MESSAGES"``, ``"CAPTION"``); detected
+        from the columns when None.
+    format: force a format (``jsonl``, ``json``, ``parquet``, ``arrow``, ``h5``, ``webdataset``); by extension
+        otherwise.
+    invalid: ``"raise"`` (default: a ValidationError listing every invalid row with file and line) or
+        ``"quarantine"`` (invalid rows go to ``ds.quarantine`` with their errors).
+    root: where relative image paths resolve; the files' directory by default.
+
+    Example
+    -------
+    >>> ds = datacopilot.load("data/*.jsonl", schema="MM")  # doctest: +SKIP
+    """
+    from datacopilot.dataset import MMDataset
+
+    check_invalid_policy(invalid)
+    s = get_schema(schema) if schema is not None else None
+    obj = _from_object(paths, s, root)
+    if obj is not None:
+        return obj
+    t0 = time.perf_counter()
+    files = expand(paths, EXTENSIONS) if format is None else expand(paths, FORMATS[format].extensions)
+    tables, bad, dirs = [], [], []
+    for path in tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
+                     leave=False):
+        loaded = format_of(path, format).read(path, s, invalid=invalid)
+        s = loaded.schema
+        tables.append(loaded.table)
+        bad += loaded.bad
+        dirs.append(parent(path))
+    if root is None and len(set(dirs)) > 1:
+        from datacopilot.transforms import absolutize_images
+
+        tables = [absolutize_images(t, s, d) for t, d in zip(tables, dirs)]
+    else:
+        root = root or (dirs[0] if dirs else None)
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    quarantine = MMDataset(quarantine_table(bad), Schema.infer(quarantine_table(bad).schema, "QUARANTINE")) \
+        if bad else None
+    rec = OpRecord(f"load {len(files)} file(s)", table.num_rows + len(bad), table.num_rows,
+                   {"invalid row (quarantined)": len(bad)} if bad else {}, 0, time.perf_counter() - t0)
+    return MMDataset(table, s, root=root, history=(rec,), quarantine=quarantine)
+
+
+def _from_object(obj, schema, root):
+    from datacopilot.dataset import MMDataset
+
+    mod = type(obj).__module__.split(".")[0]
+    if isinstance(obj, pa.Table):
+        return MMDataset(obj, schema, root=root)
+    if mod == "polars":
+        return MMDataset.from_polars(obj, schema, root=root)
+    if mod == "pandas":
+        return MMDataset.from_pandas(obj, schema, root=root)
+    if mod == "datasets":
+        return MMDataset.from_hf(obj, schema, root=root)
+    if isinstance(obj, (str, os.PathLike, list, tuple)):
+        return None
+    raise DataCopilotError(f"cannot load {type(obj).__name__}: give paths, a polars/pandas DataFrame, "
+                           "an HF dataset or an Arrow table")
+
+
+def write(ds, path: str, format: str | None = None, **options) -> str:
+    """Write ``ds`` to ``path`` atomically; the format comes from the extension unless given."""
+    format_of(path, format).write(ds, path, **options)
+    return path
+
+
+__all__ = ["FORMATS", "load", "write", "write_shards", "verify_shards", "format_of"]

@@ -1,0 +1,85 @@
+"""Shared steps of the readers: coerce file-level shapes (image paths as strings, free-form ``meta``) into
+the schema's storage types, validate, and keep provenance (file and line) for messages."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datacopilot.loading import Loaded, split_invalid
+from datacopilot.schemas import Image, Json, List, Schema
+from datacopilot.schemas.image import IMAGE_ARROW_TYPE
+
+SCHEMA_KEY = b"datacopilot.schema"
+
+
+def _images_from_strings(arr: pa.Array) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), IMAGE_ARROW_TYPE)
+    arr = arr.cast(pa.string())
+    return pa.StructArray.from_arrays([arr, pa.nulls(len(arr), pa.binary())], fields=list(IMAGE_ARROW_TYPE),
+                                      mask=pc.is_null(arr))
+
+
+def file_arrow_schema(schema: Schema) -> pa.Schema:
+    """The Arrow schema of a schema's rows as JSON files hold them: images as path strings; Json fields left
+    out (they are read by the row path)."""
+    fields = []
+    for f in schema.fields:
+        if isinstance(f.dtype, Json):
+            continue
+        if isinstance(f.dtype, Image):
+            fields.append(pa.field(f.name, pa.string()))
+        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image):
+            fields.append(pa.field(f.name, pa.list_(pa.string())))
+        else:
+            fields.append(pa.field(f.name, f.dtype.arrow()))
+    return pa.schema(fields)
+
+
+def coerce(table: pa.Table, schema: Schema) -> pa.Table:
+    """Image columns given as path strings become Image structs; Json columns given as objects become text."""
+    for f in schema.fields:
+        if f.name not in table.column_names:
+            continue
+        i = table.column_names.index(f.name)
+        col = table.column(f.name)
+        if isinstance(f.dtype, Image) and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                                           or pa.types.is_null(col.type)):
+            table = table.set_column(i, f.name, _images_from_strings(col))
+        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image) and pa.types.is_list(col.type) \
+                and (pa.types.is_string(col.type.value_type) or pa.types.is_null(col.type.value_type)):
+            arr = col.combine_chunks()
+            values = _images_from_strings(arr.values)
+            new = pa.ListArray.from_arrays(arr.offsets, values, mask=pc.is_null(arr))
+            table = table.set_column(i, f.name, new)
+        elif isinstance(f.dtype, Json) and not pa.types.is_string(col.type):
+            text = [None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                    for v in col.to_pylist()]
+            table = table.set_column(i, f.name, pa.array(text, pa.string()))
+    return table
+
+
+def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, where=None) -> Loaded:
+    """Detect the schema if needed, coerce, conform and validate a table a fast reader produced."""
+    from datacopilot.dataset import _resolve_schema
+
+    if schema is None:
+        meta = table.schema.metadata or {}
+        name = meta.get(SCHEMA_KEY)
+        from datacopilot.schemas import BUILTIN
+
+        schema = BUILTIN.get(name.decode()) if name else None
+        schema = schema or _resolve_schema(table, None)
+    table = schema.conform(coerce(table, schema)).replace_schema_metadata(None)
+    where = where or (lambda i: f"{source}: row {i}")
+    return split_invalid(table, schema, where, invalid)
+
+
+def with_schema_metadata(table: pa.Table, schema: Schema, root: str | None = None) -> pa.Table:
+    meta = {SCHEMA_KEY: schema.name.encode()}
+    return table.replace_schema_metadata(meta)

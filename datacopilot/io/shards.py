@@ -1,0 +1,78 @@
+"""Sharded output with a manifest: ``part-00000.<ext>`` files plus ``manifest.json`` (rows, bytes and sha256
+per shard), each shard written atomically and the manifest last, so a manifest means a complete write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from datacopilot.errors import DataCopilotError, InputError
+
+from ._fs import MANIFEST, atomic_open, get_fs, join
+
+
+def _sha256(path: str) -> tuple[str, int]:
+    fs, p = get_fs(path)
+    h, n = hashlib.sha256(), 0
+    with fs.open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def shard_bounds(n_rows: int, nbytes: int, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
+    per = n_rows or 1
+    if max_rows is not None:
+        if max_rows < 1:
+            raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
+        per = min(per, max_rows)
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise DataCopilotError(f"`max_bytes_per_shard` must be positive, got {max_bytes!r}")
+        avg = max(1.0, nbytes / max(n_rows, 1))
+        per = min(per, max(1, int(max_bytes // avg)))
+    return [(s, min(s + per, n_rows)) for s in range(0, n_rows, per)] or [(0, 0)]
+
+
+def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
+                 max_bytes_per_shard: int | None = None, **options) -> dict:
+    from . import FORMATS, writer_for
+
+    if format not in FORMATS:
+        raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+    ext = FORMATS[format].extensions[0]
+    fs, d = get_fs(directory)
+    fs.makedirs(d, exist_ok=True)
+    table = ds.to_arrow()
+    shards = []
+    for i, (a, b) in enumerate(shard_bounds(len(ds), table.nbytes, max_rows_per_shard, max_bytes_per_shard)):
+        name = f"part-{i:05d}{ext}"
+        path = join(directory, name)
+        writer_for(format)(ds[a:b], path, **options)
+        digest, size = _sha256(path)
+        shards.append({"file": name, "rows": b - a, "bytes": size, "sha256": digest})
+    manifest = {"format": format, "schema": ds.schema.name, "rows": len(ds), "shards": shards,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with atomic_open(join(directory, MANIFEST), "wb") as f:
+        f.write(json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def verify_shards(directory: str) -> dict:
+    """Check every shard of a manifest against its size and sha256; raise InputError naming the first bad one."""
+    fs, p = get_fs(join(directory, MANIFEST))
+    if not fs.exists(p):
+        raise InputError(f"{directory}: no {MANIFEST} (an incomplete or foreign write)")
+    with fs.open(p, "r") as f:
+        manifest = json.load(f)
+    for s in manifest["shards"]:
+        path = join(directory, s["file"])
+        if not get_fs(path)[0].exists(get_fs(path)[1]):
+            raise InputError(f"{path}: listed in the manifest but missing")
+        digest, size = _sha256(path)
+        if size != s["bytes"] or digest != s["sha256"]:
+            raise InputError(f"{path}: checksum mismatch (manifest says {s['bytes']} bytes, {s['sha256'][:12]}…; "
+                             f"file has {size} bytes, {digest[:12]}…)")
+    return manifest

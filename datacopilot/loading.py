@@ -1,0 +1,169 @@
+"""From Python rows or raw Arrow tables to validated, schema-conformed tables, with every invalid row
+either raised (all problems listed) or kept apart in a quarantine with its error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pyarrow as pa
+
+from datacopilot.schemas import Schema, convert_row, detect_schema
+
+from .errors import ConversionError, DataCopilotError, SchemaError, ValidationError
+
+INVALID_POLICIES = ("raise", "quarantine")
+
+
+@dataclass
+class Loaded:
+    """A loaded table plus the rows that did not validate: ``bad`` holds (where, message, raw row)."""
+
+    table: pa.Table
+    schema: Schema
+    bad: list = field(default_factory=list)
+
+
+def check_invalid_policy(invalid: str) -> None:
+    if invalid not in INVALID_POLICIES:
+        raise DataCopilotError(f"`invalid` must be one of {INVALID_POLICIES}, got {invalid!r}")
+
+
+def guess_schema(rows: Sequence[dict]) -> Schema | None:
+    sample = [r for r in rows[:50] if isinstance(r, dict)]
+    if not sample:
+        return None
+    keys = {k: None for r in sample for k in r}
+    try:
+        return detect_schema(pa.Table.from_pylist(sample).schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return detect_schema(pa.schema([(k, pa.null()) for k in keys]))
+
+
+def _column(values: list, type: pa.DataType | None, name: str) -> pa.Array:
+    try:
+        return pa.array(values, type=type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+        if type is not None:
+            raise SchemaError(f"column {name!r}: {e}") from e
+        # an extra column of mixed shapes: keep every value, as JSON text
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+
+
+def build_table(rows: list[dict], schema: Schema) -> pa.Table:
+    """Rows (already normalized) -> a table with the schema's columns first, then any extra keys."""
+    names = schema.names
+    extra: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k not in extra and k not in names:
+                extra[k] = None
+    arrays, out_names = [], []
+    for f in schema.fields:
+        arrays.append(_column([r.get(f.name) for r in rows], f.dtype.arrow(), f.name))
+        out_names.append(f.name)
+    for k in extra:
+        arrays.append(_column([r.get(k) for r in rows], None, k))
+        out_names.append(k)
+    return pa.Table.from_arrays(arrays, names=out_names)
+
+
+def rows_to_table(rows: list, schema: Schema | None, source: str, validate: bool = True,
+                  where: Callable[[int], str] | None = None, invalid: str = "raise") -> tuple[pa.Table, Schema]:
+    """Validate and build; raise ValidationError listing every invalid row (``invalid="raise"``)."""
+    loaded = load_rows(rows, schema, source, validate, where, invalid)
+    return loaded.table, loaded.schema
+
+
+def load_rows(rows: list, schema: Schema | None, source: str, validate: bool = True,
+              where: Callable[[int], str] | None = None, invalid: str = "raise") -> Loaded:
+    check_invalid_policy(invalid)
+    where = where or (lambda i: f"{source}:{i}")
+    if schema is None:
+        schema = guess_schema(rows)
+    if schema is None:
+        bad_rows = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
+        if bad_rows:
+            raise ValidationError([f"{where(i)}: expected an object, got {type(rows[i]).__name__}" for i in bad_rows])
+        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+        return Loaded(table, Schema.infer(table.schema))
+    good, bad = [], []
+    for i, r in enumerate(rows):
+        problems = schema.validate_row(r, where(i)) if validate else []
+        if problems:
+            bad.append((where(i), "; ".join(problems), r))
+            continue
+        good.append(schema.normalize_row(r))
+    if bad and invalid == "raise":
+        raise ValidationError([m for _, m, _ in bad])
+    return Loaded(build_table(good, schema), schema, bad)
+
+
+def table_problems(table: pa.Table, schema: Schema, source: str = "row",
+                   where: Callable[[int], str] | None = None) -> list[tuple[int, str]]:
+    """All (row, message) problems of a conformed table: a vectorized screen, then messages for the
+    suspect rows only."""
+    where = where or (lambda i: f"{source} {i}")
+    try:
+        table = schema.conform(table)
+    except SchemaError as e:
+        return [(i, f"{where(i)}: {e}") for i in range(table.num_rows)]
+    suspect = schema.bad_rows(table).nonzero()[0]
+    out = []
+    for i in suspect:
+        row = table.slice(int(i), 1).to_pylist()[0]
+        out += [(int(i), m) for m in schema.validate_row(row, where(int(i)))]
+    return out
+
+
+def split_invalid(table: pa.Table, schema: Schema, where: Callable[[int], str], invalid: str) -> Loaded:
+    """Validate a table loaded by a fast reader; keep invalid rows apart or raise with every problem."""
+    check_invalid_policy(invalid)
+    probs = table_problems(table, schema, where=where)
+    if not probs:
+        return Loaded(table, schema)
+    if invalid == "raise":
+        raise ValidationError([m for _, m in probs])
+    by_row: dict[int, list[str]] = {}
+    for i, m in probs:
+        by_row.setdefault(i, []).append(m)
+    import numpy as np
+
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[list(by_row)] = False
+    bad_rows = table.filter(pa.array(~keep)).to_pylist()
+    bad = [(where(i), "; ".join(ms), r) for (i, ms), r in zip(sorted(by_row.items()), bad_rows)]
+    return Loaded(table.filter(pa.array(keep)), schema, bad)
+
+
+def quarantine_table(bad: list) -> pa.Table:
+    """(where, message, raw row) triples -> a table with the raw row kept as JSON text."""
+    def dump(r):
+        try:
+            return json.dumps(r, ensure_ascii=False, default=repr)
+        except (TypeError, ValueError):
+            return repr(r)
+
+    return pa.table({
+        "_source": pa.array([w for w, _, _ in bad], pa.string()),
+        "_error": pa.array([m for _, m, _ in bad], pa.string()),
+        "_row": pa.array([dump(r) for _, _, r in bad], pa.string()),
+    })
+
+
+def convert_table(table: pa.Table, src: Schema, dst: Schema) -> pa.Table:
+    rows, errors = [], []
+    for i, r in enumerate(table.to_pylist()):
+        try:
+            out = convert_row(r, src, dst)
+            for k, v in r.items():  # columns outside the schema travel along unchanged
+                if k not in src.names and k not in out:
+                    out[k] = v
+            rows.append(out)
+        except ConversionError as e:
+            errors.append(f"row {i}: {e}")
+    if errors:
+        raise ConversionError(f"{len(errors)} row(s) cannot be converted from {src.name} to {dst.name}:\n"
+                              + "\n".join(errors[:20]))
+    return build_table(rows, dst)

@@ -1,0 +1,113 @@
+"""Run a batch task over a table's record batches, in order, on threads or processes.
+
+The task is any picklable-by-cloudpickle callable ``task(table, offset) -> result``; lambdas and
+closures work in process mode because the task travels as cloudpickle bytes. Results come back in input
+order; at most ``2 * num_workers`` batches are in flight, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import cloudpickle
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from .errors import DataCopilotError
+
+MODES = ("thread", "process")
+_TASKS: dict[int, Callable] = {}
+
+
+def _run_pickled(payload: bytes, table: pa.Table, offset: int) -> Any:
+    key = hash(payload)
+    task = _TASKS.get(key)
+    if task is None:
+        _TASKS.clear()
+        task = _TASKS[key] = cloudpickle.loads(payload)
+    return task(table, offset)
+
+
+def check_workers(num_workers: int, mode: str) -> None:
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise DataCopilotError(f"`num_workers` must be a positive integer, got {num_workers!r}")
+    if mode not in MODES:
+        raise DataCopilotError(f"`mode` must be one of {MODES}, got {mode!r}")
+
+
+def show_progress(progress: bool | None, rows: int) -> bool:
+    return bool(progress) if progress is not None else rows >= 50_000
+
+
+def slices(table: pa.Table, batch_size: int) -> Iterator[tuple[int, pa.Table]]:
+    for start in range(0, table.num_rows, batch_size):
+        yield start, table.slice(start, batch_size)
+
+
+def run_batches(
+    table: pa.Table,
+    task: Callable[[pa.Table, int], Any],
+    *,
+    num_workers: int = 1,
+    mode: str = "thread",
+    batch_size: int = 1024,
+    desc: str = "map",
+    progress: bool | None = None,
+    rows_of: Callable[[Any], int] | None = None,
+    stop: Callable[[Any], bool] | None = None,
+) -> list:
+    """Apply ``task`` to every slice of ``table`` and return the results in order.
+
+    ``stop(result)`` returning True ends the run early (used by the ``raise`` error policy).
+    """
+    check_workers(num_workers, mode)
+    if batch_size < 1:
+        raise DataCopilotError(f"`batch_size` must be positive, got {batch_size!r}")
+    bar = tqdm(total=table.num_rows, desc=desc, unit="rows", disable=not show_progress(progress, table.num_rows),
+               leave=False)
+    results: list = []
+
+    def take(result, n):
+        results.append(result)
+        bar.update(n)
+        return stop is not None and stop(result)
+
+    try:
+        if num_workers == 1:
+            for offset, part in slices(table, batch_size):
+                if take(task(part, offset), part.num_rows):
+                    break
+            return results
+        with _executor(num_workers, mode) as ex:
+            if mode == "process":
+                payload = cloudpickle.dumps(task)
+                submit = lambda part, off: ex.submit(_run_pickled, payload, part, off)  # noqa: E731
+            else:
+                submit = lambda part, off: ex.submit(task, part, off)  # noqa: E731
+            pending: deque = deque()
+            for offset, part in slices(table, batch_size):
+                pending.append((submit(part, offset), part.num_rows))
+                if len(pending) >= 2 * num_workers:
+                    fut, n = pending.popleft()
+                    if take(fut.result(), n):
+                        break
+            else:
+                while pending:
+                    fut, n = pending.popleft()
+                    if take(fut.result(), n):
+                        break
+            for fut, _ in pending:
+                fut.cancel()
+        return results
+    finally:
+        bar.close()
+
+
+def _executor(num_workers: int, mode: str) -> Executor:
+    if mode == "thread":
+        return ThreadPoolExecutor(max_workers=num_workers)
+    # spawn: forking a process that runs Arrow / polars thread pools can deadlock the child
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"))

@@ -1,0 +1,158 @@
+"""Vectorized table transforms behind MMDataset's methods (polars expressions and pyarrow compute)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datacopilot.schemas import Schema
+from datacopilot.schemas.image import IMAGE_ARROW_TYPE, resolve_path
+
+from .errors import DataCopilotError
+
+
+def plain_type(t: pa.DataType) -> pa.DataType:
+    """Arrow type with large / view variants replaced by the plain ones (what polars hands back)."""
+    if pa.types.is_large_string(t) or t == pa.string_view():
+        return pa.string()
+    if pa.types.is_large_binary(t) or t == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return pa.list_(plain_type(t.value_type))
+    if pa.types.is_list(t):
+        return pa.list_(plain_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, plain_type(f.type), f.nullable) for f in t])
+    return t
+
+
+def from_polars_arrow(table: pa.Table) -> pa.Table:
+    target = pa.schema([pa.field(f.name, plain_type(f.type)) for f in table.schema])
+    return table if target == table.schema else table.cast(target)
+
+
+def is_polars_expr(obj) -> bool:
+    return type(obj).__module__.startswith("polars") and type(obj).__name__ == "Expr"
+
+
+def _polars_frame(table: pa.Table, exprs):
+    """A polars frame over only the columns the expressions read."""
+    import polars as pl
+
+    names: list[str] = []
+    for e in exprs:
+        try:
+            roots = e.meta.root_names()
+        except Exception:  # some expressions (pl.all()) have no fixed roots
+            roots = table.column_names
+        names += [n for n in roots if n not in names]
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise DataCopilotError(f"expression reads unknown column(s) {missing}; columns: {table.column_names}")
+    return pl.from_arrow(table.select(names or table.column_names[:1]), rechunk=False)
+
+
+def expr_mask(table: pa.Table, expr) -> np.ndarray:
+    df = _polars_frame(table, [expr])
+    out = df.select(expr.alias("__keep__")).to_series()
+    if len(out) != table.num_rows:
+        raise DataCopilotError(f"filter expression gave {len(out)} values for {table.num_rows} rows: {expr}")
+    return out.fill_null(False).to_numpy().astype(bool)
+
+
+def with_columns(table: pa.Table, exprs: list, named: dict) -> pa.Table:
+    import polars as pl
+
+    all_exprs = list(exprs) + [pl.lit(v).alias(k) if not is_polars_expr(v) else v.alias(k) for k, v in named.items()]
+    df = _polars_frame(table, all_exprs)
+    out = from_polars_arrow(df.select(all_exprs).to_arrow())
+    for name in out.column_names:
+        col = out.column(name)
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            want = table.schema.field(name).type
+            try:
+                col = col.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+            table = table.set_column(i, name, col)
+        else:
+            table = table.append_column(name, col)
+    return table
+
+
+def first_distinct(table: pa.Table, names: list[str]) -> np.ndarray:
+    import polars as pl
+
+    df = pl.from_arrow(table.select(names), rechunk=False)
+    key = pl.struct(names) if len(names) > 1 else pl.col(names[0])
+    return df.select(key.is_first_distinct()).to_series().to_numpy().astype(bool)
+
+
+def _nonempty(arr: pa.Array) -> np.ndarray:
+    """True where a value is not null and not an empty string, list, or list with an empty element."""
+    ok = np.asarray(arr.is_valid(), dtype=bool)
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        ok &= np.asarray(pc.utf8_length(arr).fill_null(0)) > 0
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        ok &= np.asarray(pc.list_value_length(arr).fill_null(0)) > 0
+        values = arr.flatten()
+        if len(values):
+            bad_vals = ~_nonempty(values)
+            if bad_vals.any():
+                parents = np.asarray(pc.list_parent_indices(arr))
+                ok[np.unique(parents[bad_vals])] = False
+    elif pa.types.is_struct(t) and t != IMAGE_ARROW_TYPE:
+        for i in range(t.num_fields):
+            ok &= _nonempty(arr.field(i)) | ~np.asarray(arr.is_valid(), dtype=bool)
+    return ok
+
+
+def nonempty_mask(table: pa.Table, schema: Schema) -> np.ndarray:
+    keep = np.ones(table.num_rows, dtype=bool)
+    for f in schema.fields:
+        if f.required and f.name in table.column_names:
+            keep &= _nonempty(table.column(f.name).combine_chunks())
+    return keep
+
+
+def image_columns(schema: Schema) -> list[str]:
+    from datacopilot.schemas import Image, List
+
+    out = []
+    for f in schema.fields:
+        if isinstance(f.dtype, Image) or (isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image)):
+            out.append(f.name)
+    return out
+
+
+def absolutize_images(table: pa.Table, schema: Schema, root: str) -> pa.Table:
+    """Resolve relative image paths against ``root`` (done in Python over the image columns only)."""
+    for name in image_columns(schema):
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+
+        def fix(v):
+            if isinstance(v, list):
+                return [fix(x) for x in v]
+            if isinstance(v, dict) and v.get("path"):
+                return {**v, "path": resolve_path(v["path"], root)}
+            return v
+
+        fixed = pa.array([fix(v) for v in col.to_pylist()], type=col.type)
+        table = table.set_column(table.column_names.index(name), name, fixed)
+    return table
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def problem_field(message: str) -> str:
+    """The field path of a validation message, with list indices generalized: ``conversations[].from``."""
+    body = message.split(": ", 1)[1] if ": " in message else message
+    return _INDEX.sub("[]", body.split(": ", 1)[0])

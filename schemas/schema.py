@@ -1,0 +1,170 @@
+"""``Schema``: a name and typed fields, the matching Arrow schema, row validation and conversion hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from datacopilot.errors import SchemaError
+
+from .types import DType, Field, Struct
+
+
+@dataclass(frozen=True)
+class ArrowType(DType):
+    """A field of any Arrow type that the schema does not constrain (used by inferred schemas)."""
+
+    type: pa.DataType
+
+    def arrow(self):
+        return self.type
+
+    def check(self, value, path, out):
+        return None
+
+
+class Schema:
+    """A named, typed description of a dataset's rows.
+
+    Parameters
+    ----------
+    name: the schema's name, e.g. ``"MM"``.
+    fields: the typed fields. Columns not named here are allowed and carried along unchanged.
+    to_canonical / from_canonical: converters to and from the canonical conversation form
+        (see :mod:`datacopilot.schemas.convert`); None for schemas that cannot convert.
+
+    Example
+    -------
+    >>> from datacopilot.schemas import MM
+    >>> MM.validate_row({"id": "1", "conversations": [{"from": "bot", "value": "hi"}]}, where="data.jsonl:17")
+    ["data.jsonl:17: conversations[0].from: expected one of 'human', 'gpt', got 'bot'"]
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fields: Iterable[Field],
+        to_canonical: Callable[[dict], dict] | None = None,
+        from_canonical: Callable[[dict], dict] | None = None,
+        doc: str = "",
+    ):
+        self.name = name
+        self.fields = tuple(fields)
+        self.struct = Struct(self.fields)
+        self.to_canonical = to_canonical
+        self.from_canonical = from_canonical
+        self.doc = doc
+        seen = set()
+        for f in self.fields:
+            if f.name in seen:
+                raise SchemaError(f"schema {name}: duplicate field {f.name!r}")
+            seen.add(f.name)
+
+    # -- structure ------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise SchemaError(f"schema {self.name} has no field {name!r}; fields: {self.names}")
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(f.name, f.dtype.arrow(), nullable=True) for f in self.fields])
+
+    @classmethod
+    def infer(cls, arrow_schema: pa.Schema, name: str = "INFERRED") -> "Schema":
+        """A schema that types every column as it is in ``arrow_schema`` and constrains nothing."""
+        return cls(name, [Field(f.name, ArrowType(f.type), required=False) for f in arrow_schema])
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Schema) and self.name == other.name and self.fields == other.fields
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.fields))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f.name}{'' if f.required else '?'}: {f.dtype.arrow()}" for f in self.fields)
+        return f"Schema({self.name}: {inner})"
+
+    # -- rows -----------------------------------------------------------------------------------------
+    def normalize_row(self, row: dict) -> dict:
+        """Turn a row as found in files (image paths as strings, ``meta`` as objects) into its stored form."""
+        return self.struct.normalize(row)
+
+    def validate_row(self, row: Any, where: str = "") -> list[str]:
+        """Every problem of one row, each message prefixed with ``where`` (e.g. ``"data.jsonl:17"``)."""
+        out: list[str] = []
+        self.struct.check(row, "", out)
+        prefix = f"{where}: " if where else ""
+        return [prefix + m for m in out]
+
+    # -- tables ---------------------------------------------------------------------------------------
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Cast the schema's columns to their Arrow types and add missing optional columns as nulls.
+
+        Extra columns are kept after the schema's own. Raises :class:`SchemaError` naming the column when
+        a required column is missing or a column cannot be cast.
+        """
+        cols, names = [], []
+        for f in self.fields:
+            want = f.dtype.arrow()
+            if f.name not in table.column_names:
+                if f.required:
+                    raise SchemaError(f"schema {self.name}: missing required column {f.name!r}; got {table.column_names}")
+                cols.append(pa.nulls(len(table), want))
+            else:
+                col = table.column(f.name)
+                if col.type != want:
+                    try:
+                        col = _cast(col, want)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                        raise SchemaError(
+                            f"schema {self.name}: column {f.name!r} has type {col.type}, expected {want}: {e}"
+                        ) from e
+                cols.append(col)
+            names.append(f.name)
+        for name in table.column_names:
+            if name not in names:
+                cols.append(table.column(name))
+                names.append(name)
+        return pa.Table.from_arrays(cols, names=names)
+
+    def bad_rows(self, table: pa.Table) -> np.ndarray:
+        """Vectorized screen of a conformed table: a mask of rows that may be invalid (no false negatives
+        for required fields and choices; :meth:`validate_row` gives the messages)."""
+        mask = np.zeros(table.num_rows, dtype=bool)
+        for f in self.fields:
+            if f.name not in table.column_names:
+                if f.required:
+                    mask[:] = True
+                continue
+            start = 0
+            for chunk in table.column(f.name).chunks:  # chunk by chunk: memory-mapped data stays mapped
+                end = start + len(chunk)
+                if f.required:
+                    mask[start:end] |= np.asarray(chunk.is_null(), dtype=bool)
+                sub = f.dtype.bad_mask(chunk)
+                if sub is not None:
+                    mask[start:end] |= sub
+                start = end
+        return mask
+
+
+def _cast(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
+    """Cast, also across struct field order and missing struct fields (which become nulls)."""
+    try:
+        return col.cast(want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if pa.types.is_string(want) and (pa.types.is_struct(col.type) or pa.types.is_list(col.type)):
+            import json
+
+            return pa.chunked_array(
+                [pa.array([None if v is None else json.dumps(v, separators=(",", ":")) for v in col.to_pylist()], want)]
+            )
+        return pa.chunked_array([pa.array(col.to_pylist(), type=want)], type=want)

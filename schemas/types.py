@@ -1,0 +1,208 @@
+"""Field types: each maps to an Arrow type, validates Python values with a field path, and can screen a
+whole Arrow array for bad rows at once (the vectorized fast path of validation)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class DType:
+    """Base of all field types."""
+
+    def arrow(self) -> pa.DataType:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, value: Any, path: str, out: list[str]) -> None:
+        """Append a message to ``out`` for every problem of ``value`` (not None) at ``path``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def normalize(self, value: Any) -> Any:
+        """Turn a value as found in files into the value stored in Arrow (identity for most types)."""
+        return value
+
+    def bad_mask(self, arr: pa.Array) -> np.ndarray | None:
+        """Vectorized screen: a boolean mask of rows that may be invalid, or None when none can be."""
+        return None
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__ if value is not None else "null"
+
+
+@dataclass(frozen=True)
+class String(DType):
+    choices: tuple[str, ...] | None = None
+
+    def arrow(self) -> pa.DataType:
+        return pa.string()
+
+    def check(self, value, path, out):
+        if not isinstance(value, str):
+            out.append(f"{path}: expected a string, got {_kind(value)} {value!r}"[:300])
+        elif self.choices is not None and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            out.append(f"{path}: expected one of {allowed}, got {value!r}")
+
+    def bad_mask(self, arr):
+        if self.choices is None:
+            return None
+        ok = pc.is_in(arr, value_set=pa.array(self.choices, pa.string()))
+        return ~np.asarray(ok.fill_null(True), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Int(DType):
+    def arrow(self):
+        return pa.int64()
+
+    def check(self, value, path, out):
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(f"{path}: expected an integer, got {_kind(value)} {value!r}"[:300])
+
+
+@dataclass(frozen=True)
+class Float(DType):
+    def arrow(self):
+        return pa.float64()
+
+    def check(self, value, path, out):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            out.append(f"{path}: expected a number, got {_kind(value)} {value!r}"[:300])
+
+
+@dataclass(frozen=True)
+class Bool(DType):
+    def arrow(self):
+        return pa.bool_()
+
+    def check(self, value, path, out):
+        if not isinstance(value, bool):
+            out.append(f"{path}: expected true or false, got {_kind(value)} {value!r}"[:300])
+
+
+@dataclass(frozen=True)
+class Json(DType):
+    """Free-form JSON (e.g. ``meta``), stored as compact JSON text so any shape survives unchanged."""
+
+    def arrow(self):
+        return pa.string()
+
+    def check(self, value, path, out):
+        try:
+            json.dumps(value) if not isinstance(value, str) else None
+        except (TypeError, ValueError) as e:
+            out.append(f"{path}: not JSON-serializable: {e}")
+
+    def normalize(self, value):
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class List(DType):
+    inner: DType
+    length: int | None = None  # fixed length, e.g. a [question, answer] pair
+
+    def arrow(self):
+        return pa.list_(self.inner.arrow())
+
+    def check(self, value, path, out):
+        if not isinstance(value, (list, tuple)):
+            out.append(f"{path}: expected a list, got {_kind(value)} {value!r}"[:300])
+            return
+        if self.length is not None and len(value) != self.length:
+            out.append(f"{path}: expected {self.length} items, got {len(value)}")
+        for i, v in enumerate(value):
+            if v is None:
+                out.append(f"{path}[{i}]: missing value")
+            else:
+                self.inner.check(v, f"{path}[{i}]", out)
+
+    def normalize(self, value):
+        if not isinstance(value, (list, tuple)):
+            return value
+        return [self.inner.normalize(v) for v in value]
+
+    def bad_mask(self, arr):
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        n = len(arr)
+        values = arr.flatten()
+        parents = np.asarray(pc.list_parent_indices(arr))
+        bad_vals = np.asarray(values.is_null(), dtype=bool)
+        inner = self.inner.bad_mask(values)
+        if inner is not None:
+            bad_vals = bad_vals | inner
+        mask = np.zeros(n, dtype=bool)
+        if bad_vals.any():
+            mask[np.unique(parents[bad_vals])] = True
+        if self.length is not None:
+            lens = np.asarray(pc.list_value_length(arr).fill_null(self.length))
+            mask |= lens != self.length
+        return mask
+
+
+@dataclass(frozen=True)
+class Field:
+    """A named field; ``required`` fields must be present and not null."""
+
+    name: str
+    dtype: DType
+    required: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Struct(DType):
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+    def arrow(self):
+        return pa.struct([pa.field(f.name, f.dtype.arrow(), nullable=True) for f in self.fields])
+
+    def check(self, value, path, out):
+        if not isinstance(value, dict):
+            out.append(f"{path}: expected an object, got {_kind(value)} {value!r}"[:300])
+            return
+        for f in self.fields:
+            v = value.get(f.name)
+            sub = f"{path}.{f.name}" if path else f.name
+            if v is None:
+                if f.required:
+                    out.append(f"{sub}: missing required field")
+            else:
+                f.dtype.check(v, sub, out)
+
+    def normalize(self, value):
+        if not isinstance(value, dict):
+            return value
+        out = dict(value)
+        for f in self.fields:
+            if f.name in out:
+                out[f.name] = f.dtype.normalize(out[f.name])
+        return out
+
+    def bad_mask(self, arr):
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        mask = np.zeros(len(arr), dtype=bool)
+        names = {arr.type.field(i).name for i in range(arr.type.num_fields)}
+        for f in self.fields:
+            if f.name not in names:
+                if f.required:
+                    mask[:] = True
+                continue
+            child = arr.field(f.name)
+            if f.required:
+                mask |= np.asarray(child.is_null(), dtype=bool)
+            sub = f.dtype.bad_mask(child)
+            if sub is not None:
+                mask |= sub
+        # a null struct hides its children: do not flag it here (the parent decides)
+        return mask & np.asarray(arr.is_valid(), dtype=bool)
