@@ -1,0 +1,47 @@
+"""A regular (non-editable) install maps the folders into the one ``datacopilot`` namespace and installs no
+generic top-level package such as ``models`` or ``kernels``."""
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True)
+    (whl,) = out.glob("datacopilot-*.whl")
+    return whl
+
+
+def test_wheel_layout(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("datacopilot-")}
+    assert tops == {"datacopilot"}, tops
+    for sub in ("schemas", "operators", "models", "kernels", "io"):
+        assert f"datacopilot/{sub}/__init__.py" in names
+    assert "datacopilot/schemas/builtin.py" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_regular_install_imports(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    code = ("import datacopilot, datacopilot.schemas as s, datacopilot.kernels, datacopilot.io;"
+            "print(datacopilot.__file__); print(s.MM.name)")
+    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ""}).stdout.split()
+    assert str(env_dir) in out[0], out
+    assert out[1] == "MM"
+    script = env_dir / "bin" / "datacopilot"
+    assert script.exists()
