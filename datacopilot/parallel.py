@@ -8,6 +8,7 @@ order; at most ``2 * num_workers`` batches are in flight, so memory stays bounde
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -109,5 +110,11 @@ def run_batches(
 def _executor(num_workers: int, mode: str) -> Executor:
     if mode == "thread":
         return ThreadPoolExecutor(max_workers=num_workers)
-    # spawn: forking a process that runs Arrow / polars thread pools can deadlock the child
-    return ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"))
+    # spawn: forking a process that runs Arrow / polars thread pools can deadlock the child. The child gets
+    # the parent's sys.path, so functions of modules the parent could import (scripts, tests) import there too.
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(list(sys.path),))
+
+
+def _init_worker(path: list[str]) -> None:
+    sys.path[:] = path
