@@ -48,7 +48,7 @@ def _polars_frame(table: pa.Table, exprs):
             roots = e.meta.root_names()
         except Exception:  # some expressions (pl.all()) have no fixed roots
             roots = table.column_names
-        names += [n for n in roots if n not in names]
+        names += [n for n in dict.fromkeys(roots) if n not in names]  # an expression may name a column twice
     missing = [n for n in names if n not in table.column_names]
     if missing:
         raise DataCopilotError(f"expression reads unknown column(s) {missing}; columns: {table.column_names}")
