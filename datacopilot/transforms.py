@@ -68,7 +68,9 @@ def with_columns(table: pa.Table, exprs: list, named: dict) -> pa.Table:
 
     all_exprs = list(exprs) + [pl.lit(v).alias(k) if not is_polars_expr(v) else v.alias(k) for k, v in named.items()]
     df = _polars_frame(table, all_exprs)
-    out = from_polars_arrow(df.select(all_exprs).to_arrow())
+    names = df.lazy().select(all_exprs).collect_schema().names()
+    # with_columns broadcasts literals to the frame's height (select would give one row for pl.lit)
+    out = from_polars_arrow(df.with_columns(all_exprs).select(names).to_arrow())
     for name in out.column_names:
         col = out.column(name)
         if name in table.column_names:
