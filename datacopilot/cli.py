@@ -1,0 +1,218 @@
+"""The ``datacopilot`` command line: look at, check and convert datasets, and run the demo.
+
+    datacopilot info data.jsonl
+    datacopilot head data.jsonl -n 3
+    datacopilot validate data.jsonl --schema MM
+    datacopilot convert data.jsonl out.parquet --to MIX
+    datacopilot convert data.jsonl shards/ --shards --format arrow
+    datacopilot demo --out demo/ --rows 400
+
+Errors of the library (bad input, invalid rows, impossible conversions) print one ``error: ...`` message and
+exit with code 2; a validation that finds problems exits with 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from datacopilot import __version__
+from datacopilot.errors import DataCopilotError
+
+SCHEMAS = ("MM", "MIX", "PAIRS", "MESSAGES", "CAPTION")
+
+
+class DataError(click.ClickException):
+    """A DataCopilotError shown as ``error: <message>`` with exit code 2, without a traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DataCopilotError as e:
+            raise DataError(str(e)) from e
+
+
+def _schema_option(f):
+    return click.option("--schema", "schema", default=None, metavar="NAME",
+                        help=f"Schema to read with ({', '.join(SCHEMAS)}); detected from the columns if omitted.")(f)
+
+
+def _files(path: str) -> list[str]:
+    from datacopilot.io import EXTENSIONS
+    from datacopilot.io._fs import expand
+
+    return expand(path, EXTENSIONS)
+
+
+def _file_bytes(files: list[str]) -> int:
+    from datacopilot.io._fs import get_fs
+
+    total = 0
+    for f in files:
+        fs, p = get_fs(f)
+        total += int(fs.size(p) or 0)
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _load(path: str, schema: str | None, invalid: str = "quarantine"):
+    import datacopilot
+
+    return datacopilot.load(path, schema=schema, invalid=invalid)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="datacopilot")
+def main() -> None:
+    """datacopilot: a Schema-typed, Arrow-backed multimodal (image + text) dataset engine."""
+
+
+@main.command()
+@click.argument("path")
+@_schema_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(path: str, schema: str | None, as_json: bool) -> None:
+    """Rows, schema, columns with their types, size and file count of PATH (a file, glob or directory)."""
+    files = _files(path)
+    ds = _load(path, schema)
+    summary = {
+        "path": path, "rows": len(ds), "schema": ds.schema.name,
+        "columns": {f.name: str(f.type) for f in ds.to_arrow().schema},
+        "files": len(files), "file_bytes": _file_bytes(files), "memory_bytes": ds.nbytes,
+        "invalid_rows": len(ds.quarantine) if ds.quarantine is not None else 0,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{path}: {summary['rows']} rows, schema {summary['schema']}")
+    click.echo(f"files: {summary['files']} ({_human(summary['file_bytes'])} on disk, "
+               f"{_human(summary['memory_bytes'])} in memory)")
+    click.echo("columns:")
+    width = max((len(c) for c in summary["columns"]), default=0)
+    for name, type_ in summary["columns"].items():
+        click.echo(f"  {name:<{width}}  {type_}")
+    if summary["invalid_rows"]:
+        click.echo(f"invalid rows: {summary['invalid_rows']} (not counted above; see `datacopilot validate {path}`)")
+
+
+def _printable(value):
+    """A row value as JSON can show it: bytes become ``"<N bytes>"``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _json_fields(ds) -> list[str]:
+    from datacopilot.schemas import Json
+
+    return [f.name for f in ds.schema.fields if isinstance(f.dtype, Json)]
+
+
+@main.command()
+@click.argument("path")
+@click.option("-n", "n", default=5, show_default=True, type=click.IntRange(min=0), help="Number of rows.")
+@_schema_option
+def head(path: str, n: int, schema: str | None) -> None:
+    """The first N valid rows of PATH as pretty JSON (image bytes shown as "<N bytes>")."""
+    ds = _load(path, schema)
+    json_fields = _json_fields(ds)
+    for row in ds.head(n):
+        for k in json_fields:
+            if isinstance(row.get(k), str):
+                try:
+                    row[k] = json.loads(row[k])
+                except ValueError:
+                    pass
+        click.echo(json.dumps(_printable(row), indent=2, ensure_ascii=False, default=str))
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--to", "to", default=None, metavar="SCHEMA", help=f"Target schema ({', '.join(SCHEMAS)}).")
+@click.option("--format", "fmt", default=None, metavar="FMT",
+              help="Output format (jsonl, json, parquet, arrow, h5, webdataset); from DST's extension if omitted "
+                   "(arrow for --shards).")
+@click.option("--shards", is_flag=True, help="Write DST as a directory of shards with a manifest.json.")
+@click.option("--max-rows-per-shard", default=100_000, show_default=True, type=click.IntRange(min=1))
+@_schema_option
+def convert(src: str, dst: str, to: str | None, fmt: str | None, shards: bool, max_rows_per_shard: int,
+            schema: str | None) -> None:
+    """Read SRC, optionally convert it to another schema, and write DST (a file, or shards with --shards).
+
+    Invalid rows stop the conversion with every problem listed (run `datacopilot validate SRC`).
+    """
+    from datacopilot.io import FORMATS
+
+    if fmt is not None and fmt not in FORMATS:
+        raise click.BadParameter(f"expected one of {sorted(FORMATS)}, got {fmt!r}", param_hint="--format")
+    ds = _load(src, schema, invalid="raise")
+    if to is not None:
+        ds = ds.convert(to)
+    if shards:
+        manifest = ds.write_shards(dst, format=fmt or "arrow", max_rows_per_shard=max_rows_per_shard)
+        click.echo(f"wrote {len(ds)} rows (schema {ds.schema.name}) in {len(manifest['shards'])} "
+                   f"{manifest['format']} shard(s) to {dst} with {os.path.join(dst, 'manifest.json')}")
+    else:
+        ds.write(dst, format=fmt)
+        click.echo(f"wrote {len(ds)} rows (schema {ds.schema.name}) to {dst}")
+
+
+@main.command()
+@click.argument("path")
+@_schema_option
+def validate(path: str, schema: str | None) -> None:
+    """Check every row of PATH against its schema; print each problem with its file and line.
+
+    Exits with 0 when all rows are valid, 1 otherwise.
+    """
+    ds = _load(path, schema)
+    problems = []
+    if ds.quarantine is not None:
+        problems += ds.quarantine.to_arrow().column("_error").to_pylist()
+    problems += ds.validate()
+    bad_rows = len(ds.quarantine) if ds.quarantine is not None else 0
+    for p in problems:
+        click.echo(p)
+    total = len(ds) + bad_rows
+    if problems:
+        click.echo(f"{path}: {bad_rows} invalid row(s) of {total} ({len(problems)} problem(s)), schema "
+                   f"{ds.schema.name}")
+        click.get_current_context().exit(1)
+    click.echo(f"{path}: all {total} rows valid, schema {ds.schema.name}")
+
+
+@main.command()
+@click.option("--out", "out", default="datacopilot-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the data, images and shards.")
+@click.option("--rows", "rows", default=400, show_default=True, type=click.IntRange(min=1), help="Rows to draw.")
+@click.option("--seed", "seed", default=0, show_default=True, type=int)
+def demo(out: str, rows: int, seed: int) -> None:
+    """Draw a dirty synthetic image-caption set, clean it step by step, and write Arrow shards."""
+    from datacopilot.demo import run_demo
+
+    run_demo(out, n=rows, seed=seed, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
