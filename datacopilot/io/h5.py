@@ -1,0 +1,203 @@
+"""HDF5 in PaddleMIX DataCopilot's own layout, read and written.
+
+Layout of one file (as DataCopilot's ``export_h5`` writes it and ``from_h5`` reads it):
+
+- ``dataset``: a 1-D ``uint8`` array, the compact JSON text (``separators=(",", ":")``) of every row, one after
+  another, with nothing in between;
+- ``offset``: a 1-D ``uint32`` array with one entry per row, the *start* of that row in ``dataset``. Row ``i``
+  ends where row ``i + 1`` starts; the last row ends at the end of ``dataset``. So the first offset is 0 and a
+  file can hold at most 4 GiB of JSON.
+
+DataCopilot writes no other datasets or attributes; we add one attribute, ``datacopilot.schema`` (the schema's
+name), which DataCopilot ignores. DataCopilot names multi-file exports ``{part}-part-{i:05d}_{j:04d}.h5``: ``i``
+is the chunk of rows, ``j`` counts the files one chunk spilled into when it passed the size cap
+(100 MB by default); :func:`write_h5_parts` writes the same names. Rows are the JSON rows of the schema (MM:
+``image`` as a path string); an image that carries bytes is written as ``{"path", "bytes_base64"}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import h5py
+import numpy as np
+
+from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.loading import Loaded, load_rows
+from datacopilot.schemas import BUILTIN, Schema
+
+from ._fs import atomic_open, get_fs, join, local_path, read_bytes
+from .jsonl import iter_json_rows
+
+SCHEMA_ATTR = "datacopilot.schema"
+MAX_BYTES = 100 * 1000 * 1000  # DataCopilot's default size cap per file
+_UINT32_MAX = 2**32 - 1
+
+
+# -- reading --------------------------------------------------------------------------------------------
+def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(data bytes as uint8, offsets, schema name attribute) of one file; InputError if it is not one."""
+    local = local_path(path)
+    source = local if local is not None else io.BytesIO(read_bytes(path))
+    try:
+        with h5py.File(source, "r") as f:
+            missing = [k for k in ("dataset", "offset") if k not in f]
+            if missing:
+                raise InputError(f"{path}: not a DataCopilot h5 file: no {' or '.join(repr(m) for m in missing)} "
+                                 f"dataset (found {sorted(f.keys())})")
+            data, offset = f["dataset"], f["offset"]
+            for name, d in (("dataset", data), ("offset", offset)):
+                if d.ndim != 1 or d.dtype.kind not in "ui":
+                    raise InputError(f"{path}: {name!r} must be a 1-D integer array, got shape {d.shape} "
+                                     f"dtype {d.dtype}")
+            name = f.attrs.get(SCHEMA_ATTR)
+            return np.asarray(data[()]), np.asarray(offset[()], dtype=np.int64), \
+                (name.decode() if isinstance(name, bytes) else name)
+    except InputError:
+        raise
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except (OSError, KeyError, ValueError, RuntimeError) as e:  # how h5py reports corrupt or truncated files
+        raise InputError(f"{path}: not a readable h5 file (truncated or corrupt?): {e}") from e
+
+
+def _check_offsets(path: str, offsets: np.ndarray, size: int) -> None:
+    if len(offsets) == 0:
+        if size:
+            raise InputError(f"{path}: 'offset' is empty but 'dataset' holds {size} bytes")
+        return
+    if offsets[0] != 0:
+        raise InputError(f"{path}: row 0: offset must be 0, got {int(offsets[0])} (bytes before it would be lost)")
+    out = np.nonzero((offsets < 0) | (offsets > size))[0]
+    if len(out):
+        i = int(out[0])
+        raise InputError(f"{path}: row {i}: offset {int(offsets[i])} is out of range (dataset holds {size} bytes)")
+    back = np.nonzero(np.diff(offsets) < 0)[0]
+    if len(back):
+        i = int(back[0]) + 1
+        raise InputError(f"{path}: row {i}: offsets are not increasing: {int(offsets[i - 1])} then "
+                         f"{int(offsets[i])}")
+
+
+def read_h5_rows(path: str, invalid: str = "raise") -> tuple[list, list[int], list, str | None]:
+    """Parse one DataCopilot h5 file: (rows, their row indices, broken (where, message, raw text), schema name).
+
+    Broken JSON raises InputError naming the file and row when ``invalid="raise"``.
+    """
+    data, offsets, name = _read_arrays(path)
+    _check_offsets(path, offsets, len(data))
+    raw = data.astype(np.uint8, copy=False).tobytes()
+    ends = np.append(offsets[1:], len(raw))
+    rows, index, broken = [], [], []
+    for i, (s, e) in enumerate(zip(offsets.tolist(), ends.tolist())):
+        chunk = raw[s:e]
+        try:
+            rows.append(json.loads(chunk))
+            index.append(i)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            msg = f"{path}: row {i}: invalid JSON: {getattr(err, 'msg', err)} (bytes {s}..{e})"
+            broken.append((f"{path}: row {i}", msg, chunk.decode("utf-8", "replace")))
+    if broken and invalid == "raise":
+        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
+        raise InputError(f"{len(broken)} broken JSON row(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    return rows, index, broken, name
+
+
+def read_h5(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
+    """Read one DataCopilot h5 file (local or fsspec URL).
+
+    Example
+    -------
+    >>> loaded = read_h5("train-part-00000_0000.h5", None)  # doctest: +SKIP
+    >>> loaded.table.num_rows  # doctest: +SKIP
+    """
+    rows, index, broken, name = read_h5_rows(path, invalid)
+    if schema is None and name in BUILTIN:
+        schema = BUILTIN[name]
+    loaded = load_rows(rows, schema, path, where=lambda i: f"{path}: row {index[i]}", invalid=invalid)
+    loaded.bad = broken + loaded.bad
+    return loaded
+
+
+# -- writing --------------------------------------------------------------------------------------------
+def _encode_rows(ds) -> list[bytes]:
+    return [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in iter_json_rows(ds)]
+
+
+def _h5_bytes(encoded: list[bytes], schema_name: str | None) -> bytes:
+    """One file in DataCopilot's layout, in memory."""
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(encoded) else np.zeros(0, np.int64)
+    total = int(lengths.sum())
+    if total > _UINT32_MAX:
+        raise DataCopilotError(f"{total} bytes of JSON do not fit one DataCopilot h5 file (uint32 offsets, at most "
+                               f"{_UINT32_MAX}); use write_h5_parts")
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("dataset", data=np.frombuffer(b"".join(encoded), dtype=np.uint8), dtype="uint8")
+        f.create_dataset("offset", data=starts.astype(np.uint32), dtype="uint32")
+        if schema_name:
+            f.attrs[SCHEMA_ATTR] = schema_name
+    return buf.getvalue()
+
+
+def _write_file(path: str, encoded: list[bytes], schema_name: str | None) -> None:
+    data = _h5_bytes(encoded, schema_name)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_h5(ds, path: str) -> None:
+    """Write ``ds`` to one h5 file in DataCopilot's layout, atomically (local or fsspec URL).
+
+    Example
+    -------
+    >>> write_h5(ds, "out/train.h5")  # doctest: +SKIP
+    """
+    _write_file(path, _encode_rows(ds), ds.schema.name)
+
+
+def write_h5_parts(ds, directory: str, part: str = "train", rows_per_file: int | None = None,
+                   max_bytes: int = MAX_BYTES) -> list[str]:
+    """Write ``ds`` as DataCopilot's multi-file export: ``{part}-part-{i:05d}_{j:04d}.h5`` in ``directory``.
+
+    Rows are cut into chunks of ``rows_per_file`` (all rows in chunk 0 when None), kept in order; a chunk whose
+    JSON passes ``max_bytes`` spills into the next ``j``. Each file is written atomically. Returns the paths in
+    order, so ``datacopilot.load(directory)`` reads the rows back in the same order.
+
+    Example
+    -------
+    >>> paths = write_h5_parts(ds, "out", part="train", rows_per_file=10_000)  # doctest: +SKIP
+    >>> paths[0]  # doctest: +SKIP
+    'out/train-part-00000_0000.h5'
+    """
+    if rows_per_file is not None and rows_per_file <= 0:
+        raise DataCopilotError(f"`rows_per_file` must be positive, got {rows_per_file!r}")
+    if max_bytes <= 0 or max_bytes > _UINT32_MAX:
+        raise DataCopilotError(f"`max_bytes` must be in 1..{_UINT32_MAX}, got {max_bytes!r}")
+    encoded = _encode_rows(ds)
+    step = rows_per_file or max(len(encoded), 1)
+    paths: list[str] = []
+    fs, p = get_fs(directory)
+    fs.makedirs(p, exist_ok=True)
+    for i, start in enumerate(range(0, max(len(encoded), 1), step)):
+        chunk = encoded[start:start + step]
+        for j, rows in enumerate(_split_by_size(chunk, max_bytes)):
+            path = join(directory, f"{part}-part-{i:05d}_{j:04d}.h5")
+            _write_file(path, rows, ds.schema.name)
+            paths.append(path)
+    return paths
+
+
+def _split_by_size(rows: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """Consecutive groups of rows, each under ``max_bytes`` (a single larger row gets a file of its own)."""
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for r in rows:
+        if out[-1] and size + len(r) > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += len(r)
+    return out
