@@ -144,6 +144,9 @@ def head(path: str, n: int, schema: str | None) -> None:
                 except ValueError:
                     pass
         click.echo(json.dumps(_printable(row), indent=2, ensure_ascii=False, default=str))
+    if ds.quarantine is not None:
+        click.echo(f"note: {len(ds.quarantine)} invalid row(s) not shown; see `datacopilot validate {path}`",
+                   err=True)
 
 
 @main.command()

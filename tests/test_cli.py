@@ -100,6 +100,13 @@ def test_head_prints_rows_as_json(runner, good):
     assert rows[0]["conversations"][1] == {"from": "gpt", "value": "hello"}
 
 
+def test_head_skips_invalid_rows_with_a_note(runner, bad):
+    res = runner.invoke(main, ["head", str(bad), "-n", "5"])
+    assert res.exit_code == 0, res.output
+    assert [r["id"] for r in _json_values(res.stdout)] == ["0", "2"]
+    assert "1 invalid row(s) not shown" in res.stderr
+
+
 def test_head_shows_image_bytes_as_a_size(runner, tmp_path):
     payload = b"\x89PNG" + bytes(96)
     ds = dc.MMDataset.from_rows([{"id": "a", "image": {"path": "a.png", "bytes": payload}, "meta": {"k": 1},
