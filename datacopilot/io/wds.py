@@ -1,0 +1,295 @@
+"""WebDataset ``.tar`` shards, read and written with :mod:`tarfile` (local or fsspec URLs).
+
+Convention (WebDataset's): a member's *key* is its path up to the first dot of its base name, the rest is
+its extension; members sharing a key make one sample. A sample holds:
+
+- ``KEY.json``: the row as a JSON object (the schema's file form: images as path strings, ``meta`` as an object);
+- its images, one member each, with extension ``.jpg .jpeg .png .webp .bmp .gif .tif .tiff``:
+
+  - a schema with one image field of one image (MM, PAIRS, CAPTION: ``image``): ``KEY.png``;
+  - a schema with one list of images (MESSAGES: ``images``): ``KEY.0.png``, ``KEY.1.png``, ... by position;
+  - a schema with several image fields: the field name goes first, ``KEY.image.png``, ``KEY.images.0.png``.
+
+On reading, each image member is embedded into its image value as ``{"path", "bytes"}``; ``path`` is the path
+the JSON gave, or the member's name when the JSON gave none. An image the JSON names without a member keeps its
+path (no bytes), to be resolved against the dataset's root later. MIX refers to images by url only (its images
+are not image values), so MIX shards hold only ``KEY.json``; an image member in a MIX sample is an error.
+
+Keys are written as ``000000``, ``000001``, ... in row order. Two members with the same key and extension, a
+member of an unknown kind, a sample without ``.json`` or a ``.json`` that does not parse are errors naming the
+tar and the key (with ``invalid="quarantine"`` the last three put the sample in the quarantine instead).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+from datacopilot.errors import InputError
+from datacopilot.loading import Loaded, guess_schema, load_rows
+from datacopilot.schemas import Image, List, Schema, read_image_bytes
+
+from ._fs import atomic_open, get_fs
+from .jsonl import _jsonable
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+          (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member name: ``"a/000123.0.png"`` -> ``("a/000123", "0.png")``; None without a dot."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+def image_slots(schema: Schema) -> list[tuple[str, bool]]:
+    """(field name, is a list) of the schema's image fields, in order."""
+    out = []
+    for f in schema.fields:
+        if isinstance(f.dtype, Image):
+            out.append((f.name, False))
+        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image):
+            out.append((f.name, True))
+    return out
+
+
+def _slot_prefix(slots, name: str) -> str:
+    return "" if len(slots) == 1 else name + "."
+
+
+# -- reading --------------------------------------------------------------------------------------------
+def _members(path: str) -> dict[str, dict[str, tuple[str, bytes]]]:
+    """{key: {extension: (member name, bytes)}} in the order keys first appear."""
+    fs, p = get_fs(path)
+    samples: dict[str, dict[str, tuple[str, bytes]]] = {}
+    try:
+        with fs.open(p, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            last = None
+            for m in tar:
+                last = m.name
+                if m.isdir():
+                    continue
+                parts = split_name(m.name)
+                key, ext = parts if parts else (m.name, "")
+                if not m.isfile():
+                    raise InputError(f"{path}: key {key!r}: member {m.name!r} is not a regular file")
+                data = tar.extractfile(m).read()
+                sample = samples.setdefault(key, {})
+                if ext.lower() in sample:
+                    raise InputError(f"{path}: key {key!r}: duplicate member {m.name!r} (another member already "
+                                     f"has extension {ext!r})")
+                sample[ext.lower()] = (m.name, data)
+            # tarfile stops quietly at a header cut short; a whole tar ends with zero blocks
+            tar.fileobj.seek(tar.offset)
+            if len(tar.fileobj.read(512)) < 512:
+                after = f"after member {last!r}" if last else "at the start"
+                raise InputError(f"{path}: truncated tar: it ends {after} without the end-of-archive blocks")
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise InputError(f"{path}: not a readable tar file (truncated or corrupt?): {e}") from e
+    return samples
+
+
+def _parse(path: str, samples: dict, invalid: str) -> tuple[list, list[str], list]:
+    rows, keys, broken = [], [], []
+    for key, members in samples.items():
+        where = f"{path}: key {key!r}"
+        if "json" not in members:
+            names = sorted(n for n, _ in members.values())
+            broken.append((where, f"{where}: sample has no .json member (members: {names})", None))
+            continue
+        name, data = members["json"]
+        try:
+            rows.append(json.loads(data))
+            keys.append(key)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            msg = f"{where}: {name}: invalid JSON: {getattr(e, 'msg', e)}"
+            broken.append((where, msg, data.decode("utf-8", "replace")))
+    if broken and invalid == "raise":
+        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
+        raise InputError(f"{len(broken)} broken sample(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    return rows, keys, broken
+
+
+def _image_value(json_value, member: tuple[str, bytes] | None):
+    if member is None:
+        return json_value
+    name, data = member
+    v = Image().normalize(json_value) if json_value is not None else None
+    path = v.get("path") if isinstance(v, dict) else None
+    return {"path": path if path is not None else name, "bytes": data}
+
+
+def _slot_of(ext: str, slots) -> tuple[str, int | None] | None:
+    """The (field, list index or None) an image member's extension names, or None if it names none."""
+    stem, _, img = ext.rpartition(".")
+    if img not in IMAGE_EXTENSIONS or not slots:
+        return None
+    if len(slots) == 1:
+        name, is_list = slots[0]
+        rest = stem
+    else:
+        name, _, rest = stem.partition(".")
+        is_list = dict(slots).get(name)
+        if is_list is None:
+            return None
+    if not is_list:
+        return (name, None) if rest == "" else None
+    return (name, int(rest)) if rest.isdigit() else None
+
+
+def _embed(row, members: dict, slots, where: str, schema_name: str) -> str | None:
+    """Put the sample's image members into ``row`` in place; the problem as text if a member has no place."""
+    by_field: dict[str, dict] = {}
+    unplaced = []
+    for ext, member in members.items():
+        if ext == "json":
+            continue
+        slot = _slot_of(ext, slots)
+        if slot is None:
+            unplaced.append(member[0])
+            continue
+        name, idx = slot
+        if idx in by_field.setdefault(name, {}):
+            other = by_field[name][idx][0]
+            at = name if idx is None else f"{name}[{idx}]"
+            return f"{where}: duplicate image members {other!r} and {member[0]!r} for {at}"
+        by_field[name][idx] = member
+    if unplaced:
+        kinds = f"image members are named {_expected(slots)}" if slots else "it has no image fields"
+        return f"{where}: member(s) {sorted(unplaced)} have no place in a {schema_name} row ({kinds})"
+    if not isinstance(row, dict):
+        return None  # validation reports it
+    for name, is_list in slots:
+        got = by_field.get(name)
+        if not got:
+            continue
+        if not is_list:
+            row[name] = _image_value(row.get(name), got[None])
+            continue
+        current = row.get(name)
+        current = list(current) if isinstance(current, list) else []
+        current += [None] * (max(got) + 1 - len(current))
+        row[name] = [_image_value(v, got.get(i)) for i, v in enumerate(current)]
+    return None
+
+
+def _expected(slots) -> str:
+    return ", ".join(f"KEY.{_slot_prefix(slots, n)}{'N.' if lst else ''}png" for n, lst in slots)
+
+
+def read_wds(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
+    """Read one WebDataset tar (local or fsspec URL); image members are embedded into the rows.
+
+    Example
+    -------
+    >>> loaded = read_wds("shard-000000.tar", None)  # doctest: +SKIP
+    >>> loaded.table.column("image")[0]["bytes"]  # doctest: +SKIP
+    """
+    samples = _members(path)
+    rows, keys, broken = _parse(path, samples, invalid)
+    if schema is None:
+        schema = guess_schema(rows)
+    slots = image_slots(schema) if schema is not None else []
+    name = schema.name if schema is not None else "schemaless"
+    good, good_keys = [], []
+    for row, key in zip(rows, keys):
+        where = f"{path}: key {key!r}"
+        problem = _embed(row, samples[key], slots, where, name)
+        if problem is None:
+            good.append(row)
+            good_keys.append(key)
+        elif invalid == "raise":
+            raise InputError(problem)
+        else:
+            broken.append((where, problem, row))
+    loaded = load_rows(good, schema, path, where=lambda i: f"{path}: key {good_keys[i]!r}", invalid=invalid)
+    loaded.bad = broken + loaded.bad
+    return loaded
+
+
+# -- writing --------------------------------------------------------------------------------------------
+def _image_ext(data: bytes, path: str | None) -> str | None:
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if path and "." in path.rsplit("/", 1)[-1]:
+        ext = path.rsplit(".", 1)[-1].lower()
+        return ext if ext in IMAGE_EXTENSIONS else None
+    return None
+
+
+def _image_member(value, root, where: str) -> tuple[str | None, bytes, str]:
+    """(path for the json, bytes, extension) of one image value."""
+    path = value.get("path") if isinstance(value, dict) else value
+    try:
+        data = read_image_bytes(value, root=root)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from e
+    ext = _image_ext(data, path)
+    if ext is None:
+        raise InputError(f"{where}: {path!r}: cannot tell the image format (expected one of {IMAGE_EXTENSIONS})")
+    return path, data, ext
+
+
+def _sample(row: dict, schema: Schema, slots, root, i: int) -> tuple[dict, list[tuple[str, bytes]]]:
+    """A stored row -> (the json row with image paths, [(member extension, bytes)])."""
+    row = dict(row)
+    members = []
+    for name, is_list in slots:
+        v = row.get(name)
+        if v is None:
+            continue
+        pre = _slot_prefix(slots, name)
+        if not is_list:
+            p, data, ext = _image_member(v, root, f"row {i}: {name}")
+            row[name] = p
+            members.append((f"{pre}{ext}", data))
+            continue
+        paths = []
+        for j, x in enumerate(v):
+            if x is None:
+                paths.append(None)
+                continue
+            p, data, ext = _image_member(x, root, f"row {i}: {name}[{j}]")
+            paths.append(p)
+            members.append((f"{pre}{j}.{ext}", data))
+        row[name] = paths
+    return _jsonable(row, schema), members
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed mtime: the same rows give the same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_wds(ds, path: str) -> None:
+    """Write ``ds`` to one WebDataset tar, atomically: ``KEY.json`` per row plus its images as members.
+
+    Images stored only as paths are read from disk (relative to ``ds.root``).
+
+    Example
+    -------
+    >>> write_wds(ds, "out/shard-000000.tar")  # doctest: +SKIP
+    """
+    schema = ds.schema
+    slots = image_slots(schema)
+    with atomic_open(path, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        i = 0
+        for batch in ds.to_arrow().to_batches(max_chunksize=1024):
+            for row in batch.to_pylist():
+                key = f"{i:06d}"
+                js, members = _sample(row, schema, slots, ds.root, i)
+                _add(tar, f"{key}.json", json.dumps(js, ensure_ascii=False).encode())
+                for ext, data in members:
+                    _add(tar, f"{key}.{ext}", data)
+                i += 1
