@@ -48,12 +48,16 @@ def expand(paths, extensions: tuple[str, ...]) -> list[str]:
     A directory with a manifest yields the shards the manifest lists, in its order.
     """
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise InputError("no paths given: pass a file, a glob, a directory or a list of them")
     out: list[str] = []
     for item in items:
         item = os.fspath(item)
         fs, p = get_fs(item)
         if any(ch in p for ch in "*?["):
             found = sorted(fs.glob(p))
+            if not p.rsplit("/", 1)[-1].startswith("."):  # like a shell: `*` does not match hidden files
+                found = [f for f in found if not f.rsplit("/", 1)[-1].startswith(".")]
             if not found:
                 raise InputError(f"{item}: no files match")
             out += [_full(fs, f, item) for f in found if not fs.isdir(f)]
