@@ -108,11 +108,20 @@ def _jsonable(row: dict, schema: Schema) -> dict:
         elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image):
             out[f.name] = [_image_json(x) for x in v]
         elif isinstance(f.dtype, Json):
-            out[f.name] = json.loads(v)
+            out[f.name] = _json_value(v)
     for k, v in out.items():
         if isinstance(v, bytes):
             out[k] = {"bytes_base64": base64.b64encode(v).decode()}
     return out
+
+
+def _json_value(text: str):
+    """A Json field's stored text as the object it encodes; text that is not JSON stays a string (it reads back
+    as the same text)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _image_json(v):
