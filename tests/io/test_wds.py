@@ -202,3 +202,18 @@ def test_interoperates_with_the_webdataset_package(tmp_path, images):
     assert [s["__key__"] for s in samples] == ["000000"]
     assert samples[0]["png"] == images["img0.png"]
     assert json.loads(samples[0]["json"])["conversations"][1]["value"] == "red"
+
+
+def test_mix_rows_refer_to_images_by_url(tmp_path, images):
+    rows = [{"id": "x", "images": [{"id": "i0", "url": "img0.png"}, {"id": "i1", "url": "img1.png"}],
+             "conversations": [{"from": "user", "value": "<image>"}, {"from": "assistant", "value": "two"}]}]
+    ds = MMDataset.from_rows(rows, schema="MIX", root=str(tmp_path))
+    out = str(tmp_path / "mix.tar")
+    write_wds(ds, out)
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["000000.json"]
+    back = datacopilot.load(out)
+    assert back.schema.name == "MIX" and back.to_list() == ds.to_list()
+    _tar(str(tmp_path / "mixm.tar"), [("k.json", json.dumps(rows[0]).encode()), ("k.0.png", images["img0.png"])])
+    with pytest.raises(InputError, match=r"mixm\.tar: key 'k': member\(s\) \['k\.0\.png'\] have no place in a MIX"):
+        datacopilot.load(str(tmp_path / "mixm.tar"))
