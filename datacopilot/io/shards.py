@@ -22,18 +22,31 @@ def _sha256(path: str) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def shard_bounds(n_rows: int, nbytes: int, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
-    per = n_rows or 1
-    if max_rows is not None:
-        if max_rows < 1:
-            raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
-        per = min(per, max_rows)
-    if max_bytes is not None:
-        if max_bytes < 1:
-            raise DataCopilotError(f"`max_bytes_per_shard` must be positive, got {max_bytes!r}")
-        avg = max(1.0, nbytes / max(n_rows, 1))
-        per = min(per, max(1, int(max_bytes // avg)))
-    return [(s, min(s + per, n_rows)) for s in range(0, n_rows, per)] or [(0, 0)]
+def shard_bounds(table, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
+    """Row ranges of the shards: at most ``max_rows`` rows and ``max_bytes`` bytes of Arrow data each (a row
+    larger than ``max_bytes`` gets a shard of its own). Sizes are measured per slice, so shards stay within the
+    limit even when row sizes vary a lot."""
+    n_rows = table.num_rows
+    if max_rows is not None and max_rows < 1:
+        raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
+    if max_bytes is not None and max_bytes < 1:
+        raise DataCopilotError(f"`max_bytes_per_shard` must be positive, got {max_bytes!r}")
+    per = min(n_rows, max_rows) if max_rows is not None else n_rows
+    out, start = [], 0
+    while start < n_rows:
+        end = min(start + per, n_rows)
+        if max_bytes is not None and table.slice(start, end - start).nbytes > max_bytes:
+            lo, hi = start + 1, end  # the largest end in [lo, hi] whose slice fits (at least one row)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if table.slice(start, mid - start).nbytes <= max_bytes:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            end = lo
+        out.append((start, end))
+        start = end
+    return out or [(0, 0)]
 
 
 def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
@@ -47,7 +60,7 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
     fs.makedirs(d, exist_ok=True)
     table = ds.to_arrow()
     shards = []
-    for i, (a, b) in enumerate(shard_bounds(len(ds), table.nbytes, max_rows_per_shard, max_bytes_per_shard)):
+    for i, (a, b) in enumerate(shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)):
         name = f"part-{i:05d}{ext}"
         path = join(directory, name)
         writer_for(format)(ds[a:b], path, **options)
