@@ -132,8 +132,10 @@ def image_columns(schema: Schema) -> list[str]:
     return out
 
 
-def absolutize_images(table: pa.Table, schema: Schema, root: str) -> pa.Table:
-    """Resolve relative image paths against ``root`` (done in Python over the image columns only)."""
+def absolutize_images(table: pa.Table, schema: Schema, root: str, relative_to: str | None = None) -> pa.Table:
+    """Resolve relative image paths against ``root`` (in Python, over the image columns only); with
+    ``relative_to`` (local paths), express them relative to that directory instead."""
+    import os
     for name in image_columns(schema):
         if name not in table.column_names:
             continue
@@ -142,8 +144,9 @@ def absolutize_images(table: pa.Table, schema: Schema, root: str) -> pa.Table:
         def fix(v):
             if isinstance(v, list):
                 return [fix(x) for x in v]
-            if isinstance(v, dict) and v.get("path"):
-                return {**v, "path": resolve_path(v["path"], root)}
+            if isinstance(v, dict) and v.get("path") and "://" not in v["path"] and not os.path.isabs(v["path"]):
+                full = resolve_path(v["path"], root)
+                return {**v, "path": os.path.relpath(full, relative_to) if relative_to else full}
             return v
 
         fixed = pa.array([fix(v) for v in col.to_pylist()], type=col.type)

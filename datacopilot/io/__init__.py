@@ -136,7 +136,9 @@ def _from_object(obj, schema, root):
 
 def write(ds, path: str, format: str | None = None, **options) -> str:
     """Write ``ds`` to ``path`` atomically; the format comes from the extension unless given."""
-    format_of(path, format).write(ds, path, **options)
+    from datacopilot.media import rebase_images
+
+    format_of(path, format).write(rebase_images(ds, parent(path)), path, **options)
     return path
 
 

@@ -56,8 +56,11 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
     if format not in FORMATS:
         raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
     ext = FORMATS[format].extensions[0]
+    from datacopilot.media import rebase_images
+
     fs, d = get_fs(directory)
     fs.makedirs(d, exist_ok=True)
+    ds = rebase_images(ds, directory if "://" in directory else d)
     table = ds.to_arrow()
     shards = []
     for i, (a, b) in enumerate(shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)):
