@@ -74,7 +74,10 @@ class MMDataset:
     @classmethod
     def from_hf(cls, hf_dataset, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
         """Build a dataset from a Hugging Face ``datasets.Dataset`` (zero-copy over its Arrow table)."""
-        return cls(hf_dataset.data.table, schema, root=root)
+        table = hf_dataset.data.table
+        if getattr(hf_dataset, "_indices", None) is not None:  # after select / filter / shuffle: only those rows
+            table = hf_dataset.with_format("arrow")[:]
+        return cls(table, schema, root=root)
 
     @classmethod
     def from_pandas(cls, df, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
