@@ -122,7 +122,7 @@ class Schema:
                 col = table.column(f.name)
                 if col.type != want:
                     try:
-                        col = _cast(col, want)
+                        col = _cast(col, f.dtype)
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                         raise SchemaError(
                             f"schema {self.name}: column {f.name!r} has type {col.type}, expected {want}: {e}"
@@ -156,15 +156,12 @@ class Schema:
         return mask
 
 
-def _cast(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
-    """Cast, also across struct field order and missing struct fields (which become nulls)."""
+def _cast(col: pa.ChunkedArray, dtype: DType) -> pa.ChunkedArray:
+    """Cast to ``dtype``'s Arrow type, also across struct field order and missing struct fields (which become
+    nulls), and from the shapes files and data frames hold (an image as a path string, ``meta`` as an object)."""
+    want = dtype.arrow()
     try:
         return col.cast(want)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        if pa.types.is_string(want) and (pa.types.is_struct(col.type) or pa.types.is_list(col.type)):
-            import json
-
-            return pa.chunked_array(
-                [pa.array([None if v is None else json.dumps(v, separators=(",", ":")) for v in col.to_pylist()], want)]
-            )
-        return pa.chunked_array([pa.array(col.to_pylist(), type=want)], type=want)
+        values = [None if v is None else dtype.normalize(v) for v in col.to_pylist()]
+        return pa.chunked_array([pa.array(values, type=want)], type=want)
