@@ -144,7 +144,9 @@ def absolutize_images(table: pa.Table, schema: Schema, root: str, relative_to: s
         def fix(v):
             if isinstance(v, list):
                 return [fix(x) for x in v]
-            if isinstance(v, dict) and v.get("path") and "://" not in v["path"] and not os.path.isabs(v["path"]):
+            # an image with bytes travels in the row: its path is only a name
+            if isinstance(v, dict) and v.get("bytes") is None and v.get("path") and "://" not in v["path"] \
+                    and not os.path.isabs(v["path"]):
                 full = resolve_path(v["path"], root)
                 return {**v, "path": os.path.relpath(full, relative_to) if relative_to else full}
             return v

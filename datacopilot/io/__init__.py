@@ -26,6 +26,7 @@ class Format:
     module: str
     reader: str
     writer: str
+    embeds_images: bool = False  # the writer stores image bytes, so paths need no rebasing
 
     def _fn(self, attr: str):
         return getattr(importlib.import_module(f"datacopilot.io.{self.module}"), attr)
@@ -43,7 +44,7 @@ FORMATS = {f.name: f for f in (
     Format("parquet", (".parquet",), "parquet", "read_parquet", "write_parquet"),
     Format("arrow", (".arrow", ".feather", ".ipc"), "ipc", "read_ipc", "write_ipc"),
     Format("h5", (".h5", ".hdf5"), "h5", "read_h5", "write_h5"),
-    Format("webdataset", (".tar",), "wds", "read_wds", "write_wds"),
+    Format("webdataset", (".tar",), "wds", "read_wds", "write_wds", embeds_images=True),
 )}
 EXTENSIONS = tuple(e for f in FORMATS.values() for e in f.extensions)
 
@@ -138,7 +139,8 @@ def write(ds, path: str, format: str | None = None, **options) -> str:
     """Write ``ds`` to ``path`` atomically; the format comes from the extension unless given."""
     from datacopilot.media import rebase_images
 
-    format_of(path, format).write(rebase_images(ds, parent(path)), path, **options)
+    fmt = format_of(path, format)
+    fmt.write(ds if fmt.embeds_images else rebase_images(ds, parent(path)), path, **options)
     return path
 
 

@@ -60,7 +60,8 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
 
     fs, d = get_fs(directory)
     fs.makedirs(d, exist_ok=True)
-    ds = rebase_images(ds, directory if "://" in directory else d)
+    if not FORMATS[format].embeds_images:
+        ds = rebase_images(ds, directory if "://" in directory else d)
     table = ds.to_arrow()
     shards = []
     for i, (a, b) in enumerate(shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)):
