@@ -12,6 +12,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from .errors import SchemaError
+
 POLICIES = ("raise", "skip", "quarantine")
 
 
@@ -55,16 +57,38 @@ def to_table(out: Any, where: str) -> pa.Table:
 
 
 def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[dict], dict] | None) -> pa.Table:
+    """A map's output rows as a table: every key of every row becomes a column (a key that only some rows have
+    is null elsewhere); columns of the input keep their type when the values fit it."""
     if normalize is not None:
         rows = [normalize(r) for r in rows]
-    if rows and set(rows[0]) == set(like.names):
+    if not rows:
+        return like.empty_table()
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys[k] = None
+    if set(keys) == set(like.names):
         try:
             return pa.Table.from_pylist(rows, schema=like)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, KeyError):
             pass
-    if not rows:
-        return like.empty_table()
-    return pa.Table.from_pylist(rows)
+    arrays = []
+    for k in keys:
+        values = [r.get(k) for r in rows]
+        want = like.field(k).type if k in like.names else None
+        try:
+            arrays.append(pa.array(values, type=want))
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            pass
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+            kinds = sorted({type(v).__name__ for v in values if v is not None})
+            raise SchemaError(f"map output column {k!r} holds values of different types ({', '.join(kinds)}): {e}") \
+                from e
+    return pa.Table.from_arrays(arrays, names=list(keys))
 
 
 @dataclass
