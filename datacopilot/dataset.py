@@ -303,7 +303,7 @@ class MMDataset:
 
     def split(self, fractions: "float | Sequence[float]", seed: int | None = None) -> list["MMDataset"]:
         """Split into parts by fractions (``0.9`` -> 90% / 10%); shuffled first when ``seed`` is given."""
-        fr = [fractions, 1 - fractions] if isinstance(fractions, float) else list(fractions)
+        fr = [fractions, 1 - fractions] if isinstance(fractions, (int, float)) else list(fractions)
         if any(f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
             raise DataCopilotError(f"`fractions` must be non-negative and sum to 1, got {fractions!r}")
         ds = self.shuffle(seed) if seed is not None else self
