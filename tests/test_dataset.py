@@ -184,6 +184,21 @@ def test_map_and_drop(ds):
     check_accounting(rec)
 
 
+def test_map_keeps_keys_that_only_some_rows_have(ds):
+    out = ds.map(lambda r: {**r, "extra": int(r["id"][1:])} if r["id"] in ("r003", "r017") else r, batch_size=8)
+    assert [r["extra"] for r in out] == [3 if i == 3 else 17 if i == 17 else None for i in range(20)]
+    out2 = ds.map(lambda r: {**r, "score": 0.5} if r["id"] == "r000" else {**r, "note": "n"})
+    assert out2[0]["score"] == 0.5 and out2[0]["note"] is None and out2[1]["note"] == "n" and out2[1]["score"] is None
+    retyped = ds.map(lambda r: {**r, "id": int(r["id"][1:])})
+    assert retyped.schema == ds.schema and retyped[5]["id"] == "5"  # the schema's type wins when the values fit
+
+
+def test_map_mixed_types_in_a_column_is_a_schema_error(ds):
+    with pytest.raises(SchemaError) as ei:
+        ds.map(lambda r: {**r, "x": 1 if r["id"] == "r000" else "text"})
+    assert "'x'" in str(ei.value) and "int" in str(ei.value) and "str" in str(ei.value)
+
+
 def test_map_changes_schema_when_needed(ds):
     out = ds.map(lambda r: {"id": r["id"], "caption": r["conversations"][1]["value"]})
     assert out.schema.name == "CAPTION"
@@ -265,6 +280,7 @@ def test_split(ds):
     assert [len(p) for p in parts] == [10, 5, 5]
     assert sorted(i for p in parts for i in ids(p)) == ids(ds)
     assert [ids(p) for p in parts] == [ids(p) for p in ds.split([0.5, 0.25, 0.25], seed=4)]
+    assert [len(p) for p in ds.split(1)] == [20, 0]
     with pytest.raises(DataCopilotError):
         ds.split([0.5, 0.6])
 
