@@ -168,7 +168,8 @@ class Struct(DType):
 
     def check(self, value, path, out):
         if not isinstance(value, dict):
-            out.append(f"{path}: expected an object, got {_kind(value)} {value!r}"[:300])
+            where = f"{path}: " if path else ""  # a whole row: the caller's prefix names it
+            out.append(f"{where}expected an object, got {_kind(value)} {value!r}"[:300])
             return
         for f in self.fields:
             v = value.get(f.name)
