@@ -170,3 +170,14 @@ def test_text_only_rows_in_every_schema(name, tmp_path):
 ])
 def test_field_paths(schema, row, expect):
     assert schema.validate_row(row, where="f.jsonl:3") == [f"f.jsonl:3: {expect}"]
+
+
+def test_a_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(mm_row(0)) + "\n[1, 2]\n" + json.dumps(mm_row(2)) + "\n")
+    for schema in ("MM", None):
+        with pytest.raises(ValidationError) as ei:
+            dc.load(str(path), schema=schema)
+        assert ei.value.problems == [f"{path}:2: expected an object, got list [1, 2]"]
+    ds = dc.load(str(path), schema="MM", invalid="quarantine")
+    assert [r["id"] for r in ds] == ["0", "2"] and ds.quarantine[0]["_source"] == f"{path}:2"
