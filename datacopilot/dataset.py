@@ -365,20 +365,21 @@ class MMDataset:
     # -- Python functions over rows or batches ---------------------------------------------------------
     def map(self, fn: Callable, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
             batch_size: int = 1024, on_error: str = "raise", schema: "Schema | str | None" = None,
-            progress: bool | None = None) -> "MMDataset":
+            progress: bool | None = None, name: str | None = None) -> "MMDataset":
         """Apply ``fn`` to every row (a dict -> a dict, or None to drop the row) or, with ``batched=True``, to
         every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame).
 
         Runs over ``num_workers`` threads or processes (``mode``), keeping order; lambdas and closures work in
         process mode. ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
         failed) or ``"quarantine"`` (also keep the failed row with its error in ``result.quarantine``). The
-        output keeps this schema when it fits, else ``schema`` or one detected from the columns.
+        output keeps this schema when it fits, else ``schema`` or one detected from the columns. ``name`` labels
+        the step in :meth:`history` (the function's name by default).
 
         >>> ds.map(lambda r: {**r, "id": r["id"].upper()}, num_workers=2, mode="process")  # doctest: +SKIP
         """
         self._check_policy(on_error)
         check_workers(num_workers, mode)
-        name = f"map {fn_name(fn)}"
+        name = name or f"map {fn_name(fn)}"
         task = MapTask(fn, batched, on_error, self._schema.normalize_row if self._schema.to_canonical else None)
         t0 = time.perf_counter()
         results = self._run(task, name, num_workers, mode, batch_size, on_error, progress)
@@ -386,7 +387,10 @@ class MMDataset:
         dropped = sum((r.dropped for r in results), Counter())
         failures = [f for r in results for f in r.failures]
         if tables:
-            out = pa.concat_tables(tables, promote_options="permissive")
+            try:
+                out = pa.concat_tables(tables, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise SchemaError(f"{name}: batches returned columns of different types: {e}") from e
         else:
             out = self._table.schema.empty_table()
         out_schema = self._output_schema(out, schema)
@@ -394,12 +398,13 @@ class MMDataset:
         return self._new(out, rec, schema=out_schema, quarantine=self._quarantined(failures, name, on_error))
 
     def filter(self, predicate: Any, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
-               batch_size: int = 1024, on_error: str = "raise", progress: bool | None = None) -> "MMDataset":
+               batch_size: int = 1024, on_error: str = "raise", progress: bool | None = None,
+               name: str | None = None) -> "MMDataset":
         """Keep the rows for which ``predicate`` holds.
 
         ``predicate`` is a polars expression (vectorized, the fast path), or a function of a row returning a
         bool or ``(bool, reason)``, or with ``batched=True`` a function of a RecordBatch returning a mask.
-        Dropped rows are counted by reason in :meth:`history`.
+        Dropped rows are counted by reason in :meth:`history`, under ``name`` unless the function gives one.
 
         >>> import polars as pl
         >>> ds.filter(pl.col("conversations").list.len() >= 2)  # doctest: +SKIP
@@ -407,7 +412,7 @@ class MMDataset:
         t0 = time.perf_counter()
         if transforms.is_polars_expr(predicate):
             keep = transforms.expr_mask(self._table, predicate)
-            name = f"filter {predicate}"[:120]
+            name = name or f"filter {predicate}"[:120]
             n_drop = int(len(self) - keep.sum())
             rec = OpRecord(name, len(self), int(keep.sum()), {name: n_drop} if n_drop else {}, 0,
                            time.perf_counter() - t0)
@@ -416,7 +421,7 @@ class MMDataset:
             raise DataCopilotError(f"`predicate` must be a polars expression or a function, got {predicate!r}")
         self._check_policy(on_error)
         check_workers(num_workers, mode)
-        name = f"filter {fn_name(predicate)}"
+        name = name or f"filter {fn_name(predicate)}"
         results = self._run(FilterTask(predicate, batched, on_error), name, num_workers, mode, batch_size,
                             on_error, progress)
         keep = np.concatenate([r.mask for r in results]) if results else np.zeros(0, dtype=bool)
@@ -434,8 +439,22 @@ class MMDataset:
             for r in results:
                 if r.failures:
                     row, msg, tb = r.failures[0]
-                    raise OperatorError(name, row, msg, tb)
+                    raise OperatorError(name, row, msg, tb, row_id=self._row_id(row))
         return results
+
+    def _row_id(self, row: int):
+        """The ``id`` of row ``row``, or None when the dataset has no ids."""
+        return self._table.column("id")[row].as_py() if "id" in self.columns else None
+
+    def embed_images(self, num_workers: int = 8, on_error: str = "raise") -> "MMDataset":
+        """Read every image referred to by path into the rows, so written shards carry their own images.
+
+        A missing image raises InputError naming the row and the path (or is skipped / quarantined per
+        ``on_error``).
+        """
+        from .media import embed_images
+
+        return embed_images(self, num_workers=num_workers, on_error=on_error)
 
     @staticmethod
     def _check_policy(on_error: str) -> None:

@@ -38,9 +38,10 @@ class ConversionError(SchemaError):
 class OperatorError(DataCopilotError):
     """A user function or operator failed on a row; names the operation and the row."""
 
-    def __init__(self, op: str, row: int | None, message: str, tb: str | None = None):
-        self.op, self.row, self.tb = op, row, tb
+    def __init__(self, op: str, row: int | None, message: str, tb: str | None = None, row_id=None):
+        self.op, self.row, self.tb, self.row_id = op, row, tb, row_id
         where = f" at row {row}" if row is not None else ""
+        where += f" (id {row_id!r})" if row_id is not None else ""
         text = f"{op}{where}: {message}"
         if tb:
             text += f"\n--- worker traceback ---\n{tb.rstrip()}"

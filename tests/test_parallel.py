@@ -79,7 +79,7 @@ def test_worker_exception_becomes_operator_error(ds, mode, num_workers):
     e = ei.value
     assert e.op == "map boom_at_123" and e.row == 123
     text = str(e)
-    assert text.startswith("map boom_at_123 at row 123: ValueError: bad value in row r0123")
+    assert text.startswith("map boom_at_123 at row 123 (id 'r0123'): ValueError: bad value in row r0123")
     assert "Traceback (most recent call last)" in text and "boom_at_123" in e.tb
     assert 'raise ValueError("bad value in row r0123")' in text
 

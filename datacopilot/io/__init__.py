@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord
-from datacopilot.loading import check_invalid_policy, quarantine_table
+from datacopilot.loading import check_invalid_policy, quarantine_table, split_invalid
 from datacopilot.schemas import Schema, get_schema
 
 from ._fs import expand, parent
@@ -86,14 +86,14 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
     -------
     >>> ds = datacopilot.load("data/*.jsonl", schema="MM")  # doctest: +SKIP
     """
-    from datacopilot.dataset import MMDataset
-
     check_invalid_policy(invalid)
     s = get_schema(schema) if schema is not None else None
-    obj = _from_object(paths, s, root)
-    if obj is not None:
-        return obj
     t0 = time.perf_counter()
+    obj = _from_object(paths, s, root)
+    if obj is not None:  # in-memory data is validated like files are
+        label = f"<{type(paths).__name__}>"
+        loaded = split_invalid(obj.to_arrow(), obj.schema, lambda i: f"{label} row {i}", invalid)
+        return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
     files = expand(paths, EXTENSIONS) if format is None else expand(paths, FORMATS[format].extensions)
     tables, bad, dirs = [], [], []
     for path in tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
@@ -109,12 +109,20 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         tables = [absolutize_images(t, s, d) for t, d in zip(tables, dirs)]
     else:
         root = root or (dirs[0] if dirs else None)
+    return _assemble(tables, s, root, bad, f"load {len(files)} file(s)", t0)
+
+
+def _assemble(tables: list, schema: Schema, root, bad: list, label: str, t0: float):
+    from datacopilot.dataset import MMDataset
+
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    quarantine = MMDataset(quarantine_table(bad), Schema.infer(quarantine_table(bad).schema, "QUARANTINE")) \
-        if bad else None
-    rec = OpRecord(f"load {len(files)} file(s)", table.num_rows + len(bad), table.num_rows,
+    quarantine = None
+    if bad:
+        q = quarantine_table(bad)
+        quarantine = MMDataset(q, Schema.infer(q.schema, "QUARANTINE"))
+    rec = OpRecord(label, table.num_rows + len(bad), table.num_rows,
                    {"invalid row (quarantined)": len(bad)} if bad else {}, 0, time.perf_counter() - t0)
-    return MMDataset(table, s, root=root, history=(rec,), quarantine=quarantine)
+    return MMDataset(table, schema, root=root, history=(rec,), quarantine=quarantine)
 
 
 def _from_object(obj, schema, root):
