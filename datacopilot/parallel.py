@@ -7,6 +7,7 @@ order; at most ``2 * num_workers`` batches are in flight, so memory stays bounde
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import sys
 from collections import deque
@@ -112,9 +113,43 @@ def _executor(num_workers: int, mode: str) -> Executor:
         return ThreadPoolExecutor(max_workers=num_workers)
     # spawn: forking a process that runs Arrow / polars thread pools can deadlock the child. The child gets
     # the parent's sys.path, so functions of modules the parent could import (scripts, tests) import there too.
-    return ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"),
-                               initializer=_init_worker, initargs=(list(sys.path),))
+    ex = ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(list(sys.path),))
+    with _main_hidden():  # start every worker now, while the children cannot see the main module
+        for fut in [ex.submit(_ready) for _ in range(num_workers)]:
+            fut.result()
+    return ex
 
 
 def _init_worker(path: list[str]) -> None:
     sys.path[:] = path
+
+
+def _ready() -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Start spawn children without re-running the user's main module.
+
+    The task travels as cloudpickle bytes (functions of ``__main__`` by value), so the children never need
+    ``__main__``; re-running it would execute an unguarded script again in every worker, and fails for code
+    read from stdin or a notebook.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    missing = object()
+    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is missing:
+                main.__dict__.pop(k, None)
+            else:
+                main.__dict__[k] = v

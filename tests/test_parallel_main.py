@@ -1,0 +1,30 @@
+"""Process mode works from scripts without a ``__main__`` guard and from code read on stdin."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import datacopilot as dc
+print("body")
+ds = dc.MMDataset.from_rows([{"id": str(i), "conversations": [{"from": "human", "value": "hi"}]}
+                             for i in range(50)], schema="MM")
+def up(r):
+    return {**r, "id": r["id"] + "!"}
+out = ds.map(up, num_workers=2, mode="process", batch_size=10)
+print(out[49]["id"], len(out))
+"""
+
+
+def test_unguarded_script_runs_its_body_once(tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["body", "49!", "50"]
+
+
+def test_code_from_stdin(tmp_path):
+    out = subprocess.run([sys.executable, "-"], input=SCRIPT, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["body", "49!", "50"]
