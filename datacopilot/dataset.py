@@ -8,7 +8,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from datacopilot.schemas import Schema, detect_schema, get_schema
 from datacopilot.schemas.image import decode_image

@@ -8,7 +8,6 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-import datacopilot as dc
 from datacopilot import MMDataset
 from datacopilot.errors import ConversionError, DataCopilotError, SchemaError
 

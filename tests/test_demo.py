@@ -78,7 +78,7 @@ def test_captions_and_conversations_describe_what_was_drawn(tmp_path):
 def test_make_demo_data_is_deterministic(tmp_path):
     a = make_demo_data(str(tmp_path / "a"), n=40, seed=7)
     b = make_demo_data(str(tmp_path / "b"), n=40, seed=7)
-    c = make_demo_data(str(tmp_path / "c"), n=40, seed=8)
+    make_demo_data(str(tmp_path / "c"), n=40, seed=8)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
     assert {k: v for k, v in a.items() if k not in ("path", "images_dir")} == \
         {k: v for k, v in b.items() if k not in ("path", "images_dir")}

@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pyarrow as pa
 
-import datacopilot as dc
 from datacopilot import MMDataset
 
 ROW_BYTES = 1 << 20  # one MiB of image bytes per row

@@ -83,3 +83,25 @@ def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, wh
 def with_schema_metadata(table: pa.Table, schema: Schema, root: str | None = None) -> pa.Table:
     meta = {SCHEMA_KEY: schema.name.encode()}
     return table.replace_schema_metadata(meta)
+
+
+def parse_json_records(records, invalid: str, what: str = "line") -> tuple[list, list, list]:
+    """Parse ``(key, where, raw bytes)`` records as JSON.
+
+    Returns the parsed rows, their keys, and the broken records as (where, message, raw text) triples;
+    with ``invalid="raise"`` broken records raise one InputError listing them all (the first 20 shown).
+    """
+    from datacopilot.errors import InputError
+
+    rows, keys, broken = [], [], []
+    for key, where, raw in records:
+        try:
+            rows.append(json.loads(raw))
+            keys.append(key)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            msg = f"{where}: invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})"
+            broken.append((where, msg, raw.decode("utf-8", "replace")))
+    if broken and invalid == "raise":
+        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
+        raise InputError(f"{len(broken)} broken JSON {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    return rows, keys, broken

@@ -28,6 +28,7 @@ from datacopilot.loading import Loaded, load_rows
 from datacopilot.schemas import BUILTIN, Schema
 
 from ._fs import atomic_open, get_fs, join, local_path, read_bytes
+from ._common import parse_json_records
 from .jsonl import iter_json_rows
 
 SCHEMA_ATTR = "datacopilot.schema"
@@ -89,18 +90,8 @@ def read_h5_rows(path: str, invalid: str = "raise") -> tuple[list, list[int], li
     _check_offsets(path, offsets, len(data))
     raw = data.astype(np.uint8, copy=False).tobytes()
     ends = np.append(offsets[1:], len(raw))
-    rows, index, broken = [], [], []
-    for i, (s, e) in enumerate(zip(offsets.tolist(), ends.tolist())):
-        chunk = raw[s:e]
-        try:
-            rows.append(json.loads(chunk))
-            index.append(i)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = f"{path}: row {i}: invalid JSON: {getattr(err, 'msg', err)} (bytes {s}..{e})"
-            broken.append((f"{path}: row {i}", msg, chunk.decode("utf-8", "replace")))
-    if broken and invalid == "raise":
-        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
-        raise InputError(f"{len(broken)} broken JSON row(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    records = ((i, f"{path}: row {i}", raw[s:e]) for i, (s, e) in enumerate(zip(offsets.tolist(), ends.tolist())))
+    rows, index, broken = parse_json_records(records, invalid, "row")
     return rows, index, broken, name
 
 

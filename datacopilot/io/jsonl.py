@@ -19,7 +19,7 @@ from datacopilot.errors import InputError, SchemaError
 from datacopilot.loading import Loaded, load_rows
 from datacopilot.schemas import Json, Schema
 
-from ._common import file_arrow_schema, finish
+from ._common import file_arrow_schema, finish, parse_json_records
 from ._fs import atomic_open, read_bytes
 
 
@@ -52,20 +52,8 @@ def _fast(data: bytes, path: str, schema: Schema | None, invalid: str) -> Loaded
 
 
 def _parse_lines(data: bytes, path: str, invalid: str) -> tuple[list, list[int], list]:
-    rows, lines, broken = [], [], []
-    for n, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-            lines.append(n)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            msg = f"{path}:{n}: invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})"
-            broken.append((f"{path}:{n}", msg, line.decode("utf-8", "replace")))
-    if broken and invalid == "raise":
-        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
-        raise InputError(f"{len(broken)} broken JSON line(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
-    return rows, lines, broken
+    records = ((n, f"{path}:{n}", line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip())
+    return parse_json_records(records, invalid, "line")
 
 
 def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:

@@ -7,7 +7,6 @@ import os
 import uuid
 
 import fsspec
-import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
