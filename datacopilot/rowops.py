@@ -56,11 +56,11 @@ def to_table(out: Any, where: str) -> pa.Table:
                     f"polars DataFrame, got {type(out).__name__}")
 
 
-def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[dict], dict] | None) -> pa.Table:
+def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[str, list], list] | None) -> pa.Table:
     """A map's output rows as a table: every key of every row becomes a column (a key that only some rows have
-    is null elsewhere); columns of the input keep their type when the values fit it."""
-    if normalize is not None:
-        rows = [normalize(r) for r in rows]
+    is null elsewhere); columns of the input keep their type when the values fit it. ``normalize(column,
+    values)`` turns file-shaped values (image paths as strings, ``meta`` objects) into stored ones; it runs
+    only for a column whose values do not fit as they are, so the common case pays nothing for it."""
     if not rows:
         return like.empty_table()
     keys: dict[str, None] = {}
@@ -82,6 +82,12 @@ def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[dict],
             continue
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
             pass
+        if normalize is not None and want is not None:
+            try:
+                arrays.append(pa.array(normalize(k, values), type=want))
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                pass
         try:
             arrays.append(pa.array(values))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
@@ -96,7 +102,7 @@ class MapTask:
     fn: Callable
     batched: bool
     policy: str
-    normalize: Callable[[dict], dict] | None = None
+    normalize: Callable[[str, list], list] | None = None
 
     def __call__(self, table: pa.Table, offset: int) -> Result:
         res = Result()

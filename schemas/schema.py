@@ -97,6 +97,13 @@ class Schema:
         """Turn a row as found in files (image paths as strings, ``meta`` as objects) into its stored form."""
         return self.struct.normalize(row)
 
+    def normalize_column(self, name: str, values: list) -> list:
+        """:meth:`normalize_row` for one column's values (unchanged for columns outside the schema)."""
+        if name not in self.names:
+            return values
+        dtype = self.field(name).dtype
+        return [dtype.normalize(v) for v in values]
+
     def validate_row(self, row: Any, where: str = "") -> list[str]:
         """Every problem of one row, each message prefixed with ``where`` (e.g. ``"data.jsonl:17"``)."""
         out: list[str] = []
