@@ -7,11 +7,14 @@ order; at most ``2 * num_workers`` batches are in flight, so memory stays bounde
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
+import pickle
 import sys
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
 import cloudpickle
@@ -30,7 +33,9 @@ def _run_pickled(payload: bytes, data: pa.Buffer, offset: int) -> Any:
     task = _TASKS.get(key)
     if task is None:
         _TASKS.clear()
-        task = _TASKS[key] = cloudpickle.loads(payload)
+        path, blob = pickle.loads(payload)
+        sys.path[:] = path  # functions of modules the parent can import (scripts, tests) import here too
+        task = _TASKS[key] = cloudpickle.loads(blob)
     return task(ipc.open_stream(data).read_all(), offset)
 
 
@@ -95,7 +100,7 @@ def run_batches(
             return results
         with _executor(num_workers, mode) as ex:
             if mode == "process":
-                payload = cloudpickle.dumps(task)
+                payload = pickle.dumps((list(sys.path), cloudpickle.dumps(task)))
                 submit = lambda part, off: ex.submit(_run_pickled, payload, to_ipc(part), off)  # noqa: E731
             else:
                 submit = lambda part, off: ex.submit(task, part, off)  # noqa: E731
@@ -118,21 +123,46 @@ def run_batches(
         bar.close()
 
 
-def _executor(num_workers: int, mode: str) -> Executor:
+@contextlib.contextmanager
+def _executor(num_workers: int, mode: str) -> Iterator[Executor]:
     if mode == "thread":
-        return ThreadPoolExecutor(max_workers=num_workers)
-    # spawn: forking a process that runs Arrow / polars thread pools can deadlock the child. The child gets
-    # the parent's sys.path, so functions of modules the parent could import (scripts, tests) import there too.
-    ex = ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(list(sys.path),))
+        with ThreadPoolExecutor(max_workers=num_workers) as ex:
+            yield ex
+        return
+    ex = _process_pool(num_workers)
+    try:
+        yield ex
+    except BrokenProcessPool:
+        _POOLS.pop(num_workers, None)
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """A warm pool of ``num_workers`` processes, kept for the next call (starting workers costs about half a
+    second; a pipeline of several maps pays it once). :func:`shutdown_pools` ends them; so does exit."""
+    ex = _POOLS.get(num_workers)
+    if ex is not None:
+        return ex
+    # spawn, not fork: forking a process that runs Arrow / polars thread pools can deadlock the child
+    ex = ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"))
     with _main_hidden():  # start every worker now, while the children cannot see the main module
         for fut in [ex.submit(_ready) for _ in range(num_workers)]:
             fut.result()
+    if not _POOLS:
+        atexit.register(shutdown_pools)
+    _POOLS[num_workers] = ex
     return ex
 
 
-def _init_worker(path: list[str]) -> None:
-    sys.path[:] = path
+def shutdown_pools() -> None:
+    """Stop the worker processes kept by process-mode ``map`` / ``filter``."""
+    while _POOLS:
+        _, ex = _POOLS.popitem()
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _ready() -> bool:
