@@ -132,10 +132,11 @@ def _executor(num_workers: int, mode: str) -> Iterator[Executor]:
     ex = _process_pool(num_workers)
     try:
         yield ex
-    except BrokenProcessPool:
+    except BrokenProcessPool as e:
         _POOLS.pop(num_workers, None)
         ex.shutdown(wait=False, cancel_futures=True)
-        raise
+        raise DataCopilotError(f"a worker process died (killed, out of memory, or os._exit in the function); "
+                               f"nothing was returned: {e}") from e
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}

@@ -28,3 +28,27 @@ def test_code_from_stdin(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["body", "49!", "50"]
+
+
+def test_dead_worker_is_an_error_and_the_next_call_works():
+    import os
+
+    import datacopilot as dc
+    from datacopilot.errors import DataCopilotError
+
+    ds = dc.MMDataset.from_rows([{"id": str(i), "conversations": [{"from": "human", "value": "hi"}]}
+                                 for i in range(20)], schema="MM")
+
+    def die(r):
+        if r["id"] == "13":
+            os._exit(3)
+        return r
+
+    try:
+        ds.map(die, num_workers=2, mode="process", batch_size=5)
+    except DataCopilotError as e:
+        assert "worker process died" in str(e)
+    else:
+        raise AssertionError("a dead worker must not pass silently")
+    out = ds.map(lambda r: {**r, "id": r["id"] + "x"}, num_workers=2, mode="process", batch_size=5)
+    assert [r["id"] for r in out] == [f"{i}x" for i in range(20)]
