@@ -170,7 +170,7 @@ class MMDataset:
         """The same rows with image paths resolved against ``root`` (no-op without a root)."""
         if not self.root:
             return self
-        return MMDataset(transforms.absolutize_images(self._table, self._schema, self.root), self._schema,
+        return MMDataset(transforms.prefix_image_paths(self._table, self._schema, self.root), self._schema,
                          root=None, history=self._history, quarantine=self.quarantine)
 
     def history(self) -> list[OpRecord]:

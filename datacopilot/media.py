@@ -57,7 +57,7 @@ def rebase_images(ds, directory: str):
     import os
 
     from .dataset import MMDataset
-    from .transforms import absolutize_images
+    from .transforms import prefix_image_paths
 
     root = ds.root
     if not root or not any(c in ds.columns for c in image_columns(ds.schema)):
@@ -69,5 +69,5 @@ def rebase_images(ds, directory: str):
     root, directory = os.path.abspath(root), os.path.abspath(directory)
     if root == directory:
         return ds
-    table = absolutize_images(ds.to_arrow(), ds.schema, root, relative_to=directory)
+    table = prefix_image_paths(ds.to_arrow(), ds.schema, os.path.relpath(root, directory))
     return MMDataset(table, ds.schema, root=directory, history=ds.history(), quarantine=ds.quarantine)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datacopilot.schemas import Schema
-from datacopilot.schemas.image import IMAGE_ARROW_TYPE, resolve_path
+from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 
 from .errors import DataCopilotError
 
@@ -132,28 +132,32 @@ def image_columns(schema: Schema) -> list[str]:
     return out
 
 
-def absolutize_images(table: pa.Table, schema: Schema, root: str, relative_to: str | None = None) -> pa.Table:
-    """Resolve relative image paths against ``root`` (in Python, over the image columns only); with
-    ``relative_to`` (local paths), express them relative to that directory instead."""
-    import os
+def prefix_image_paths(table: pa.Table, schema: Schema, prefix: str) -> pa.Table:
+    """Put ``prefix + "/"`` in front of every relative image path (vectorized, over the image columns only).
+
+    Paths that are absolute or URLs stay; so do images that carry their bytes (their path is only a name).
+    ``prefix`` is a root to make paths absolute, or a relative route such as ``"../.."`` to rebase them.
+    """
+    prefix = prefix.rstrip("/") or "/"
     for name in image_columns(schema):
         if name not in table.column_names:
             continue
         col = table.column(name)
-
-        def fix(v):
-            if isinstance(v, list):
-                return [fix(x) for x in v]
-            # an image with bytes travels in the row: its path is only a name
-            if isinstance(v, dict) and v.get("bytes") is None and v.get("path") and "://" not in v["path"] \
-                    and not os.path.isabs(v["path"]):
-                full = resolve_path(v["path"], root)
-                return {**v, "path": os.path.relpath(full, relative_to) if relative_to else full}
-            return v
-
-        fixed = pa.array([fix(v) for v in col.to_pylist()], type=col.type)
-        table = table.set_column(table.column_names.index(name), name, fixed)
+        chunks = [_prefix_chunk(c, prefix) for c in col.chunks]
+        table = table.set_column(table.column_names.index(name), name, pa.chunked_array(chunks, col.type))
     return table
+
+
+def _prefix_chunk(arr: pa.Array, prefix: str) -> pa.Array:
+    if pa.types.is_list(arr.type):
+        values = _prefix_chunk(arr.values, prefix)
+        return pa.ListArray.from_arrays(arr.offsets, values, type=arr.type, mask=arr.is_null())
+    paths, data = arr.field("path"), arr.field("bytes")
+    relative = pc.and_(pc.invert(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://"))),
+                       pc.is_null(data))
+    joined = pc.binary_join_element_wise(pa.scalar(prefix), paths, "/")
+    new_paths = pc.if_else(relative.fill_null(False), joined, paths)
+    return pa.StructArray.from_arrays([new_paths, data], fields=list(arr.type), mask=arr.is_null())
 
 
 _INDEX = re.compile(r"\[\d+\]")

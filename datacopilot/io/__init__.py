@@ -104,9 +104,9 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         bad += loaded.bad
         dirs.append(parent(path))
     if root is None and len(set(dirs)) > 1:
-        from datacopilot.transforms import absolutize_images
+        from datacopilot.transforms import prefix_image_paths
 
-        tables = [absolutize_images(t, s, d) for t, d in zip(tables, dirs)]
+        tables = [prefix_image_paths(t, s, d) for t, d in zip(tables, dirs)]
     else:
         root = root or (dirs[0] if dirs else None)
     return _assemble(tables, s, root, bad, f"load {len(files)} file(s)", t0)
