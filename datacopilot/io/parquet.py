@@ -21,7 +21,7 @@ def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Lo
     return finish(table, schema, path, invalid)
 
 
-def write_parquet(ds, path: str, compression: str = "zstd") -> None:
+def write_parquet(ds, path: str, compression: str = "snappy") -> None:
     table = with_schema_metadata(ds.to_arrow(), ds.schema)
     with atomic_open(path, "wb") as f:
         pq.write_table(table, f, compression=compression)

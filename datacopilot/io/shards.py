@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 
@@ -63,13 +67,21 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
     if not FORMATS[format].embeds_images:
         ds = rebase_images(ds, directory if "://" in directory else d)
     table = ds.to_arrow()
-    shards = []
-    for i, (a, b) in enumerate(shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)):
+    write = writer_for(format)
+
+    def one(i: int, a: int, b: int) -> dict:
         name = f"part-{i:05d}{ext}"
         path = join(directory, name)
-        writer_for(format)(ds[a:b], path, **options)
+        write(ds[a:b], path, **options)
         digest, size = _sha256(path)
-        shards.append({"file": name, "rows": b - a, "bytes": size, "sha256": digest})
+        return {"file": name, "rows": b - a, "bytes": size, "sha256": digest}
+
+    bounds = shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)
+    # shards are independent: Arrow's writers and compressors release the GIL, so threads overlap them
+    with ThreadPoolExecutor(max_workers=min(len(bounds), os.cpu_count() or 1, 8)) as pool:
+        futures = [pool.submit(one, i, a, b) for i, (a, b) in enumerate(bounds)]
+        shards = [f.result() for f in tqdm(futures, desc=f"write {format} shards", unit="shard", leave=False,
+                                           disable=len(futures) < 8)]
     manifest = {"format": format, "schema": ds.schema.name, "rows": len(ds), "shards": shards,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with atomic_open(join(directory, MANIFEST), "wb") as f:
