@@ -8,10 +8,8 @@ the file and line of every problem.
 from __future__ import annotations
 
 import base64
-import io
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
@@ -20,33 +18,45 @@ from datacopilot.loading import Loaded, load_rows
 from datacopilot.schemas import Json, Schema
 
 from ._common import file_arrow_schema, finish, parse_json_records
-from ._fs import atomic_open, read_bytes
+from ._fs import atomic_open, get_fs, local_path, read_bytes
 
 
-def _line_numbers(data: bytes) -> np.ndarray:
-    """1-based line number of each non-blank line."""
-    lines = data.split(b"\n")
-    return np.array([i + 1 for i, ln in enumerate(lines) if ln.strip()], dtype=np.int64)
+class _Lines:
+    """``where(i)`` for row ``i`` of a jsonl file: ``path:line``. Line numbers are worked out only when a
+    message needs one (blank lines shift them), so a clean load never scans the text in Python."""
+
+    def __init__(self, path: str):
+        self.path, self.numbers = path, None
+
+    def __call__(self, i: int) -> str:
+        if self.numbers is None:
+            lines = read_bytes(self.path).split(b"\n")
+            self.numbers = [n + 1 for n, ln in enumerate(lines) if ln.strip()]
+        return f"{self.path}:{self.numbers[i]}"
 
 
-def _fast(data: bytes, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
-    if schema is not None and any(isinstance(f.dtype, Json) and f'"{f.name}"'.encode() in data for f in schema.fields):
-        return None  # free-form JSON fields keep their exact shape only through the row path
+def _fast(path: str, schema: Schema | None, invalid: str) -> Loaded | None:
+    """Arrow's multithreaded parser, straight from the file; None when the file needs the row path."""
     opts = pajson.ParseOptions(newlines_in_values=False)
     if schema is not None:
         opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
+    fs, p = get_fs(path)
+    read = pajson.ReadOptions(block_size=16 << 20)
     try:
-        table = pajson.read_json(io.BytesIO(data), parse_options=opts,
-                                 read_options=pajson.ReadOptions(block_size=16 << 20))
+        if local_path(path):
+            table = pajson.read_json(local_path(path), parse_options=opts, read_options=read)
+        else:
+            with fs.open(p, "rb") as f:
+                table = pajson.read_json(f, parse_options=opts, read_options=read)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
-    if schema is None and any(pa.types.is_struct(f.type) and f.name == "meta" for f in table.schema):
-        return None
-    simple = not data.startswith(b"\n") and b"\n\n" not in data and b"\r" not in data
-    lines = None if simple else _line_numbers(data)
-    where = (lambda i: f"{path}:{i + 1}") if simple else (lambda i: f"{path}:{lines[i]}")
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
+    if json_fields & set(table.column_names):
+        return None  # free-form JSON fields keep their exact shape only through the row path
     try:
-        return finish(table, schema, path, invalid, where)
+        return finish(table, schema, path, invalid, _Lines(path))
     except SchemaError:
         return None
 
@@ -57,11 +67,10 @@ def _parse_lines(data: bytes, path: str, invalid: str) -> tuple[list, list[int],
 
 
 def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
-    data = read_bytes(path)
-    fast = _fast(data, path, schema, invalid)
+    fast = _fast(path, schema, invalid)
     if fast is not None:
         return fast
-    rows, lines, broken = _parse_lines(data, path, invalid)
+    rows, lines, broken = _parse_lines(read_bytes(path), path, invalid)
     loaded = load_rows(rows, schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
     loaded.bad = broken + loaded.bad
     return loaded
