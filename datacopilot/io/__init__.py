@@ -120,6 +120,7 @@ def _assemble(tables: list, schema: Schema, root, bad: list, label: str, t0: flo
     if bad:
         q = quarantine_table(bad)
         quarantine = MMDataset(q, Schema.infer(q.schema, "QUARANTINE"))
+    pa.default_memory_pool().release_unused()  # hand the parsers' scratch memory back to the OS
     rec = OpRecord(label, table.num_rows + len(bad), table.num_rows,
                    {"invalid row (quarantined)": len(bad)} if bad else {}, 0, time.perf_counter() - t0)
     return MMDataset(table, schema, root=root, history=(rec,), quarantine=quarantine)
