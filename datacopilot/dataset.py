@@ -85,9 +85,7 @@ class MMDataset:
     def _new(self, table: pa.Table, record: OpRecord | None = None, schema: Schema | None = None,
              quarantine: "MMDataset | None" = None) -> "MMDataset":
         hist = self._history + ((record,) if record is not None else ())
-        q = self.quarantine
-        if quarantine is not None:
-            q = quarantine if q is None else q.concat(quarantine)
+        q = merge_quarantines([self.quarantine, quarantine])
         return MMDataset(table, schema or self._schema, root=self.root, history=hist, quarantine=q)
 
     # -- basics ---------------------------------------------------------------------------------------
@@ -162,8 +160,7 @@ class MMDataset:
             root = None
         table = pa.concat_tables([p._table for p in parts], promote_options="permissive")
         hist = tuple(r for p in parts for r in p._history)
-        qs = [p.quarantine for p in parts if p.quarantine is not None]
-        q = qs[0].concat(*qs[1:]) if qs else None
+        q = merge_quarantines([p.quarantine for p in parts])
         return MMDataset(table, self._schema, root=root, history=hist, quarantine=q)
 
     def with_absolute_paths(self) -> "MMDataset":
@@ -498,3 +495,27 @@ class MMDataset:
 
         return write_shards(self, directory, format=format, max_rows_per_shard=max_rows_per_shard,
                             max_bytes_per_shard=max_bytes_per_shard, **options)
+
+
+def merge_quarantines(parts: list) -> "MMDataset | None":
+    """One quarantine from several (None entries skipped). Rows keep their columns where the tables fit
+    together; where they do not (a column changed type between steps) each row becomes JSON text in ``_row``
+    beside its ``_source`` and ``_error``, so no failed row is ever lost to a merge."""
+    from .loading import quarantine_table
+
+    parts = [p for p in parts if p is not None]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    tables = [p.to_arrow() for p in parts]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        bad = []
+        for t in tables:
+            for r in t.to_pylist():
+                source = r.pop("_source", None) or r.pop("_op", None)
+                error = r.pop("_error", None)
+                raw = r.pop("_row", None)
+                bad.append((source, error, raw if raw is not None and not r else r))
+        table = quarantine_table(bad)
+    return MMDataset(table, Schema.infer(table.schema, "QUARANTINE"))

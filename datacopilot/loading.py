@@ -3,6 +3,7 @@ either raised (all problems listed) or kept apart in a quarantine with its error
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -139,9 +140,16 @@ def split_invalid(table: pa.Table, schema: Schema, where: Callable[[int], str], 
 
 def quarantine_table(bad: list) -> pa.Table:
     """(where, message, raw row) triples -> a table with the raw row kept as JSON text."""
+    def encode(o):  # bytes (embedded images) as the JSON writers carry them, so they read back
+        if isinstance(o, (bytes, bytearray)):
+            return {"bytes_base64": base64.b64encode(o).decode()}
+        return repr(o)
+
     def dump(r):
+        if isinstance(r, str):
+            return r
         try:
-            return json.dumps(r, ensure_ascii=False, default=repr)
+            return json.dumps(r, ensure_ascii=False, default=encode)
         except (TypeError, ValueError):
             return repr(r)
 
