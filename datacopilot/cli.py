@@ -184,10 +184,12 @@ def convert(src: str, dst: str, to: str | None, fmt: str | None, shards: bool, m
 @main.command()
 @click.argument("path")
 @_schema_option
-def validate(path: str, schema: str | None) -> None:
+@click.option("--images", is_flag=True, help="Also check that every image referred to by path exists.")
+def validate(path: str, schema: str | None, images: bool) -> None:
     """Check every row of PATH against its schema; print each problem with its file and line.
 
-    Exits with 0 when all rows are valid, 1 otherwise.
+    With --images, also check that every image a row refers to by path exists. Exits with 0 when all rows are
+    valid, 1 otherwise.
     """
     ds = _load(path, schema)
     problems = []
@@ -195,9 +197,15 @@ def validate(path: str, schema: str | None) -> None:
         problems += ds.quarantine.to_arrow().column("_error").to_pylist()
     problems += ds.validate()
     bad_rows = len(ds.quarantine) if ds.quarantine is not None else 0
+    total = len(ds) + bad_rows
+    if images:
+        from datacopilot.media import missing_images
+
+        missing = missing_images(ds)
+        problems += missing
+        bad_rows += len({m.split(":", 1)[0] for m in missing})  # "row 17 (id ...)" once per row
     for p in problems:
         click.echo(p)
-    total = len(ds) + bad_rows
     if problems:
         click.echo(f"{path}: {bad_rows} invalid row(s) of {total} ({len(problems)} problem(s)), schema "
                    f"{ds.schema.name}")

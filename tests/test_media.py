@@ -60,3 +60,20 @@ def test_step_names_label_history(data):
     ds = data.filter(pl.col("id") != "gone", name="drop gone").map(lambda r: r, name="identity")
     assert [r.op for r in ds.history()] == ["drop gone", "identity"]
     assert ds.history()[0].dropped == {"drop gone": 1}
+
+
+def test_missing_images_named_by_row_and_cli(data, tmp_path):
+    from click.testing import CliRunner
+
+    from datacopilot.cli import main
+    from datacopilot.media import missing_images
+
+    assert missing_images(data) == [f"row 2 (id 'gone'): image: image 'img/missing.png' not found under {tmp_path}"]
+    assert missing_images(data[:2]) == []
+    path = str(tmp_path / "d.jsonl")
+    data.write(path)
+    res = CliRunner().invoke(main, ["validate", path])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["validate", path, "--images"])
+    assert res.exit_code == 1 and "id 'gone'" in res.output and "img/missing.png" in res.output
+    assert "1 invalid row(s) of 3" in res.output
