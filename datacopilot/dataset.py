@@ -125,7 +125,7 @@ class MMDataset:
         if idx.dtype == bool:
             if idx.shape != (n,):
                 raise IndexError(f"a boolean mask must have {n} entries, got {idx.shape}")
-            return self._new(self._table.filter(pa.array(idx)))
+            return self._new(transforms.filter_table(self._table, idx))
         if idx.size and not np.issubdtype(idx.dtype, np.integer):
             raise IndexError(f"rows are selected by int, slice, list of ints or a boolean mask, got {key!r}")
         idx = idx.astype(np.int64)
@@ -325,7 +325,7 @@ class MMDataset:
         n_drop = int(len(self) - keep.sum())
         rec = OpRecord(f"unique({','.join(names)})", len(self), int(keep.sum()),
                        {f"duplicate {','.join(names)}": n_drop} if n_drop else {}, seconds=time.perf_counter() - t0)
-        return self._new(self._table.filter(pa.array(keep)), rec)
+        return self._new(transforms.filter_table(self._table, keep), rec)
 
     def nonempty(self) -> "MMDataset":
         """Drop rows where a required field is null or empty (an empty string, list or conversation turn)."""
@@ -334,7 +334,7 @@ class MMDataset:
         n_drop = int(len(self) - keep.sum())
         rec = OpRecord("nonempty", len(self), int(keep.sum()), {"empty field": n_drop} if n_drop else {},
                        seconds=time.perf_counter() - t0)
-        return self._new(self._table.filter(pa.array(keep)), rec)
+        return self._new(transforms.filter_table(self._table, keep), rec)
 
     def validate(self) -> list[str]:
         """Every problem of every row against the schema (empty when all rows are valid). Never raises."""
@@ -356,7 +356,7 @@ class MMDataset:
         keep[list(first)] = False
         rec = OpRecord("sanitize", len(self), int(keep.sum()), {f"invalid {k}": v for k, v in reasons.items()},
                        seconds=time.perf_counter() - t0)
-        return self._new(self._table.filter(pa.array(keep)), rec)
+        return self._new(transforms.filter_table(self._table, keep), rec)
 
     # -- Python functions over rows or batches ---------------------------------------------------------
     def map(self, fn: Callable, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
@@ -412,7 +412,7 @@ class MMDataset:
             n_drop = int(len(self) - keep.sum())
             rec = OpRecord(name, len(self), int(keep.sum()), {name: n_drop} if n_drop else {}, 0,
                            time.perf_counter() - t0)
-            return self._new(self._table.filter(pa.array(keep)), rec)
+            return self._new(transforms.filter_table(self._table, keep), rec)
         if not callable(predicate):
             raise DataCopilotError(f"`predicate` must be a polars expression or a function, got {predicate!r}")
         self._check_policy(on_error)
@@ -424,7 +424,7 @@ class MMDataset:
         dropped = sum((r.dropped for r in results), Counter())
         failures = [f for r in results for f in r.failures]
         rec = OpRecord(name, len(self), int(keep.sum()), dict(dropped), len(failures), time.perf_counter() - t0)
-        return self._new(self._table.filter(pa.array(keep)), rec,
+        return self._new(transforms.filter_table(self._table, keep), rec,
                          quarantine=self._quarantined(failures, name, on_error))
 
     def _run(self, task, name, num_workers, mode, batch_size, on_error, progress) -> list:
