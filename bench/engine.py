@@ -268,7 +268,7 @@ def run(rows: int, workdir: str, keep: bool) -> list[Row]:
     size = lambda d: sum(s["bytes"] for s in (man_a if d == arrow_dir else man_p)["shards"]) / 1e6  # noqa: E731
     note_js = f"jsonl {os.path.getsize(js) / 1e6:.0f} MB"
     results.append(Row("write arrow shards", t_arrow, t_js, 5, note=f"{size(arrow_dir):.0f} MB vs {note_js}"))
-    results.append(Row("write parquet shards", t_pq, t_js, 5, note=f"{size(pq_dir):.0f} MB (zstd) vs {note_js}"))
+    results.append(Row("write parquet shards", t_pq, t_js, 5, note=f"{size(pq_dir):.0f} MB (snappy) vs {note_js}"))
 
     # 5. memory, in fresh processes
     del ds, items

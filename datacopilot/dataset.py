@@ -360,13 +360,14 @@ class MMDataset:
 
     # -- Python functions over rows or batches ---------------------------------------------------------
     def map(self, fn: Callable, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
-            batch_size: int = 1024, on_error: str = "raise", schema: "Schema | str | None" = None,
+            batch_size: int | None = None, on_error: str = "raise", schema: "Schema | str | None" = None,
             progress: bool | None = None, name: str | None = None) -> "MMDataset":
         """Apply ``fn`` to every row (a dict -> a dict, or None to drop the row) or, with ``batched=True``, to
         every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame).
 
         Runs over ``num_workers`` threads or processes (``mode``), keeping order; lambdas and closures work in
-        process mode. ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
+        process mode. ``batch_size`` rows go to a worker at a time (default 1024; 4096 in process mode,
+        where each batch also pays for a trip between processes). ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
         failed) or ``"quarantine"`` (also keep the failed row with its error in ``result.quarantine``). The
         output keeps this schema when it fits, else ``schema`` or one detected from the columns. ``name`` labels
         the step in :meth:`history` (the function's name by default).
@@ -394,7 +395,7 @@ class MMDataset:
         return self._new(out, rec, schema=out_schema, quarantine=self._quarantined(failures, name, on_error))
 
     def filter(self, predicate: Any, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
-               batch_size: int = 1024, on_error: str = "raise", progress: bool | None = None,
+               batch_size: int | None = None, on_error: str = "raise", progress: bool | None = None,
                name: str | None = None) -> "MMDataset":
         """Keep the rows for which ``predicate`` holds.
 

@@ -70,7 +70,7 @@ def run_batches(
     *,
     num_workers: int = 1,
     mode: str = "thread",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     desc: str = "map",
     progress: bool | None = None,
     rows_of: Callable[[Any], int] | None = None,
@@ -81,6 +81,8 @@ def run_batches(
     ``stop(result)`` returning True ends the run early (used by the ``raise`` error policy).
     """
     check_workers(num_workers, mode)
+    if batch_size is None:
+        batch_size = 4096 if mode == "process" and num_workers > 1 else 1024
     if batch_size < 1:
         raise DataCopilotError(f"`batch_size` must be positive, got {batch_size!r}")
     bar = tqdm(total=table.num_rows, desc=desc, unit="rows", disable=not show_progress(progress, table.num_rows),

@@ -4,10 +4,11 @@ for a bad row, so a worker's failure comes back with its row id and traceback.""
 
 from __future__ import annotations
 
+import gc
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,21 @@ class Result:
     mask: np.ndarray | None = None  # filter keep-mask
     dropped: Counter = field(default_factory=Counter)
     failures: list = field(default_factory=list)  # (row, message, traceback)
+
+
+def _rows(table: pa.Table) -> Iterator[dict]:
+    """The rows of a slice as dicts, with the cyclic garbage collector paused while they are walked.
+
+    A batch makes thousands of short-lived, acyclic dicts; every few hundred of them the collector would
+    traverse the whole heap (about a third of the time of a simple row map). It runs again after the batch.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield from table.to_pylist()
+    finally:
+        if was:
+            gc.enable()
 
 
 def fn_name(fn: Callable) -> str:
@@ -119,7 +135,7 @@ class MapTask:
                 res.failures = [(offset + i, msg, tb) for i in range(table.num_rows)]
             return res
         rows_out = []
-        for i, row in enumerate(table.to_pylist()):
+        for i, row in enumerate(_rows(table)):
             try:
                 r = self.fn(row)
                 if r is not None and not isinstance(r, dict):
@@ -162,7 +178,7 @@ class FilterTask:
                 _, msg, tb = _failure(offset, e)
                 res.failures = [(offset + i, msg, tb) for i in range(n)]
             return res
-        for i, row in enumerate(table.to_pylist()):
+        for i, row in enumerate(_rows(table)):
             try:
                 r = self.fn(row)
                 keep, reason = (r if isinstance(r, tuple) else (r, None))
