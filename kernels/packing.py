@@ -1,0 +1,199 @@
+"""Bin packing of token lengths into fixed-length packs (MixToken without cross-sample contamination).
+
+``pack(lengths, max_length)`` decides which samples share a pack; the collator then concatenates them and
+:mod:`datacopilot.kernels.masks` builds the block-diagonal mask and per-segment positions. Three strategies:
+
+- ``"bfd"`` (default): best-fit decreasing. Samples are taken longest first (a counting sort, since lengths
+  are integers <= ``max_length``) and each goes into the open pack with the least room that still fits it
+  (a segment tree over remaining capacities). O(n log max_length); about 98-99% fill on SFT length mixes.
+- ``"first_fit"``: the PaddleNLP InTokens / PaddleMIX MixToken baseline, kept faithful to it: samples in input
+  order, a single open pack; a sample joins it if it still fits, otherwise the pack is closed and a new one is
+  opened with that sample (packs never reopen, so in bin-packing terms this is next-fit).
+- ``"stream"``: best-fit decreasing within a bounded window of pending samples (see
+  :mod:`datacopilot.kernels.stream`), for shuffled streams of any size in bounded memory.
+
+Samples longer than ``max_length`` are never lost silently: ``overlong="truncate"`` cuts them to
+``max_length`` and lists them in ``plan.truncated``; ``overlong="drop"`` leaves them out and lists them in
+``plan.dropped``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from datacopilot.errors import InputError
+
+from . import _jit
+
+STRATEGIES = ("bfd", "first_fit", "stream")
+OVERLONG = ("truncate", "drop")
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Which samples go in which pack.
+
+    ``pack_offsets`` (n_packs + 1) are CSR offsets into ``sample_ids``; ``lengths[k]`` is the (possibly
+    truncated) length of ``sample_ids[k]``. ``truncated`` and ``dropped`` hold sample ids (input indices).
+
+    Example:
+        >>> plan = pack([5, 3, 2, 4], max_length=7)
+        >>> [p.tolist() for p in plan.packs()], plan.pack_lengths().tolist(), round(plan.fill_rate, 3)
+        ([[0, 2], [3, 1]], [7, 7], 1.0)
+    """
+
+    pack_offsets: np.ndarray
+    sample_ids: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+    dropped: np.ndarray
+    max_length: int
+    truncated_tokens: int = 0  # tokens cut off by truncation
+    dropped_tokens: int = 0  # tokens of dropped samples
+    strategy: str = field(default="bfd")
+
+    @property
+    def n_packs(self) -> int:
+        return len(self.pack_offsets) - 1
+
+    def packs(self) -> list[np.ndarray]:
+        """The sample ids of each pack, in placement order."""
+        return np.split(self.sample_ids, self.pack_offsets[1:-1]) if self.n_packs else []
+
+    def pack_lengths(self) -> np.ndarray:
+        """Tokens in each pack (int64, n_packs)."""
+        if not self.n_packs:
+            return np.zeros(0, np.int64)
+        return np.add.reduceat(self.lengths, self.pack_offsets[:-1]).astype(np.int64)
+
+    def seq_lens(self, i: int) -> list[int]:
+        """The segment lengths of pack ``i``, as the mask builders take them."""
+        return self.lengths[self.pack_offsets[i]:self.pack_offsets[i + 1]].tolist()
+
+    @property
+    def fill_rate(self) -> float:
+        """Real tokens / (n_packs * max_length); 0.0 for an empty plan."""
+        return float(self.lengths.sum()) / (self.n_packs * self.max_length) if self.n_packs else 0.0
+
+    def stats(self) -> dict:
+        """Counts for logs and benchmarks."""
+        n = len(self.sample_ids)
+        return {
+            "strategy": self.strategy,
+            "samples": n,
+            "packs": self.n_packs,
+            "tokens": int(self.lengths.sum()),
+            "fill_rate": self.fill_rate,
+            "samples_per_pack": n / self.n_packs if self.n_packs else 0.0,
+            "truncated": len(self.truncated),
+            "truncated_tokens": self.truncated_tokens,
+            "dropped": len(self.dropped),
+            "dropped_tokens": self.dropped_tokens,
+        }
+
+
+def check_max_length(max_length) -> int:
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
+        raise InputError(f"`max_length` must be a positive integer, got {max_length!r}")
+    return int(max_length)
+
+
+def check_lengths(lengths, offset: int = 0) -> np.ndarray:
+    """``lengths`` as a 1-D int64 array of positive integers, or an InputError naming the first bad entry
+    (its index plus ``offset``, for chunks of a stream)."""
+    arr = np.asarray(lengths)
+    if arr.ndim != 1:
+        raise InputError(f"`lengths` must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if bad.size:
+            raise InputError(f"lengths[{bad[0] + offset}]: expected an integer length, got {arr[bad[0]]!r}")
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"`lengths` must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        raise InputError(f"lengths[{bad[0] + offset}]: expected a positive length, got {int(arr[bad[0]])} "
+                         f"({bad.size} non-positive length(s) in all)")
+    return arr
+
+
+def apply_overlong(lengths: np.ndarray, max_length: int, overlong: str):
+    """(kept ids, their lengths, truncated ids, dropped ids, truncated tokens, dropped tokens)."""
+    if overlong not in OVERLONG:
+        raise InputError(f"`overlong` must be one of {', '.join(map(repr, OVERLONG))}, got {overlong!r}")
+    over = np.flatnonzero(lengths > max_length)
+    none = np.zeros(0, np.int64)
+    if over.size == 0:
+        return np.arange(len(lengths), dtype=np.int64), lengths, none, none, 0, 0
+    if overlong == "truncate":
+        cut = int((lengths[over] - max_length).sum())
+        return np.arange(len(lengths), dtype=np.int64), np.minimum(lengths, max_length), over, none, cut, 0
+    keep = np.flatnonzero(lengths <= max_length)
+    return keep, lengths[keep], none, over, 0, int(lengths[over].sum())
+
+
+def pack(lengths, max_length: int, strategy: str = "bfd", window: int = 4096, overlong: str = "truncate",
+         seed: int | None = None) -> PackPlan:
+    """Assign samples with the given token ``lengths`` to packs of at most ``max_length`` tokens.
+
+    Parameters:
+        lengths: positive integer token counts (image tokens included), one per sample.
+        max_length: capacity of a pack.
+        strategy: ``"bfd"`` (best-fit decreasing), ``"first_fit"`` (input order, the InTokens/MixToken
+            baseline) or ``"stream"`` (best-fit decreasing within ``window`` pending samples).
+        window: pending samples the ``"stream"`` strategy may hold.
+        overlong: ``"truncate"`` or ``"drop"`` for samples longer than ``max_length``.
+        seed: if given, the packs come back in a random order drawn from it (best-fit decreasing opens the
+            packs of the longest samples first, so without a shuffle the pack order follows sample length).
+
+    Returns:
+        a :class:`PackPlan`; every input index is in exactly one pack or in ``plan.dropped``.
+
+    Example:
+        >>> plan = pack([300, 2000, 1800, 100, 9000], max_length=2048)
+        >>> [p.tolist() for p in plan.packs()], plan.truncated.tolist(), plan.pack_lengths().tolist()
+        ([[4], [1], [2, 3], [0]], [4], [2048, 2000, 1900, 300])
+    """
+    max_length = check_max_length(max_length)
+    if strategy not in STRATEGIES:
+        raise InputError(f"`strategy` must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    arr = check_lengths(lengths)
+    ids, lens, truncated, dropped, cut, lost = apply_overlong(arr, max_length, overlong)
+    if strategy == "stream":
+        from .stream import pack_stream
+
+        stream = pack_stream(lens, max_length, window=window)
+        groups = [ids[g] for g in stream]
+        offsets = np.zeros(len(groups) + 1, np.int64)
+        np.cumsum([len(g) for g in groups], out=offsets[1:])
+        sample_ids = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    else:
+        if strategy == "bfd":
+            order = _jit.sort_desc(lens, max_length)
+            bin_of, n_bins = _jit.best_fit(lens, order, max_length)
+        else:
+            order = np.arange(len(lens), dtype=np.int64)
+            bin_of, n_bins = _jit.next_fit(lens, max_length)
+        offsets, local = _jit.group(bin_of, order, n_bins)
+        sample_ids = ids[local]
+    full_len = np.zeros(len(arr), np.int64)
+    full_len[ids] = lens
+    if seed is not None and len(offsets) > 2:
+        offsets, sample_ids = _shuffle_packs(offsets, sample_ids, seed)
+    return PackPlan(offsets, sample_ids, full_len[sample_ids], truncated, dropped, max_length, cut, lost, strategy)
+
+
+def _shuffle_packs(offsets: np.ndarray, sample_ids: np.ndarray, seed: int):
+    perm = np.random.default_rng(seed).permutation(len(offsets) - 1)
+    sizes = np.diff(offsets)[perm]
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(sizes, out=new_offsets[1:])
+    # gather each permuted pack's slice: position k of the output belongs to pack perm[j] at offset k - new_offsets[j]
+    owner = np.repeat(np.arange(len(perm)), sizes)
+    src = offsets[perm][owner] + (np.arange(len(sample_ids)) - new_offsets[:-1][owner])
+    return new_offsets, sample_ids[src]
