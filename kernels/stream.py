@@ -88,28 +88,30 @@ class PackStream:
             self.max_pending = max(self.max_pending, len(ids))
             if len(ids) == 0 or (len(ids) < self.window and not exhausted):
                 continue
-            emit, offsets, local = self._round(lens, final=exhausted)
-            for p in emit:
-                yield ids[local[offsets[p]:offsets[p + 1]]]
-            kept = np.ones(len(ids), bool)
-            for p in emit:
-                kept[local[offsets[p]:offsets[p + 1]]] = False
+            emit, offsets, local, bin_of = self._round(lens, final=exhausted)
+            placed = ids[local]
+            bounds = offsets.tolist()
+            emitted = np.zeros(len(offsets) - 1, bool)
+            emitted[emit] = True
+            kept = ~emitted[bin_of]
             ids, lens = ids[kept], lens[kept]
+            for p in emit.tolist():
+                yield placed[bounds[p]:bounds[p + 1]]
 
     def _round(self, lens: np.ndarray, final: bool):
-        """Best-fit decreasing over the pending samples; returns (packs to emit, CSR offsets, local ids)."""
+        """Best-fit decreasing over the pending samples: (packs to emit, CSR offsets, local ids, pack of each)."""
         order = _jit.sort_desc(lens, self.max_length)
         bin_of, n_bins = _jit.best_fit(lens, order, self.max_length)
         offsets, local = _jit.group(bin_of, order, n_bins)
         if final:
-            return range(n_bins), offsets, local
+            return np.arange(n_bins), offsets, local, bin_of
         fill = np.add.reduceat(lens[local], offsets[:-1]) / self.max_length
         by_fill = np.argsort(-fill, kind="stable")
         sizes = np.diff(offsets)[by_fill]
         left_before = len(lens) - np.cumsum(sizes) + sizes
         take = (fill[by_fill] >= self.min_fill) | (left_before > self.window // 2)
         m = int(np.argmin(take)) if not take.all() else len(take)
-        return np.sort(by_fill[:m]), offsets, local
+        return np.sort(by_fill[:m]), offsets, local, bin_of
 
 
 def pack_stream(lengths: Iterable[int] | np.ndarray, max_length: int, window: int = 4096,
