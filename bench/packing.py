@@ -94,6 +94,7 @@ def cold_compile_seconds() -> float:
 def run(args) -> list[str]:
     from datacopilot.kernels import pack
 
+    load_start = os.getloadavg()[0]
     t = time.perf_counter()
     pack(np.array([5, 3, 2, 4]), 7)
     pack(np.array([5, 3]), 7, strategy="first_fit")
@@ -134,6 +135,8 @@ def run(args) -> list[str]:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}  ",
         f"Versions: Python {platform.python_version()}, numpy {np.__version__}, numba {_numba_version()}  ",
+        f"Load average at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine "
+        "slows the timings)  ",
         f"Samples per distribution: {args.n:,} (seed {args.seed}); timings are the best of {args.repeat}.", "",
         "## Fill rate (real tokens / (rows x row length))", "",
         "| lengths | max_length | best-fit decreasing | stream (window 4096) | first fit in input order (InTokens/MixToken) "
@@ -174,7 +177,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="lengths per distribution")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS_packing.md"))
     ap.add_argument("--train", action="store_true", help="also measure training throughput, packed vs padded")
     args = ap.parse_args(argv)
