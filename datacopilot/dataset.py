@@ -428,6 +428,18 @@ class MMDataset:
         return self._new(transforms.filter_table(self._table, keep), rec,
                          quarantine=self._quarantined(failures, name, on_error))
 
+    def apply(self, ops, num_workers: int = 1, mode: str = "thread", on_error: str = "raise",
+              batch_size: int | None = None, progress: bool | None = None) -> "MMDataset":
+        """Run one operator or a list of them (``datacopilot.operators``) in order; one history record each.
+
+        >>> from datacopilot.operators import create
+        >>> ds.apply([create("clean_unicode"), create("filter_turns", min_turns=2)])  # doctest: +SKIP
+        """
+        from datacopilot.operators.run import apply
+
+        return apply(self, ops, num_workers=num_workers, mode=mode, on_error=on_error, batch_size=batch_size,
+                     progress=progress)
+
     def _run(self, task, name, num_workers, mode, batch_size, on_error, progress) -> list:
         results = run_batches(self._table, task, num_workers=num_workers, mode=mode, batch_size=batch_size,
                               desc=name, progress=progress,

@@ -1,0 +1,179 @@
+"""Cleaning mappers over conversation text: unicode repair, whitespace normalization, PII-like masking.
+
+Each rewrites the text of every turn (``conversations[*].value`` or ``messages[*].content``), vectorized with
+pyarrow compute where it can be (Python only for the few strings that need it), and keeps rows and order.
+Image-placeholder and role repair live in :mod:`.repair`.
+
+>>> from datacopilot.operators import create
+>>> ds.apply([create("clean_unicode"), create("clean_whitespace"), create("mask_pii")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._conv import ConversationOp, replace_texts
+from .base import Mapper, check_choice, check_int
+from .registry import register
+
+# zero-width and invisible formatting characters, and C0/C1 controls except tab and newline
+_INVISIBLE = r"[\x{200B}-\x{200D}\x{2060}\x{FEFF}\x{00AD}]"
+_CONTROLS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]"
+_MOJIBAKE = re.compile(r"[ÃÂÅ][\u0080-\u00bf]|â€|Ã.")
+
+
+def _python_strings(texts: pa.Array, needs: pa.Array, fn) -> pa.Array:
+    """``texts`` with ``fn`` applied to the strings where ``needs`` is true (the rest untouched)."""
+    idx = pc.indices_nonzero(pc.fill_null(needs, False)).to_numpy()
+    if not len(idx):
+        return texts
+    values = texts.to_pylist()
+    for i in idx:
+        values[i] = fn(values[i])
+    return pa.array(values, type=texts.type)
+
+
+# runs of the characters UTF-8 bytes turn into when read as cp1252 / latin-1
+_CP1252_RUN = re.compile("[\u0080-\u00ff\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+                         "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]{2,}")
+
+
+def _fix_run(m: re.Match) -> str:
+    run = m.group(0)
+    for enc in ("cp1252", "latin-1"):
+        try:
+            fixed = run.encode(enc).decode("utf-8")
+        except UnicodeError:
+            continue
+        if len(_MOJIBAKE.findall(fixed)) < len(_MOJIBAKE.findall(run)):
+            return fixed
+    return run
+
+
+def fix_mojibake(s: str) -> str:
+    """Undo UTF-8 text that was decoded as cp1252 / latin-1 (``"cafÃ©"`` -> ``"café"``) where that is
+    unambiguous: each run of such characters is re-decoded only if the round trip succeeds and leaves fewer
+    mojibake markers; anything else is left as it is."""
+    return _CP1252_RUN.sub(_fix_run, s)
+
+
+@register
+class CleanUnicode(ConversationOp, Mapper):
+    """Unicode repair: normalize (NFC by default), remove control and zero-width characters, fix mojibake.
+
+    Parameters: ``form`` (``"NFC"``, ``"NFKC"`` or None to skip), ``fix_mojibake`` (undo UTF-8 read as
+    cp1252/latin-1 where the round trip is unambiguous).
+
+    >>> CleanUnicode().clean("cafe\\u0301\\u200b Ã©t\\x07")
+    'café ét'
+    """
+
+    name = "clean_unicode"
+    writes = ("conversations|messages",)
+
+    def __init__(self, form: str | None = "NFC", fix_mojibake: bool = True):
+        super().__init__(form=check_choice(self, "form", form, ("NFC", "NFKC", None)),
+                         fix_mojibake=check_choice(self, "fix_mojibake", fix_mojibake, (True, False)))
+
+    def _texts(self, texts: pa.Array) -> pa.Array:
+        texts = pc.replace_substring_regex(texts, _INVISIBLE, "")
+        texts = pc.replace_substring_regex(texts, _CONTROLS, "")
+        if self.p["fix_mojibake"]:
+            texts = _python_strings(texts, pc.match_substring_regex(texts, r"[ÃÂÅ][\x{80}-\x{BF}]|â€|Ã."),
+                                    fix_mojibake)
+        if self.p["form"]:
+            texts = pc.utf8_normalize(texts, self.p["form"])
+        return texts
+
+    def clean(self, text: str) -> str:
+        """The cleaned form of one string (what the operator does to every turn)."""
+        return self._texts(pa.array([text]))[0].as_py()
+
+    def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        return replace_texts(self, batch, self._texts)
+
+
+@register
+class CleanWhitespace(ConversationOp, Mapper):
+    """Whitespace normalization: runs of spaces/tabs become one space, spaces around line breaks go, more than
+    ``max_newlines`` consecutive line breaks are cut to that many, and each turn is stripped.
+
+    >>> CleanWhitespace().clean("  a \\t b \\n\\n\\n\\n c  ")
+    'a b\\n\\nc'
+    """
+
+    name = "clean_whitespace"
+    writes = ("conversations|messages",)
+
+    def __init__(self, max_newlines: int = 2):
+        super().__init__(max_newlines=check_int(self, "max_newlines", max_newlines, minimum=0))
+
+    def _texts(self, texts: pa.Array) -> pa.Array:
+        texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")
+        texts = pc.replace_substring_regex(texts, r"[ \t\f\v\x{A0}\x{3000}]+", " ")
+        texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
+        n = self.p["max_newlines"]
+        texts = pc.replace_substring_regex(texts, r"\n{%d,}" % (n + 1), "\n" * n if n else " ")
+        return pc.utf8_trim_whitespace(texts)
+
+    def clean(self, text: str) -> str:
+        return self._texts(pa.array([text]))[0].as_py()
+
+    def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        return replace_texts(self, batch, self._texts)
+
+
+_EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+# a phone-like number: optional +country code, groups of digits separated by spaces, hyphens or parentheses
+_PHONE = re.compile(r"(?<![\w+])\+?\(?\d{1,4}\)?(?:[ \-]?\(?\d{2,4}\)?){1,5}(?![\w])")
+
+
+@register
+class MaskPII(ConversationOp, Mapper):
+    """PII-like pattern masking: e-mail addresses become ``email_token`` and phone-like numbers (at least
+    ``min_phone_digits`` digits in groups separated by spaces, hyphens or parentheses, optional ``+`` country
+    code) become ``phone_token``. Dotted numbers (versions, IP addresses, decimals) are not phones.
+
+    >>> MaskPII().clean("mail bob@example.com or call +1 (555) 123-4567")
+    'mail <EMAIL> or call <PHONE>'
+    """
+
+    name = "mask_pii"
+    writes = ("conversations|messages",)
+
+    def __init__(self, emails: bool = True, phones: bool = True, email_token: str = "<EMAIL>",
+                 phone_token: str = "<PHONE>", min_phone_digits: int = 9):
+        for k, v in (("email_token", email_token), ("phone_token", phone_token)):
+            if not isinstance(v, str):
+                raise self.error(f"`{k}` must be a string, got {v!r}")
+        super().__init__(emails=check_choice(self, "emails", emails, (True, False)),
+                         phones=check_choice(self, "phones", phones, (True, False)),
+                         email_token=email_token, phone_token=phone_token,
+                         min_phone_digits=check_int(self, "min_phone_digits", min_phone_digits, 5, 20))
+
+    def _phone(self, m: re.Match) -> str:
+        digits = sum(c.isdigit() for c in m.group(0))
+        return self.p["phone_token"] if self.p["min_phone_digits"] <= digits <= 15 else m.group(0)
+
+    def _texts(self, texts: pa.Array) -> pa.Array:
+        if self.p["emails"]:
+            texts = pc.replace_substring_regex(texts, _EMAIL, self.p["email_token"].replace("\\", "\\\\"))
+        if self.p["phones"]:
+            need = pc.match_substring_regex(texts, r"\d{2}[ \-)]?\(?\d{2}")
+            texts = _python_strings(texts, need, lambda s: _PHONE.sub(self._phone, s))
+        return texts
+
+    def clean(self, text: str) -> str:
+        return self._texts(pa.array([text]))[0].as_py()
+
+    def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        return replace_texts(self, batch, self._texts)
+
+
+def nfc(text: str) -> str:
+    """NFC normal form (helper for callers that clean single strings)."""
+    return unicodedata.normalize("NFC", text)
