@@ -1,0 +1,64 @@
+"""Exact-dedup hashes: normalization, string and byte hashes, first occurrences across batches."""
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datacopilot.kernels.hashing import (combine, combine_columns, first_occurrence, hash_bytes, hash_strings, mix64,
+                                         normalize_text)
+
+
+def test_normalize_text_lowercases_collapses_and_strips():
+    out = normalize_text(pa.chunked_array([[" Hello\t\tWORLD \n", None], ["É  é"]])).to_pylist()
+    assert out == ["hello world", "", "é é"]
+
+
+def test_hash_strings_equal_iff_equal_text():
+    h = hash_strings(["a", "b", "a", "", None])
+    assert h.dtype == np.uint64 and len(h) == 5
+    assert h[0] == h[2] and h[0] != h[1] and h[3] != h[4]
+    assert len(set(hash_strings([f"row {i}" for i in range(10_000)]).tolist())) == 10_000
+
+
+def test_hash_strings_is_the_same_in_chunks_and_seeds_differ():
+    texts = [f"t{i % 7}" for i in range(50)]
+    whole = hash_strings(texts)
+    parts = np.concatenate([hash_strings(texts[:20]), hash_strings(texts[20:])])
+    assert (whole == parts).all()
+    assert (hash_strings(texts, seed=1) != whole).any()
+    assert len(hash_strings([])) == 0
+
+
+def test_hash_bytes():
+    h = hash_bytes([b"\x89PNG...", b"\x89PNG...", b"\x89PNG..,", None])
+    assert h[0] == h[1] != h[2] and h[3] == 0
+
+
+def test_mix_and_combine_are_order_dependent_and_spread_bits():
+    x = np.arange(1000, dtype=np.uint64)
+    assert len(set(mix64(x).tolist())) == 1000
+    a, b = np.array([1], np.uint64), np.array([2], np.uint64)
+    assert combine(a, b)[0] != combine(b, a)[0]
+    k = combine_columns(np.array([[1, 2, 3], [1, 2, 3], [3, 2, 1], [1, 2, 4]]))
+    assert k[0] == k[1] and len(set(k.tolist())) == 3
+
+
+def test_first_occurrence_keeps_earliest_and_respects_seen():
+    keys = np.array([9, 4, 9, 9, 4, 1], np.uint64)
+    assert first_occurrence(keys).tolist() == [True, True, False, False, False, True]
+    seen = np.sort(np.array([4, 7], np.uint64))
+    assert first_occurrence(keys, seen).tolist() == [True, False, False, False, False, True]
+    assert first_occurrence(np.array([], np.uint64)).tolist() == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=60), st.integers(0, 60))
+def test_streamed_first_occurrence_equals_whole(values, cut):
+    keys = np.array(values, np.uint64)
+    whole = first_occurrence(keys)
+    first = first_occurrence(keys[:cut])
+    seen = np.unique(keys[:cut])
+    second = first_occurrence(keys[cut:], seen)
+    assert np.concatenate([first, second]).tolist() == whole.tolist()
+    assert whole.sum() == len(set(values))
