@@ -19,8 +19,12 @@ Attention masks: PaddleNLP 2.8.1's ``LlamaModel._prepare_decoder_attention_mask`
 unchanged (only 2-D and 3-D masks are expanded and combined with a causal mask) and turns a boolean mask into an
 additive float mask (``0`` where True, ``finfo.min`` where False). So a boolean ``[B, 1, L, L]`` block-diagonal
 causal mask is used exactly as given. It must be boolean: a float 4-D mask would be fed to ``paddle.where`` as a
-condition. With ``use_flash_attention=True`` the model replaces a mask it deems causal with ``None`` and calls
-``scaled_dot_product_attention``; on CPU it must stay off, which is what :func:`build_tiny_lm` saves.
+condition. With ``use_flash_attention=True`` the model checks whether the (float) mask is plainly causal
+(``triu(mask) == mask``), replaces only such a mask with ``None`` and otherwise hands the block mask to
+``paddle.nn.functional.scaled_dot_product_attention``; a block-diagonal mask is therefore never dropped.
+:func:`build_tiny_lm` saves ``use_flash_attention=False`` and no fused kernels, the plain CPU path. PaddleNLP
+2.8.1's Llama has no FlashMask input (``attn_mask_startend_row_indices``): a GPU FlashMask path needs a newer
+PaddleNLP.
 """
 
 from __future__ import annotations
@@ -94,11 +98,12 @@ def build_tiny_lm(out_dir: str, vocab_size: int, hidden: int = 128, layers: int 
     return out_dir
 
 
-def load_causal_lm(path: str):
+def load_causal_lm(path: str, use_flash_attention: bool | None = None):
     """Load any PaddleNLP causal LM saved in the local directory ``path`` (``AutoModelForCausalLM``).
 
-    Raises ModelError when ``path`` does not exist or holds no loadable model. The model is returned in
-    training mode with float32 weights unless the saved config says otherwise.
+    ``use_flash_attention`` overrides the saved config's flag when given (None keeps it). Raises ModelError
+    when ``path`` does not exist or holds no loadable model. The model is returned in training mode with
+    float32 weights unless the saved config says otherwise.
 
     Example::
 
@@ -113,7 +118,8 @@ def load_causal_lm(path: str):
                          f"save_pretrained")
     tf = require_paddlenlp()
     try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path)
+        extra = {} if use_flash_attention is None else {"use_flash_attention": bool(use_flash_attention)}
+        model = tf.AutoModelForCausalLM.from_pretrained(path, **extra)
     except Exception as e:  # PaddleNLP raises many types (ValueError, KeyError, OSError, EnvironmentError)
         raise ModelError(f"{path}: could not load a causal lm: {type(e).__name__}: {e}") from e
     model.train()

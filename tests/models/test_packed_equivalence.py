@@ -193,10 +193,14 @@ def assert_contaminated(model, samples, max_length, sep_loss, sep_grads, mask):
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    path = build_tiny_lm(str(tmp_path_factory.mktemp("lm")), vocab_size=VOCAB, hidden=64, layers=2, heads=4,
+def lm_path(tmp_path_factory):
+    return build_tiny_lm(str(tmp_path_factory.mktemp("lm")), vocab_size=VOCAB, hidden=64, layers=2, heads=4,
                          max_position=256, seed=3, init_std=0.15)
-    return load_causal_lm(path)
+
+
+@pytest.fixture(scope="module")
+def lm(lm_path):
+    return load_causal_lm(lm_path)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +220,15 @@ def test_lm_packed_equals_one_at_a_time(lm):
     plan = pack(LM_LENGTHS, 48)
     assert plan.n_packs >= 2 and any(len(m) >= 3 for m in plan.packs())   # real packing, padding in some pack
     assert_equivalent(lm, samples, 48)
+
+
+def test_lm_flash_attention_flag_keeps_the_block_mask(lm_path):
+    """With use_flash_attention PaddleNLP drops a mask it finds plainly causal; a block mask must survive."""
+    model = load_causal_lm(lm_path, use_flash_attention=True)
+    assert model.config.use_flash_attention
+    samples = make_text_samples(np.random.default_rng(2), LM_LENGTHS)
+    sep_loss, sep_grads = assert_equivalent(model, samples, 48)
+    assert_contaminated(model, samples, 48, sep_loss, sep_grads, "causal")
 
 
 def test_lm_single_pack_segment_logits_equal_alone(lm):
