@@ -1,0 +1,231 @@
+"""Conversation filters: turn count, turn length, empty or duplicate turns, refusal / boilerplate patterns,
+n-gram repetition and special-character ratio. Vectorized over the flattened turns with pyarrow compute;
+repetition runs in Python per row. Each dropped row is counted with a reason naming the rule.
+
+``role`` selects the turns a filter looks at: ``"user"`` (questions), ``"assistant"`` (answers) or
+``"all"`` (both; system turns are never counted).
+
+>>> from datacopilot.operators import create
+>>> ds.apply([create("filter_turns", min_turns=2), create("filter_refusals")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._conv import ConversationOp, turns
+from .base import Filter, check_choice, check_float, check_int, check_order
+from .registry import register
+
+ROLE_CHOICES = ("user", "assistant", "all")
+
+
+def _reasons(keep: np.ndarray, *rules: tuple[np.ndarray, str]) -> np.ndarray:
+    """A reason per dropped row: the first rule (a mask of rows that break it) that the row breaks."""
+    out = np.full(len(keep), None, dtype=object)
+    for broken, why in reversed(rules):
+        out[broken] = why
+    out[keep] = None
+    return out
+
+
+@register
+class FilterTurns(ConversationOp, Filter):
+    """Keep rows with between ``min_turns`` and ``max_turns`` user/assistant turns (system turns not counted)."""
+
+    name = "filter_turns"
+
+    def __init__(self, min_turns: int = 2, max_turns: int | None = None):
+        super().__init__(min_turns=check_int(self, "min_turns", min_turns, minimum=0),
+                         max_turns=check_int(self, "max_turns", max_turns, minimum=0, optional=True))
+        check_order(self, "min_turns", "max_turns")
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        n = t.per_row(np.ones(len(t.row)), t.select("all"), "sum")
+        few = n < self.p["min_turns"]
+        many = n > self.p["max_turns"] if self.p["max_turns"] is not None else np.zeros(len(n), dtype=bool)
+        keep = ~few & ~many
+        return keep, _reasons(keep, (few, f"fewer than {self.p['min_turns']} turns"),
+                              (many, f"more than {self.p['max_turns']} turns"))
+
+
+@register
+class FilterLength(ConversationOp, Filter):
+    """Keep rows whose every ``role`` turn has a length in [``min_length``, ``max_length``], counted in
+    ``unit`` (``"chars"`` or ``"words"``; words are runs of non-space characters)."""
+
+    name = "filter_length"
+
+    def __init__(self, role: str = "assistant", unit: str = "chars", min_length: int = 1,
+                 max_length: int | None = None):
+        super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES),
+                         unit=check_choice(self, "unit", unit, ("chars", "words")),
+                         min_length=check_int(self, "min_length", min_length, minimum=0),
+                         max_length=check_int(self, "max_length", max_length, minimum=0, optional=True))
+        check_order(self, "min_length", "max_length")
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        if self.p["unit"] == "chars":
+            lengths = pc.utf8_length(t.text)
+        else:
+            lengths = pc.count_substring_regex(t.text, r"\S+")
+        lengths = lengths.to_numpy(zero_copy_only=False).astype(np.float64)
+        sel = t.select(self.p["role"])
+        shortest = t.per_row(lengths, sel, "min", empty=np.inf)
+        longest = t.per_row(lengths, sel, "max", empty=-np.inf)
+        role, unit = self.p["role"], self.p["unit"]
+        short = shortest < self.p["min_length"]
+        long = longest > self.p["max_length"] if self.p["max_length"] is not None else np.zeros_like(short)
+        keep = ~short & ~long
+        return keep, _reasons(keep, (short, f"{role} turn shorter than {self.p['min_length']} {unit}"),
+                              (long, f"{role} turn longer than {self.p['max_length']} {unit}"))
+
+
+@register
+class FilterEmptyTurns(ConversationOp, Filter):
+    """Drop rows with an empty (or whitespace-only, ``<image>``-only) turn, and rows that repeat a turn
+    (the same role and the same text twice in one conversation)."""
+
+    name = "filter_empty_turns"
+
+    def __init__(self, empty: bool = True, duplicates: bool = True):
+        super().__init__(empty=check_choice(self, "empty", empty, (True, False)),
+                         duplicates=check_choice(self, "duplicates", duplicates, (True, False)))
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        sel = t.select("all")
+        stripped = pc.utf8_trim_whitespace(pc.replace_substring(t.text, "<image>", ""))
+        blank = pc.equal(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+        empty = t.per_row(blank, sel, "any") if self.p["empty"] else np.zeros(t.n_rows, dtype=bool)
+        dup = np.zeros(t.n_rows, dtype=bool)
+        if self.p["duplicates"] and len(t.row):
+            texts = stripped.to_numpy(zero_copy_only=False)
+            seen: set = set()
+            for i in np.flatnonzero(sel):
+                key = (t.row[i], t.role[i], texts[i])
+                if key in seen:
+                    dup[t.row[i]] = True
+                seen.add(key)
+        keep = ~empty & ~dup
+        return keep, _reasons(keep, (empty, "empty turn"), (dup, "duplicate turn"))
+
+
+REFUSALS = (
+    r"as an ai( language)? model",
+    r"as a language model",
+    r"i('| a)m (sorry|afraid),? but i (can(no|')t|cannot|am unable|'m unable)",
+    r"i (cannot|can't|am unable to|'m unable to) (help|assist|provide|comply|fulfill)",
+    r"i('m| am) not able to (help|assist|provide|see|view)",
+    r"(i don't|i do not) have (the ability|access) to",
+)
+
+
+@register
+class FilterRefusals(ConversationOp, Filter):
+    """Drop rows whose ``role`` turns match a refusal / boilerplate pattern (case-insensitive regular
+    expressions; ``patterns`` replaces the built-in list ``REFUSALS``, ``extra_patterns`` adds to it). The
+    reason names the first pattern matched."""
+
+    name = "filter_refusals"
+
+    def __init__(self, role: str = "assistant", patterns: list[str] | None = None,
+                 extra_patterns: list[str] | None = None):
+        pats = list(REFUSALS if patterns is None else patterns) + list(extra_patterns or [])
+        for p in pats:
+            try:
+                re.compile(p)
+            except (re.error, TypeError) as e:
+                raise self.error(f"pattern {p!r} is not a regular expression: {e}") from None
+        super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES), patterns=patterns,
+                         extra_patterns=extra_patterns)
+        self._patterns = pats
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        sel = t.select(self.p["role"])
+        reasons = np.full(t.n_rows, None, dtype=object)
+        for p in self._patterns:
+            hit = pc.match_substring_regex(t.text, p, ignore_case=True).to_numpy(zero_copy_only=False)
+            rows = t.per_row(hit, sel, "any")
+            reasons[rows & (reasons == None)] = f"refusal or boilerplate: {p}"  # noqa: E711
+        keep = reasons == None  # noqa: E711
+        return keep, reasons
+
+
+def repetition_ratio(tokens: list, n: int) -> float:
+    """Share of the ``n``-grams of ``tokens`` that repeat an earlier one (0 when there are none)."""
+    total = len(tokens) - n + 1
+    if total <= 1:
+        return 0.0
+    grams = {tuple(tokens[i:i + n]) for i in range(total)} if not isinstance(tokens, str) else \
+        {tokens[i:i + n] for i in range(total)}
+    return 1.0 - len(grams) / total
+
+
+@register
+class FilterRepetition(ConversationOp, Filter):
+    """Drop rows whose ``role`` text repeats itself: the share of repeated character ``char_n``-grams above
+    ``max_char_ratio``, or of repeated word ``word_n``-grams above ``max_word_ratio`` (either may be None).
+    The text of a row is its ``role`` turns joined by line breaks."""
+
+    name = "filter_repetition"
+
+    def __init__(self, role: str = "assistant", char_n: int = 10, max_char_ratio: float | None = 0.5,
+                 word_n: int = 3, max_word_ratio: float | None = 0.5):
+        super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES),
+                         char_n=check_int(self, "char_n", char_n, minimum=1),
+                         max_char_ratio=check_float(self, "max_char_ratio", max_char_ratio, 0, 1, optional=True),
+                         word_n=check_int(self, "word_n", word_n, minimum=1),
+                         max_word_ratio=check_float(self, "max_word_ratio", max_word_ratio, 0, 1, optional=True))
+        if max_char_ratio is None and max_word_ratio is None:
+            raise self.error("set `max_char_ratio` or `max_word_ratio` (both are None)")
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        texts = [[] for _ in range(t.n_rows)]
+        values = t.text.to_pylist()
+        for i in np.flatnonzero(t.select(self.p["role"])):
+            texts[t.row[i]].append(values[i])
+        keep = np.ones(t.n_rows, dtype=bool)
+        reasons = np.full(t.n_rows, None, dtype=object)
+        for r, parts in enumerate(texts):
+            text = "\n".join(parts)
+            mc, mw = self.p["max_char_ratio"], self.p["max_word_ratio"]
+            if mc is not None and repetition_ratio(text, self.p["char_n"]) > mc:
+                keep[r], reasons[r] = False, f"character {self.p['char_n']}-gram repetition above {mc}"
+            elif mw is not None and repetition_ratio(text.split(), self.p["word_n"]) > mw:
+                keep[r], reasons[r] = False, f"word {self.p['word_n']}-gram repetition above {mw}"
+        return keep, reasons
+
+
+# letters, digits, whitespace and common punctuation are not special
+_SPECIAL = r"[^\p{L}\p{N}\p{Z}\s.,!?;:'\"()\-]"
+
+
+@register
+class FilterSpecialChars(ConversationOp, Filter):
+    """Drop rows whose ``role`` text has more than ``max_ratio`` special characters (anything but letters,
+    digits, whitespace and ``.,!?;:'"()-``; ``<image>`` placeholders are not counted)."""
+
+    name = "filter_special_chars"
+
+    def __init__(self, role: str = "all", max_ratio: float = 0.25):
+        super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES),
+                         max_ratio=check_float(self, "max_ratio", max_ratio, 0, 1))
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        text = pc.replace_substring(t.text, "<image>", "")
+        special = pc.count_substring_regex(text, _SPECIAL).to_numpy(zero_copy_only=False)
+        length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+        sel = t.select(self.p["role"])
+        ratio = t.per_row(special, sel, "sum") / np.maximum(t.per_row(length, sel, "sum"), 1)
+        keep = ratio <= self.p["max_ratio"]
+        return keep, _reasons(keep, (~keep, f"special characters above {self.p['max_ratio']}"))

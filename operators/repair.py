@@ -1,0 +1,131 @@
+"""Structural repair of conversations: image placeholders and role alternation (Python per row; these are
+rewrites of whole conversations, not of single strings).
+
+>>> from datacopilot.operators import create
+>>> ds.apply([create("fix_image_tokens"), create("filter_image_tokens"), create("fix_roles")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from datacopilot.schemas import IMAGE_TOKEN
+
+from ._conv import ROLES, ConversationOp, conversation_column, image_counts, replace_conversations, turns
+from .base import Filter, Mapper, check_choice
+from .registry import register
+
+
+def _count(convs: list, text_key: str) -> list[int]:
+    return [sum((t.get(text_key) or "").count(IMAGE_TOKEN) for t in c or []) for c in convs]
+
+
+def _strip_extra(conv: list, text_key: str, keep: int) -> None:
+    """Remove every ``<image>`` after the first ``keep`` ones (with the line break that follows one)."""
+    seen = 0
+    for t in conv:
+        text = t.get(text_key) or ""
+        if IMAGE_TOKEN not in text:
+            continue
+        parts = text.split(IMAGE_TOKEN)
+        out = parts[0]
+        for part in parts[1:]:
+            seen += 1
+            out += (IMAGE_TOKEN + part) if seen <= keep else (part[1:] if part.startswith("\n") else part)
+        t[text_key] = out.strip() if seen > keep else out
+
+
+@register
+class FixImageTokens(ConversationOp, Mapper):
+    """Make the number of ``<image>`` placeholders equal the number of images of the row.
+
+    Extra placeholders are removed (the first ones are kept); missing ones are added at the start of the
+    first user turn, one per line (``"<image>\\n"``). A row whose images need placeholders but has no user
+    turn cannot be fixed here: it is left as it is for :class:`FilterImageTokens` to drop with a reason.
+    Images are counted in ``image`` (MM: 0 or 1) or ``images`` (MIX, MESSAGES).
+
+    Parameters: ``add_missing`` (add placeholders for images that have none), ``strip_extra`` (remove
+    placeholders beyond the number of images).
+    """
+
+    name = "fix_image_tokens"
+    writes = ("conversations|messages",)
+
+    def __init__(self, add_missing: bool = True, strip_extra: bool = True):
+        super().__init__(add_missing=check_choice(self, "add_missing", add_missing, (True, False)),
+                         strip_extra=check_choice(self, "strip_extra", strip_extra, (True, False)))
+
+    def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        col, role_key, text_key = conversation_column(self, batch)
+        convs = batch.column(col).to_pylist()
+        images = image_counts(batch)
+        for conv, n_img, n_tok in zip(convs, images, _count(convs, text_key)):
+            if not conv or n_tok == n_img:
+                continue
+            if n_tok > n_img and self.p["strip_extra"]:
+                _strip_extra(conv, text_key, int(n_img))
+            elif n_tok < n_img and self.p["add_missing"]:
+                first = next((t for t in conv if ROLES.get(t.get(role_key)) == "user"), None)
+                if first is not None:
+                    first[text_key] = (IMAGE_TOKEN + "\n") * int(n_img - n_tok) + (first.get(text_key) or "")
+        return replace_conversations(self, batch, convs)
+
+
+@register
+class FilterImageTokens(ConversationOp, Filter):
+    """Drop rows whose ``<image>`` count differs from their number of images (the reason gives both)."""
+
+    name = "filter_image_tokens"
+
+    def __init__(self):
+        super().__init__()
+
+    def keep(self, batch: pa.RecordBatch):
+        t = turns(self, batch)
+        import pyarrow.compute as pc
+
+        per_turn = pc.count_substring(t.text, IMAGE_TOKEN).to_numpy(zero_copy_only=False)
+        tokens = t.per_row(per_turn, t.select("any"), "sum").astype(np.int64)
+        images = image_counts(batch)
+        keep = tokens == images
+        reasons = np.where(keep, None, np.where(tokens > images, "more <image> tokens than images",
+                                                "fewer <image> tokens than images")).astype(object)
+        return keep, reasons
+
+
+@register
+class FixRoles(ConversationOp, Mapper):
+    """Role alternation repair: consecutive turns of the same role are merged into one (texts joined with
+    ``separator``), and assistant turns before the first user turn are dropped (system turns stay first).
+    The result alternates user / assistant after any system turns; a trailing user turn is kept (drop such
+    rows with a filter if the trainer needs a final answer).
+    """
+
+    name = "fix_roles"
+    writes = ("conversations|messages",)
+
+    def __init__(self, separator: str = "\n\n"):
+        if not isinstance(separator, str):
+            raise self.error(f"`separator` must be a string, got {separator!r}")
+        super().__init__(separator=separator)
+
+    def _fix(self, conv: list, role_key: str, text_key: str) -> list:
+        out: list = []
+        seen_user = False
+        for t in conv:
+            role = ROLES.get(t.get(role_key), t.get(role_key))
+            if role == "assistant" and not seen_user:
+                continue
+            seen_user = seen_user or role == "user"
+            if out and out[-1][role_key] == t.get(role_key):
+                prev, cur = out[-1].get(text_key) or "", t.get(text_key) or ""
+                out[-1][text_key] = prev + self.p["separator"] + cur if prev and cur else prev or cur
+            else:
+                out.append(dict(t))
+        return out
+
+    def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        col, role_key, text_key = conversation_column(self, batch)
+        convs = [self._fix(c, role_key, text_key) if c else c for c in batch.column(col).to_pylist()]
+        return replace_conversations(self, batch, convs)
