@@ -176,6 +176,9 @@ class TinyVLM(_Layer):
             raise InputError(f"image positions out of range: packs {pack.flatten().tolist()}, offsets "
                              f"{start.flatten().tolist()} with {count} tokens per image, batch [{b}, {length}]")
         index = (pack * length + start + paddle.arange(count, dtype="int64").reshape([1, -1])).flatten()
+        if n_img > 1 and len(set(index.numpy().tolist())) != n_img * count:
+            raise InputError(f"images overlap: packs {pack.flatten().tolist()}, offsets {start.flatten().tolist()} "
+                             f"with {count} tokens per image")
         feats = self.image_features(pixel_values).reshape([n_img * count, hidden]).astype(embeds.dtype)
         flat = paddle.scatter(embeds.reshape([b * length, hidden]), index, feats, overwrite=True)
         return flat.reshape([b, length, hidden])

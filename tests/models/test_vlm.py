@@ -126,6 +126,8 @@ def test_bad_inputs_are_named(vlm_dir):
         model(**{**b, "image_pack": paddle.to_tensor([0])})
     with pytest.raises(InputError, match=r"image positions out of range: packs \[0, 1\], offsets \[2, 40\]"):
         model(**{**b, "image_offset": paddle.to_tensor([2, 40])})
+    with pytest.raises(InputError, match=r"images overlap: packs \[0, 0\], offsets \[2, 10\] with 16 tokens"):
+        model(**{**b, "image_pack": paddle.to_tensor([0, 0]), "image_offset": paddle.to_tensor([2, 10])})
     with pytest.raises(InputError, match="without `image_pack`"):
         model(b["input_ids"], b["position_ids"], b["attention_mask"], pixel_values=b["pixel_values"])
     lm = load_causal_lm(os.path.join(vlm_dir, "lm"))
