@@ -76,8 +76,9 @@ def mix_indices(sizes: Sequence[int], ratios: Sequence[float], seed: int, n: int
 def mix(parts: Sequence[tuple["MMDataset", float]], seed: int = 0, n: int | None = None) -> "MMDataset":
     """One dataset mixing ``parts`` (pairs of dataset and ratio) in the given ratios, shuffled under ``seed``.
 
-    Datasets of other schemas are converted to the first one's schema (MM, MIX, PAIRS, MESSAGES and CAPTION
-    convert into one another). Ratios need not sum to 1; they are normalized.
+    Datasets of one schema keep it; datasets of different schemas are all converted to MESSAGES (system/user/
+    assistant messages and a list of images), which holds what any of the built-in schemas hold. Ratios need not
+    sum to 1; they are normalized.
 
     >>> mixed = mix([(captions, 0.7), (vqa, 0.3)], seed=0, n=1000)  # doctest: +SKIP
     """
@@ -91,8 +92,8 @@ def mix(parts: Sequence[tuple["MMDataset", float]], seed: int = 0, n: int | None
             raise InputError(f"parts[{i}]: expected a (MMDataset, ratio) pair, got {part!r}")
         datasets.append(part[0])
         ratios.append(part[1])
-    schema = datasets[0].schema
-    datasets = [d if d.schema == schema else d.convert(schema) for d in datasets]
+    if any(d.schema != datasets[0].schema for d in datasets):
+        datasets = [d if d.schema.name == "MESSAGES" else d.convert("MESSAGES") for d in datasets]
     source, row = mix_indices([len(d) for d in datasets], ratios, seed, n)
     # take each dataset's rows, concatenate them, and put them in the mixed order with one more take
     taken = [datasets[i][row[source == i]] for i in range(len(datasets))]
