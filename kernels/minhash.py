@@ -229,6 +229,7 @@ def _cluster(keys, valid, sigs, hamming, threshold, max_scan):
     for band in range(keys.shape[1]):
         col = keys[:, band].copy()
         order = np.argsort(col, kind="mergesort")  # stable: rows of one bucket stay in row order
+        near = sigs[order, 0] if hamming else sigs[:1, 0]
         start = 0
         while start < n:
             end = start + 1
@@ -242,8 +243,10 @@ def _cluster(keys, valid, sigs, hamming, threshold, max_scan):
                     i = order[ii]
                     if not valid[i]:
                         continue
+                    if hamming and _popcount(np.uint64(near[ii]) ^ np.uint64(near[jj])) > threshold:
+                        continue  # a popcount over the bucket-ordered copy is cheaper than two finds
                     ri, rj = _find(parent, i), _find(parent, j)
-                    if ri != rj and _similar(sigs, i, j, hamming, threshold):
+                    if ri != rj and (hamming or _similar(sigs, i, j, hamming, threshold)):
                         if ri < rj:
                             parent[rj] = ri
                         else:
