@@ -6,6 +6,7 @@
     datacopilot convert data.jsonl out.parquet --to MIX
     datacopilot convert data.jsonl shards/ --shards --format arrow
     datacopilot demo --out demo/ --rows 400
+    datacopilot train sft.yaml [--resume]
 
 Errors of the library (bad input, invalid rows, impossible conversions) print one ``error: ...`` message and
 exit with code 2; a validation that finds problems exits with 1.
@@ -223,6 +224,28 @@ def demo(out: str, rows: int, seed: int) -> None:
     from datacopilot.demo import run_demo
 
     run_demo(out, n=rows, seed=seed, echo=click.echo)
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the config's output_dir.")
+@click.option("--max-steps", "max_steps", default=None, type=click.IntRange(min=1),
+              help="Override the config's max_steps.")
+@click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar; print a log line per step.")
+def train(config: str, resume: bool, max_steps: int | None, no_progress: bool) -> None:
+    """Supervised fine-tuning as configured in the YAML file CONFIG (see the README's Training section).
+
+    Tokenizes and packs the data, trains with AdamW, writes checkpoints, log.jsonl, loss.png and the final model
+    to the config's output_dir. Needs the paddle extra: pip install 'datacopilot[paddle]'.
+    """
+    from datacopilot.train import SFTConfig, sft
+
+    cfg = SFTConfig.from_yaml(config)
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    if no_progress:
+        cfg.progress = False
+    sft(cfg.check(), resume=resume, echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

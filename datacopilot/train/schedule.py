@@ -29,10 +29,10 @@ def lr_at(step: int, lr: float, warmup_steps: int, max_steps: int, decay: str = 
 
 
 def make_scheduler(cfg):
-    """A Paddle ``LambdaLR`` following :func:`lr_at` for the config; ``scheduler.step()`` once per optimizer step."""
-    from paddle.optimizer.lr import LambdaLR
+    """A Paddle ``LambdaDecay`` following :func:`lr_at` for the config; ``scheduler.step()`` once per optimizer step."""
+    from paddle.optimizer.lr import LambdaDecay
 
     def factor(step: int) -> float:
         return lr_at(step, 1.0, cfg.warmup_steps, cfg.max_steps, cfg.decay, cfg.min_lr_ratio)
 
-    return LambdaLR(learning_rate=cfg.lr, lr_lambda=factor)
+    return LambdaDecay(learning_rate=cfg.lr, lr_lambda=factor)

@@ -1,0 +1,159 @@
+"""The SFT loop: data -> tokenize -> pack -> Paddle DataLoader -> AdamW with warmup/decay, accumulation, clipping.
+
+Per optimizer step it logs loss, learning rate, effective tokens/s (target tokens only, not padding nor prompt
+tokens) and the pack fill rate; a tqdm bar shows progress; checkpoints go to ``<output_dir>/checkpoints`` every
+``save_every`` steps and at the end, with ``log.jsonl``, ``loss.png`` and the trained model in ``<output_dir>/final``.
+The loss is the sum of token losses / number of target tokens over all micro-batches of the step (see
+:mod:`datacopilot.train.build`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import numpy as np
+
+from datacopilot.errors import InputError
+
+from .config import DATA_ORDER_KEYS, SFTConfig
+
+
+def _config(config) -> SFTConfig:
+    if isinstance(config, SFTConfig):
+        return config.check()
+    if isinstance(config, dict):
+        return SFTConfig.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return SFTConfig.from_yaml(os.fspath(config))
+    raise InputError(f"`config` must be an SFTConfig, a dict or a yaml path, got {type(config).__name__}")
+
+
+def load_data(cfg: SFTConfig):
+    """The training rows: each ``data`` entry loaded (``schema``), mixed by ratio under ``seed`` if ratios are set."""
+    import datacopilot
+    from datacopilot.dataset import MMDataset
+
+    from .mix import mix
+
+    parts = []
+    for path, ratio in cfg.data:
+        ds = path if isinstance(path, MMDataset) else datacopilot.load(path, schema=cfg.schema, invalid="raise")
+        if len(ds) == 0:
+            raise InputError(f"{cfg.source}: data: {path if isinstance(path, str) else 'dataset'} has no rows")
+        parts.append((ds, ratio))
+    if len(parts) == 1 and parts[0][1] is None:
+        return parts[0][0]
+    if parts[0][1] is None:  # several datasets without ratios: all rows of each
+        return parts[0][0].concat(*[p.convert(parts[0][0].schema) if p.schema != parts[0][0].schema else p
+                                    for p, _ in parts[1:]])
+    return mix(parts, seed=cfg.seed, n=cfg.mix_samples)
+
+
+def prepare(cfg: SFTConfig):
+    """(tokenizer, tokenized dataset, PackedData) for a config; tokenization is cached in ``cache_dir``."""
+    from datacopilot.models.chat_template import ChatTemplate
+    from datacopilot.models.tokenizer import load_tokenizer
+
+    from .data import ImageLoader, PackedData
+    from .tokenize import tokenize_dataset
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    tpl = ChatTemplate(tokenizer, image_token_count=cfg.image_token_count, system=cfg.system)
+    ds = load_data(cfg)
+    cache = cfg.cache_dir or os.path.join(cfg.output_dir, "tokenized")
+    tok = tokenize_dataset(ds, tpl, cfg.max_length, cache_dir=cache, num_workers=cfg.num_workers)
+    images = ImageLoader(tok, cfg.image_size, cfg.image_token_count) if cfg.model_type == "vlm" else None
+    data = PackedData(tok.to_arrow(), cfg.max_length, cfg.batch_size, seed=cfg.seed, strategy=cfg.pack_strategy,
+                      overlong=cfg.overlong, images=images)
+    return tokenizer, tok, data
+
+
+class Collate:
+    """The DataLoader's collate_fn: H2's PackedCollator at ``max_length`` (or, padded, at the batch's longest)."""
+
+    def __init__(self, max_length: int, attention: str, pad_id: int, padded: bool = False,
+                 image_token_count: int | None = None):
+        self.max_length, self.attention, self.pad_id, self.padded = max_length, attention, pad_id, padded
+        self.image_token_count = image_token_count
+        self._cache: dict[int, object] = {}
+
+    def __call__(self, packs: list[list[dict]]) -> dict:
+        from .collate import PackedCollator
+
+        length = self.max_length
+        if self.padded:
+            length = max(sum(len(s["input_ids"]) for s in p) for p in packs)
+        if length not in self._cache:
+            self._cache[length] = PackedCollator(length, attention=self.attention, pad_id=self.pad_id,
+                                                 image_token_count=self.image_token_count)
+        return self._cache[length](packs)
+
+
+def seed_all(seed: int) -> None:
+    import paddle
+
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def sft(config, resume: bool = False, echo=print) -> dict:
+    """Fine-tune ``config.model`` on ``config.data``; returns ``{"loss", "steps", "history", ...}``.
+
+    ``config`` is an :class:`SFTConfig`, a dict or a YAML path. With ``resume=True`` the newest checkpoint in
+    ``output_dir/checkpoints`` is restored (model, optimizer, scheduler, RNG, data cursor) and training continues
+    with the batches an uninterrupted run would have seen; without one, training starts from step 0.
+
+    >>> result = sft("sft.yaml")                                 # doctest: +SKIP
+    >>> result["history"][0]["loss"] > result["loss"]            # doctest: +SKIP
+    True
+    """
+    from .build import check_device, check_vocab, load_model, make_optimizer, require_training_stack
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .schedule import make_scheduler
+
+    cfg = _config(config)
+    require_training_stack()
+    device = check_device(cfg)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    seed_all(cfg.seed)
+    tokenizer, tok, data = prepare(cfg)
+    model = load_model(cfg)
+    check_vocab(model, tokenizer, cfg)
+    scheduler = make_scheduler(cfg)
+    optimizer = make_optimizer(cfg, model, scheduler)
+    start, history = 0, []
+    ckpt = latest_checkpoint(cfg.output_dir) if resume else None
+    if ckpt:
+        state = load_checkpoint(ckpt, model, optimizer)
+        _check_same_data(cfg, state, ckpt)
+        start, history = int(state["step"]), list(state["history"])
+        echo(f"resuming from {ckpt} at step {start}")
+    elif resume:
+        echo(f"no checkpoint in {cfg.output_dir}; starting from step 0")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = Collate(cfg.max_length, cfg.attention, pad_id,
+                      image_token_count=cfg.image_token_count if cfg.model_type == "vlm" else None)
+    run = _Run(cfg, model, optimizer, scheduler, data, collate, echo)
+    history = run.train(start, history)
+    return run.finish(history, tokenizer, device, len(tok))
+
+
+def _check_same_data(cfg: SFTConfig, state: dict, ckpt: str) -> None:
+    saved = state.get("config", {})
+    now = cfg.to_dict()
+    for key in DATA_ORDER_KEYS:
+        a, b = saved.get(key), now.get(key)
+        if key == "data":
+            a = [list(x) for x in a or []]
+        if key in saved and a != b:
+            raise InputError(f"{cfg.source}: {key}: is {b!r} but the checkpoint {ckpt} was written with {a!r}; "
+                             f"a resumed run must keep the keys that fix the data order ({', '.join(DATA_ORDER_KEYS)})")
+
+
+from .runner import _Run  # noqa: E402  (the step loop lives in its own module)
+
+__all__ = ["sft", "load_data", "prepare", "Collate", "seed_all"]
