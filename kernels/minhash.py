@@ -100,7 +100,7 @@ def _signatures(offsets, data, a, b, ngram, by_char, out):
                 i = j
             if m == 0:
                 continue
-            width = ngram if m >= ngram else m
+            width = min(ngram, m)
             for i in range(m - width + 1):
                 h = np.uint64(width)
                 for j in range(i, i + width):

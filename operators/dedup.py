@@ -26,7 +26,6 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from datacopilot.kernels.hashing import combine, hash_strings, normalize_text
 from datacopilot.kernels.minhash import UNITS, duplicates, lsh_params, signatures
 from datacopilot.kernels.phash import METHODS, image_hashes, near_duplicates, thumbnail

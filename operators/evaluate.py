@@ -20,9 +20,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datacopilot.schemas import read_image_bytes
 
 from datacopilot.errors import InputError
-from datacopilot.schemas import read_image_bytes
 
 from ._conv import ConversationOp, turn_counts, turns
 from .base import Evaluator, check_int

@@ -2,11 +2,17 @@
 
 import numpy as np
 import pyarrow as pa
+from datacopilot.kernels.hashing import (
+    combine,
+    combine_columns,
+    first_occurrence,
+    hash_bytes,
+    hash_strings,
+    mix64,
+    normalize_text,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from datacopilot.kernels.hashing import (combine, combine_columns, first_occurrence, hash_bytes, hash_strings, mix64,
-                                         normalize_text)
 
 
 def test_normalize_text_lowercases_collapses_and_strips():

@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
+from datacopilot.kernels.minhash import EMPTY, MERSENNE, band_keys, cluster, duplicates, jaccard, lsh_params, signatures
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from datacopilot.kernels.minhash import (EMPTY, MERSENNE, band_keys, cluster, duplicates, jaccard, lsh_params,
-                                         signatures)
 
 WORDS = [f"w{i}" for i in range(400)]
 
@@ -64,7 +62,7 @@ def test_estimate_tracks_true_jaccard():
 
 def test_dissimilar_texts_rarely_collide():
     rng = np.random.default_rng(1)
-    texts, pairs = [], 0
+    texts = []
     for _ in range(150):
         base = list(rng.choice(WORDS, 40))
         other = base[:8] + list(rng.choice(WORDS, 32))  # shares a prefix: Jaccard well under 0.8
@@ -72,7 +70,6 @@ def test_dissimilar_texts_rarely_collide():
     sigs = signatures(texts, num_perm=128, ngram=3)
     for i in range(0, len(texts), 2):
         assert true_jaccard(texts[i], texts[i + 1], 3) < 0.3
-        pairs += 1
     drop = duplicates(sigs, threshold=0.8)
     assert drop.sum() <= 2  # of 150 pairs
 

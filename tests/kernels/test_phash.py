@@ -4,10 +4,8 @@ import io
 
 import numpy as np
 import pytest
+from datacopilot.kernels.phash import bucket_keys, dhash, hamming, image_hashes, near_duplicates, phash, thumbnail
 from PIL import Image, ImageDraw
-
-from datacopilot.kernels.phash import (bucket_keys, dhash, hamming, image_hashes, near_duplicates, phash,
-                                       thumbnail)
 
 
 def draw(shape: str, size=(256, 192), color=(200, 40, 40)) -> Image.Image:

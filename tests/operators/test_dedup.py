@@ -1,14 +1,13 @@
 """Dataset-wide dedup operators on real rows and real image files: which rows stay, which go, and the accounting."""
 
-import io
 
 import numpy as np
 import pytest
+from datacopilot.operators import create
 from PIL import Image, ImageDraw
 
 import datacopilot as dc
 from datacopilot.errors import OperatorError
-from datacopilot.operators import create
 
 from .conftest import ids, last, mm
 

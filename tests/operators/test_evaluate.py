@@ -6,14 +6,14 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import datacopilot as dc
-from datacopilot.errors import OperatorError
 from datacopilot.operators import create
 from datacopilot.operators.evaluate import summarize
 from datacopilot.operators.report import _draw_pillow, describe
 from datacopilot.operators.run import evaluate
+from PIL import Image
+
+import datacopilot as dc
+from datacopilot.errors import OperatorError
 
 from .conftest import mm
 
@@ -84,14 +84,16 @@ def test_describe_writes_pngs_html_and_json(small, tmp_path):
     files = set(os.listdir(out))
     assert {"index.html", "stats.json", "turns.png", "question_chars.png", "answer_chars.png",
             "image_width.png"} <= files
-    page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+    with open(os.path.join(out, "index.html"), encoding="utf-8") as f:
+        page = f.read()
     srcs = re.findall(r"<img src='([^']+)'", page)
     assert "turns.png" in srcs and all(s in files for s in srcs)
     assert "turns per row" in page and "3.5" in page
     for s in srcs:
         with Image.open(os.path.join(out, s)) as img:
             assert img.format == "PNG" and img.size[0] > 100
-    assert json.load(open(os.path.join(out, "stats.json")))["rows"] == 4
+    with open(os.path.join(out, "stats.json"), encoding="utf-8") as f:
+        assert json.load(f)["rows"] == 4
 
 
 def test_pillow_fallback_draws_a_png(tmp_path):
