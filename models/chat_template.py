@@ -167,11 +167,15 @@ def _fast_encoder(tokenizer):
     sp = getattr(tokenizer, "sp_model", None)
     if type(tokenizer).__name__ != "LlamaTokenizer" or sp is None:
         return None
-    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
-    specials += [t for t in getattr(tokenizer, "added_tokens_encoder", {}) if t]
+    import re
+
+    specials = {t for t in getattr(tokenizer, "all_special_tokens", []) if t}
+    specials |= {t for t in getattr(tokenizer, "added_tokens_encoder", {}) if t}
+    has_special = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))).search \
+        if specials else (lambda text: None)
 
     def encode(text: str) -> list[int]:
-        if any(t in text for t in specials):
+        if has_special(text):
             return list(tokenizer.encode(text, add_special_tokens=False)["input_ids"])
         return sp.encode(text)
 
