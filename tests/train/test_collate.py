@@ -96,3 +96,41 @@ def test_random_packs_keep_segments_apart(pack_lens, seed):
             assert (out["labels"][b, s0 + 1:s0 + n] == np.asarray(smp["labels"])[1:]).all()
         assert (out["labels"][b, sum(lens):] == IGNORE).all() and (out["input_ids"][b, sum(lens):] == 0).all()
     assert out["n_target_tokens"] == sum(int((np.asarray(s["labels"])[1:] != IGNORE).sum()) for p in packs for s in p)
+
+
+def test_demo_conversations_tokenized_packed_and_collated(tmp_path):
+    """The whole text path on the demo data: template -> tokenize_dataset -> kernels.pack -> PackedCollator."""
+    pytest.importorskip("paddlenlp")
+    pytest.importorskip("sentencepiece")
+    import datacopilot
+    from datacopilot.demo_data import make_demo_data
+    from datacopilot.kernels import pack
+    from datacopilot.models.chat_template import ChatTemplate
+    from datacopilot.models.tokenizer import load_tokenizer, train_tokenizer
+    from datacopilot.train.tokenize import tokenize_dataset
+
+    data = make_demo_data(str(tmp_path / "demo"), n=60, seed=1)
+    ds = datacopilot.load(data["path"], schema="MM", invalid="quarantine")
+    texts = [t["value"] for r in ds for t in r["conversations"]]
+    tok = load_tokenizer(train_tokenizer(texts, str(tmp_path / "tok"), vocab_size=600))
+    tpl = ChatTemplate(tok, image_token_count=8)
+    L = 160
+    t = tokenize_dataset(ds, tpl, L).to_arrow()
+    rows = [{"input_ids": i, "labels": lab, "image_offsets": o} for i, lab, o in
+            zip(t["input_ids"].to_pylist(), t["labels"].to_pylist(), t["image_offsets"].to_pylist())]
+    plan = pack(t["length"].to_numpy(), L)
+    packs = [[rows[i] for i in ids] for ids in plan.packs()]
+    out = PackedCollator(L, pad_id=tok.pad_token_id, image_token_count=8)(packs)
+    assert out["input_ids"].shape == (plan.n_packs, L)
+    assert out["fill"] == pytest.approx(plan.fill_rate)
+    np.testing.assert_array_equal(out["attention_mask"], block_causal_mask(out["seq_lens"], L))
+    # every answer token is a target exactly once; nothing else is (the samples here all start with <s>)
+    answers = sum(int((np.asarray(r["labels"][:L]) != IGNORE).sum()) for r in rows)
+    assert out["n_target_tokens"] == answers
+    targets = out["input_ids"][out["labels"] != IGNORE]
+    assert tpl.image_token_id not in targets and tok.convert_tokens_to_ids("<|user|>") not in targets
+    # every image's tokens sit at its pack and offset
+    ids = out["input_ids"]
+    for p, o in zip(out["image_pack"], out["image_offset"]):
+        assert (ids[p, o:o + 8] == tpl.image_token_id).all()
+    assert int((ids == tpl.image_token_id).sum()) == 8 * len(out["image_offset"])
