@@ -11,7 +11,6 @@ Image-placeholder and role repair live in :mod:`.repair`.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -173,7 +172,3 @@ class MaskPII(ConversationOp, Mapper):
     def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
         return replace_texts(self, batch, self._texts)
 
-
-def nfc(text: str) -> str:
-    """NFC normal form (helper for callers that clean single strings)."""
-    return unicodedata.normalize("NFC", text)

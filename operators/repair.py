@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from datacopilot.schemas import IMAGE_TOKEN
 
@@ -83,8 +84,6 @@ class FilterImageTokens(ConversationOp, Filter):
 
     def keep(self, batch: pa.RecordBatch):
         t = turns(self, batch)
-        import pyarrow.compute as pc
-
         per_turn = pc.count_substring(t.text, IMAGE_TOKEN).to_numpy(zero_copy_only=False)
         tokens = t.per_row(per_turn, t.select("any"), "sum").astype(np.int64)
         images = image_counts(batch)

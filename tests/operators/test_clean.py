@@ -17,7 +17,8 @@ def _texts(ds):
 
 @pytest.mark.parametrize("schema", ["MM", "MESSAGES"])
 def test_clean_unicode_repairs_and_leaves_clean_text_alone(to_schema, schema):
-    rows = [mm("1", "<image>\nWhat is the cafe\u0301\u200b sign?", "It says Caf\u00c3\u00a9 \u00e2\u20ac\u201c open\x07."),
+    rows = [mm("1", "<image>\nWhat is the cafe\u0301\u200b sign?",
+               "It says Caf\u00c3\u00a9 \u00e2\u20ac\u201c open\x07."),
             mm("2", "<image>\n日本語のテキスト", "naïve façade, 100 € — fine")]
     out = to_schema(rows, schema).apply(create("clean_unicode"))
     assert _texts(out) == [["<image>\nWhat is the café sign?", "It says Café – open."],
