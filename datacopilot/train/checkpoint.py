@@ -77,7 +77,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, state: dict, k
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     paddle.save(model.state_dict(), os.path.join(tmp, "model.pdparams"))
-    paddle.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pdopt"))
+    paddle.save(_by_structured_names(optimizer.state_dict(), model), os.path.join(tmp, "optimizer.pdopt"))
     with open(os.path.join(tmp, "rng.pkl"), "wb") as f:
         pickle.dump(rng_states(), f)
     with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
@@ -110,12 +110,53 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
         if list(value.shape) != list(weights[key].shape):
             raise InputError(f"{path}/model.pdparams: {key}: shape {list(weights[key].shape)} does not fit the "
                              f"model's {list(value.shape)}")
-    model.set_state_dict(weights)
-    optimizer.set_state_dict(paddle.load(os.path.join(path, "optimizer.pdopt")))
+    # the base Layer method: paddlenlp's LoRAModel.set_state_dict forwards to the wrapped model, whose names lack
+    # the "model." prefix of LoRAModel.state_dict(), and would skip every weight without a word
+    paddle.nn.Layer.set_state_dict(model, weights)
+    optimizer.set_state_dict(_by_runtime_names(paddle.load(os.path.join(path, "optimizer.pdopt")), model, path))
     with open(os.path.join(path, "rng.pkl"), "rb") as f:
         set_rng_states(pickle.load(f))
     with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+# Paddle keys optimizer state by the parameters' runtime names ("linear_12.w_0_moment1_0"), which depend on how
+# many layers the process created before; a checkpoint stores them under structured names ("llama.layers.0...")
+# so another process (the resumed run) can map them back to its own runtime names.
+def _rename(key: str, names: dict[str, str]) -> str | None:
+    best = None
+    for old in names:
+        if (key == old or key.startswith(old + "_")) and (best is None or len(old) > len(best)):
+            best = old
+    return None if best is None else names[best] + key[len(best):]
+
+
+def _by_structured_names(state: dict, model) -> dict:
+    names = {p.name: n for n, p in model.named_parameters()}
+    return _translate(state, names, "@param:")
+
+
+def _by_runtime_names(state: dict, model, path: str) -> dict:
+    names = {"@param:" + n: p.name for n, p in model.named_parameters()}
+    out = _translate(state, names, "", strip="@param:")
+    bad = [k for k in out if k.startswith("@param:")]
+    if bad:
+        raise InputError(f"{path}/optimizer.pdopt: state for parameters the model does not have: {bad[:3]}")
+    return out
+
+
+def _translate(state: dict, names: dict[str, str], prefix: str, strip: str = "") -> dict:
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = _translate(value, names, prefix, strip)
+            continue
+        if key == "LR_Scheduler" or not isinstance(key, str):
+            out[key] = value
+            continue
+        new = _rename(key, names)
+        out[(prefix + new) if new is not None else key] = value
+    return out
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "checkpoint_dir"]
