@@ -91,7 +91,7 @@ class ChatTemplate:
         return list(self.tokenizer.encode(text, add_special_tokens=False)["input_ids"])
 
     # -- conversations ----------------------------------------------------------------------------------
-    def encode(self, row: dict, schema: "Schema | str") -> dict:
+    def encode(self, row: dict, schema: Schema | str) -> dict:
         """Encode one row of a built-in conversation schema (MM, MIX, PAIRS, MESSAGES, CAPTION).
 
         Returns ``{"input_ids", "labels", "image_offsets", "n_images"}`` (lists of ints and an int).

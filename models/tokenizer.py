@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from datacopilot.errors import InputError, MissingDependencyError, ModelError
 

@@ -31,7 +31,7 @@ samples with a counted reason first), and so does a pack whose samples add up to
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -207,9 +207,8 @@ def _read_cache(path: str, n_rows: int) -> pa.Table | None:
 
 def _write_cache(path: str, cols: pa.Table, meta: dict) -> None:
     table = cols.replace_schema_metadata({b"datacopilot.tokenize": json.dumps(meta).encode()})
-    with atomic_open(path, "wb") as f:
-        with pa.ipc.new_file(f, table.schema) as w:
-            w.write_table(table)
+    with atomic_open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
 
 
 def cache_files(cache_dir: str) -> list[str]:
