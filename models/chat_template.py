@@ -13,7 +13,8 @@ The format, shown as text (each marker is one token id, no newlines are added be
   model learns to stop); ``-100`` everywhere else: BOS, markers that open turns, system and user turns, and all
   image tokens. Labels are aligned with ``input_ids``; the loss shifts by one (see ``datacopilot.train.collate``).
 - Images: each ``<image>`` placeholder in a message expands to ``image_token_count`` copies of
-  :attr:`ChatTemplate.image_token_id`; ``image_offsets[i]`` is the position of image ``i``'s first token. A
+  :attr:`ChatTemplate.image_token_id`; placeholders take the conversation's images in reading order, and
+  ``image_offsets[i]`` is the position of image ``i``'s first token. A
   conversation with fewer placeholders than images gets the missing placeholders put at the start of its first
   user message (LLaVA's convention); more placeholders than images is an :class:`InputError`.
 
