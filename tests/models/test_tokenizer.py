@@ -56,3 +56,12 @@ def test_named_errors(tmp_path):
     with pytest.raises(InputError, match="no non-empty string"):
         train_tokenizer(["", "  "], str(tmp_path / "t"))
     assert not os.path.exists(tmp_path / "t" / "tokenizer_config.json")
+
+
+def test_training_is_deterministic(tmp_path):
+    """The same texts give the same model bytes, so a token cache keyed by the tokenizer survives a re-train."""
+    a = train_tokenizer(TEXTS, str(tmp_path / "a"), vocab_size=500)
+    b = train_tokenizer(TEXTS, str(tmp_path / "b"), vocab_size=500)
+    for name in ("sentencepiece.bpe.model", "tokenizer_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert a != b
