@@ -26,8 +26,15 @@ def test_wheel_layout(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("datacopilot-")}
     assert tops == {"datacopilot"}, tops
-    for sub in ("schemas", "operators", "models", "kernels", "io"):
-        assert f"datacopilot/{sub}/__init__.py" in names
+    # every package folder of the source tree is in the wheel, under the one namespace
+    folders = {"datacopilot": "datacopilot", "schemas": "datacopilot/schemas", "operators": "datacopilot/operators",
+               "models": "datacopilot/models", "kernels": "datacopilot/kernels"}
+    for src, dst in folders.items():
+        for init in (ROOT / src).rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.relative_to(ROOT / src).as_posix()
+            assert f"{dst}/{rel}" in names, f"{src}/{rel} is missing from the wheel: add it to pyproject packages"
     assert "datacopilot/schemas/builtin.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
