@@ -79,12 +79,16 @@ STEP_NAMES = ("load", "nonempty", "turn count", "answer length", "image exists",
               "unique")
 
 
-def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print) -> dict:
-    """Make the demo data in ``out_dir``, clean it, write Arrow shards to ``out_dir/shards``; return a report.
+def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print,
+             train_steps: int = 16) -> dict:
+    """Make the demo data in ``out_dir``, clean it, write Arrow shards to ``out_dir/shards``, then train a tiny
+    VLM on them for ``train_steps`` packed steps (0 = no training; skipped with the install line without paddle);
+    return a report.
 
     The report holds ``data`` (what :func:`make_demo_data` injected), ``steps`` (per step: name, rows in, out,
     dropped by reason, failed), ``rows_in``, ``quarantined``, ``kept``, ``dropped`` (total), ``shards_dir``,
-    ``manifest`` and ``seconds``. ``rows_in == kept + dropped + quarantined`` always holds.
+    ``manifest``, ``seconds`` and ``train`` (the sft result, or None). ``rows_in == kept + dropped + quarantined``
+    always holds.
 
     >>> report = run_demo("/tmp/dc-demo", n=100)  # doctest: +SKIP
     >>> report["kept"] == report["data"]["clean"]  # doctest: +SKIP
@@ -128,6 +132,17 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
     echo(f"wrote {report['kept']} rows in {report['shards']} shard(s) to {shards_dir}")
     echo(f"manifest: {report['manifest']}")
     echo(f"load them back with datacopilot.load({shards_dir!r})  [{report['seconds']:.2f}s]")
+    report["train"] = None
+    if train_steps:
+        from datacopilot.train.demo import train_on_demo
+
+        echo(f"\n5. training a tiny VLM on the shards: {train_steps} steps of packed batches (MixToken, no "
+             f"cross-sample attention)")
+        t1 = time.perf_counter()
+        report["train"] = train_on_demo(shards_dir, os.path.join(out_dir, "train"), steps=train_steps, seed=seed,
+                                        echo=echo)
+        if report["train"] is not None:
+            echo(f"   loss curve: {report['train']['loss_curve']}  [{time.perf_counter() - t1:.1f}s]")
     return report
 
 

@@ -2,6 +2,7 @@
 trains only its adapters, and GPU-only switches are refused on a CPU with a clear error."""
 
 import json
+import sys
 import os
 
 import numpy as np
@@ -114,3 +115,12 @@ def test_gpu_only_switches_are_refused_on_cpu(env, tmp_path, key, value, message
 def test_lora_patterns_that_match_nothing_are_an_error(env, tmp_path):
     with pytest.raises(InputError, match="lora.target_modules: no layer of the model matches"):
         sft(config(env, str(tmp_path / "y"), lora={"target_modules": [".*nothing_here.*"]}), echo=_quiet)
+
+
+def test_demo_training_step_says_what_to_install_without_paddle(monkeypatch, tmp_path):
+    from datacopilot.train.demo import train_on_demo
+
+    monkeypatch.setitem(sys.modules, "paddlenlp", None)
+    lines = []
+    assert train_on_demo(str(tmp_path / "shards"), str(tmp_path / "train"), echo=lines.append) is None
+    assert lines == ["   skipped: the training step needs paddle and paddlenlp: pip install 'datacopilot[paddle]'"]
