@@ -440,6 +440,12 @@ class MMDataset:
         return apply(self, ops, num_workers=num_workers, mode=mode, on_error=on_error, batch_size=batch_size,
                      progress=progress)
 
+    def lazy(self, on_error: str = "raise", batch_size: int = 1024):
+        """A lazy :class:`~datacopilot.pipeline.Pipeline` over this dataset: ``ds.lazy().apply(ops).collect()``."""
+        from .pipeline import pipeline
+
+        return pipeline(self, on_error=on_error, batch_size=batch_size)
+
     def _run(self, task, name, num_workers, mode, batch_size, on_error, progress) -> list:
         results = run_batches(self._table, task, num_workers=num_workers, mode=mode, batch_size=batch_size,
                               desc=name, progress=progress,

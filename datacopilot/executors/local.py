@@ -1,0 +1,363 @@
+"""The local executor: record batches stream from the source through the operators, so memory holds a few
+batches, never the dataset.
+
+* Per-batch operators (Mapper, Filter, Augmenter) run in a chain; the chain before the first dataset-wide stage
+  runs on ``num_workers`` threads or processes, batches kept in order (at most ``2 * num_workers`` in flight).
+* An exact Deduplicator keeps only a sorted array of the keys seen so far
+  (:func:`datacopilot.kernels.hashing.first_occurrence`); a near-duplicate one spills its input to a temporary
+  Arrow file while it collects signatures, then streams the file back without the duplicates.
+* Each batch of an operator goes through the same task as ``ds.apply`` (:class:`operators.run._OpTask`), so
+  rows and accounting equal ``ds.apply(ops)`` for operators that treat rows independently.
+
+>>> from datacopilot.executors import get_executor
+>>> get_executor("local", num_workers=2, mode="thread")
+LocalExecutor(num_workers=2, mode='thread')
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from datacopilot.errors import OperatorError
+from datacopilot.history import OpRecord
+from datacopilot.parallel import _executor, _run_pickled, check_workers, to_ipc
+
+from .base import ExecResult, Executor
+
+
+@dataclass
+class End:
+    """Marks the end of input units (their indices) in a stream of tables."""
+
+    units: tuple
+
+
+class Acc:
+    """One operator's running accounting."""
+
+    def __init__(self, label: str):
+        self.label, self.rows_in, self.rows_out, self.failed, self.seconds = label, 0, 0, 0, 0.0
+        self.dropped: Counter = Counter()
+
+    def record(self) -> OpRecord:
+        return OpRecord(self.label, self.rows_in, self.rows_out, dict(self.dropped), self.failed, self.seconds)
+
+    def restore(self, d: dict) -> None:
+        self.rows_in, self.rows_out, self.failed = d["rows_in"], d["rows_out"], d["failed"]
+        self.dropped, self.seconds = Counter(d["dropped"]), d["seconds"]
+
+
+def step(op, policy: str, table: pa.Table):
+    """One operator over one batch, through ``ds.apply``'s task: (output, dropped, failures, quarantine).
+    ``failures`` holds (row in batch, message, traceback, row id)."""
+    from datacopilot.operators.base import Filter
+    from datacopilot.operators.run import _filter_output, _map_output, _OpTask
+
+    res = _OpTask(op, policy)(table, 0)
+    ids = table.column("id") if "id" in table.column_names else None
+    failures = [(r, m, tb, ids[r].as_py() if ids is not None else None) for r, m, tb in res.failures]
+    if failures and policy == "raise":
+        return None, {}, failures, None
+    failed = np.zeros(table.num_rows, dtype=bool)
+    failed[[f[0] for f in failures]] = True
+    if isinstance(op, Filter):
+        out, dropped = _filter_output(table, [res], failed, op)
+    else:
+        out, dropped = _map_output(table, [res]), {}
+    q = None
+    if failures and policy == "quarantine":
+        q = table.take([f[0] for f in failures])
+        q = q.append_column("_op", pa.array([op.label] * len(failures), pa.string()))
+        q = q.append_column("_error", pa.array([f[1] for f in failures], pa.string()))
+    return out, dropped, failures, q
+
+
+@dataclass
+class Chain:
+    """Per-batch operators one after the other over one batch (picklable: runs in a worker)."""
+
+    ops: list
+    policy: str
+
+    def __call__(self, table: pa.Table, offset: int = 0) -> list:
+        parts = []
+        for op in self.ops:
+            t0 = time.perf_counter()
+            out, dropped, failures, q = step(op, self.policy, table)
+            parts.append((table.num_rows, out, dropped, failures, q, time.perf_counter() - t0))
+            if out is None:
+                break
+            table = out
+        return parts
+
+
+class Run:
+    """The state of one execution: accumulators per operator, quarantined tables, dedup seen-sets."""
+
+    def __init__(self, plan, ops: list):
+        self.plan, self.ops, self.policy = plan, ops, plan.on_error
+        self.acc = [Acc(op.label) for op in ops]
+        self.quarantine: list[pa.Table] = []
+        self.seen: dict[int, np.ndarray] = {}
+
+    def account(self, i: int, parts: list) -> pa.Table | None:
+        """Fold a chain's per-op parts (ops ``i, i+1, ...``) into the accumulators; the chain's output."""
+        out = None
+        for j, (n, out, dropped, failures, q, secs) in enumerate(parts, i):
+            a = self.acc[j]
+            if failures and self.policy == "raise":
+                row, msg, tb, row_id = failures[0]
+                raise OperatorError(a.label, a.rows_in + row, msg, tb, row_id=row_id)
+            a.rows_in += n
+            a.rows_out += out.num_rows
+            a.dropped.update(dropped)
+            a.failed += len(failures)
+            a.seconds += secs
+            if q is not None:
+                self.quarantine.append(q)
+        return out
+
+    def take_quarantine(self) -> pa.Table | None:
+        q, self.quarantine = self.quarantine, []
+        return pa.concat_tables(q, promote_options="permissive") if q else None
+
+    def save_state(self, out_dir: str, seg: int) -> dict:
+        """Write the dedup seen-sets next to the output (new files per segment); their names."""
+        from datacopilot.io._fs import atomic_open, get_fs, join
+
+        names = {}
+        for k, v in self.seen.items():
+            name = f"_state/seen-{k}-{seg:05d}.npy"
+            fs, d = get_fs(join(out_dir, "_state"))
+            fs.makedirs(d, exist_ok=True)
+            with atomic_open(join(out_dir, name), "wb") as f:
+                np.save(f, v)
+            names[str(k)] = name
+        return {"seen": names}
+
+    def restore(self, out_dir: str, state: dict, records: list[dict]) -> None:
+        from datacopilot.io._fs import get_fs, join
+
+        for a, d in zip(self.acc, records):
+            a.restore(d)
+        for k, name in state.get("seen", {}).items():
+            fs, p = get_fs(join(out_dir, name))
+            with fs.open(p, "rb") as f:
+                self.seen[int(k)] = np.load(f)
+
+
+class LocalExecutor(Executor):
+    """Streams record batches through the operators on this machine (``num_workers`` threads or processes)."""
+
+    name = "local"
+
+    def __init__(self, num_workers: int = 1, mode: str = "thread", progress: bool | None = None):
+        check_workers(num_workers, mode)
+        self.num_workers, self.mode, self.progress = num_workers, mode, progress
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(num_workers={self.num_workers}, mode={self.mode!r})"
+
+    # -- the stream ---------------------------------------------------------------------------------------
+    def stream(self, plan, run: Run, skip: set[str] = frozenset()) -> Iterator:
+        """Tables (and End markers) out of the last operator, for every unit not in ``skip``."""
+        src = plan.source
+        invalid = "raise" if plan.on_error == "raise" else "quarantine"
+
+        def source():
+            for u, unit in enumerate(src.units()):
+                if unit in skip:
+                    continue
+                yield from src.batches(unit, plan.batch_size, invalid)
+                yield End((u,))
+
+        stream: Iterator = source()
+        i, ops = 0, run.ops
+        first = True
+        while i < len(ops):
+            if ops[i].kind == "dedup":
+                stream = (_near if ops[i].near else _exact)(stream, run, i)
+                i += 1
+                continue
+            j = i
+            while j < len(ops) and ops[j].kind != "dedup":
+                j += 1
+            stream = self._chain(stream, run, i, Chain(ops[i:j], plan.on_error), parallel=first)
+            first, i = False, j
+        return stream
+
+    def _chain(self, stream, run: Run, i: int, chain: Chain, parallel: bool) -> Iterator:
+        if not parallel or self.num_workers == 1:
+            for item in stream:
+                yield item if isinstance(item, End) else run.account(i, chain(item))
+            return
+        with _executor(self.num_workers, self.mode) as ex:
+            if self.mode == "process":
+                payload = pickle.dumps((list(sys.path), __import__("cloudpickle").dumps(chain)))
+                submit = lambda t: ex.submit(_run_pickled, payload, to_ipc(t), 0)  # noqa: E731
+            else:
+                submit = lambda t: ex.submit(chain, t, 0)  # noqa: E731
+            pending: deque = deque()
+            for item in stream:
+                pending.append(item if isinstance(item, End) else submit(item))
+                while len(pending) > 2 * self.num_workers or (pending and isinstance(pending[0], End)):
+                    yield _done(pending.popleft(), run, i)
+            while pending:
+                yield _done(pending.popleft(), run, i)
+
+    # -- Executor ---------------------------------------------------------------------------------------
+    def run(self, plan) -> ExecResult:
+        run = Run(plan, plan.prepared_ops())
+        tables = [t for t in self.stream(plan, run) if not isinstance(t, End) and t.num_rows]
+        table = pa.concat_tables(tables, promote_options="permissive") if tables else plan.empty_output()
+        return ExecResult(table, [a.record() for a in run.acc], run.take_quarantine())
+
+    def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
+              max_rows_per_shard: int | None = 100_000) -> dict:
+        from datacopilot.pipeline_io import ShardSink, make_report
+
+        run = Run(plan, plan.prepared_ops())
+        units = plan.source.units()
+        sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume)
+        if sink.done:
+            run.restore(out_dir, sink.state, sink.manifest["pipeline"]["records"])
+        sink.begin()
+        root = plan.source.root
+        for item in self.stream(plan, run, sink.done):
+            if isinstance(item, End):
+                old = dict(sink.state.get("seen", {}))
+                sink.end_units(item.units, plan.source.schema, root, run.take_quarantine(),
+                               [a.record() for a in run.acc], run.save_state(out_dir, sink.segment))
+                _remove(out_dir, old.values())
+            else:
+                sink.add(item, plan.output_schema(item), root)
+        return make_report(out_dir, sink.manifest, [a.record() for a in run.acc], len(plan.source.bad),
+                           show=self.progress is not False)
+
+
+def _remove(out_dir: str, names) -> None:
+    """Seen-sets of earlier segments, no longer referred to by the manifest."""
+    from datacopilot.io._fs import get_fs, join
+
+    for name in names:
+        fs, p = get_fs(join(out_dir, name))
+        if fs.exists(p):
+            fs.rm(p)
+
+
+def _done(item, run: Run, i: int):
+    return item if isinstance(item, End) else run.account(i, item.result())
+
+
+def _exact(stream, run: Run, i: int) -> Iterator:
+    from datacopilot.transforms import filter_table
+
+    op, a = run.ops[i], run.acc[i]
+    for item in stream:
+        if isinstance(item, End):
+            yield item
+            continue
+        t0 = time.perf_counter()
+        keys, ok = _hook(run, i, item)
+        seen = run.seen.get(i, np.zeros(0, np.uint64))
+        first = _first(keys, seen)
+        run.seen[i] = np.union1d(seen, keys[first])
+        keep = np.zeros(item.num_rows, dtype=bool)
+        keep[ok] = first
+        out = filter_table(item, keep)
+        n = int((~first).sum())
+        if n:
+            a.dropped[f"duplicate ({op.label})"] += n
+        a.rows_in += item.num_rows
+        a.rows_out += out.num_rows
+        a.seconds += time.perf_counter() - t0
+        yield out
+
+
+def _first(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    from datacopilot.kernels.hashing import first_occurrence
+
+    return first_occurrence(keys, seen=seen)
+
+
+def _hook(run: Run, i: int, table: pa.Table):
+    """A dedup operator's keys or signatures for the rows that did not fail, and those rows' indices."""
+    from datacopilot.operators.run import _OpTask, _pieces
+
+    op, a = run.ops[i], run.acc[i]
+    res = _OpTask(op, run.policy)(table, 0)
+    failed = np.zeros(table.num_rows, dtype=bool)
+    if res.failures:
+        ids = table.column("id") if "id" in table.column_names else None
+        row, msg, tb = res.failures[0]
+        if run.policy == "raise":
+            raise OperatorError(a.label, a.rows_in + row, msg, tb,
+                                row_id=ids[row].as_py() if ids is not None else None)
+        failed[[f[0] for f in res.failures]] = True
+        a.failed += len(res.failures)
+        if run.policy == "quarantine":
+            q = table.take([f[0] for f in res.failures])
+            q = q.append_column("_op", pa.array([a.label] * len(res.failures), pa.string()))
+            run.quarantine.append(q.append_column("_error", pa.array([f[1] for f in res.failures], pa.string())))
+    pieces = list(_pieces([res]))
+    ok = np.flatnonzero(~failed)
+    if op.near:
+        return (np.concatenate(pieces) if pieces else None), ok
+    return (np.concatenate(pieces).astype(np.uint64) if pieces else np.zeros(0, np.uint64)), ok
+
+
+def _near(stream, run: Run, i: int) -> Iterator:
+    """Spill the input to a temporary Arrow file while collecting signatures; then stream it back."""
+    from datacopilot.transforms import filter_table
+
+    op, a = run.ops[i], run.acc[i]
+    fd, path = tempfile.mkstemp(suffix=".arrow", prefix="dc-neardup-")
+    os.close(fd)
+    sigs, ends, writer, sizes = [], [], None, []
+    try:
+        for item in stream:
+            if isinstance(item, End):
+                ends.append(item)
+                continue
+            t0 = time.perf_counter()
+            s, ok = _hook(run, i, item)
+            a.rows_in += item.num_rows
+            kept = item.take(ok) if len(ok) != item.num_rows else item
+            if s is not None and len(ok):
+                sigs.append(s)
+            if kept.num_rows:
+                if writer is None:
+                    schema = kept.schema
+                    writer = pa.ipc.new_file(path, schema)
+                writer.write_table(kept.cast(schema) if kept.schema != schema else kept)
+                sizes.append(kept.num_rows)
+            a.seconds += time.perf_counter() - t0
+        if writer is not None:
+            writer.close()
+        drop = np.asarray(op.duplicates(np.concatenate(sigs)), dtype=bool) if sigs else np.zeros(0, bool)
+        n = int(drop.sum())
+        if n:
+            a.dropped[f"duplicate ({op.label})"] += n
+        if writer is not None:
+            reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+            start = 0
+            for b in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(b)])
+                out = filter_table(batch, ~drop[start:start + batch.num_rows])
+                start += batch.num_rows
+                a.rows_out += out.num_rows
+                yield out
+        if ends:
+            yield End(tuple(u for e in ends for u in e.units))
+    finally:
+        os.unlink(path)

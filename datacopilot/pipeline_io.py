@@ -1,0 +1,333 @@
+"""Pipeline input and output: a :class:`Source` reads its input unit by unit (one unit per file) in record
+batches, so memory stays bounded; :class:`ShardSink` writes a pipeline's output as shards with a manifest that
+records which input units are finished (for ``resume``); :func:`write_result` writes an in-memory result.
+
+Streaming readers: jsonl in line blocks (Arrow's parser per block, the row path for a block it refuses),
+parquet and Arrow IPC batch by batch; other formats (json, h5, webdataset) are read one whole file at a time.
+
+>>> src = Source.from_paths("data/*.jsonl", schema="MM")  # doctest: +SKIP
+>>> [t.num_rows for t in src.batches(src.units()[0])]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.history import OpRecord, format_history
+from datacopilot.io import EXTENSIONS, FORMATS, format_of, writer_for
+from datacopilot.io._common import file_arrow_schema, finish
+from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path, parent
+from datacopilot.io.shards import MANIFEST, _sha256
+from datacopilot.loading import load_rows, quarantine_table
+from datacopilot.schemas import Schema
+from datacopilot.schemas.builtin import get_schema
+
+BLOCK_BYTES = 16 << 20
+MEMORY = "<memory>"
+
+
+class Source:
+    """Where a pipeline's rows come from: an MMDataset (one unit) or files (one unit per file)."""
+
+    def __init__(self, dataset=None, paths: list[str] | None = None, schema: Schema | None = None,
+                 format: str | None = None, root: str | None = None, spec=None):
+        self.dataset, self.paths, self.format, self.spec = dataset, paths, format, spec
+        self.schema = dataset.schema if dataset is not None else schema
+        if root is None and dataset is not None:
+            root = dataset.root
+        if root is None and paths:
+            dirs = {parent(p) for p in paths}
+            root = dirs.pop() if len(dirs) == 1 else None
+        self.root = root
+        self.bad: list = []  # invalid input rows: (where, message, raw)
+
+    @classmethod
+    def from_dataset(cls, ds) -> "Source":
+        return cls(dataset=ds)
+
+    @classmethod
+    def from_paths(cls, paths, schema=None, format: str | None = None, root: str | None = None) -> "Source":
+        """Files, globs, directories (local or fsspec), expanded now so missing inputs fail early."""
+        if format is not None and format not in FORMATS:
+            raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+        files = expand(paths, EXTENSIONS if format is None else FORMATS[format].extensions)
+        s = get_schema(schema) if schema is not None else None
+        spec = {"paths": [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]}
+        if format:
+            spec["format"] = format
+        if s is not None:
+            spec["schema"] = s.name
+        if root is not None:
+            spec["root"] = os.fspath(root)
+        return cls(paths=files, schema=s, format=format, root=root, spec=spec)
+
+    def units(self) -> list[str]:
+        """The input units, in order: file paths, or ``["<memory>"]``."""
+        return [MEMORY] if self.dataset is not None else list(self.paths)
+
+    def columns(self) -> list[str] | None:
+        """The input's columns when known before reading (a dataset, or a given schema)."""
+        if self.dataset is not None:
+            return self.dataset.columns
+        return [f.name for f in self.schema.fields] if self.schema is not None else None
+
+    def batches(self, unit: str, batch_size: int, invalid: str = "raise") -> Iterator[pa.Table]:
+        """Tables of at most ``batch_size`` rows from one unit, validated (invalid rows raise or go to
+        ``self.bad`` with ``invalid="quarantine"``)."""
+        if self.dataset is not None:
+            table = self.dataset.to_arrow()
+            for start in range(0, table.num_rows, batch_size):
+                yield table.slice(start, batch_size)
+            return
+        fmt = format_of(unit, self.format)
+        if fmt.name == "jsonl":
+            blocks = self._jsonl(unit, invalid)
+        elif fmt.name in ("parquet", "arrow"):
+            blocks = self._batched(unit, fmt.name, batch_size, invalid)
+        else:
+            loaded = fmt.read(unit, self.schema, invalid=invalid)
+            blocks = iter([self._take(loaded)])
+        for table in blocks:
+            table = self._rooted(table, unit)
+            for start in range(0, table.num_rows, batch_size):
+                yield table.slice(start, batch_size)
+
+    def _take(self, loaded) -> pa.Table:
+        self.schema = self.schema or loaded.schema
+        self.bad += loaded.bad
+        return loaded.table
+
+    def _rooted(self, table: pa.Table, unit: str) -> pa.Table:
+        if self.root is None and self.schema is not None:  # files in several directories: absolute-ize
+            from datacopilot.transforms import prefix_image_paths
+
+            return prefix_image_paths(table, self.schema, parent(unit))
+        return table
+
+    def _jsonl(self, path: str, invalid: str) -> Iterator[pa.Table]:
+        fs, p = get_fs(path)
+        line0, rest = 1, b""
+        try:
+            f = fs.open(p, "rb")
+        except FileNotFoundError as e:
+            raise InputError(f"{path}: no such file") from e
+        with f:
+            while True:
+                chunk = f.read(BLOCK_BYTES)
+                data = rest + chunk
+                if chunk:
+                    cut = data.rfind(b"\n") + 1
+                    data, rest = data[:cut], data[cut:]
+                    if not data:
+                        rest = data + rest
+                        continue
+                if data.strip():
+                    yield self._jsonl_block(data, path, line0, invalid)
+                line0 += data.count(b"\n")
+                if not chunk:
+                    return
+
+    def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str) -> pa.Table:
+        from datacopilot.io.jsonl import _parse_lines
+
+        opts = pajson.ParseOptions(newlines_in_values=False)
+        if self.schema is not None:
+            opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(self.schema),
+                                       unexpected_field_behavior="infer")
+        try:
+            table = pajson.read_json(io.BytesIO(data), parse_options=opts,
+                                     read_options=pajson.ReadOptions(block_size=BLOCK_BYTES + (1 << 20)))
+            if "meta" not in table.column_names:
+                return self._take(finish(table, self.schema, path, invalid, _where(data, path, line0)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, DataCopilotError):
+            pass
+        rows, lines, broken = _parse_lines(data, path, invalid)
+        lines = [n + line0 - 1 for n in lines]
+        broken = [(f"{path}:{int(w.rsplit(':', 1)[1]) + line0 - 1}", m, raw) for w, m, raw in broken]
+        loaded = load_rows(rows, self.schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
+        loaded.bad = broken + loaded.bad
+        return self._take(loaded)
+
+    def _batched(self, path: str, kind: str, batch_size: int, invalid: str) -> Iterator[pa.Table]:
+        local = local_path(path)
+        fs, p = get_fs(path)
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(local or fs.open(p, "rb"))
+            batches = pf.iter_batches(batch_size=batch_size)
+        else:
+            src = pa.memory_map(local, "r") if local else fs.open(p, "rb")
+            try:
+                reader = pa.ipc.open_file(src)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:
+                src.seek(0)
+                batches = iter(pa.ipc.open_stream(src))
+        for i, b in enumerate(batches):
+            yield self._take(finish(pa.Table.from_batches([b]), self.schema, path, invalid,
+                                    lambda r, i=i: f"{path}: batch {i} row {r}"))
+
+    def to_spec(self) -> dict:
+        if self.spec is None:
+            raise DataCopilotError("a pipeline over an in-memory dataset has no spec; build it from paths")
+        return dict(self.spec)
+
+
+def _where(data: bytes, path: str, line0: int):
+    def where(i: int) -> str:
+        numbers = [n for n, ln in enumerate(data.split(b"\n"), line0) if ln.strip()]
+        return f"{path}:{numbers[i]}"
+    return where
+
+
+# -- output --------------------------------------------------------------------------------------------------
+def _shard_name(unit: int, k: int, ext: str) -> str:
+    return f"part-{unit:05d}-{k:04d}{ext}"
+
+
+class ShardSink:
+    """Writes output tables as shards (at most ``max_rows`` rows each) and, when input units end, their
+    quarantine shard and the manifest (atomically, last), which lists the finished units. Shards are named by
+    segment (units finished together), so a segment run again after a crash rewrites the same files."""
+
+    def __init__(self, out_dir: str, format: str, max_rows: int | None, units: list[str], resume: bool):
+        if format not in FORMATS:
+            raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
+        if max_rows is not None and max_rows < 1:
+            raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
+        self.dir, self.format, self.max_rows, self.units = out_dir, format, max_rows, units
+        self.ext = FORMATS[format].extensions[0]
+        fs, d = get_fs(out_dir)
+        fs.makedirs(d, exist_ok=True)
+        self.manifest = {"format": format, "schema": None, "rows": 0, "shards": [], "quarantine": [],
+                         "pipeline": {"units": units, "done": [], "segments": 0, "records": [], "state": {},
+                                      "complete": False}}
+        old = read_manifest(out_dir) if resume else None
+        if old is not None and "pipeline" in old:
+            if old["pipeline"]["units"] != units:
+                raise InputError(f"{out_dir}: cannot resume: its manifest was written for other inputs "
+                                 f"({len(old['pipeline']['units'])} unit(s), now {len(units)})")
+            self.manifest = old
+        self.begin()
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.manifest["pipeline"]["done"])
+
+    @property
+    def segment(self) -> int:
+        return self.manifest["pipeline"]["segments"]
+
+    @property
+    def state(self) -> dict:
+        return self.manifest["pipeline"]["state"]
+
+    def begin(self) -> None:
+        self.pending, self.pending_q, self.buf, self.k, self.schema = [], [], [], 0, None
+
+    def add(self, table: pa.Table, schema, root) -> None:
+        if not table.num_rows:
+            return
+        self.buf.append(table)
+        self.schema = schema
+        while self.max_rows and sum(t.num_rows for t in self.buf) >= self.max_rows:
+            whole = pa.concat_tables(self.buf, promote_options="permissive")
+            self._shard(whole.slice(0, self.max_rows), schema, root)
+            rest = whole.slice(self.max_rows)
+            self.buf = [rest] if rest.num_rows else []
+
+    def _shard(self, table: pa.Table, schema, root, quarantine: bool = False) -> None:
+        from datacopilot.dataset import MMDataset
+        from datacopilot.media import rebase_images
+
+        seg = self.segment
+        if quarantine:
+            name, fmt = f"quarantine/part-{seg:05d}.arrow", "arrow"
+            ds = MMDataset(table, Schema.infer(table.schema, "QUARANTINE"), root=root)
+            fs, d = get_fs(join(self.dir, "quarantine"))
+            fs.makedirs(d, exist_ok=True)
+        else:
+            name, fmt = f"part-{seg:05d}-{self.k:04d}{self.ext}", self.format
+            self.k += 1
+            ds = MMDataset(table, schema, root=root)
+        path = join(self.dir, name)
+        writer_for(fmt)(ds if FORMATS[fmt].embeds_images else rebase_images(ds, self.dir), path)
+        digest, size = _sha256(path)
+        entry = {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
+        (self.pending_q if quarantine else self.pending).append(entry)
+
+    def end_units(self, units: tuple, schema, root, quarantine: pa.Table | None, records: list[OpRecord],
+                  state: dict) -> None:
+        """Flush the segment's rows and quarantine, then record its units as finished (atomically)."""
+        if self.buf:
+            self._shard(pa.concat_tables(self.buf, promote_options="permissive"), self.schema, root)
+        if quarantine is not None and quarantine.num_rows:
+            self._shard(quarantine, schema, root, quarantine=True)
+        m, p = self.manifest, self.manifest["pipeline"]
+        m["shards"] += self.pending
+        m["quarantine"] += self.pending_q
+        m["rows"] = sum(s["rows"] for s in m["shards"])
+        if self.schema is not None or schema is not None:
+            m["schema"] = (self.schema or schema).name
+        p["done"] += [self.units[u] for u in units]
+        p["segments"] += 1
+        p["records"], p["state"] = [r.as_dict() for r in records], state
+        p["complete"] = len(set(p["done"])) == len(self.units)
+        m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with atomic_open(join(self.dir, MANIFEST), "wb") as f:
+            f.write(json.dumps(m, indent=1).encode())
+        self.begin()
+
+
+def read_manifest(out_dir: str) -> dict | None:
+    fs, p = get_fs(join(out_dir, MANIFEST))
+    if not fs.exists(p):
+        return None
+    with fs.open(p, "r") as f:
+        return json.load(f)
+
+
+def records_from(dicts: list[dict]) -> list[OpRecord]:
+    return [OpRecord(d["op"], d["rows_in"], d["rows_out"], d["dropped"], d["failed"], d["seconds"]) for d in dicts]
+
+
+def make_report(out_dir: str, manifest: dict, records: list[OpRecord], bad: int = 0, show: bool = True) -> dict:
+    """The run's report (per operator rows in / out / dropped by reason / failed), saved as report.json."""
+    report = {"output": out_dir, "format": manifest["format"], "rows": manifest["rows"],
+              "shards": len(manifest["shards"]), "quarantined": sum(s["rows"] for s in manifest["quarantine"]),
+              "invalid_input_rows": bad, "ops": [r.as_dict() for r in records]}
+    with atomic_open(join(out_dir, "report.json"), "wb") as f:
+        f.write(json.dumps(report, indent=1).encode())
+    if show:
+        print(format_history(records))
+        print(f"{report['rows']} rows in {report['shards']} shard(s) -> {out_dir}"
+              + (f"; {report['quarantined']} quarantined" if report["quarantined"] else ""))
+    return report
+
+
+def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bool = False,
+                 max_rows_per_shard: int | None = 100_000) -> dict:
+    """Run ``plan`` in memory on ``executor`` and write the whole result as one segment (``resume`` skips only
+    a finished run)."""
+    sink = ShardSink(out_dir, format, max_rows_per_shard, plan.source.units(), resume)
+    if sink.manifest["pipeline"]["complete"]:
+        return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
+    result = executor.run(plan)
+    root = plan.source.root
+    step = max_rows_per_shard or max(result.table.num_rows, 1)
+    for start in range(0, result.table.num_rows, step):
+        part = result.table.slice(start, step)
+        sink.add(part, plan.output_schema(part), root)
+    sink.end_units(tuple(range(len(sink.units))), plan.source.schema, root, result.quarantine, result.records,
+                   {})
+    return make_report(out_dir, sink.manifest, result.records, len(plan.source.bad))
