@@ -1,0 +1,165 @@
+"""What runs inside Ray workers: one operator over one Arrow block, with the accounting carried in the data.
+
+A block holds live rows (the data columns) and *event rows* (only the ``__dc_*`` columns, data columns null):
+
+* a drop: ``__dc_stage`` = the operator's index, ``__dc_reason`` = why;
+* a failure: ``__dc_stage``, ``__dc_error``, ``__dc_tb`` and ``__dc_payload`` (the failed row as Arrow IPC bytes,
+  for the quarantine);
+* a count: ``__dc_stage``, ``__dc_n`` = live rows the operator was given in this block, ``__dc_sec`` = time spent,
+  and for a deduplicator ``__dc_payload`` = its keys or signatures of the rows that did not fail, in row order.
+
+Each stage passes the event rows of earlier stages through and adds its own, so the driver derives every
+operator's rows in / out / dropped / failed from the final blocks alone. A task that Ray retries produces its
+output again from scratch and only one attempt's output is kept: nothing is counted twice.
+
+The operator hooks run through :class:`datacopilot.operators.run._OpTask`, the same code as the local executor
+(a batch that raises is retried row by row, so only the rows that fail are failed).
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+STAGE, REASON, ERROR, TB, PAYLOAD, N, SEC = ("__dc_stage", "__dc_reason", "__dc_error", "__dc_tb", "__dc_payload",
+                                             "__dc_n", "__dc_sec")
+META = pa.schema([(STAGE, pa.int32()), (REASON, pa.string()), (ERROR, pa.string()), (TB, pa.string()),
+                  (PAYLOAD, pa.binary()), (N, pa.int64()), (SEC, pa.float64())])
+
+
+def split(block: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(live rows without the ``__dc_*`` columns, event rows with only them)."""
+    if STAGE not in block.column_names:
+        return block, META.empty_table()
+    dead = pc.is_valid(block.column(STAGE))
+    events = block.filter(dead).select(META.names).cast(META)
+    live = block.filter(pc.invert(dead)).drop_columns([c for c in META.names if c in block.column_names])
+    return live, events
+
+
+def events(stage: int, n: int, **cols) -> pa.Table:
+    """``n`` event rows of ``stage``; ``cols`` give the other ``__dc_*`` columns (lists of length n)."""
+    data = {STAGE: [stage] * n}
+    data.update(cols)
+    return pa.table({f.name: pa.array(data.get(f.name, [None] * n), f.type) for f in META})
+
+
+def join(live: pa.Table, parts: list[pa.Table]) -> pa.Table:
+    """Live rows followed by event rows in one block (missing columns are null)."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return live
+    return pa.concat_tables([live, *parts], promote_options="permissive")
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
+    """Apply operator ``op`` (the ``stage``-th of the plan) to the live rows of ``block``."""
+    from datacopilot.operators.base import Deduplicator, Filter
+    from datacopilot.operators.run import _map_output, _OpTask, _pieces
+    from datacopilot.transforms import filter_table
+
+    t0 = time.perf_counter()
+    live, old = split(block)
+    if not live.num_rows:
+        return join(live, [old])
+    res = _OpTask(op, policy)(live, 0)
+    failed = np.zeros(live.num_rows, dtype=bool)
+    failed[[f[0] for f in res.failures]] = True
+    ok = np.flatnonzero(~failed)
+    new, payload = [], None
+    if isinstance(op, Filter):
+        keep = np.zeros(live.num_rows, dtype=bool)
+        why = np.full(live.num_rows, None, dtype=object)
+        pieces = list(_pieces([res]))
+        if pieces:
+            keep[ok] = np.concatenate([m for m, _ in pieces])
+            why[ok] = np.concatenate([w for _, w in pieces])
+        gone = ok[~keep[ok]]
+        reasons = [str(w) if w is not None else op.label for w in why[gone]]
+        new.append(events(stage, len(gone), **{REASON: reasons}))
+        out = filter_table(live, keep)
+    elif isinstance(op, Deduplicator):
+        pieces = list(_pieces([res]))
+        payload = pickle.dumps(np.concatenate(pieces) if pieces else None)
+        out = filter_table(live, ~failed)
+    else:
+        out = _map_output(live, [res])
+    if res.failures:
+        rows = [f[0] for f in res.failures]
+        new.append(events(stage, len(rows), **{ERROR: [f[1] for f in res.failures], TB: [f[2] for f in res.failures],
+                                               PAYLOAD: [to_ipc(live.slice(r, 1)) for r in rows]}))
+    new.append(events(stage, 1, **{N: [live.num_rows], SEC: [time.perf_counter() - t0], PAYLOAD: [payload]}))
+    return join(out, [old, *new])
+
+
+class StageActor:
+    """An actor of a pool for an operator with state: ``setup()`` runs once, when the actor starts."""
+
+    def __init__(self, op, stage: int, policy: str):
+        self.op, self.stage, self.policy = op, stage, policy
+        op.ensure_setup()
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return run_stage(block, self.op, self.stage, self.policy)
+
+
+def dedup_keys(block: pa.Table, stage: int) -> tuple[list, int]:
+    """A deduplicator's payloads of ``stage`` in this block (in order) and the number of live rows."""
+    live, ev = split(block)
+    mine = ev.filter(pc.and_(pc.equal(ev.column(STAGE), stage), pc.is_valid(ev.column(N))))
+    parts = [pickle.loads(p) for p in mine.column(PAYLOAD).to_pylist()]
+    return [p for p in parts if p is not None], live.num_rows
+
+
+def dedup_mark(block: pa.Table, drop: np.ndarray, stage: int, reason: str) -> pa.Table:
+    """Turn the live rows marked in ``drop`` into drop events; clear the stage's key payloads."""
+    from datacopilot.transforms import filter_table
+
+    live, ev = split(block)
+    cleared = pc.if_else(pc.and_(pc.equal(ev.column(STAGE), stage), pc.is_valid(ev.column(N))),
+                         pa.scalar(None, pa.binary()), ev.column(PAYLOAD))
+    ev = ev.set_column(ev.schema.get_field_index(PAYLOAD), PAYLOAD, cleared)
+    n = int(drop.sum())
+    return join(filter_table(live, ~drop), [ev, events(stage, n, **{REASON: [reason] * n})])
+
+
+def duplicates(op, parts: list) -> np.ndarray:
+    """Rows to drop among the rows with keys, as ``operators.run`` decides them (the first of a key is kept)."""
+    if not parts:
+        return np.zeros(0, dtype=bool)
+    if op.near:
+        return np.asarray(op.duplicates(np.concatenate(parts)), dtype=bool)
+    keys = np.concatenate(parts)
+    drop = np.ones(len(keys), dtype=bool)
+    drop[np.unique(keys, return_index=True)[1]] = False
+    return drop
+
+
+def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int], list[float]]:
+    """Per stage: rows in, drop reasons, failures, seconds, from all event rows."""
+    rows_in, dropped, failed, secs = [0] * n_ops, [Counter() for _ in range(n_ops)], [0] * n_ops, [0.0] * n_ops
+    for s, reason, err, n, sec in zip(*(ev.column(c).to_pylist() for c in (STAGE, REASON, ERROR, N, SEC))):
+        if n is not None:
+            rows_in[s] += n
+            secs[s] += sec or 0.0
+        elif err is not None:
+            failed[s] += 1
+        elif reason is not None:
+            dropped[s][reason] += 1
+    return rows_in, dropped, failed, secs

@@ -1,0 +1,114 @@
+"""The Ray executor gives the rows and the per-operator accounting of the local executor (ds.apply)."""
+
+import subprocess
+import sys
+
+import pytest
+from datacopilot.operators import create
+
+import datacopilot as dc
+from datacopilot.errors import OperatorError
+from datacopilot.executors.ray import RayOptions, run_ops_on_ray, stateful
+
+from ._ops import CountSetup, DieOnce, FailOn
+
+
+def mm(i, *turns):
+    conv = [{"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(turns)]
+    return {"id": f"r{i}", "image": "img/0.png", "conversations": conv}
+
+
+def rows(n=40):
+    out = []
+    for i in range(n):
+        if i % 7 == 3:
+            out.append(mm(i, "only a question"))  # one turn: filter_turns drops it
+        elif i % 5 == 1:
+            out.append(mm(i, "what is   this?", "a cat"))  # whitespace cleaned, then a duplicate of others
+        elif i % 11 == 2:
+            out.append(mm(i, "describe it", "x"))  # answer too short for filter_length
+        else:
+            out.append(mm(i, f"question {i}  here", f"answer number {i}"))
+    return out
+
+
+def records(ds_or_list):
+    recs = ds_or_list.history() if hasattr(ds_or_list, "history") else ds_or_list
+    return [(r.op, r.rows_in, r.rows_out, r.dropped, r.failed) for r in recs]
+
+
+def same_as_local(ds, ops, on_error="raise", batch_size=6, options=None):
+    local = ds.apply(ops, on_error=on_error)
+    table, recs, quarantine = run_ops_on_ray(ds, ops, on_error, batch_size=batch_size, options=options)
+    assert table.to_pylist() == local.to_arrow().to_pylist()
+    assert records(recs) == records(local.history()[len(ds.history()):])
+    return table, recs, quarantine, local
+
+
+def test_builtin_chain_same_rows_and_accounting(ray_session):
+    ds = dc.MMDataset.from_rows(rows(), schema="MM")
+    ops = [create("clean_whitespace"), create("filter_turns", min_turns=2),
+           create("filter_length", role="assistant", min_length=2), create("dedup_exact")]
+    table, recs, _, _ = same_as_local(ds, ops)
+    by_op = {r.op: r for r in recs}
+    assert by_op["filter_turns"].n_dropped > 0 and by_op["filter_length"].n_dropped > 0
+    assert by_op["dedup_exact"].n_dropped > 0  # the cleaned "what is this?" rows collapse to one
+    assert recs[0].rows_in == 40 and recs[-1].rows_out == table.num_rows
+    for r in recs:
+        assert r.rows_in == r.rows_out + r.n_dropped + r.failed
+
+
+def test_failures_quarantine_skip_and_raise(ray_session):
+    ds = dc.MMDataset.from_rows(rows(20), schema="MM")
+    ops = [FailOn(bad=("r4", "r9")), create("filter_turns", min_turns=2), FailOn(bad=("r12",))]
+    _, recs, quarantine, local = same_as_local(ds, ops, on_error="quarantine")
+    assert [r.failed for r in recs] == [2, 0, 1]
+    assert quarantine.to_pylist() == local.quarantine.to_arrow().to_pylist()
+    assert quarantine.column("_op").to_pylist() == ["test_fail_on"] * 3
+    assert "bad row r9" in quarantine.column("_error")[1].as_py()
+    _, _, skipped, _ = same_as_local(ds, ops, on_error="skip")
+    assert skipped is None
+    with pytest.raises(OperatorError, match="test_fail_on.*'r4'.*bad row r4"):
+        run_ops_on_ray(ds, ops, "raise", batch_size=6)
+
+
+def test_stateful_operator_runs_in_an_actor_pool(ray_session, tmp_path):
+    log = tmp_path / "setup.log"
+    op = CountSetup(log=str(log))
+    assert stateful(op) and not stateful(create("clean_whitespace"))
+    ds = dc.MMDataset.from_rows(rows(30), schema="MM")
+    table, _, _ = run_ops_on_ray(ds, [op], batch_size=5, options=RayOptions(concurrency=1))
+    assert table.column("tag").to_pylist() == ["ready"] * 30
+    assert table.column("id").to_pylist() == ds.to_arrow().column("id").to_pylist()
+    assert len(log.read_text().splitlines()) == 1  # six blocks, one actor: setup ran once
+
+
+def test_killed_worker_is_retried_without_loss_or_duplicates(ray_session, tmp_path):
+    marker = tmp_path / "died"
+    ds = dc.MMDataset.from_rows(rows(30), schema="MM")
+    ops = [create("clean_whitespace"), DieOnce(marker=str(marker)), create("filter_turns", min_turns=2)]
+    local = ds.apply([ops[0], ops[2]])
+    table, recs, _ = run_ops_on_ray(ds, ops, batch_size=5)
+    assert marker.exists()  # a worker really died
+    assert table.to_pylist() == local.to_arrow().to_pylist()
+    assert [r.rows_in for r in recs] == [30, 30, 30] and recs[2].rows_out == len(local)
+
+
+def test_files_read_in_parallel_tasks(ray_session, tmp_path):
+    data = rows(24)
+    for k in range(3):
+        dc.MMDataset.from_rows(data[k * 8:(k + 1) * 8], schema="MM").write(str(tmp_path / f"part{k}.jsonl"))
+    ops = [create("filter_turns", min_turns=2), create("dedup_near_text", threshold=0.9)]
+    local = dc.load(sorted(str(p) for p in tmp_path.glob("*.jsonl")), schema="MM").apply(ops)
+    table, recs, _ = run_ops_on_ray(str(tmp_path / "*.jsonl"), ops, schema="MM", batch_size=5)
+    assert table.column("id").to_pylist() == local.to_arrow().column("id").to_pylist()
+    assert records(recs) == records(local.history()[-2:])
+
+
+def test_missing_ray_raises_missing_dependency():
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from datacopilot.executors.ray import RayExecutor\n"
+            "try:\n    RayExecutor()\nexcept ImportError as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "MissingDependencyError ray is not installed: pip install 'datacopilot[ray]'"
