@@ -248,5 +248,9 @@ def train(config: str, resume: bool, max_steps: int | None, no_progress: bool) -
     sft(cfg.check(), resume=resume, echo=click.echo)
 
 
+from .cli_pipeline import register_commands  # noqa: E402
+
+register_commands(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

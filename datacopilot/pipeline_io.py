@@ -212,7 +212,10 @@ class ShardSink:
         self.manifest = {"format": format, "schema": None, "rows": 0, "shards": [], "quarantine": [],
                          "pipeline": {"units": units, "done": [], "segments": 0, "records": [], "state": {},
                                       "complete": False}}
-        old = read_manifest(out_dir) if resume else None
+        old = read_manifest(out_dir)
+        if old is not None and not resume:
+            _clear(out_dir, old)  # a fresh run: the files of the previous one go (the manifest is rewritten)
+            old = None
         if old is not None and "pipeline" in old:
             if old["pipeline"]["units"] != units:
                 raise InputError(f"{out_dir}: cannot resume: its manifest was written for other inputs "
@@ -287,6 +290,15 @@ class ShardSink:
         with atomic_open(join(self.dir, MANIFEST), "wb") as f:
             f.write(json.dumps(m, indent=1).encode())
         self.begin()
+
+
+def _clear(out_dir: str, manifest: dict) -> None:
+    names = [s["file"] for s in manifest.get("shards", []) + manifest.get("quarantine", [])]
+    names += list(manifest.get("pipeline", {}).get("state", {}).get("seen", {}).values())
+    for name in names:
+        fs, p = get_fs(join(out_dir, name))
+        if fs.exists(p):
+            fs.rm(p)
 
 
 def read_manifest(out_dir: str) -> dict | None:
