@@ -15,6 +15,11 @@ class _Run:
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.data, self.collate, self.echo = data, collate, echo
         self.last_checkpoint = None
+        self.scaler = None
+        if cfg.precision == "fp16":  # pragma: no cover - gpu only
+            import paddle
+
+            self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15)
 
     # -- one optimizer step -----------------------------------------------------------------------------
     def step(self, batches: list[dict]) -> dict:
@@ -26,18 +31,25 @@ class _Run:
         total = sum(target_tokens(b["labels"]) for b in batches)
         denom = float(max(total, 1))
         loss_sum = 0.0
+        amp = self.cfg.precision != "fp32"
         for b in batches:
-            s, _ = forward_sum(self.model, b, self.cfg)
-            (s / denom).backward()
+            with paddle.amp.auto_cast(enable=amp, dtype="bfloat16" if self.cfg.precision == "bf16" else "float16",
+                                      level="O1"):
+                s, _ = forward_sum(self.model, b, self.cfg)
+            loss = s / denom
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += float(s)
         lr = self.optimizer.get_lr()
-        self.optimizer.step()
+        if self.scaler:  # pragma: no cover - gpu only; unscales before clipping and skips steps with inf grads
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
         fills = [float(b["fill"]) for b in batches if "fill" in b]
         if not math.isfinite(loss_sum):
             raise DataCopilotError(f"loss is {loss_sum} at step {self._step + 1}; lower `lr` or check the data")
-        del paddle
         return {"loss": loss_sum / denom, "lr": lr, "target_tokens": total,
                 "fill": sum(fills) / len(fills) if fills else float("nan")}
 
@@ -53,6 +65,9 @@ class _Run:
         bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.progress, desc="sft", unit="step",
                    dynamic_ncols=True)
         self._step = start
+        log_path = os.path.join(cfg.output_dir, "log.jsonl")
+        with open(log_path, "w", encoding="utf-8") as f:  # the history so far (a resumed run's first steps)
+            f.writelines(json.dumps(h) + "\n" for h in history)
         pending: list[dict] = []
         t0 = time.perf_counter()
         try:
@@ -67,6 +82,8 @@ class _Run:
                 rec = {"step": self._step, **rec, "seconds": seconds,
                        "tokens_per_s": rec["target_tokens"] / seconds if seconds > 0 else float("nan")}
                 history.append(rec)
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
                                 tok_s=f"{rec['tokens_per_s']:.0f}", fill=f"{rec['fill']:.1%}")
@@ -108,9 +125,6 @@ class _Run:
         self.model.save_pretrained(final)
         if cfg.model_type == "lm" and not cfg.lora:
             tokenizer.save_pretrained(final)
-        with open(os.path.join(out, "log.jsonl"), "w", encoding="utf-8") as f:
-            for rec in history:
-                f.write(json.dumps(rec) + "\n")
         curve = save_loss_curve(history, os.path.join(out, "loss.png"),
                                 title=f"sft loss ({cfg.model_type}, {'lora' if cfg.lora else 'full'})")
         timed = [h for h in history if h.get("seconds")]
