@@ -124,3 +124,23 @@ def test_demo_training_step_says_what_to_install_without_paddle(monkeypatch, tmp
     lines = []
     assert train_on_demo(str(tmp_path / "shards"), str(tmp_path / "train"), echo=lines.append) is None
     assert lines == ["   skipped: the training step needs paddle and paddlenlp: pip install 'datacopilot[paddle]'"]
+
+
+def test_cli_train_and_resume(env, tmp_path):
+    from click.testing import CliRunner
+
+    from datacopilot.cli import main
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"data: {env['shards']}\nmodel: {env['lm']}\ntokenizer: {env['tokenizer']}\noutput_dir: run\n"
+                   f"max_length: 192\nbatch_size: 2\nlr: 3e-3\nmax_steps: 2\nsave_every: 1\nnum_workers: 1\n")
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(cfg), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "step 2/2" in res.output and (tmp_path / "run" / "loss.png").is_file()
+    res = runner.invoke(main, ["train", str(cfg), "--no-progress", "--resume", "--max-steps", "3"])
+    assert res.exit_code == 0, res.output
+    assert "resuming from" in res.output and "step 3/3" in res.output and "step 1/3" not in res.output
+    cfg.write_text(cfg.read_text() + "batch: 3\n")
+    res = runner.invoke(main, ["train", str(cfg)])
+    assert res.exit_code == 2 and "batch: unknown config key (did you mean 'batch_size'?)" in res.output
