@@ -88,30 +88,38 @@ def _blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     return [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)] or [table]
 
 
-def _read_file(path: str, schema, root, batch_size: int):
-    """Yields the blocks of one file (a Ray task with streaming returns: each block is its own object)."""
-    from datacopilot.io import load
-
+def _read_unit(source, unit: str, batch_size: int, invalid: str):
+    """A Ray task over one input file: yields its validated blocks, then the list of its invalid rows."""
+    source.bad = []
     # not `yield from`: Ray drives the generator with send(), which a list iterator lacks
-    for block in _blocks(load(path, schema=schema, root=root).to_arrow(), batch_size):  # noqa: UP028
+    for block in source.batches(unit, batch_size, invalid):  # noqa: UP028
         yield block
+    yield source.bad
 
 
-def _source(ray, data, schema, root, batch_size: int):
-    """A Ray dataset of the input: an MMDataset or table split in blocks, or files read one task per file."""
-    from datacopilot.dataset import MMDataset
-
-    if isinstance(data, MMDataset):
-        data = data.to_arrow()
+def _input(ray, data, batch_size: int, invalid: str):
+    """A Ray dataset of the input: a table split in blocks, or a pipeline Source's files read one Ray task per
+    file (the invalid rows found are added to ``source.bad``, as the local executor does)."""
     if isinstance(data, pa.Table):
         return ray.data.from_arrow(_blocks(data, batch_size))
-    from datacopilot.io import EXTENSIONS
-    from datacopilot.io._fs import expand
+    read = ray.remote(_read_unit)
+    gens = [read.options(num_returns="streaming").remote(data, u, batch_size, invalid) for u in data.units()]
+    refs = []
+    for g in gens:
+        got = list(g)
+        refs += got[:-1]
+        data.bad += _get(ray, got[-1])
+    return ray.data.from_arrow_refs(refs)
 
-    paths = expand([data] if isinstance(data, str) else list(data), EXTENSIONS)
-    read = ray.remote(_read_file)
-    gens = [read.options(num_returns="streaming").remote(p, schema, root, batch_size) for p in paths]
-    return ray.data.from_arrow_refs([r for g in gens for r in g])
+
+def _get(ray, refs):
+    """``ray.get``, re-raising a datacopilot error from a worker as itself."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, DataCopilotError):
+            raise e.cause from None
+        raise
 
 
 def _check_ops(ops, on_error: str, columns: list[str] | None, root) -> list:
@@ -137,7 +145,8 @@ def _check_ops(ops, on_error: str, columns: list[str] | None, root) -> list:
 def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None, root=None,
                    batch_size: int = 1024, options: RayOptions | None = None
                    ) -> tuple[pa.Table, list[OpRecord], pa.Table | None]:
-    """Run operators on Ray over ``data`` (an MMDataset, an Arrow table, or paths of files read with ``schema``).
+    """Run operators on Ray over ``data``: an MMDataset, an Arrow table, paths of files (read with ``schema``;
+    invalid rows raise, or under ``skip`` / ``quarantine`` are left out) or a pipeline Source.
 
     Returns ``(rows, one OpRecord per operator, quarantined rows or None)`` -- the same rows in the same order and
     the same records as ``ds.apply(ops, on_error=on_error)``. ``on_error="raise"`` raises the first failure as an
@@ -146,23 +155,28 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
     >>> table, records, _ = run_ops_on_ray(ds, [create("filter_turns", min_turns=2)])  # doctest: +SKIP
     """
     from datacopilot.dataset import MMDataset
+    from datacopilot.pipeline_io import Source
 
     options = options or RayOptions()
     if isinstance(data, MMDataset):
+        data = Source.from_dataset(data)
+    elif not isinstance(data, (pa.Table, Source)):
+        data = Source.from_paths(data, schema=schema, root=root)
+    if isinstance(data, Source):
         root = root if root is not None else data.root
-    columns = data.column_names if isinstance(data, pa.Table) else data.columns if isinstance(data, MMDataset) \
-        else None
+        data = data.dataset.to_arrow() if data.dataset is not None else data
+    columns = data.column_names if isinstance(data, pa.Table) else data.columns()
     ops = _check_ops(ops, on_error, columns, root)
     ray = init(options)
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
     try:
-        ds = _source(ray, data, schema, root, batch_size)
+        ds = _input(ray, data, batch_size, "raise" if on_error == "raise" else "quarantine")
         t0 = time.perf_counter()
         for k, op in enumerate(ops):
             ds = _stage(ray, ds, op, k, on_error, options)
-        blocks = ray.get(list(ds.to_arrow_refs()))
+        blocks = _get(ray, list(ds.to_arrow_refs()))
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
     return _finish(blocks, ops, on_error, root, time.perf_counter() - t0)
@@ -189,7 +203,7 @@ def _dedup(ray, ds, op, k: int):
     """The barrier of a deduplicator: keys per block -> duplicates decided on the driver -> marked per block."""
     refs = list(ds.to_arrow_refs())
     keys = ray.remote(st.dedup_keys)
-    parts = ray.get([keys.remote(r, k) for r in refs])
+    parts = _get(ray, [keys.remote(r, k) for r in refs])
     drop = st.duplicates(op, [p for ps, _ in parts for p in ps])
     n_live = [n for _, n in parts]
     if len(drop) != sum(n_live):
@@ -260,15 +274,12 @@ class RayExecutor(Executor):
 
     def run(self, plan) -> ExecResult:
         src = plan.source
-        data = src.paths if src.paths is not None else _memory_table(src)
-        table, records, quarantine = run_ops_on_ray(data, plan.ops, plan.on_error, schema=src.schema, root=src.root,
+        data = src.dataset.to_arrow() if src.dataset is not None else src
+        table, records, quarantine = run_ops_on_ray(data, plan.prepared_ops(), plan.on_error, root=src.root,
                                                     batch_size=plan.batch_size, options=self.options)
+        if not table.num_columns:
+            table = plan.empty_output()
         return ExecResult(table, records, quarantine)
 
     def __repr__(self) -> str:
         return f"RayExecutor({self.options})"
-
-
-def _memory_table(src) -> pa.Table:
-    tables = [t for u in src.units() for t in src.batches(u)]
-    return pa.concat_tables(tables) if tables else pa.table({})

@@ -1,0 +1,61 @@
+"""Pipelines (datacopilot.pipeline) on the Ray executor: collect and write give what the local executor gives."""
+
+import json
+
+import pytest
+from datacopilot.operators import create
+
+import datacopilot as dc
+from datacopilot.errors import DataCopilotError
+from datacopilot.executors import get_executor
+
+from ._ops import FailOn
+from .test_ray import records, rows
+
+
+def write_jsonl(tmp_path, data, bad_line_in=None):
+    paths = []
+    for k in range(3):
+        p = tmp_path / f"part{k}.jsonl"
+        lines = [json.dumps(r) for r in data[k * 8:(k + 1) * 8]]
+        if k == bad_line_in:
+            lines.insert(2, json.dumps({"id": "broken", "conversations": "not a list"}))
+        p.write_text("\n".join(lines) + "\n")
+        paths.append(str(p))
+    return paths
+
+
+def test_collect_from_files_same_as_local(ray_session, tmp_path):
+    write_jsonl(tmp_path, rows(24), bad_line_in=1)
+    ops = [create("clean_whitespace"), FailOn(bad=("r5",)), create("filter_turns", min_turns=2),
+           create("dedup_exact")]
+    plan = dc.pipeline(str(tmp_path / "*.jsonl"), schema="MM", on_error="quarantine", batch_size=5).apply(ops)
+    local = plan.collect("local")
+    ray_ds = dc.pipeline(str(tmp_path / "*.jsonl"), schema="MM", on_error="quarantine",
+                         batch_size=5).apply(ops).collect("ray")
+    assert ray_ds.to_arrow().to_pylist() == local.to_arrow().to_pylist()
+    assert records(ray_ds) == records(local)
+    assert records(ray_ds)[1][4] == 1  # r5 failed
+    assert len(ray_ds.quarantine) == len(local.quarantine) == 2  # the invalid line and the failed row
+    assert ray_ds.quarantine.to_arrow().to_pylist() == local.quarantine.to_arrow().to_pylist()
+
+
+def test_write_on_ray_reports_like_local(ray_session, tmp_path):
+    ds = dc.MMDataset.from_rows(rows(30), schema="MM")
+    plan = ds.lazy(batch_size=7).apply([create("filter_turns", min_turns=2), create("dedup_exact")])
+    rep_ray = plan.write(str(tmp_path / "ray"), executor="ray")
+    rep_local = plan.write(str(tmp_path / "local"), executor="local")
+    got, want = dc.load(str(tmp_path / "ray")), dc.load(str(tmp_path / "local"))
+    assert got.to_arrow().to_pylist() == want.to_arrow().to_pylist()
+    strip = lambda rep: [{k: v for k, v in r.items() if k != "seconds"} for r in rep["ops"]]
+    assert strip(rep_ray) == strip(rep_local) and len(strip(rep_ray)) == 2
+    assert (tmp_path / "ray" / "report.json").exists()
+
+
+def test_bad_options_and_evaluators_are_refused(ray_session):
+    with pytest.raises(DataCopilotError, match="concurency"):
+        get_executor("ray", concurency=2)
+    ex = get_executor("ray", resources={"filter_turns": {"gpus": 1}})
+    plan = dc.MMDataset.from_rows(rows(4), schema="MM").lazy().apply(create("filter_turns"))
+    with pytest.raises(DataCopilotError, match=r"resources\['filter_turns'\].*'gpus'"):
+        plan.collect(ex)
