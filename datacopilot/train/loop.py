@@ -9,16 +9,15 @@ The loss is the sum of token losses / number of target tokens over all micro-bat
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import time
 
 import numpy as np
 
 from datacopilot.errors import InputError
 
 from .config import DATA_ORDER_KEYS, SFTConfig
+from .runner import _Run
 
 
 def _config(config) -> SFTConfig:
@@ -153,7 +152,5 @@ def _check_same_data(cfg: SFTConfig, state: dict, ckpt: str) -> None:
             raise InputError(f"{cfg.source}: {key}: is {b!r} but the checkpoint {ckpt} was written with {a!r}; "
                              f"a resumed run must keep the keys that fix the data order ({', '.join(DATA_ORDER_KEYS)})")
 
-
-from .runner import _Run  # noqa: E402  (the step loop lives in its own module)
 
 __all__ = ["sft", "load_data", "prepare", "Collate", "seed_all"]

@@ -8,11 +8,14 @@ so up-sampling never over-weights some rows by chance. The same inputs and seed 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from datacopilot.errors import InputError
+
+if TYPE_CHECKING:
+    from datacopilot.dataset import MMDataset
 
 
 def mix_counts(sizes: Sequence[int], ratios: Sequence[float], n: int | None = None) -> list[int]:
