@@ -1,0 +1,43 @@
+"""Shared data for the pipeline tests: LLaVA-style rows with duplicates, short conversations and noise."""
+
+import json
+
+import pytest
+
+import datacopilot as dc
+
+
+def row(k: int) -> dict:
+    """Row ``k``: every 7th has one turn, texts repeat every 40 rows (exact duplicates across files)."""
+    turns = [{"from": "human", "value": f"what  is   item {k % 40}?"}, {"from": "gpt", "value": f"it is {k % 40}"}]
+    if k % 7 == 0:
+        turns = turns[:1]
+    return {"id": f"r{k}", "conversations": turns}
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Four jsonl files of 60 rows each."""
+    d = tmp_path / "in"
+    d.mkdir()
+    return [write_jsonl(d / f"part{u}.jsonl", [row(u * 60 + i) for i in range(60)]) for u in range(4)]
+
+
+@pytest.fixture
+def ds():
+    return dc.MMDataset.from_rows([row(k) for k in range(150)], schema="MM")
+
+
+def same(a, b) -> bool:
+    """Same rows in the same order and the same per-operator accounting (timings aside)."""
+    strip = lambda recs: [(r.op, r.rows_in, r.rows_out, r.dropped, r.failed) for r in recs]  # noqa: E731
+    ops_a = [r for r in a.history() if not r.op.startswith("load")]
+    ops_b = [r for r in b.history() if not r.op.startswith("load")]
+    return a.to_arrow().equals(b.to_arrow()) and strip(ops_a) == strip(ops_b)
