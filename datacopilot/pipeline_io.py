@@ -24,7 +24,7 @@ import pyarrow.json as pajson
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord, format_history
 from datacopilot.io import EXTENSIONS, FORMATS, format_of, writer_for
-from datacopilot.io._common import file_arrow_schema, finish
+from datacopilot.io._common import file_arrow_schema, finish, parse_json_records
 from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path, parent
 from datacopilot.io.shards import MANIFEST, _sha256
 from datacopilot.loading import load_rows, quarantine_table
@@ -137,8 +137,6 @@ class Source:
                     return
 
     def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str) -> pa.Table:
-        from datacopilot.io.jsonl import _parse_lines
-
         opts = pajson.ParseOptions(newlines_in_values=False)
         if self.schema is not None:
             opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(self.schema),
@@ -150,9 +148,8 @@ class Source:
                 return self._take(finish(table, self.schema, path, invalid, _where(data, path, line0)))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, DataCopilotError):
             pass
-        rows, lines, broken = _parse_lines(data, path, invalid)
-        lines = [n + line0 - 1 for n in lines]
-        broken = [(f"{path}:{int(w.rsplit(':', 1)[1]) + line0 - 1}", m, raw) for w, m, raw in broken]
+        records = ((n, f"{path}:{n}", ln) for n, ln in enumerate(data.split(b"\n"), line0) if ln.strip())
+        rows, lines, broken = parse_json_records(records, invalid, "line")
         loaded = load_rows(rows, self.schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
         loaded.bad = broken + loaded.bad
         return self._take(loaded)
