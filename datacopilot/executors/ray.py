@@ -222,12 +222,13 @@ def _finish(blocks: list[pa.Table], ops: list, policy: str, root, seconds: float
     ev = pa.concat_tables([p[1] for p in parts])
     rows_in, dropped, failed, secs = st.tally(ev, len(ops))
     fails = ev.filter(ev.column(st.ERROR).is_valid())
-    if policy == "raise" and fails.num_rows:
-        first = min(range(fails.num_rows), key=lambda i: fails.column(st.STAGE)[i].as_py())
-        row = st.from_ipc(fails.column(st.PAYLOAD)[first].as_py())
-        row_id = row.column("id")[0].as_py() if "id" in row.column_names else None
-        raise OperatorError(ops[fails.column(st.STAGE)[first].as_py()].label, None,
-                            fails.column(st.ERROR)[first].as_py(), fails.column(st.TB)[first].as_py(), row_id=row_id)
+    if policy == "raise" and ev.column(st.ERROR).null_count < ev.num_rows:
+        k, row, i = st.first_failure(ev)
+        failed_row = st.from_ipc(ev.column(st.PAYLOAD)[i].as_py())
+        row_id = failed_row.column("id")[0].as_py() if "id" in failed_row.column_names else None
+        raise OperatorError(ops[k].label, row, ev.column(st.ERROR)[i].as_py(), ev.column(st.TB)[i].as_py(),
+                            row_id=row_id)
+    fails = ev.filter(ev.column(st.ERROR).is_valid())
     outs = rows_in[1:] + [table.num_rows]
     records = [OpRecord(op.label, rows_in[k], outs[k], dict(dropped[k]), failed[k], secs[k])
                for k, op in enumerate(ops)]

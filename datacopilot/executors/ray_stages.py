@@ -3,8 +3,8 @@
 A block holds live rows (the data columns) and *event rows* (only the ``__dc_*`` columns, data columns null):
 
 * a drop: ``__dc_stage`` = the operator's index, ``__dc_reason`` = why;
-* a failure: ``__dc_stage``, ``__dc_error``, ``__dc_tb`` and ``__dc_payload`` (the failed row as Arrow IPC bytes,
-  for the quarantine);
+* a failure: ``__dc_stage``, ``__dc_error``, ``__dc_tb``, ``__dc_payload`` (the failed row as Arrow IPC bytes,
+  for the quarantine) and ``__dc_row`` (its index among the block's rows given to the operator);
 * a count: ``__dc_stage``, ``__dc_n`` = live rows the operator was given in this block, ``__dc_sec`` = time spent,
   and for a deduplicator ``__dc_payload`` = its keys or signatures of the rows that did not fail, in row order.
 
@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-STAGE, REASON, ERROR, TB, PAYLOAD, N, SEC = ("__dc_stage", "__dc_reason", "__dc_error", "__dc_tb", "__dc_payload",
-                                             "__dc_n", "__dc_sec")
+STAGE, REASON, ERROR, TB, PAYLOAD, ROW, N, SEC = ("__dc_stage", "__dc_reason", "__dc_error", "__dc_tb",
+                                                  "__dc_payload", "__dc_row", "__dc_n", "__dc_sec")
 META = pa.schema([(STAGE, pa.int32()), (REASON, pa.string()), (ERROR, pa.string()), (TB, pa.string()),
-                  (PAYLOAD, pa.binary()), (N, pa.int64()), (SEC, pa.float64())])
+                  (PAYLOAD, pa.binary()), (ROW, pa.int64()), (N, pa.int64()), (SEC, pa.float64())])
 
 
 def split(block: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -103,7 +103,7 @@ def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
     if res.failures:
         rows = [f[0] for f in res.failures]
         new.append(events(stage, len(rows), **{ERROR: [f[1] for f in res.failures], TB: [f[2] for f in res.failures],
-                                               PAYLOAD: [to_ipc(live.slice(r, 1)) for r in rows]}))
+                                               PAYLOAD: [to_ipc(live.slice(r, 1)) for r in rows], ROW: rows}))
     new.append(events(stage, 1, **{N: [live.num_rows], SEC: [time.perf_counter() - t0], PAYLOAD: [payload]}))
     return join(out, [old, *new])
 
@@ -155,11 +155,27 @@ def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int]
     """Per stage: rows in, drop reasons, failures, seconds, from all event rows."""
     rows_in, dropped, failed, secs = [0] * n_ops, [Counter() for _ in range(n_ops)], [0] * n_ops, [0.0] * n_ops
     for s, reason, err, n, sec in zip(*(ev.column(c).to_pylist() for c in (STAGE, REASON, ERROR, N, SEC))):
-        if n is not None:
+        if err is not None:
+            failed[s] += 1
+        elif n is not None:
             rows_in[s] += n
             secs[s] += sec or 0.0
-        elif err is not None:
-            failed[s] += 1
         elif reason is not None:
             dropped[s][reason] += 1
     return rows_in, dropped, failed, secs
+
+
+def first_failure(ev: pa.Table) -> tuple[int, int, int]:
+    """(stage, row among all the rows given to that operator, index in ``ev``) of the failure ``ds.apply`` raises
+    first: the earliest operator's first failed row. Events are in block order and a block's failures come before
+    its count, so the rows of earlier blocks are the counts seen so far."""
+    stages, errs, rows, ns = (ev.column(c).to_pylist() for c in (STAGE, ERROR, ROW, N))
+    k = min(s for s, e in zip(stages, errs) if e is not None)
+    before = 0
+    for i, (s, e, r, n) in enumerate(zip(stages, errs, rows, ns)):
+        if s != k:
+            continue
+        if e is not None:
+            return k, before + r, i
+        before += n or 0
+    raise AssertionError("no failure")  # pragma: no cover

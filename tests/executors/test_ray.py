@@ -68,8 +68,11 @@ def test_failures_quarantine_skip_and_raise(ray_session):
     assert "bad row r9" in quarantine.column("_error")[1].as_py()
     _, _, skipped, _ = same_as_local(ds, ops, on_error="skip")
     assert skipped is None
-    with pytest.raises(OperatorError, match="test_fail_on.*'r4'.*bad row r4"):
-        run_ops_on_ray(ds, ops, "raise", batch_size=6)
+    with pytest.raises(OperatorError, match=r"test_fail_on at row 10 .*'r12'.*bad row r12") as got:
+        run_ops_on_ray(ds, ops[1:], "raise", batch_size=6)
+    with pytest.raises(OperatorError) as want:
+        ds.apply(ops[1:])
+    assert str(got.value) == str(want.value)  # the same row (among the operator's input), id and traceback
 
 
 def test_stateful_operator_runs_in_an_actor_pool(ray_session, tmp_path):
