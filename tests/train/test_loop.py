@@ -144,3 +144,31 @@ def test_cli_train_and_resume(env, tmp_path):
     cfg.write_text(cfg.read_text() + "batch: 3\n")
     res = runner.invoke(main, ["train", str(cfg)])
     assert res.exit_code == 2 and "batch: unknown config key (did you mean 'batch_size'?)" in res.output
+
+
+def test_loss_curve_without_matplotlib_is_drawn_with_pillow(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from datacopilot.train.plot import save_loss_curve
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path = save_loss_curve([{"step": i + 1, "loss": 5.0 - i * 0.3} for i in range(8)], str(tmp_path / "c.png"))
+    img = Image.open(path).convert("RGB")
+    assert img.size == (600, 350)
+    assert (31, 119, 180) in {c for _, c in img.getcolors(100000)}  # the curve is drawn
+
+
+def test_config_ratios_mix_the_data(env, tmp_path):
+    from datacopilot.train.loop import load_data
+
+    other = str(tmp_path / "other.jsonl")
+    with open(other, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"id": f"o{i}", "conversations": [{"from": "human", "value": f"q{i}"},
+                                                                  {"from": "gpt", "value": f"a{i}"}]}) + "\n")
+    cfg = SFTConfig.from_dict(config(env, str(tmp_path / "m"), schema="MM", mix_samples=40,
+                                     data=[{"path": env["shards"], "ratio": 0.75}, {"path": other, "ratio": 0.25}]))
+    ds = load_data(cfg)
+    ids = [r["id"] for r in ds]
+    assert len(ids) == 40 and sum(i.startswith("o") for i in ids) == 10
+    assert ids == [r["id"] for r in load_data(cfg)]
