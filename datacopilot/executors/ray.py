@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,8 +170,11 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
     ops = _check_ops(ops, on_error, columns, root)
     ray = init(options)
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
+    saved = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # rows in input order, as the local executor gives them
+    log = logging.getLogger("ray.data")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))  # no per-dataset INFO lines: the report says what happened
     try:
         ds = _input(ray, data, batch_size, "raise" if on_error == "raise" else "quarantine")
         t0 = time.perf_counter()
@@ -178,7 +182,8 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
             ds = _stage(ray, ds, op, k, on_error, options)
         blocks = _get(ray, list(ds.to_arrow_refs()))
     finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        ctx.execution_options.preserve_order = saved
+        log.setLevel(level)
     return _finish(blocks, ops, on_error, root, time.perf_counter() - t0)
 
 
