@@ -41,3 +41,6 @@ def same(a, b) -> bool:
     ops_a = [r for r in a.history() if not r.op.startswith("load")]
     ops_b = [r for r in b.history() if not r.op.startswith("load")]
     return a.to_arrow().equals(b.to_arrow()) and strip(ops_a) == strip(ops_b)
+
+
+from tests.executors._ray import executor, ray_session  # noqa: F401  (H12: "local" / "ray" for each test)
