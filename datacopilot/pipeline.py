@@ -17,7 +17,8 @@ returns an MMDataset; ``.write(dir)`` streams the output to shards with a manife
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -43,12 +44,12 @@ class Pipeline:
         self.ops = tuple(_as_ops(ops))
         self.output, self.executor = dict(output or {}), dict(executor or {})
 
-    def _replace(self, **changes) -> "Pipeline":
-        kw = dict(source=self.source, ops=self.ops, on_error=self.on_error, batch_size=self.batch_size,
-                  output=self.output, executor=self.executor)
+    def _replace(self, **changes) -> Pipeline:
+        kw = {"source": self.source, "ops": self.ops, "on_error": self.on_error, "batch_size": self.batch_size,
+              "output": self.output, "executor": self.executor}
         return Pipeline(**{**kw, **changes})
 
-    def apply(self, ops) -> "Pipeline":
+    def apply(self, ops) -> Pipeline:
         """A new pipeline with ``ops`` (an operator or a list) appended.
 
         >>> p2 = p.apply([create("filter_turns", min_turns=2)])  # doctest: +SKIP
@@ -107,7 +108,7 @@ class Pipeline:
         return pa.table({})
 
     # -- running --------------------------------------------------------------------------------------------
-    def collect(self, executor: "str | Any" = "local", **options: Any):
+    def collect(self, executor: str | Any = "local", **options: Any):
         """Run the plan; a new MMDataset with one history record per operator and the quarantined rows.
 
         ``options`` go to the executor (local: ``num_workers``, ``mode``, ``progress``).
@@ -128,7 +129,7 @@ class Pipeline:
         return MMDataset(table, self.output_schema(table), root=src.root, history=history,
                          quarantine=merge_quarantines(parts))
 
-    def write(self, out_dir: str | None = None, format: str | None = None, executor: "str | Any | None" = None,
+    def write(self, out_dir: str | None = None, format: str | None = None, executor: str | Any | None = None,
               resume: bool = False, max_rows_per_shard: int | None = None, **options: Any) -> dict:
         """Stream the output to shards under ``out_dir`` (with ``manifest.json``, ``report.json`` and failed
         rows under ``quarantine/``); returns the report. ``resume=True`` skips the input files a previous,
@@ -163,14 +164,14 @@ class Pipeline:
         return spec
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir: str | None = None) -> "Pipeline":
+    def from_spec(cls, spec: dict, base_dir: str | None = None) -> Pipeline:
         """A pipeline from plain data; relative paths resolve against ``base_dir``. See :mod:`pipeline_spec`."""
         from .pipeline_spec import from_spec
 
         return from_spec(spec, base_dir)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "Pipeline":
+    def from_yaml(cls, path: str) -> Pipeline:
         """A pipeline from a YAML (or JSON) file; relative paths resolve against the file's directory."""
         from .pipeline_spec import read_spec
 

@@ -15,9 +15,8 @@ import io
 import json
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
@@ -27,7 +26,7 @@ from datacopilot.io import EXTENSIONS, FORMATS, format_of, writer_for
 from datacopilot.io._common import file_arrow_schema, finish, parse_json_records
 from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path, parent
 from datacopilot.io.shards import MANIFEST, _sha256
-from datacopilot.loading import load_rows, quarantine_table
+from datacopilot.loading import load_rows
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
 
@@ -51,11 +50,11 @@ class Source:
         self.bad: list = []  # invalid input rows: (where, message, raw)
 
     @classmethod
-    def from_dataset(cls, ds) -> "Source":
+    def from_dataset(cls, ds) -> Source:
         return cls(dataset=ds)
 
     @classmethod
-    def from_paths(cls, paths, schema=None, format: str | None = None, root: str | None = None) -> "Source":
+    def from_paths(cls, paths, schema=None, format: str | None = None, root: str | None = None) -> Source:
         """Files, globs, directories (local or fsspec), expanded now so missing inputs fail early."""
         if format is not None and format not in FORMATS:
             raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")

@@ -51,11 +51,11 @@ class Executor:
 
     name: ClassVar[str] = ""
 
-    def run(self, plan: "Pipeline") -> ExecResult:
+    def run(self, plan: Pipeline) -> ExecResult:
         """All output rows of ``plan`` in memory, with the accounting."""
         raise NotImplementedError
 
-    def write(self, plan: "Pipeline", out_dir: str, format: str = "arrow", resume: bool = False,
+    def write(self, plan: Pipeline, out_dir: str, format: str = "arrow", resume: bool = False,
               max_rows_per_shard: int | None = 100_000) -> dict:
         """Write the output of ``plan`` to shards under ``out_dir`` with ``manifest.json`` and ``report.json``;
         returns the report (a dict)."""
@@ -68,7 +68,7 @@ class Executor:
         return f"{type(self).__name__}()"
 
 
-def get_executor(executor: "str | Executor" = "local", **options: Any) -> Executor:
+def get_executor(executor: str | Executor = "local", **options: Any) -> Executor:
     """An executor by name (``"local"`` or ``"ray"``) built with ``options``; an Executor is returned as is.
 
     >>> get_executor("local").name

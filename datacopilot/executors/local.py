@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -204,9 +204,9 @@ class LocalExecutor(Executor):
         with _executor(self.num_workers, self.mode) as ex:
             if self.mode == "process":
                 payload = pickle.dumps((list(sys.path), __import__("cloudpickle").dumps(chain)))
-                submit = lambda t: ex.submit(_run_pickled, payload, to_ipc(t), 0)  # noqa: E731
+                submit = lambda t: ex.submit(_run_pickled, payload, to_ipc(t), 0)
             else:
-                submit = lambda t: ex.submit(chain, t, 0)  # noqa: E731
+                submit = lambda t: ex.submit(chain, t, 0)
             pending: deque = deque()
             for item in stream:
                 pending.append(item if isinstance(item, End) else submit(item))

@@ -17,8 +17,7 @@ def row(k: int) -> dict:
 
 def write_jsonl(path, rows) -> str:
     with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(path)
 
 
@@ -37,7 +36,7 @@ def ds():
 
 def same(a, b) -> bool:
     """Same rows in the same order and the same per-operator accounting (timings aside)."""
-    strip = lambda recs: [(r.op, r.rows_in, r.rows_out, r.dropped, r.failed) for r in recs]  # noqa: E731
+    strip = lambda recs: [(r.op, r.rows_in, r.rows_out, r.dropped, r.failed) for r in recs]
     ops_a = [r for r in a.history() if not r.op.startswith("load")]
     ops_b = [r for r in b.history() if not r.op.startswith("load")]
     return a.to_arrow().equals(b.to_arrow()) and strip(ops_a) == strip(ops_b)

@@ -1,11 +1,12 @@
 """Lazy pipelines on the local executor give exactly what ds.apply gives: rows, order and accounting."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from datacopilot.operators import create
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import datacopilot as dc
 from datacopilot.errors import DataCopilotError, OperatorError
-from datacopilot.operators import create
 from datacopilot.pipeline import Pipeline
 
 from ._ops import FailOn, Twice

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from datacopilot.operators import create
 
 import datacopilot as dc
 from datacopilot.errors import DataCopilotError, InputError, OperatorError
-from datacopilot.operators import create
 from datacopilot.pipeline import Pipeline
 
 YAML = """

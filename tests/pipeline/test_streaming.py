@@ -1,13 +1,15 @@
 """Streaming sources: files are read unit by unit in bounded batches, giving the rows a full load gives."""
 
+from typing import ClassVar
+
 import pyarrow as pa
 import pytest
+from datacopilot.operators import Mapper, create
 
 import datacopilot as dc
 import datacopilot.pipeline_io as pio
 from datacopilot.errors import DataCopilotError
 from datacopilot.executors import get_executor
-from datacopilot.operators import Mapper, create
 
 from .conftest import row, write_jsonl
 
@@ -16,7 +18,7 @@ class Sizes(Mapper):
     """Records the size of every batch it sees (thread mode only)."""
 
     name, reads, writes = "test_sizes", ("id",), ()
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def map_batch(self, batch):
         Sizes.seen.append(batch.num_rows)
