@@ -3,7 +3,7 @@
 import os
 
 import pyarrow as pa
-from datacopilot.operators import Mapper
+from datacopilot.operators import Augmenter, Mapper
 
 
 class FailOn(Mapper):
@@ -52,3 +52,13 @@ class CountSetup(Mapper):
 
     def map_batch(self, batch):
         return pa.Table.from_batches([batch]).append_column("tag", pa.array([self.tag] * batch.num_rows))
+
+
+class Twice(Augmenter):
+    """Every row twice, the copy right after it (more rows out than in)."""
+
+    name, reads = "test_twice", ("id",)
+
+    def augment(self, batch):
+        t = pa.Table.from_batches([batch])
+        return pa.concat_tables([t, t]).take([i for k in range(t.num_rows) for i in (k, k + t.num_rows)])

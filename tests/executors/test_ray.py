@@ -5,12 +5,14 @@ import sys
 
 import pytest
 from datacopilot.operators import create
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import datacopilot as dc
 from datacopilot.errors import OperatorError
 from datacopilot.executors.ray import RayOptions, run_ops_on_ray, stateful
 
-from ._ops import CountSetup, DieOnce, FailOn
+from ._ops import CountSetup, DieOnce, FailOn, Twice
 
 
 def mm(i, *turns):
@@ -73,6 +75,20 @@ def test_failures_quarantine_skip_and_raise(ray_session):
     with pytest.raises(OperatorError) as want:
         ds.apply(ops[1:])
     assert str(got.value) == str(want.value)  # the same row (among the operator's input), id and traceback
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=40), st.integers(1, 12), st.sampled_from(["skip", "quarantine"]))
+def test_property_same_as_local(ray_session, keys, batch_size, policy):
+    data = [mm(k, f"q {k % 9}", f"a {k % 9}") if k % 4 else mm(k, "one turn") for k in keys]
+    ds = dc.MMDataset.from_rows(data, schema="MM") if data else dc.MMDataset.from_rows([mm(0, "x")], schema="MM")[:0]
+    ops = [FailOn(bad=("r5", "r13")), Twice(), create("filter_turns", min_turns=2), create("dedup_exact")]
+    _, recs, quarantine, local = same_as_local(ds, ops, on_error=policy, batch_size=batch_size)
+    assert recs[1].rows_out == 2 * recs[1].rows_in
+    if policy == "quarantine" and local.quarantine is not None:
+        assert quarantine.to_pylist() == local.quarantine.to_arrow().to_pylist()
+    else:
+        assert quarantine is None
 
 
 def test_stateful_operator_runs_in_an_actor_pool(ray_session, tmp_path):
