@@ -155,6 +155,20 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
 
     >>> table, records, _ = run_ops_on_ray(ds, [create("filter_turns", min_turns=2)])  # doctest: +SKIP
     """
+    ray, refs, ops, root, seconds = execute(data, ops, on_error, schema=schema, root=root, batch_size=batch_size,
+                                            options=options)
+    parts = [st.split(b) for b in _get(ray, refs)]
+    live = [p[0] for p in parts if p[0].num_columns]
+    table = pa.concat_tables(live, promote_options="permissive") if live else pa.table({})
+    records, quarantine = account(pa.concat_tables([p[1] for p in parts]), table.num_rows, ops, on_error, root,
+                                  seconds)
+    return table, records, quarantine
+
+
+def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch_size: int = 1024,
+            options: RayOptions | None = None):
+    """Run the operators; returns ``(ray, refs of the output blocks in order, the operators as run, the image
+    root, seconds)``. The blocks hold the live rows and the event rows (:mod:`ray_stages`)."""
     from datacopilot.dataset import MMDataset
     from datacopilot.pipeline_io import Source
 
@@ -175,16 +189,16 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
     log = logging.getLogger("ray.data")
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # no per-dataset INFO lines: the report says what happened
+    t0 = time.perf_counter()
     try:
         ds = _input(ray, data, batch_size, "raise" if on_error == "raise" else "quarantine")
-        t0 = time.perf_counter()
         for k, op in enumerate(ops):
             ds = _stage(ray, ds, op, k, on_error, options)
-        blocks = _get(ray, list(ds.to_arrow_refs()))
+        refs = list(ds.to_arrow_refs())
     finally:
         ctx.execution_options.preserve_order = saved
         log.setLevel(level)
-    return _finish(blocks, ops, on_error, root, time.perf_counter() - t0)
+    return ray, refs, ops, root, time.perf_counter() - t0
 
 
 def _stage(ray, ds, op, k: int, policy: str, options: RayOptions):
@@ -220,24 +234,21 @@ def _dedup(ray, ds, op, k: int):
     return ray.data.from_arrow_refs(out)
 
 
-def _finish(blocks: list[pa.Table], ops: list, policy: str, root, seconds: float):
-    parts = [st.split(b) for b in blocks]
-    live = [p[0] for p in parts if p[0].num_columns]
-    table = pa.concat_tables(live, promote_options="permissive") if live else pa.table({})
-    ev = pa.concat_tables([p[1] for p in parts])
+def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: float):
+    """One OpRecord per operator and the quarantined rows, from the event rows of a run and its number of output
+    rows; under ``policy="raise"`` the first failure (as ``ds.apply`` would meet it) is raised."""
     rows_in, dropped, failed, secs = st.tally(ev, len(ops))
-    fails = ev.filter(ev.column(st.ERROR).is_valid())
     if policy == "raise" and ev.column(st.ERROR).null_count < ev.num_rows:
         k, row, i = st.first_failure(ev)
         failed_row = st.from_ipc(ev.column(st.PAYLOAD)[i].as_py())
         row_id = failed_row.column("id")[0].as_py() if "id" in failed_row.column_names else None
         raise OperatorError(ops[k].label, row, ev.column(st.ERROR)[i].as_py(), ev.column(st.TB)[i].as_py(),
                             row_id=row_id)
-    fails = ev.filter(ev.column(st.ERROR).is_valid())
-    outs = rows_in[1:] + [table.num_rows]
+    outs = rows_in[1:] + [rows_out]
     records = [OpRecord(op.label, rows_in[k], outs[k], dict(dropped[k]), failed[k], secs[k])
                for k, op in enumerate(ops)]
-    return table, records, (_quarantine(fails, ops, root) if policy == "quarantine" else None)
+    fails = ev.filter(ev.column(st.ERROR).is_valid())
+    return records, (_quarantine(fails, ops, root) if policy == "quarantine" else None)
 
 
 def _quarantine(fails: pa.Table, ops: list, root) -> pa.Table | None:
@@ -286,6 +297,16 @@ class RayExecutor(Executor):
         if not table.num_columns:
             table = plan.empty_output()
         return ExecResult(table, records, quarantine)
+
+    def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
+              max_rows_per_shard: int | None = 100_000) -> dict:
+        """Like :meth:`Executor.write`, with the shards written by Ray tasks in parallel (the driver gathers only
+        the accounting); ``resume`` skips only a finished run."""
+        from .ray_write import write_on_ray
+
+        if out_dir.startswith("memory://"):  # workers cannot see the driver's in-memory filesystem
+            return super().write(plan, out_dir, format=format, resume=resume, max_rows_per_shard=max_rows_per_shard)
+        return write_on_ray(self, plan, out_dir, format, resume, max_rows_per_shard)
 
     def __repr__(self) -> str:
         return f"RayExecutor({self.options})"

@@ -40,16 +40,23 @@ def test_collect_from_files_same_as_local(ray_session, tmp_path):
     assert ray_ds.quarantine.to_arrow().to_pylist() == local.quarantine.to_arrow().to_pylist()
 
 
-def test_write_on_ray_reports_like_local(ray_session, tmp_path):
-    ds = dc.MMDataset.from_rows(rows(30), schema="MM")
-    plan = ds.lazy(batch_size=7).apply([create("filter_turns", min_turns=2), create("dedup_exact")])
-    rep_ray = plan.write(str(tmp_path / "ray"), executor="ray")
-    rep_local = plan.write(str(tmp_path / "local"), executor="local")
+def test_write_on_ray_shards_and_reports_like_local(ray_session, tmp_path):
+    write_jsonl(tmp_path, rows(24), bad_line_in=0)
+    ops = [FailOn(bad=("r9",)), create("filter_turns", min_turns=2), create("dedup_exact")]
+    plan = lambda: dc.pipeline(str(tmp_path / "*.jsonl"), schema="MM", on_error="quarantine",
+                               batch_size=5).apply(ops)
+    rep_ray = plan().write(str(tmp_path / "ray"), executor="ray", max_rows_per_shard=4)
+    rep_local = plan().write(str(tmp_path / "local"), executor="local", max_rows_per_shard=4)
     got, want = dc.load(str(tmp_path / "ray")), dc.load(str(tmp_path / "local"))
     assert got.to_arrow().to_pylist() == want.to_arrow().to_pylist()
     strip = lambda rep: [{k: v for k, v in r.items() if k != "seconds"} for r in rep["ops"]]
-    assert strip(rep_ray) == strip(rep_local) and len(strip(rep_ray)) == 2
-    assert (tmp_path / "ray" / "report.json").exists()
+    assert strip(rep_ray) == strip(rep_local) and len(strip(rep_ray)) == 3
+    assert {k: rep_ray[k] for k in ("rows", "quarantined", "invalid_input_rows")} == \
+        {k: rep_local[k] for k in ("rows", "quarantined", "invalid_input_rows")} == \
+        {"rows": len(want), "quarantined": 1, "invalid_input_rows": 1}
+    shards = json.loads((tmp_path / "ray" / "manifest.json").read_text())["shards"]
+    assert [s["rows"] for s in shards] == [4] * (len(want) // 4) + ([len(want) % 4] if len(want) % 4 else [])
+    assert json.loads((tmp_path / "ray" / "report.json").read_text())["rows"] == len(want)
 
 
 def test_bad_options_and_evaluators_are_refused(ray_session):

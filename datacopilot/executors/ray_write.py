@@ -1,0 +1,75 @@
+"""Writing a pipeline's output on Ray: each shard is written by a Ray task from the output blocks it spans, so
+rows never pass through the driver; the driver tallies the accounting, then writes the quarantine shard, the
+manifest (through :class:`datacopilot.pipeline_io.ShardSink`, as the local executor's write does) and the report.
+
+Shards have the boundaries the default ``Executor.write`` gives them: ``max_rows_per_shard`` rows each, in order.
+
+>>> get_executor("ray").write(plan, "out/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import ray_stages as st
+
+
+def write_shard(path: str, name: str, fmt: str, schema, root, out_dir: str, skip: int, n: int, *blocks: pa.Table):
+    """A Ray task: rows ``skip .. skip + n`` of the live rows of ``blocks``, written as one shard at ``path``;
+    returns its manifest entry."""
+    from datacopilot.dataset import MMDataset
+    from datacopilot.io import FORMATS, writer_for
+    from datacopilot.media import rebase_images
+    from datacopilot.pipeline_io import _sha256
+
+    live = [st.split(b)[0] for b in blocks]
+    table = pa.concat_tables([t for t in live if t.num_rows], promote_options="permissive").slice(skip, n)
+    ds = MMDataset(table, schema, root=root)
+    writer_for(fmt)(ds if FORMATS[fmt].embeds_images else rebase_images(ds, out_dir), path)
+    digest, size = _sha256(path)
+    return {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
+
+
+def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
+    """A Ray task: a block's event rows, its number of live rows and their schema."""
+    live, ev = st.split(block)
+    return ev, live.num_rows, live.schema
+
+
+def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None) -> dict:
+    """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
+    from datacopilot.io._fs import join
+    from datacopilot.pipeline_io import ShardSink, make_report, records_from
+
+    from .ray import _get, account, execute
+
+    src = plan.source
+    sink = ShardSink(out_dir, format, max_rows, src.units(), resume)
+    if sink.manifest["pipeline"]["complete"]:
+        return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
+    data = src.dataset.to_arrow() if src.dataset is not None else src
+    ray, refs, ops, root, seconds = execute(data, plan.prepared_ops(), plan.on_error, root=src.root,
+                                            batch_size=plan.batch_size, options=executor.options)
+    sums = _get(ray, [ray.remote(summary).remote(r) for r in refs])
+    counts = [n for _, n, _ in sums]
+    total = sum(counts)
+    records, quarantine = account(pa.concat_tables([e for e, _, _ in sums]), total, ops, plan.on_error, root,
+                                  seconds)
+    bounds = np.cumsum([0, *counts])
+    step = max_rows or max(total, 1)
+    schema = None
+    if total:
+        like = next(s for (_, n, s) in sums if n)
+        schema = plan.output_schema(like.empty_table())
+    write = ray.remote(write_shard)
+    tasks = []
+    for k, start in enumerate(range(0, total, step)):
+        end = min(start + step, total)
+        span = [i for i in range(len(refs)) if bounds[i] < end and bounds[i + 1] > start and counts[i]]
+        name = f"part-{sink.segment:05d}-{k:04d}{sink.ext}"
+        tasks.append(write.remote(join(out_dir, name), name, format, schema, root, out_dir,
+                                  int(start - bounds[span[0]]), end - start, *[refs[i] for i in span]))
+    sink.pending, sink.schema, sink.k = _get(ray, tasks), schema, len(tasks)
+    sink.end_units(tuple(range(len(sink.units))), src.schema, root, quarantine, records, {})
+    return make_report(out_dir, sink.manifest, records, len(src.bad))
