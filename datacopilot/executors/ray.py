@@ -6,7 +6,7 @@
 * A deduplicator is a barrier: tasks compute its keys or signatures per block, the driver decides which rows are
   duplicates (keeping only keys in memory, as the local executor does), tasks mark them.
 * Files are read in parallel, one Ray task per input file, with datacopilot's own readers (same rows, same
-  validation as the local executor).
+  validation as the local executor); ``write`` writes the shards in parallel Ray tasks (:mod:`.ray_write`).
 * Accounting is carried in the data (see :mod:`datacopilot.executors.ray_stages`) and tallied at the end, so a
   task Ray retries after a worker dies never counts twice; the rows and the per-operator records equal
   ``ds.apply(ops)``'s.
