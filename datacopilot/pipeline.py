@@ -118,6 +118,7 @@ class Pipeline:
         from datacopilot.loading import quarantine_table
         from datacopilot.schemas import Schema
 
+        self.source.bad.clear()  # each run reads the input again: its invalid rows are counted afresh
         result = get_executor(executor, **options).run(self)
         src = self.source
         history = (src.dataset.history() if src.dataset is not None else []) + list(result.records)
@@ -147,6 +148,7 @@ class Pipeline:
         if executor is None and not options:
             options = {k: v for k, v in self.executor.items() if k != "name"}
         rows = max_rows_per_shard if max_rows_per_shard is not None else out.get("max_rows_per_shard", 100_000)
+        self.source.bad.clear()
         return get_executor(ex, **options).write(self, os.fspath(out_dir), format=format or out.get("format", "arrow"),
                                                  resume=resume, max_rows_per_shard=rows)
 

@@ -112,3 +112,18 @@ def test_property_accounting(keys, batch_size, policy):
     for r in out.history():
         assert r.rows_in == n == r.rows_out + r.n_dropped + r.failed
         n = r.rows_out
+
+
+def test_running_a_plan_twice_counts_invalid_input_once(tmp_path):
+    import json
+
+    import datacopilot as dc
+
+    path = tmp_path / "in.jsonl"
+    good = {"id": "a", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    bad = {"id": "b", "conversations": [{"from": "bot", "value": "q"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    plan = dc.pipeline(str(path), schema="MM", on_error="quarantine")
+    first, second = plan.collect(), plan.collect()
+    assert len(first) == len(second) == 1
+    assert len(first.quarantine) == len(second.quarantine) == 1
