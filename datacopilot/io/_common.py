@@ -91,8 +91,6 @@ def parse_json_records(records, invalid: str, what: str = "line") -> tuple[list,
     Returns the parsed rows, their keys, and the broken records as (where, message, raw text) triples;
     with ``invalid="raise"`` broken records raise one InputError listing them all (the first 20 shown).
     """
-    from datacopilot.errors import InputError
-
     rows, keys, broken = [], [], []
     for key, where, raw in records:
         try:
@@ -101,7 +99,15 @@ def parse_json_records(records, invalid: str, what: str = "line") -> tuple[list,
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             msg = f"{where}: invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})"
             broken.append((where, msg, raw.decode("utf-8", "replace")))
-    if broken and invalid == "raise":
-        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
-        raise InputError(f"{len(broken)} broken JSON {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    if invalid == "raise":
+        raise_broken(broken, f"JSON {what}")
     return rows, keys, broken
+
+
+def raise_broken(broken: list, what: str) -> None:
+    """One InputError listing every broken (where, message, raw) record, the first 20 shown; nothing if none."""
+    from datacopilot.errors import InputError
+
+    if broken:
+        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
+        raise InputError(f"{len(broken)} broken {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)

@@ -30,6 +30,7 @@ from datacopilot.errors import InputError
 from datacopilot.loading import Loaded, guess_schema, load_rows
 from datacopilot.schemas import Image, List, Schema, read_image_bytes
 
+from ._common import raise_broken
 from ._fs import atomic_open, get_fs
 from .jsonl import _jsonable
 
@@ -111,9 +112,8 @@ def _parse(path: str, samples: dict, invalid: str) -> tuple[list, list[str], lis
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             msg = f"{where}: {name}: invalid JSON: {getattr(e, 'msg', e)}"
             broken.append((where, msg, data.decode("utf-8", "replace")))
-    if broken and invalid == "raise":
-        more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
-        raise InputError(f"{len(broken)} broken sample(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+    if invalid == "raise":
+        raise_broken(broken, "sample")
     return rows, keys, broken
 
 
