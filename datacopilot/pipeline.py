@@ -191,17 +191,9 @@ class Pipeline:
 
 
 def _as_ops(ops) -> list:
-    from datacopilot.operators import Operator
-    from datacopilot.operators.base import Evaluator
+    from datacopilot.operators.run import as_ops
 
-    ops = [ops] if isinstance(ops, Operator) else list(ops)
-    for op in ops:
-        if not isinstance(op, Operator):
-            raise DataCopilotError(f"a pipeline takes operators (see datacopilot.operators.create), got {op!r}")
-        if isinstance(op, Evaluator):
-            raise DataCopilotError(f"{op.label} is an evaluator: it changes no rows; use "
-                                   f"datacopilot.operators.run.evaluate(ds, op)")
-    return ops
+    return as_ops(ops, "a pipeline")
 
 
 def pipeline(source, ops=None, schema=None, on_error: str = "raise", format: str | None = None,

@@ -111,10 +111,16 @@ def _check(ops, ds, on_error, num_workers, mode) -> list[Operator]:
     if on_error not in POLICIES:
         raise DataCopilotError(f"`on_error` must be one of {POLICIES}, got {on_error!r}")
     check_workers(num_workers, mode)
+    return as_ops(ops, "apply")
+
+
+def as_ops(ops, what: str) -> list[Operator]:
+    """``ops`` (one operator or several) as a list, refusing what is not an operator and evaluators (which
+    change no rows: they run with :func:`evaluate`)."""
     ops = [ops] if isinstance(ops, Operator) else list(ops)
     for op in ops:
         if not isinstance(op, Operator):
-            raise DataCopilotError(f"apply takes operators (see datacopilot.operators.create), got {op!r}")
+            raise DataCopilotError(f"{what} takes operators (see datacopilot.operators.create), got {op!r}")
         if isinstance(op, Evaluator):
             raise DataCopilotError(f"{op.label} is an evaluator: it changes no rows; use "
                                    f"datacopilot.operators.run.evaluate(ds, op)")
