@@ -1,97 +1,100 @@
-"""The embedded demo: draw a dirty synthetic image-caption set, clean it with a chain of operators, write
-Arrow shards, and show what every step did to the rows.
+"""The embedded demo: draw a dirty synthetic image-caption set, clean it with a pipeline of registered operators,
+write Arrow shards, show what every operator did to the rows, and save the pipeline as a YAML spec that
+``datacopilot run`` reruns.
 
-Each step is one small function over an MMDataset, so the sequence reads top to bottom in :func:`run_demo`
-and later steps (training on the shards) can be appended.
+The cleaning is :func:`cleaning_ops` (operators built by name from the registry) run lazily over the demo's jsonl
+file by :func:`cleaning_pipeline`; invalid input rows go to the quarantine at load. The training step at the end
+lives in :mod:`datacopilot.train.demo`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import time
-from typing import Callable
-
-import polars as pl
+from collections.abc import Callable
 
 import datacopilot
-from datacopilot.dataset import MMDataset
 from datacopilot.demo_data import MAX_ANSWER_CHARS, make_demo_data
-from datacopilot.schemas.image import resolve_path
 
 MIN_TURNS = 2  # a question and its answer
 MAX_TURNS = 6
-_SPACES = re.compile(r"[ \t]+")
+SPEC_FILE = "pipeline.yaml"
+INVALID_FILE = "invalid_rows.jsonl"
+
+# the injected kind of dirty row each operator is there to drop (see demo_data.DIRTY_SHARE)
+MEANT_FOR = {"filter_empty_turns": "empty_answers", "filter_turns": "unanswered", "filter_length": "overlong",
+             "filter_image_exists": "missing_images", "dedup_exact": "duplicates"}
 
 
-# -- the steps ------------------------------------------------------------------------------------------
-def turn_count_ok() -> pl.Expr:
-    """Vectorized: the conversation has between MIN_TURNS and MAX_TURNS turns."""
-    return pl.col("conversations").list.len().is_between(MIN_TURNS, MAX_TURNS)
+def cleaning_ops(max_answer_chars: int = MAX_ANSWER_CHARS) -> list:
+    """The demo's cleaning operators, in order, built by name from the registry.
+
+    >>> [op.name for op in cleaning_ops()][:3]
+    ['clean_unicode', 'clean_whitespace', 'filter_empty_turns']
+    """
+    from datacopilot.operators import create
+
+    return [
+        create("clean_unicode"),                                   # NFC, no control / zero-width characters
+        create("clean_whitespace"),                                # stray spaces, tabs, padding
+        create("filter_empty_turns"),                              # empty answers
+        create("filter_turns", min_turns=MIN_TURNS, max_turns=MAX_TURNS),  # unanswered questions
+        create("filter_length", role="assistant", max_length=max_answer_chars),  # overlong answers
+        create("filter_image_exists", num_threads=2),              # images that are not there
+        create("dedup_exact", by="both"),                          # the same text and the same image bytes
+    ]
 
 
-def answers_short_enough(max_chars: int = MAX_ANSWER_CHARS) -> pl.Expr:
-    """Vectorized: no answer (a ``gpt`` turn) is longer than ``max_chars`` characters."""
-    turn = pl.element()
-    longest = pl.col("conversations").list.eval(
-        turn.filter(turn.struct.field("from") == "gpt").struct.field("value").str.len_chars()
-    ).list.max()
-    return longest.fill_null(0) <= max_chars
+def cleaning_pipeline(data_path: str):
+    """The lazy cleaning pipeline over the demo's jsonl file (schema MM; invalid rows quarantined).
+
+    >>> pipe = cleaning_pipeline("demo/demo.jsonl")  # doctest: +SKIP
+    >>> report = pipe.write("demo/shards")  # doctest: +SKIP
+    """
+    return datacopilot.pipeline(data_path, schema="MM", on_error="quarantine").apply(cleaning_ops())
 
 
-def image_exists(root: str | None) -> Callable[[dict], tuple[bool, str | None]]:
-    """A row filter: keep a row whose image has bytes or a file on disk; else drop it as ``missing image``."""
+def save_spec(pipe, out_dir: str, shards_dir: str, max_rows_per_shard: int) -> str:
+    """Write ``pipe`` as ``out_dir/pipeline.yaml`` with paths relative to ``out_dir`` (so the folder can move);
+    return the spec's path. ``datacopilot run <spec>`` writes the same shards to ``shards_dir``."""
+    import yaml
 
-    def has_image(row: dict) -> tuple[bool, str | None]:
-        img = row.get("image")
-        if img is None:
-            return True, None  # a text-only row has no image to miss
-        if img.get("bytes") is not None or os.path.exists(resolve_path(img["path"], root)):
-            return True, None
-        return False, "missing image"
-
-    return has_image
-
-
-def normalize_whitespace(row: dict) -> dict:
-    """Collapse runs of spaces and tabs and strip every line of every turn (keeps ``<image>\\n``)."""
-    turns = []
-    for t in row["conversations"]:
-        lines = [_SPACES.sub(" ", ln).strip() for ln in t["value"].strip().split("\n")]
-        turns.append({**t, "value": "\n".join(lines)})
-    return {**row, "conversations": turns}
+    spec = pipe.to_spec()
+    src = spec["source"]
+    src["paths"] = [os.path.relpath(os.path.abspath(p), os.path.abspath(out_dir)) for p in src["paths"]]
+    spec["output"] = {"dir": os.path.relpath(os.path.abspath(shards_dir), os.path.abspath(out_dir)),
+                      "format": "arrow", "max_rows_per_shard": max_rows_per_shard}
+    path = os.path.join(out_dir, SPEC_FILE)
+    with open(path, "w") as f:
+        f.write("# the demo's cleaning pipeline; rerun it with: datacopilot run " + SPEC_FILE + "\n")
+        yaml.safe_dump(spec, f, sort_keys=False)
+    return path
 
 
-def clean(ds: MMDataset) -> MMDataset:
-    """The cleaning chain of the demo; every step is recorded in ``history()``."""
-    return (
-        ds.nonempty()
-        .filter(turn_count_ok())
-        .filter(answers_short_enough())
-        .filter(image_exists(ds.root), num_workers=2, mode="thread", batch_size=64)
-        .map(normalize_whitespace)
-        .unique(["conversations", "image"])
-    )
+def _save_invalid(bad: list, path: str) -> None:
+    """The invalid input rows (where, error, raw row) as jsonl, so none is lost."""
+    from datacopilot.loading import quarantine_table
 
-
-# -- the demo -------------------------------------------------------------------------------------------
-STEP_NAMES = ("load", "nonempty", "turn count", "answer length", "image exists", "normalize whitespace",
-              "unique")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in quarantine_table(bad).to_pylist())
 
 
 def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print,
              train_steps: int = 16) -> dict:
-    """Make the demo data in ``out_dir``, clean it, write Arrow shards to ``out_dir/shards``, then train a tiny
-    VLM on them for ``train_steps`` packed steps (0 = no training; skipped with the install line without paddle);
+    """Make the demo data in ``out_dir``, clean it with a pipeline of registered operators that streams Arrow
+    shards to ``out_dir/shards``, save the pipeline as ``out_dir/pipeline.yaml``, then train a tiny VLM on the
+    shards for ``train_steps`` packed steps (0 = no training; skipped with the install line without paddle);
     return a report.
 
-    The report holds ``data`` (what :func:`make_demo_data` injected), ``steps`` (per step: name, rows in, out,
-    dropped by reason, failed), ``rows_in``, ``quarantined``, ``kept``, ``dropped`` (total), ``shards_dir``,
-    ``manifest``, ``seconds`` and ``train`` (the sft result, or None). ``rows_in == kept + dropped + quarantined``
-    always holds.
+    The report holds ``data`` (what :func:`make_demo_data` injected), ``steps`` (per operator: step, op, rows in,
+    out, dropped by reason, failed, seconds), ``rows_in``, ``quarantined`` (invalid input rows and rows that
+    failed), ``invalid`` (the invalid input rows: where and error), ``kept``, ``dropped`` (total), ``shards_dir``,
+    ``manifest``, ``shards``, ``spec``, ``seconds`` and ``train`` (the sft result, or None).
+    ``rows_in == kept + dropped + quarantined`` always holds.
 
-    >>> report = run_demo("/tmp/dc-demo", n=100)  # doctest: +SKIP
-    >>> report["kept"] == report["data"]["clean"]  # doctest: +SKIP
+    >>> report = run_demo("/tmp/dc-demo", n=100, train_steps=0)  # doctest: +SKIP
+    >>> report["rows_in"] == report["kept"] + report["dropped"] + report["quarantined"]  # doctest: +SKIP
     True
     """
     t0 = time.perf_counter()
@@ -101,42 +104,46 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
                          ("duplicates", "empty_answers", "missing_images", "overlong", "unanswered", "invalid"))
     echo(f"   {data['rows']} rows in {data['path']}; dirty rows injected: {injected}")
 
-    echo("2. loading with invalid='quarantine'")
-    ds = datacopilot.load(data["path"], schema="MM", invalid="quarantine")
-    quarantined = len(ds.quarantine) if ds.quarantine is not None else 0
-    echo(f"   {len(ds)} valid rows, {quarantined} invalid row(s) kept apart in ds.quarantine, e.g.:")
-    if quarantined:
-        echo(f"   {ds.quarantine[0]['_error']}")
-
-    echo("3. cleaning: nonempty -> turn count -> answer length -> image exists (2 threads) -> "
-         "normalize whitespace -> unique")
-    cleaned = clean(ds)
-
+    pipe = cleaning_pipeline(data["path"])
+    echo("2. cleaning with a pipeline of registered operators (invalid input rows quarantined at load):")
+    echo("   " + " -> ".join(op.label for op in pipe.ops))
     shards_dir = os.path.join(out_dir, "shards")
-    echo(f"4. writing Arrow shards to {shards_dir}")
-    manifest = cleaned.with_absolute_paths().write_shards(shards_dir, format="arrow",
-                                                          max_rows_per_shard=max(1, len(cleaned) // 4 + 1))
+    max_rows = max(1, n // 4 + 1)
+    spec = save_spec(pipe, out_dir, shards_dir, max_rows)
+    res = pipe.write(shards_dir, format="arrow", max_rows_per_shard=max_rows, progress=False)
+    bad = list(pipe.source.bad)
 
-    steps = [_step(name, rec) for name, rec in zip(STEP_NAMES, cleaned.history())]
-    dropped = sum(sum(s["dropped"].values()) for s in steps[1:]) + sum(s["failed"] for s in steps[1:])
+    steps = [{"step": r["op"], **r} for r in res["ops"]]
+    invalid = [{"where": w, "error": m} for w, m, _ in bad]
+    quarantined = len(bad) + res["quarantined"]
     report = {
-        "data": data, "steps": steps, "rows_in": steps[0]["rows_in"], "quarantined": quarantined,
-        "kept": len(cleaned), "dropped": dropped, "shards_dir": shards_dir,
-        "manifest": os.path.join(shards_dir, "manifest.json"), "shards": len(manifest["shards"]),
+        "data": data, "steps": steps, "rows_in": (steps[0]["rows_in"] if steps else res["rows"]) + len(bad),
+        "quarantined": quarantined, "invalid": invalid, "kept": res["rows"],
+        "dropped": sum(sum(s["dropped"].values()) for s in steps), "shards_dir": shards_dir,
+        "manifest": os.path.join(shards_dir, "manifest.json"), "shards": res["shards"], "spec": spec,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    echo("\nhistory (rows in -> out, dropped by reason):")
-    echo(_history_table(steps))
+    echo(f"   {len(bad)} invalid row(s) quarantined at load" + (", e.g.:" if bad else ""))
+    if bad:
+        _save_invalid(bad, os.path.join(out_dir, INVALID_FILE))
+        echo(f"   {invalid[0]['error']}")
+        echo(f"   (all of them with their errors in {os.path.join(out_dir, INVALID_FILE)})")
+    echo("\nper operator (rows in -> out, dropped by reason, failed; 'injected' = dirty rows of the kind it targets):")
+    echo(_report_table(steps, data))
+    extra = sum(s["rows_in"] - s["rows_out"] for s in steps if s["op"] == "dedup_exact") - data["duplicates"]
+    if extra > 0:
+        echo(f"  (dedup_exact also drops {extra} drawn row(s) that repeat another's text and image bytes)")
     echo(f"\n{report['rows_in']} rows in = {report['kept']} kept + {report['dropped']} dropped "
          f"+ {quarantined} quarantined")
-    echo(f"wrote {report['kept']} rows in {report['shards']} shard(s) to {shards_dir}")
-    echo(f"manifest: {report['manifest']}")
-    echo(f"load them back with datacopilot.load({shards_dir!r})  [{report['seconds']:.2f}s]")
+    echo(f"3. wrote {report['kept']} rows in {report['shards']} shard(s) to {shards_dir}")
+    echo(f"   manifest: {report['manifest']}; report: {os.path.join(shards_dir, 'report.json')}")
+    echo(f"   load them back with datacopilot.load({shards_dir!r})  [{report['seconds']:.2f}s]")
+    echo(f"   pipeline spec: {spec}; rerun it with: datacopilot run {spec}")
     report["train"] = None
     if train_steps:
         from datacopilot.train.demo import train_on_demo
 
-        echo(f"\n5. training a tiny VLM on the shards: {train_steps} steps of packed batches (MixToken, no "
+        echo(f"\n4. training a tiny VLM on the shards: {train_steps} steps of packed batches (MixToken, no "
              f"cross-sample attention)")
         t1 = time.perf_counter()
         report["train"] = train_on_demo(shards_dir, os.path.join(out_dir, "train"), steps=train_steps, seed=seed,
@@ -146,21 +153,16 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
     return report
 
 
-def _step(name: str, rec) -> dict:
-    """One history record as a report entry; a vectorized filter's reason (its expression) becomes the step name."""
-    d = {"step": name, **rec.as_dict()}
-    d["dropped"] = {(name if k == rec.op else k): v for k, v in d["dropped"].items()}
-    return d
-
-
-def _history_table(steps: list[dict]) -> str:
-    width = max(len(s["step"]) for s in steps)
-    lines = [f"  {'step':<{width}}  {'in':>6}  {'out':>6}  dropped"]
+def _report_table(steps: list[dict], data: dict) -> str:
+    width = max([len("operator")] + [len(s["step"]) for s in steps])
+    lines = [f"  {'operator':<{width}}  {'in':>6}  {'kept':>6}  {'injected':>8}  dropped"]
     for s in steps:
+        kind = MEANT_FOR.get(s["op"])
         reasons = ", ".join(f"{_short(k)}: {v}" for k, v in s["dropped"].items()) or "-"
         if s["failed"]:
             reasons += f"; failed: {s['failed']}"
-        lines.append(f"  {s['step']:<{width}}  {s['rows_in']:>6}  {s['rows_out']:>6}  {reasons}")
+        meant = str(data[kind]) if kind else "-"
+        lines.append(f"  {s['step']:<{width}}  {s['rows_in']:>6}  {s['rows_out']:>6}  {meant:>8}  {reasons}")
     return "\n".join(lines)
 
 
@@ -168,4 +170,4 @@ def _short(reason: str, limit: int = 60) -> str:
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
 
-__all__ = ["run_demo", "clean", "turn_count_ok", "answers_short_enough", "image_exists", "normalize_whitespace"]
+__all__ = ["MEANT_FOR", "cleaning_ops", "cleaning_pipeline", "run_demo", "save_spec"]

@@ -211,6 +211,25 @@ def test_demo_command(runner, tmp_path):
     assert "quarantined" in res.output and "manifest" in res.output
     assert (out / "shards" / "manifest.json").exists()
     assert len(dc.load(str(out / "shards"))) == dc.verify_shards(str(out / "shards"))["rows"]
+    for op in ("clean_whitespace", "filter_turns", "filter_length", "filter_image_exists", "dedup_exact"):
+        assert op in res.output
+    assert f"datacopilot run {out / 'pipeline.yaml'}" in res.output
+
+
+def test_demo_spec_reruns_with_the_run_command(runner, tmp_path):
+    from datacopilot.demo import run_demo
+
+    out = tmp_path / "demo"
+    report = run_demo(str(out), n=60, seed=4, echo=lambda s: None, train_steps=0)
+    first = json.loads((out / "shards" / "manifest.json").read_text())
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the spec's paths are relative to it: the folder can move
+    res = runner.invoke(main, ["run", str(moved / "pipeline.yaml")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((moved / "shards" / "manifest.json").read_text())
+    assert again["rows"] == report["kept"] == first["rows"]
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
+    assert json.loads((moved / "shards" / "report.json").read_text())["ops"][-1]["rows_out"] == report["kept"]
 
 
 def test_console_script_runs(tmp_path, bad):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import datacopilot as dc
-from datacopilot.demo import answers_short_enough, image_exists, normalize_whitespace, run_demo, turn_count_ok
+from datacopilot.demo import INVALID_FILE, MEANT_FOR, cleaning_ops, run_demo
 from datacopilot.demo_data import DIRTY_SHARE, MAX_ANSWER_CHARS, make_demo_data
+from datacopilot.pipeline import Pipeline
 
 KINDS = tuple(DIRTY_SHARE)
 
@@ -28,7 +29,7 @@ def _digest(d: Path) -> str:
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    report = run_demo(str(out), n=200, seed=1, echo=lines.append)
+    report = run_demo(str(out), n=200, seed=1, echo=lines.append, train_steps=0)
     return out, report, "\n".join(lines)
 
 
@@ -84,30 +85,71 @@ def test_make_demo_data_is_deterministic(tmp_path):
         {k: v for k, v in b.items() if k not in ("path", "images_dir")}
 
 
+def _expected_kept(out: Path) -> int:
+    """The rows a correct cleaning keeps, worked out from the raw file: valid, complete, short enough, with an
+    image on disk, and distinct by (image bytes, whitespace-normalized text)."""
+    keys = set()
+    for line in (out / "demo.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        turns = r["conversations"]
+        if any(t["from"] not in ("human", "gpt") or not isinstance(t["value"], str) for t in turns):
+            continue  # invalid: quarantined
+        texts = [" ".join(t["value"].split()) for t in turns]
+        if any(not x.replace("<image>", "").strip() for x in texts) or len(turns) < 2:
+            continue
+        if any(len(x) > MAX_ANSWER_CHARS for t, x in zip(turns, texts) if t["from"] == "gpt"):
+            continue
+        img = out / r["image"]
+        if not img.exists():
+            continue
+        keys.add((hashlib.sha256(img.read_bytes()).hexdigest(), "\n".join(texts).lower()))
+    return len(keys)
+
+
 def test_demo_accounting_adds_up(demo):
-    _, report, _ = demo
+    out, report, _ = demo
     data = report["data"]
     assert report["rows_in"] == data["rows"] == 200
     assert report["rows_in"] == report["kept"] + report["dropped"] + report["quarantined"]
-    assert report["quarantined"] == data["invalid"]
-    assert report["kept"] == data["clean"]
-    steps = {s["step"]: s for s in report["steps"]}
-    assert steps["nonempty"]["dropped"] == {"empty field": data["empty_answers"]}
-    assert steps["turn count"]["dropped"] == {"turn count": data["unanswered"]}
-    assert steps["answer length"]["dropped"] == {"answer length": data["overlong"]}
-    assert steps["image exists"]["dropped"] == {"missing image": data["missing_images"]}
-    assert steps["normalize whitespace"]["rows_in"] == steps["normalize whitespace"]["rows_out"]
-    assert sum(steps["unique"]["dropped"].values()) == data["duplicates"]
+    assert report["quarantined"] == data["invalid"] == len(report["invalid"])
+    steps = {s["op"]: s for s in report["steps"]}
+    assert list(steps) == [op.name for op in cleaning_ops()]
+    # each injected kind of dirty row is dropped by the operator meant for it, and by no other
+    assert steps["filter_empty_turns"]["dropped"] == {"empty turn": data["empty_answers"]}
+    assert steps["filter_turns"]["dropped"] == {"fewer than 2 turns": data["unanswered"]}
+    assert steps["filter_length"]["dropped"] == {
+        f"assistant turn longer than {MAX_ANSWER_CHARS} chars": data["overlong"]}
+    assert steps["filter_image_exists"]["dropped"] == {"image missing": data["missing_images"]}
+    for name in ("clean_unicode", "clean_whitespace"):
+        assert steps[name]["rows_in"] == steps[name]["rows_out"] and not steps[name]["dropped"]
+    # dedup drops the injected copies, and drawn rows that by chance repeat another's image and text
+    assert sum(steps["dedup_exact"]["dropped"].values()) >= data["duplicates"]
+    assert report["kept"] == _expected_kept(out) <= data["clean"]
+    assert report["steps"][0]["rows_in"] == data["rows"] - data["invalid"]
     for prev, s in zip(report["steps"], report["steps"][1:]):
         assert s["rows_in"] == prev["rows_out"]
+    for s in report["steps"]:
         assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values()) + s["failed"]
+        assert s["failed"] == 0
+
+
+def test_demo_keeps_the_invalid_rows(demo):
+    out, report, _ = demo
+    lines = [json.loads(ln) for ln in (out / INVALID_FILE).read_text().splitlines()]
+    assert len(lines) == report["data"]["invalid"]
+    assert all(str(out / "demo.jsonl") in r["_error"] for r in lines)
+    assert any("expected one of 'human', 'gpt'" in r["_error"] for r in lines)
+    ids = {json.loads(r["_row"])["id"] for r in lines}
+    assert not ids & {r["id"] for r in dc.load(report["shards_dir"])}
 
 
 def test_demo_shards_load_back(demo):
-    out, report, _ = demo
+    _, report, _ = demo
     manifest = dc.verify_shards(report["shards_dir"])
     assert manifest["rows"] == report["kept"] and len(manifest["shards"]) == report["shards"] > 1
     assert os.path.exists(report["manifest"])
+    saved = json.loads((Path(report["shards_dir"]) / "report.json").read_text())
+    assert saved["ops"] == [{k: v for k, v in s.items() if k != "step"} for s in report["steps"]]
     back = dc.load(report["shards_dir"])
     assert len(back) == report["kept"] and back.schema.name == "MM"
     assert back.image(0).size == (64, 64)  # shards point at images that exist
@@ -120,27 +162,56 @@ def test_demo_shards_load_back(demo):
     assert len(set(ids)) == len(ids)
 
 
-def test_demo_prints_history_and_where_the_shards_went(demo):
+def test_demo_prints_the_operator_report_and_the_rerun_command(demo):
     _, report, text = demo
-    for step in ("nonempty", "turn count", "answer length", "image exists", "normalize whitespace", "unique"):
-        assert step in text
+    for s in report["steps"]:
+        assert s["op"] in text
+    for kind in MEANT_FOR.values():  # the injected count stands next to the operator that drops it
+        assert f"  {report['data'][kind]}  " in text
+    assert "image missing: " in text and "fewer than 2 turns: " in text
     assert report["shards_dir"] in text and report["manifest"] in text
     assert f"{report['rows_in']} rows in = {report['kept']} kept" in text
+    assert f"datacopilot run {report['spec']}" in text
+    assert report["invalid"][0]["error"] in text
 
 
-def test_steps_on_their_own():
+def test_demo_spec_describes_the_pipeline(demo):
+    out, report, _ = demo
+    import yaml
+
+    spec = yaml.safe_load(Path(report["spec"]).read_text())
+    assert spec["source"]["paths"] == ["demo.jsonl"] and spec["output"]["dir"] == "shards"  # movable folder
+    assert spec["on_error"] == "quarantine"
+    pipe = Pipeline.from_yaml(report["spec"])
+    assert [op.params() for op in pipe.ops] == [op.params() for op in cleaning_ops()]
+    assert [op.name for op in pipe.ops] == [op.name for op in cleaning_ops()]
+    assert pipe.output["dir"] == str(out / "shards")
+
+
+def test_cleaning_ops_on_their_own(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "b.png")
+    qa = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
     ds = dc.MMDataset.from_rows([
-        {"id": "a", "conversations": [{"from": "human", "value": " <image>\n  What  shape?\t"},
-                                      {"from": "gpt", "value": "A\tcircle. "}]},
-        {"id": "b", "conversations": [{"from": "human", "value": "q"}]},
-        {"id": "c", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "x" * 500}]},
-        {"id": "d", "image": "nowhere/x.png",
-         "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
-    ], schema="MM")
-    assert [r["id"] for r in ds.filter(turn_count_ok())] == ["a", "c", "d"]
-    assert [r["id"] for r in ds.filter(answers_short_enough())] == ["a", "b", "d"]
-    kept = ds.filter(image_exists(None))
-    assert [r["id"] for r in kept] == ["a", "b", "c"]
-    assert kept.history()[-1].dropped == {"missing image": 1}
-    row = normalize_whitespace(ds[0])
-    assert [t["value"] for t in row["conversations"]] == ["<image>\nWhat shape?", "A circle."]
+        {"id": "messy", "image": "a.png",
+         "conversations": [{"from": "human", "value": " <image>\n  What  shape?\t"},
+                           {"from": "gpt", "value": "A\tcircle.\u200b "}]},
+        {"id": "unanswered", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nq"}]},
+        {"id": "empty", "image": "a.png", "conversations": [qa[0], {"from": "gpt", "value": "  "}]},
+        {"id": "overlong", "image": "a.png", "conversations": [qa[0], {"from": "gpt", "value": "x" * 500}]},
+        {"id": "missing", "image": "nowhere.png", "conversations": qa},
+        {"id": "first", "image": "b.png", "conversations": qa},
+        {"id": "copy", "image": "b.png", "conversations": [qa[0], {"from": "gpt", "value": "A "}]},
+        {"id": "other image", "image": "a.png", "conversations": qa},
+    ], schema="MM", root=str(tmp_path))
+    out = ds.apply(cleaning_ops())
+    assert [r["id"] for r in out] == ["messy", "first", "other image"]
+    assert [t["value"] for t in out[0]["conversations"]] == ["<image>\nWhat shape?", "A circle."]
+    dropped = {r.op: r.dropped for r in out.history()[-len(cleaning_ops()):]}
+    assert dropped["filter_empty_turns"] == {"empty turn": 1}
+    assert dropped["filter_turns"] == {"fewer than 2 turns": 1}
+    assert dropped["filter_length"] == {f"assistant turn longer than {MAX_ANSWER_CHARS} chars": 1}
+    assert dropped["filter_image_exists"] == {"image missing": 1}
+    assert sum(dropped["dedup_exact"].values()) == 1
