@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-
 from datacopilot.schemas import IMAGE_TOKEN
 
 from ._conv import ROLES, conversation_column
