@@ -1,0 +1,268 @@
+"""The ``paddle`` backend: batched generation with a PaddleNLP causal LM or the project's TinyVLM, from local
+directories.
+
+How a batch is generated:
+
+- Prompts: the chat template (:class:`~datacopilot.models.chat_template.ChatTemplate`) encodes the messages and an
+  open assistant turn (``<|assistant|>``) is appended; a conversation ending with an assistant message is continued
+  (its closing ``<|end|>`` is left off). Images (VLM only) are decoded with Pillow, converted to RGB, resized to the
+  model's image size and scaled to [-1, 1] as in training; their tokens sit where the template puts them.
+- Requests are sorted by prompt length and cut into batches of ``spec.batch_size`` (length buckets, so little
+  padding), then put back in the caller's order.
+- LEFT padding: each row is ``[pad ... pad, prompt]``. The boolean ``[B, 1, q, k]`` mask lets a query see only
+  non-pad keys at or before it, and position ids count only real tokens, so a padded row computes the same
+  attention as the row alone (up to float summation order). Greedy batched generation therefore gives the same
+  texts as one request at a time (tested).
+- KV cache: PaddleNLP 2.8.1's Llama passes a 4-D mask through unchanged also when ``past_key_values`` is given, so
+  the prompt runs once (prefill) and each new token is one step over the cache with a ``[B, 1, 1, k]`` mask. Without
+  a cache every step would rerun the whole sequence: with prompt length P and N new tokens about ``N * (P + N/2)``
+  token positions instead of ``P + N``.
+- Decoding: greedy (``temperature == 0``: argmax) or sampling (softmax of logits / temperature, nucleus ``top_p``)
+  with one NumPy generator per request, seeded by ``Request.seed`` or by the spec's seed and the request's content,
+  so a sample does not depend on which other requests share its batch. A row finishes at EOS or ``<|end|>``
+  (``finish_reason="stop"``), at the first stop string (the text is cut before it; ``"stop"``), or after
+  ``max_new_tokens`` (``"length"``); the batch ends when every row has finished.
+- A request that cannot be run (a bad image, images sent to a text-only LM, a prompt longer than the model's
+  positions) gets a Response with ``finish_reason="error"`` and the message; the other requests still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+
+import numpy as np
+
+from datacopilot.errors import InputError, ModelError
+
+from . import Backend, ModelSpec, Request, Response
+
+
+class _Prepared:
+    __slots__ = ("index", "ids", "offsets", "pixels", "seed")
+
+    def __init__(self, index, ids, offsets, pixels, seed):
+        self.index, self.ids, self.offsets, self.pixels, self.seed = index, ids, offsets, pixels, seed
+
+
+class PaddleBackend(Backend):
+    """Generate with a local PaddleNLP causal LM (``path/config.json``) or TinyVLM (``path/vlm_config.json``).
+
+    ``model_calls`` counts forward passes (prefill and decode steps); ``batches`` counts generated batches.
+
+    Example::
+
+        >>> backend = PaddleBackend(ModelSpec(backend="paddle", path="/tmp/tiny_lm", max_new_tokens=8))  # doctest: +SKIP
+        >>> backend.generate([Request([{"role": "user", "content": "hello"}])])[0].finish_reason         # doctest: +SKIP
+        'length'
+    """
+
+    def __init__(self, spec: ModelSpec):
+        spec.check()
+        from datacopilot.models.chat_template import ChatTemplate
+        from datacopilot.models.lm import load_causal_lm, require_paddle
+        from datacopilot.models.tokenizer import load_tokenizer
+
+        self.paddle = require_paddle()
+        self.spec = spec
+        self.tokenizer = load_tokenizer(spec.tokenizer_dir())
+        self.is_vlm = os.path.isfile(os.path.join(spec.path, "vlm_config.json"))
+        if self.is_vlm:
+            from datacopilot.models.vlm import load_vlm
+
+            self.vlm = load_vlm(spec.path)
+            self.vlm.eval()
+            self.lm = self.vlm.lm
+            count, self.image_size = self.vlm.config.image_token_count, self.vlm.config.image_size
+        else:
+            self.vlm, self.lm, count, self.image_size = None, load_causal_lm(spec.path), 16, None
+        self.lm.eval()
+        self.template = ChatTemplate(self.tokenizer, image_token_count=count, system=spec.system)
+        if self.is_vlm and self.vlm.config.image_token_id not in (None, self.template.image_token_id):
+            raise ModelError(f"{spec.path}: the vlm's image_token_id {self.vlm.config.image_token_id} is not the "
+                             f"tokenizer's <image> id {self.template.image_token_id}")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None and pad >= 0 else 0
+        ends = {getattr(self.tokenizer, "eos_token_id", None), getattr(self.lm.config, "eos_token_id", None)}
+        end_marker = self.template.markers["end"]
+        ends.add(end_marker[0] if len(end_marker) == 1 else None)
+        self.stop_ids = {int(i) for i in ends if isinstance(i, int) and i >= 0}
+        self.max_positions = int(getattr(self.lm.config, "max_position_embeddings", 1 << 30))
+        self.model_calls = 0
+        self.batches = 0
+        self._lock = threading.Lock()  # one generation at a time per model (Paddle layers are not re-entrant)
+
+    # -- public ---------------------------------------------------------------------------------------
+    def generate(self, requests: list[Request]) -> list[Response]:
+        """Answer ``requests`` in order; batched by prompt length in groups of ``spec.batch_size``."""
+        out: list[Response | None] = [None] * len(requests)
+        ready = []
+        for i, req in enumerate(requests):
+            try:
+                ready.append(self._prepare(i, req))
+            except (InputError, ModelError, OSError, ValueError) as e:
+                out[i] = Response("", "error", error=f"request {i}: {e}")
+        ready.sort(key=lambda p: len(p.ids))
+        size = self.spec.batch_size
+        with self._lock:
+            for start in range(0, len(ready), size):
+                chunk = ready[start:start + size]
+                for p, resp in zip(chunk, self._generate_batch(chunk)):
+                    out[p.index] = resp
+        return out  # type: ignore[return-value]
+
+    # -- one request -> token ids, image offsets, pixels, seed ----------------------------------------
+    def _prepare(self, index: int, req: Request) -> _Prepared:
+        if not isinstance(req, Request):
+            raise InputError(f"expected a Request, got {type(req).__name__}")
+        if req.images and not self.is_vlm:
+            raise InputError(f"{len(req.images)} image(s) given but {self.spec.path} is a text-only lm")
+        messages = [{"role": m["role"], "content": m["content"]} for m in req.messages]
+        enc = self.template.encode_messages(messages, n_images=len(req.images))
+        ids = list(enc["input_ids"])
+        end = self.template.markers["end"]
+        if messages[-1]["role"] == "assistant":
+            ids = ids[:len(ids) - len(end)]          # continue the open assistant message
+        else:
+            ids += self.template.markers["assistant"]
+        if len(ids) + self.spec.max_new_tokens > self.max_positions:
+            raise InputError(f"prompt of {len(ids)} tokens + max_new_tokens {self.spec.max_new_tokens} exceeds the "
+                             f"model's {self.max_positions} positions")
+        pixels = [self._pixels(b, k) for k, b in enumerate(req.images)]
+        return _Prepared(index, ids, list(enc["image_offsets"]), pixels, self._seed(req))
+
+    def _pixels(self, data: bytes, k: int) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            img = Image.open(io.BytesIO(data))
+            img = img.convert("RGB").resize((self.image_size, self.image_size))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise InputError(f"images[{k}]: cannot decode the image ({len(data)} bytes): {e}") from e
+        return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+
+    def _seed(self, req: Request) -> int | None:
+        if self.spec.temperature == 0:
+            return None
+        if req.seed is not None:
+            return int(req.seed)
+        if self.spec.seed is None:
+            return int.from_bytes(os.urandom(8), "little")
+        digest = hashlib.sha256(f"{self.spec.seed}:{req.digest()}".encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    # -- one batch ------------------------------------------------------------------------------------
+    def _generate_batch(self, items: list[_Prepared]) -> list[Response]:
+        paddle, spec = self.paddle, self.spec
+        self.batches += 1
+        b = len(items)
+        length = max(len(p.ids) for p in items)
+        ids = np.full((b, length), self.pad_id, dtype=np.int64)
+        valid = np.zeros((b, length + spec.max_new_tokens), dtype=bool)
+        for r, p in enumerate(items):
+            ids[r, length - len(p.ids):] = p.ids
+            valid[r, length - len(p.ids):length] = True
+        prompt_valid = valid[:, :length]
+        positions = np.maximum(np.cumsum(prompt_valid, axis=1) - 1, 0)
+        causal = np.tril(np.ones((length, length), dtype=bool))
+        mask = causal[None] & (prompt_valid[:, None, :] | np.eye(length, dtype=bool)[None])
+        rngs = [np.random.default_rng(p.seed) if p.seed is not None else None for p in items]
+        generated: list[list[int]] = [[] for _ in items]
+        reasons: list[str | None] = [None] * b
+        texts: list[str | None] = [None] * b
+        next_pos = prompt_valid.sum(axis=1)
+        with paddle.no_grad():
+            kwargs = dict(position_ids=paddle.to_tensor(positions),
+                          attention_mask=paddle.to_tensor(mask[:, None]), use_cache=True, return_dict=True)
+            if self.is_vlm and any(p.pixels for p in items):
+                kwargs["inputs_embeds"] = self._embed(ids, items, length)
+            else:
+                kwargs["input_ids"] = paddle.to_tensor(ids)
+            out = self.lm(**kwargs)
+            self.model_calls += 1
+            cur = length
+            for step in range(spec.max_new_tokens):
+                logits = out.logits[:, -1, :].astype("float32").numpy()
+                tokens = np.full(b, self.pad_id, dtype=np.int64)
+                for r in range(b):
+                    if reasons[r] is not None:
+                        continue
+                    tok = self._pick(logits[r], rngs[r])
+                    if tok in self.stop_ids:
+                        reasons[r] = "stop"
+                        continue
+                    generated[r].append(tok)
+                    tokens[r] = tok
+                    if spec.stop:
+                        text = self._decode(generated[r])
+                        cut = _cut_at_stop(text, spec.stop)
+                        if cut is not None:
+                            reasons[r], texts[r] = "stop", cut
+                            continue
+                    if len(generated[r]) >= spec.max_new_tokens:
+                        reasons[r] = "length"
+                if all(x is not None for x in reasons) or step == spec.max_new_tokens - 1:
+                    break
+                valid[:, cur] = True
+                cur += 1
+                step_mask = valid[:, None, None, :cur]
+                out = self.lm(input_ids=paddle.to_tensor(tokens[:, None]),
+                              position_ids=paddle.to_tensor(next_pos[:, None].astype(np.int64)),
+                              attention_mask=paddle.to_tensor(step_mask), past_key_values=out.past_key_values,
+                              use_cache=True, return_dict=True)
+                self.model_calls += 1
+                next_pos = next_pos + 1
+        responses = []
+        for r in range(b):
+            text = texts[r] if texts[r] is not None else self._decode(generated[r])
+            responses.append(Response(text, reasons[r] or "length",
+                                      usage={"prompt_tokens": len(items[r].ids),
+                                             "completion_tokens": len(generated[r])}))
+        return responses
+
+    def _embed(self, ids: np.ndarray, items: list[_Prepared], length: int):
+        paddle = self.paddle
+        pixels, packs, offsets = [], [], []
+        for r, p in enumerate(items):
+            pad = length - len(p.ids)
+            for arr, off in zip(p.pixels, p.offsets):
+                pixels.append(arr)
+                packs.append(r)
+                offsets.append(pad + off)
+        return self.vlm.embed(paddle.to_tensor(ids), paddle.to_tensor(np.stack(pixels)),
+                              paddle.to_tensor(np.array(packs, dtype=np.int64)),
+                              paddle.to_tensor(np.array(offsets, dtype=np.int64)))
+
+    def _pick(self, logits: np.ndarray, rng) -> int:
+        if rng is None:
+            return int(np.argmax(logits))
+        return _sample(logits, self.spec.temperature, self.spec.top_p, rng)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        if not token_ids:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def _sample(logits: np.ndarray, temperature: float, top_p: float, rng) -> int:
+    """One token from softmax(logits / temperature), restricted to the smallest set holding ``top_p`` mass."""
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    sorted_p = p[order]
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(sorted_p), top_p) + 1)
+        sorted_p = sorted_p[:keep]
+        order = order[:keep]
+    cdf = np.cumsum(sorted_p)
+    u = rng.random() * cdf[-1]
+    return int(order[min(int(np.searchsorted(cdf, u, side="right")), len(order) - 1)])
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str | None:
+    """``text`` up to the earliest stop string, or None when none occurs."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[:min(hits)] if hits else None
