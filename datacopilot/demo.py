@@ -115,7 +115,7 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
 
     steps = [{"step": r["op"], **r} for r in res["ops"]]
     invalid = [{"where": w, "error": m} for w, m, _ in bad]
-    quarantined = len(bad) + res["quarantined"]
+    quarantined = res["quarantined"]  # failed rows and invalid input rows, both kept in shards/quarantine/
     report = {
         "data": data, "steps": steps, "rows_in": (steps[0]["rows_in"] if steps else res["rows"]) + len(bad),
         "quarantined": quarantined, "invalid": invalid, "kept": res["rows"],

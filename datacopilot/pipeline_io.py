@@ -323,6 +323,19 @@ def make_report(out_dir: str, manifest: dict, records: list[OpRecord], bad: int 
     return report
 
 
+def with_invalid(quarantine: pa.Table | None, bad: list) -> pa.Table | None:
+    """The quarantine plus the invalid input rows ``bad`` ((where, message, raw) triples, kept as ``_source``,
+    ``_error`` and the raw row as JSON text in ``_row``), so rows that never reached an operator are kept too."""
+    from datacopilot.loading import quarantine_table
+
+    if not bad:
+        return quarantine
+    invalid = quarantine_table(bad)
+    if quarantine is None or not quarantine.num_rows:
+        return invalid
+    return pa.concat_tables([quarantine, invalid], promote_options="permissive")
+
+
 def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bool = False,
                  max_rows_per_shard: int | None = 100_000) -> dict:
     """Run ``plan`` in memory on ``executor`` and write the whole result as one segment (``resume`` skips only
@@ -336,6 +349,6 @@ def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bo
     for start in range(0, result.table.num_rows, step):
         part = result.table.slice(start, step)
         sink.add(part, plan.output_schema(part), root)
-    sink.end_units(tuple(range(len(sink.units))), plan.source.schema, root, result.quarantine, result.records,
-                   {})
+    sink.end_units(tuple(range(len(sink.units))), plan.source.schema, root,
+                   with_invalid(result.quarantine, plan.source.bad), result.records, {})
     return make_report(out_dir, sink.manifest, result.records, len(plan.source.bad))

@@ -224,7 +224,7 @@ class LocalExecutor(Executor):
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
               max_rows_per_shard: int | None = 100_000) -> dict:
-        from datacopilot.pipeline_io import ShardSink, make_report
+        from datacopilot.pipeline_io import ShardSink, make_report, with_invalid
 
         run = Run(plan, plan.prepared_ops())
         units = plan.source.units()
@@ -233,10 +233,12 @@ class LocalExecutor(Executor):
             run.restore(out_dir, sink.state, sink.manifest["pipeline"]["records"])
         sink.begin()
         root = plan.source.root
+        taken = 0  # invalid input rows already written to the quarantine
         for item in self.stream(plan, run, sink.done):
             if isinstance(item, End):
                 old = dict(sink.state.get("seen", {}))
-                sink.end_units(item.units, plan.source.schema, root, run.take_quarantine(),
+                bad, taken = plan.source.bad[taken:], len(plan.source.bad)
+                sink.end_units(item.units, plan.source.schema, root, with_invalid(run.take_quarantine(), bad),
                                [a.record() for a in run.acc], run.save_state(out_dir, sink.segment))
                 _remove(out_dir, old.values())
             else:

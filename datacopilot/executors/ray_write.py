@@ -40,7 +40,7 @@ def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
 def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None) -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
     from datacopilot.io._fs import join
-    from datacopilot.pipeline_io import ShardSink, make_report, records_from
+    from datacopilot.pipeline_io import ShardSink, make_report, records_from, with_invalid
 
     from .ray import _get, account, execute
 
@@ -71,5 +71,5 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
         tasks.append(write.remote(join(out_dir, name), name, format, schema, root, out_dir,
                                   int(start - bounds[span[0]]), end - start, *[refs[i] for i in span]))
     sink.pending, sink.schema, sink.k = _get(ray, tasks), schema, len(tasks)
-    sink.end_units(tuple(range(len(sink.units))), src.schema, root, quarantine, records, {})
+    sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {})
     return make_report(out_dir, sink.manifest, records, len(src.bad))

@@ -53,7 +53,7 @@ def test_write_on_ray_shards_and_reports_like_local(ray_session, tmp_path):
     assert strip(rep_ray) == strip(rep_local) and len(strip(rep_ray)) == 3
     assert {k: rep_ray[k] for k in ("rows", "quarantined", "invalid_input_rows")} == \
         {k: rep_local[k] for k in ("rows", "quarantined", "invalid_input_rows")} == \
-        {"rows": len(want), "quarantined": 1, "invalid_input_rows": 1}
+        {"rows": len(want), "quarantined": 2, "invalid_input_rows": 1}  # the failed row and the invalid line
     shards = json.loads((tmp_path / "ray" / "manifest.json").read_text())["shards"]
     assert [s["rows"] for s in shards] == [4] * (len(want) // 4) + ([len(want) % 4] if len(want) % 4 else [])
     assert json.loads((tmp_path / "ray" / "report.json").read_text())["rows"] == len(want)

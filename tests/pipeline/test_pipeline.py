@@ -127,3 +127,18 @@ def test_running_a_plan_twice_counts_invalid_input_once(tmp_path):
     first, second = plan.collect(), plan.collect()
     assert len(first) == len(second) == 1
     assert len(first.quarantine) == len(second.quarantine) == 1
+
+
+def test_write_keeps_invalid_input_rows_in_the_quarantine(tmp_path):
+    import json
+
+    import datacopilot as dc
+
+    path = tmp_path / "in.jsonl"
+    good = {"id": "a", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    bad = {"id": "b", "conversations": [{"from": "bot", "value": "q"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    report = dc.pipeline(str(path), schema="MM", on_error="quarantine").write(str(tmp_path / "out"))
+    assert report["rows"] == 1 and report["invalid_input_rows"] == 1 and report["quarantined"] == 1
+    q = dc.load(str(tmp_path / "out" / "quarantine")).to_list()
+    assert len(q) == 1 and json.loads(q[0]["_row"])["id"] == "b" and "got 'bot'" in q[0]["_error"]
