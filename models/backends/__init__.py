@@ -136,8 +136,8 @@ class ModelSpec:
     def key(self) -> str:
         """sha256 (hex) of the model identity and the generation parameters: what a cached response depends on.
 
-        Paddle models are identified by the contents of their directory (and tokenizer), so rebuilding a model
-        in the same place changes the key; batch size, concurrency, timeouts and resources are left out (they
+        Paddle models are identified by the contents of their directory and tokenizer (files over 256 MiB by
+        their size and first and last MiB), so rebuilding a model in the same place changes the key; batch size, concurrency, timeouts and resources are left out (they
         do not change outputs).
         """
         ident = {"backend": self.backend, "max_new_tokens": self.max_new_tokens,
@@ -259,10 +259,12 @@ def _installed(module: str) -> bool:
 
 
 _DIGESTS: dict = {}
+_FULL_HASH_LIMIT = 256 << 20
 
 
 def _dir_digest(path: str) -> str:
-    """sha256 over a directory's files (relative names and contents, recursively); memoized on the files' stats."""
+    """sha256 over a directory's files (relative names and contents, recursively; files over 256 MiB by their size
+    and first and last MiB); memoized on the files' stats."""
     files = []
     for root, dirs, names in os.walk(path):
         dirs.sort()
@@ -273,9 +275,14 @@ def _dir_digest(path: str) -> str:
     memo = (os.path.abspath(path), tuple(f[:3] for f in files))
     if memo not in _DIGESTS:
         h = hashlib.sha256()
-        for rel, _, _, full in files:
+        for rel, size, _, full in files:
             h.update(rel.encode() + b"\0")
             with open(full, "rb") as f:
+                if size > _FULL_HASH_LIMIT:          # big weights: size + first and last MiB, not gigabytes
+                    h.update(str(size).encode() + f.read(1 << 20))
+                    f.seek(size - (1 << 20))
+                    h.update(f.read())
+                    continue
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         _DIGESTS[memo] = h.hexdigest()
