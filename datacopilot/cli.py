@@ -252,5 +252,9 @@ from .cli_pipeline import register_commands  # noqa: E402
 
 register_commands(main)
 
+from .serve import register_serve  # noqa: E402
+
+register_serve(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
