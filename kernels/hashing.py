@@ -133,3 +133,49 @@ def first_occurrence(keys, seen: np.ndarray | None = None) -> np.ndarray:
         pos[pos == len(seen)] = 0
         mask &= seen[pos] != keys
     return mask
+
+
+class KeySet:
+    """A growing set of uint64 keys, kept as a few sorted runs that merge when one grows past half of the one
+    before it, so adding n keys in batches costs O(n log n) in all (one sorted array re-sorted on every batch
+    would cost O(n log n) per batch).
+
+    >>> s = KeySet()
+    >>> s.first_new(np.array([3, 1, 3], np.uint64)).tolist()
+    [True, True, False]
+    >>> s.add(np.array([3, 1], np.uint64)); s.first_new(np.array([1, 7], np.uint64)).tolist()
+    [False, True]
+    """
+
+    def __init__(self, keys: np.ndarray | None = None):
+        self.runs: list[np.ndarray] = []
+        if keys is not None and len(keys):
+            self.runs.append(np.unique(np.asarray(keys, dtype=np.uint64)))
+
+    def __len__(self) -> int:
+        return int(sum(len(r) for r in self.runs))
+
+    def first_new(self, keys: np.ndarray) -> np.ndarray:
+        """True where a key appears for the first time in ``keys`` and is not in the set."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        mask = first_occurrence(keys)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            mask &= run[pos] != keys
+        return mask
+
+    def add(self, keys: np.ndarray) -> None:
+        """Add keys (any order, repeats allowed)."""
+        keys = np.unique(np.asarray(keys, dtype=np.uint64))
+        if not len(keys):
+            return
+        self.runs.append(keys)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            b, a = self.runs.pop(), self.runs.pop()
+            self.runs.append(np.union1d(a, b))
+
+    def array(self) -> np.ndarray:
+        """Every key, sorted."""
+        if not self.runs:
+            return np.zeros(0, np.uint64)
+        return np.unique(np.concatenate(self.runs))

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from datacopilot.errors import OperatorError
 from datacopilot.history import OpRecord
+from datacopilot.kernels.hashing import KeySet
 from datacopilot.parallel import _executor, _run_pickled, check_workers, to_ipc
 
 from .base import ExecResult, Executor
@@ -108,7 +109,7 @@ class Run:
         self.plan, self.ops, self.policy = plan, ops, plan.on_error
         self.acc = [Acc(op.label) for op in ops]
         self.quarantine: list[pa.Table] = []
-        self.seen: dict[int, np.ndarray] = {}
+        self.seen: dict = {}  # op index -> kernels.hashing.KeySet
 
     def account(self, i: int, parts: list) -> pa.Table | None:
         """Fold a chain's per-op parts (ops ``i, i+1, ...``) into the accumulators; the chain's output."""
@@ -141,7 +142,7 @@ class Run:
             fs, d = get_fs(join(out_dir, "_state"))
             fs.makedirs(d, exist_ok=True)
             with atomic_open(join(out_dir, name), "wb") as f:
-                np.save(f, v)
+                np.save(f, v.array())
             names[str(k)] = name
         return {"seen": names}
 
@@ -153,7 +154,7 @@ class Run:
         for k, name in state.get("seen", {}).items():
             fs, p = get_fs(join(out_dir, name))
             with fs.open(p, "rb") as f:
-                self.seen[int(k)] = np.load(f)
+                self.seen[int(k)] = KeySet(np.load(f))
 
 
 class LocalExecutor(Executor):
@@ -271,9 +272,9 @@ def _exact(stream, run: Run, i: int) -> Iterator:
             continue
         t0 = time.perf_counter()
         keys, ok = _hook(run, i, item)
-        seen = run.seen.get(i, np.zeros(0, np.uint64))
-        first = _first(keys, seen)
-        run.seen[i] = np.union1d(seen, keys[first])
+        seen = run.seen.setdefault(i, KeySet())
+        first = seen.first_new(keys)
+        seen.add(keys[first])
         keep = np.zeros(item.num_rows, dtype=bool)
         keep[ok] = first
         out = filter_table(item, keep)
@@ -284,12 +285,6 @@ def _exact(stream, run: Run, i: int) -> Iterator:
         a.rows_out += out.num_rows
         a.seconds += time.perf_counter() - t0
         yield out
-
-
-def _first(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    from datacopilot.kernels.hashing import first_occurrence
-
-    return first_occurrence(keys, seen=seen)
 
 
 def _hook(run: Run, i: int, table: pa.Table):

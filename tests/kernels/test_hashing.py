@@ -68,3 +68,23 @@ def test_streamed_first_occurrence_equals_whole(values, cut):
     second = first_occurrence(keys[cut:], seen)
     assert np.concatenate([first, second]).tolist() == whole.tolist()
     assert whole.sum() == len(set(values))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 50), max_size=20), max_size=15))
+def test_keyset_matches_a_python_set(batches):
+    from datacopilot.kernels.hashing import KeySet
+
+    ks, ref = KeySet(), set()
+    for b in batches:
+        keys = np.array(b, dtype=np.uint64)
+        got = ks.first_new(keys)
+        want, seen_here = [], set()
+        for k in b:
+            want.append(k not in ref and k not in seen_here)
+            seen_here.add(k)
+        assert got.tolist() == want
+        ks.add(keys[got])
+        ref |= set(b)
+        assert len(ks) == len(ref) and ks.array().tolist() == sorted(ref)
+    assert len(ks.runs) <= max(1, int(np.log2(max(len(ref), 1))) + 2)
