@@ -55,8 +55,7 @@ class ChatServer:
         self._queue: queue.Queue = queue.Queue()
         self._variants: dict = {}
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((host, port), _handler(self))
         self._threads: list[threading.Thread] = []
 
     @property
@@ -159,6 +158,11 @@ class ChatServer:
         return self._variants[params]
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128    # the default listen backlog (5) drops SYNs of a burst of clients: 1 s retransmits
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -250,6 +254,7 @@ def _stops(stop):
 def _handler(server: ChatServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True   # headers and body are separate writes: no 40 ms delayed-ACK stall
 
         def log_message(self, fmt, *args):  # requests are logged at debug level, not on stderr
             log.debug("%s " + fmt, self.address_string(), *args)

@@ -149,7 +149,8 @@ def test_close_answers_nothing_lost_and_frees_the_port(tmp_path):
 
 # -- a real tiny paddle model ----------------------------------------------------------------------------------
 
-WORDS = ["a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "the", "image", "shows", "on", "left", "right", "of"]
+WORDS = ["a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "the", "image", "shows",
+         "on", "left", "right", "of"]
 
 
 @pytest.fixture(scope="module")
