@@ -52,6 +52,7 @@ class ChatServer:
         self.max_wait = float(max_wait)
         self.requests = 0
         self.batches = 0
+        self._count_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._variants: dict = {}
         self._stopping = threading.Event()
@@ -289,7 +290,8 @@ def _handler(server: ChatServer):
                 return self._error(400, str(e))
             if resp.error is not None:
                 return self._error(400, resp.error)
-            server.requests += 1
+            with server._count_lock:
+                server.requests += 1
             self._json(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model") or server.model_name,
