@@ -59,6 +59,22 @@ TEXT_TEMPLATES = (  # for rows without an image
 _SLOTS = {"question": "Q?", "question_bare": "q"}
 
 
+def _with_variants(op, batch: pa.RecordBatch, make) -> pa.Table:
+    """Each row followed by its variant ``make(row, k)`` (``keep_original``) or replaced by it, keeping the
+    row's id; rows ``make`` returns None for stay as they are."""
+    k, rows = batch_rows(op, batch)
+    out = []
+    for row in rows:
+        new = make(row, k)
+        if new is None:
+            out.append(row)
+        elif op.p["keep_original"]:
+            out += [row, new]
+        else:
+            out.append({**new, "id": row.get("id")})
+    return to_table(out, batch)
+
+
 @register
 class RephraseQuestions(ConversationOp, Augmenter):
     """Rephrase user questions with templates: a copy of the row with its questions rephrased is added after it
@@ -120,17 +136,7 @@ class RephraseQuestions(ConversationOp, Augmenter):
         return {**row, k.col: new, "id": with_suffix(row.get("id"), "#rephrased")} if changed else None
 
     def augment(self, batch: pa.RecordBatch) -> pa.Table:
-        k, rows = batch_rows(self, batch)
-        out = []
-        for row in rows:
-            new = self._rephrase(row, k)
-            if new is None:
-                out.append(row)
-            elif self.p["keep_original"]:
-                out += [row, new]
-            else:
-                out.append({**new, "id": row.get("id")})
-        return to_table(out, batch)
+        return _with_variants(self, batch, self._rephrase)
 
 
 @register
@@ -300,14 +306,4 @@ class ShuffleTurns(ConversationOp, Augmenter):
         return {**row, k.col: [dict(t) for t in prefix] + turns, "id": with_suffix(row.get("id"), "#shuffled")}
 
     def augment(self, batch: pa.RecordBatch) -> pa.Table:
-        k, rows = batch_rows(self, batch)
-        out = []
-        for row in rows:
-            new = self._shuffle(row, k)
-            if new is None:
-                out.append(row)
-            elif self.p["keep_original"]:
-                out += [row, new]
-            else:
-                out.append({**new, "id": row.get("id")})
-        return to_table(out, batch)
+        return _with_variants(self, batch, self._shuffle)
