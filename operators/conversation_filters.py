@@ -188,20 +188,20 @@ class FilterRepetition(ConversationOp, Filter):
             raise self.error("set `max_char_ratio` or `max_word_ratio` (both are None)")
 
     def keep(self, batch: pa.RecordBatch):
+        from datacopilot.kernels.ngrams import char_tokens, ngram_repetition, word_tokens
+
         t = turns(self, batch)
-        texts = [[] for _ in range(t.n_rows)]
-        values = t.text.to_pylist()
-        for i in np.flatnonzero(t.select(self.p["role"])):
-            texts[t.row[i]].append(values[i])
+        sel = np.flatnonzero(t.select(self.p["role"]))
+        texts, rows = t.text.take(pa.array(sel, pa.int64())), t.row[sel]  # a row's turns joined by line breaks
         keep = np.ones(t.n_rows, dtype=bool)
         reasons = np.full(t.n_rows, None, dtype=object)
-        for r, parts in enumerate(texts):
-            text = "\n".join(parts)
-            mc, mw = self.p["max_char_ratio"], self.p["max_word_ratio"]
-            if mc is not None and repetition_ratio(text, self.p["char_n"]) > mc:
-                keep[r], reasons[r] = False, f"character {self.p['char_n']}-gram repetition above {mc}"
-            elif mw is not None and repetition_ratio(text.split(), self.p["word_n"]) > mw:
-                keep[r], reasons[r] = False, f"word {self.p['word_n']}-gram repetition above {mw}"
+        mc, mw = self.p["max_char_ratio"], self.p["max_word_ratio"]
+        if mw is not None:
+            bad = ngram_repetition(*word_tokens(texts, rows, t.n_rows), self.p["word_n"]) > mw
+            keep[bad], reasons[bad] = False, f"word {self.p['word_n']}-gram repetition above {mw}"
+        if mc is not None:  # the character reason wins where both hold
+            bad = ngram_repetition(*char_tokens(texts, rows, t.n_rows), self.p["char_n"]) > mc
+            keep[bad], reasons[bad] = False, f"character {self.p['char_n']}-gram repetition above {mc}"
         return keep, reasons
 
 
