@@ -313,12 +313,12 @@ def write_markdown(path: str, results: list[Row], info: dict, cmd: str, seconds:
     lines += ["", "Where the time goes: the operator seconds above are summed over the worker threads (so they add "
               "up to more than the wall time); by share: "
               + ", ".join(f"{op['op']} {100 * op.get('seconds', 0) / total:.0f}%" for op in ranked[:4])
-              + ". `filter_repetition` builds its character 10-gram and word 3-gram sets in Python per row (under "
-              "the GIL, so the two threads barely help it); `clean_whitespace`, `filter_refusals` and the text "
-              "normalization of `dedup_exact` are several RE2 regex passes over every turn. These, not the Arrow "
-              "I/O or the MinHash kernel, hold datacopilot under the 10x target against the per-item way; the Ray "
-              "executor's extra time is its fixed per-run cost (dataset planning, task scheduling, object store "
-              "copies) on a 2-core machine, which is relatively larger the smaller the input."]
+              + ". `filter_repetition` hashes character 10-grams and word 3-grams in a numba kernel (rolling hashes, "
+              "sorted per row, without the GIL); `clean_whitespace`, `filter_refusals` and the text normalization "
+              "of `dedup_exact` are several RE2 regex passes over every turn. The Ray executor's extra time is not "
+              "in the operators: it is Ray Data's per-run cost (planning, task scheduling, object-store copies, the "
+              "dedup barrier through the driver) on a 2-core machine, larger relative to the work the smaller the "
+              "input."]
     py, hf = info["py"], info["hf"]
     lines += ["", f"Stage times of the baselines (s): DataCopilot's way {py['stages']}"
               + (f"; HF datasets {hf['stages']}" if hf else "") + ".", "",
