@@ -73,7 +73,6 @@ def run_batches(
     batch_size: int | None = None,
     desc: str = "map",
     progress: bool | None = None,
-    rows_of: Callable[[Any], int] | None = None,
     stop: Callable[[Any], bool] | None = None,
 ) -> list:
     """Apply ``task`` to every slice of ``table`` and return the results in order.

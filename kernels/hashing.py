@@ -128,11 +128,17 @@ def first_occurrence(keys, seen: np.ndarray | None = None) -> np.ndarray:
         return mask
     _, first = np.unique(keys, return_index=True)
     mask[first] = True
-    if seen is not None and len(seen):
-        pos = np.searchsorted(seen, keys)
-        pos[pos == len(seen)] = 0
-        mask &= seen[pos] != keys
+    if seen is not None:
+        mask &= ~_contains(seen, keys)
     return mask
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """True where a key of ``keys`` is in the sorted array ``sorted_keys``."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
 
 
 class KeySet:
@@ -160,8 +166,7 @@ class KeySet:
         keys = np.asarray(keys, dtype=np.uint64)
         mask = first_occurrence(keys)
         for run in self.runs:
-            pos = np.minimum(np.searchsorted(run, keys), len(run) - 1)
-            mask &= run[pos] != keys
+            mask &= ~_contains(run, keys)
         return mask
 
     def add(self, keys: np.ndarray) -> None:
