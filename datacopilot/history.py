@@ -10,7 +10,8 @@ class OpRecord:
     """One operation's accounting: every row in is kept, dropped (with a reason) or failed (with its error).
 
     ``rows_in == rows_out + sum(dropped.values()) + failed`` holds for filters and row maps; a map that
-    splits or merges rows reports ``rows_out`` as it is.
+    splits or merges rows reports ``rows_out`` as it is. ``counts`` holds an operator's own counters about the
+    rows it kept (a model operator's ``generated`` and ``rejected: <reason>``).
     """
 
     op: str
@@ -19,6 +20,7 @@ class OpRecord:
     dropped: dict = field(default_factory=dict)
     failed: int = 0
     seconds: float = 0.0
+    counts: dict = field(default_factory=dict)
 
     @property
     def n_dropped(self) -> int:
@@ -26,13 +28,14 @@ class OpRecord:
 
     def as_dict(self) -> dict:
         return {"op": self.op, "rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(self.dropped),
-                "failed": self.failed, "seconds": round(self.seconds, 4)}
+                "failed": self.failed, "seconds": round(self.seconds, 4), "counts": dict(self.counts)}
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in self.dropped.items())
         drop = f" dropped {self.n_dropped}" + (f" ({reasons})" if reasons else "") if self.dropped else ""
         fail = f" failed {self.failed}" if self.failed else ""
-        return f"{self.op}: in {self.rows_in} -> out {self.rows_out}{drop}{fail} [{self.seconds:.2f}s]"
+        counts = " (" + ", ".join(f"{k}: {v}" for k, v in self.counts.items()) + ")" if self.counts else ""
+        return f"{self.op}: in {self.rows_in} -> out {self.rows_out}{drop}{fail}{counts} [{self.seconds:.2f}s]"
 
 
 def format_history(records) -> str:

@@ -306,7 +306,8 @@ def read_manifest(out_dir: str) -> dict | None:
 
 
 def records_from(dicts: list[dict]) -> list[OpRecord]:
-    return [OpRecord(d["op"], d["rows_in"], d["rows_out"], d["dropped"], d["failed"], d["seconds"]) for d in dicts]
+    return [OpRecord(d["op"], d["rows_in"], d["rows_out"], d["dropped"], d["failed"], d["seconds"],
+                     d.get("counts", {})) for d in dicts]
 
 
 def make_report(out_dir: str, manifest: dict, records: list[OpRecord], bad: int = 0, show: bool = True) -> dict:

@@ -9,10 +9,10 @@ a registry by name, and the built-in operators (imported lazily by the registry)
 'hi there'
 """
 
-from .base import (Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator, Synthesizer, check_choice,
-                   check_float, check_int, check_order)
+from .base import (Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator, Outcome, Synthesizer,
+                   check_choice, check_float, check_int, check_order)
 from .registry import create, get_operator, list_operators, register, unregister
 
-__all__ = ["Operator", "Mapper", "Filter", "Augmenter", "Synthesizer", "Evaluator", "Deduplicator",
+__all__ = ["Operator", "Mapper", "Filter", "Augmenter", "Synthesizer", "Evaluator", "Deduplicator", "Outcome",
            "check_int", "check_float", "check_choice", "check_order",
            "register", "unregister", "get_operator", "create", "list_operators"]

@@ -18,6 +18,10 @@ Heavy state (models, lookup tables) is built in ``setup()``, which the executor 
 the first batch (:meth:`Operator.ensure_setup` is thread-safe). An operator pickles as its class and its
 parameters, so a worker rebuilds it and runs ``setup()`` itself; a model never travels between processes.
 
+A hook may also return an :class:`Outcome`: its usual result plus counters (a model operator's ``generated``
+and ``rejected: <reason>``, summed into the operator's record) and, for a Filter, columns written for the
+batch's rows (a judge's score kept on the rows that pass).
+
 An entry of ``reads`` may list alternatives separated by ``|`` (``"conversations|messages"``): one of them
 must be present.
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,6 +52,17 @@ import pyarrow as pa
 from datacopilot.errors import MissingDependencyError, OperatorError
 
 KINDS = ("mapper", "filter", "augmenter", "synthesizer", "evaluator", "dedup")
+
+
+@dataclass
+class Outcome:
+    """A hook's result with extras: ``value`` is what the hook returns otherwise (a table, or a Filter's mask or
+    ``(mask, reasons)``); ``counts`` are counters summed into the operator's record; ``columns`` (Filter only)
+    is a table of columns, one row per row of the batch, added to (or replacing columns of) the rows kept."""
+
+    value: Any
+    counts: dict = field(default_factory=dict)
+    columns: pa.Table | None = None
 
 
 def _rebuild(cls: type, params: dict) -> "Operator":
@@ -176,6 +192,11 @@ class Deduplicator(Operator):
 
     kind = "dedup"
     near: ClassVar[bool] = False
+
+    @property
+    def drop_reason(self) -> str:
+        """The reason its dropped rows are counted under."""
+        return f"duplicate ({self.label})"
 
     def keys(self, batch: pa.RecordBatch) -> np.ndarray:
         raise NotImplementedError

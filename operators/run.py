@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +36,14 @@ from datacopilot.rowops import POLICIES, Result, _as_batch
 from datacopilot.schemas import Schema
 from datacopilot.transforms import filter_table
 
-from .base import Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator
+from .base import Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator, Outcome
+
+
+@dataclass
+class OpResult(Result):
+    """A batch's result plus the operator's counters (summed over the rows of a row-by-row retry)."""
+
+    counts: Counter = field(default_factory=Counter)
 
 
 def _failure(row: int, exc: BaseException) -> tuple[int, str, str]:
@@ -50,25 +57,27 @@ class _OpTask:
     op: Operator
     policy: str
 
-    def _hook(self, table: pa.Table):
+    def _hook(self, table: pa.Table, counts: Counter):
         self.op.ensure_setup()
         batch = _as_batch(table)
         if isinstance(self.op, Filter):
-            return self._keep(batch)
+            return self._keep(batch, counts)
         if isinstance(self.op, Mapper):
-            out = _to_table(self.op.map_batch(batch), self.op)
+            out = _to_table(_unwrap(self.op.map_batch(batch), counts), self.op)
             if out.num_rows != batch.num_rows:
                 raise OperatorError(self.op.label, None, f"a mapper must return {batch.num_rows} rows, "
                                                          f"got {out.num_rows}")
             return out
         if isinstance(self.op, Augmenter):
-            return _to_table(self.op.augment(batch), self.op)
+            return _to_table(_unwrap(self.op.augment(batch), counts), self.op)
         if isinstance(self.op, Deduplicator):
             return self.op.signatures(batch) if self.op.near else np.asarray(self.op.keys(batch), dtype=np.uint64)
         raise DataCopilotError(f"{self.op.label}: cannot apply an operator of kind {self.op.kind!r}")
 
-    def _keep(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    def _keep(self, batch: pa.RecordBatch, counts: Counter) -> tuple[np.ndarray, np.ndarray, pa.Table | None]:
         out = self.op.keep(batch)
+        columns = out.columns if isinstance(out, Outcome) else None
+        out = _unwrap(out, counts)
         mask, reasons = out if isinstance(out, tuple) else (out, None)
         if isinstance(mask, (pa.Array, pa.ChunkedArray)):
             mask = mask.to_numpy(zero_copy_only=False)
@@ -80,25 +89,40 @@ class _OpTask:
         if reasons.shape != mask.shape:
             raise OperatorError(self.op.label, None, f"keep() returned {len(mask)} booleans but {len(reasons)} "
                                                      f"reasons")
-        return mask, reasons
+        if columns is not None and columns.num_rows != batch.num_rows:
+            raise OperatorError(self.op.label, None, f"keep() returned columns for {columns.num_rows} rows, "
+                                                     f"expected {batch.num_rows}")
+        return mask, reasons, columns
 
-    def __call__(self, table: pa.Table, offset: int) -> Result:
-        res = Result()
+    def __call__(self, table: pa.Table, offset: int) -> OpResult:
+        res = OpResult()
         try:
-            res.table = self._hook(table)
+            counts: Counter = Counter()
+            res.table = self._hook(table, counts)
+            res.counts = counts
             return res
         except Exception:  # an operator may raise anything: retry row by row to find the rows that fail
             pass
         parts, failures = [], []
         for i in range(table.num_rows):
             try:
-                parts.append((i, self._hook(table.slice(i, 1))))
+                counts = Counter()
+                parts.append((i, self._hook(table.slice(i, 1), counts)))
+                res.counts.update(counts)
             except Exception as e:
                 failures.append(_failure(offset + i, e))
                 if self.policy == "raise":
                     break
         res.table, res.failures = parts, failures
         return res
+
+
+def _unwrap(out, counts: Counter):
+    """A hook's value; an Outcome's counters go into ``counts``."""
+    if isinstance(out, Outcome):
+        counts.update({str(k): int(v) for k, v in out.counts.items() if v})
+        return out.value
+    return out
 
 
 def _to_table(out, op: Operator) -> pa.Table:
@@ -165,7 +189,9 @@ def _apply_one(ds, op: Operator, num_workers, mode, on_error, batch_size, progre
         out, dropped = _dedup_output(table, results, failed_rows, op)
     else:
         out, dropped = _map_output(table, results), {}
-    rec = OpRecord(op.label, table.num_rows, out.num_rows, dropped, len(failures), time.perf_counter() - t0)
+    counts = sum((r.counts for r in results), Counter())
+    rec = OpRecord(op.label, table.num_rows, out.num_rows, dropped, len(failures), time.perf_counter() - t0,
+                   dict(counts))
     return _new_dataset(ds, out, rec, _quarantine(ds, table, failures, op.label, on_error))
 
 
@@ -179,18 +205,32 @@ def _pieces(results: list[Result]):
 
 
 def _filter_output(table, results, failed_rows, op) -> tuple[pa.Table, dict]:
-    masks, reasons = [], []
-    for mask, why in _pieces(results):
-        masks.append(mask)
-        reasons.append(why)
+    out, reasons = filter_pieces(table, list(_pieces(results)), failed_rows, op)
+    return out, dict(Counter(reasons))
+
+
+def filter_pieces(table: pa.Table, pieces: list, failed_rows: np.ndarray, op) -> tuple[pa.Table, list[str]]:
+    """A Filter's output from its ``(mask, reasons, columns)`` pieces over the rows that did not fail: the kept
+    rows (with the columns the filter wrote) and the reason of each dropped row."""
     keep = np.zeros(table.num_rows, dtype=bool)
     why = np.full(table.num_rows, None, dtype=object)
     ok = np.flatnonzero(~failed_rows)
-    if masks:
-        keep[ok] = np.concatenate(masks)
-        why[ok] = np.concatenate(reasons)
-    dropped = Counter(str(w) if w is not None else op.label for w in why[ok][~keep[ok]])
-    return filter_table(table, keep), dict(dropped)
+    if pieces:
+        keep[ok] = np.concatenate([p[0] for p in pieces])
+        why[ok] = np.concatenate([p[1] for p in pieces])
+    reasons = [str(w) if w is not None else op.label for w in why[ok][~keep[ok]]]
+    written = [p[2] for p in pieces if p[2] is not None]
+    if written:
+        if len(written) != len(pieces):
+            raise OperatorError(op.label, None, "keep() returned columns for some batches and not others")
+        cols = pa.concat_tables(written, promote_options="permissive")
+        table = filter_table(table, ~failed_rows)
+        for name in cols.column_names:
+            i = table.schema.get_field_index(name)
+            table = (table.set_column(i, name, cols.column(name)) if i >= 0
+                     else table.append_column(name, cols.column(name)))
+        keep = keep[ok]
+    return filter_table(table, keep), reasons
 
 
 def _dedup_output(table, results, failed_rows, op) -> tuple[pa.Table, dict]:
@@ -207,7 +247,7 @@ def _dedup_output(table, results, failed_rows, op) -> tuple[pa.Table, dict]:
     keep = np.zeros(table.num_rows, dtype=bool)
     keep[ok] = ~drop
     n = int(drop.sum())
-    return filter_table(table, keep), ({f"duplicate ({op.label})": n} if n else {})
+    return filter_table(table, keep), ({op.drop_reason: n} if n else {})
 
 
 def _map_output(table, results) -> pa.Table:

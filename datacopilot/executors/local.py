@@ -49,17 +49,20 @@ class Acc:
     def __init__(self, label: str):
         self.label, self.rows_in, self.rows_out, self.failed, self.seconds = label, 0, 0, 0, 0.0
         self.dropped: Counter = Counter()
+        self.counts: Counter = Counter()
 
     def record(self) -> OpRecord:
-        return OpRecord(self.label, self.rows_in, self.rows_out, dict(self.dropped), self.failed, self.seconds)
+        return OpRecord(self.label, self.rows_in, self.rows_out, dict(self.dropped), self.failed, self.seconds,
+                        dict(self.counts))
 
     def restore(self, d: dict) -> None:
         self.rows_in, self.rows_out, self.failed = d["rows_in"], d["rows_out"], d["failed"]
         self.dropped, self.seconds = Counter(d["dropped"]), d["seconds"]
+        self.counts = Counter(d.get("counts", {}))
 
 
 def step(op, policy: str, table: pa.Table):
-    """One operator over one batch, through ``ds.apply``'s task: (output, dropped, failures, quarantine).
+    """One operator over one batch, through ``ds.apply``'s task: (output, dropped, failures, quarantine, counts).
     ``failures`` holds (row in batch, message, traceback, row id)."""
     from datacopilot.operators.base import Filter
     from datacopilot.operators.run import _filter_output, _map_output, _OpTask
@@ -68,7 +71,7 @@ def step(op, policy: str, table: pa.Table):
     ids = table.column("id") if "id" in table.column_names else None
     failures = [(r, m, tb, ids[r].as_py() if ids is not None else None) for r, m, tb in res.failures]
     if failures and policy == "raise":
-        return None, {}, failures, None
+        return None, {}, failures, None, res.counts
     failed = np.zeros(table.num_rows, dtype=bool)
     failed[[f[0] for f in failures]] = True
     if isinstance(op, Filter):
@@ -80,7 +83,7 @@ def step(op, policy: str, table: pa.Table):
         q = table.take([f[0] for f in failures])
         q = q.append_column("_op", pa.array([op.label] * len(failures), pa.string()))
         q = q.append_column("_error", pa.array([f[1] for f in failures], pa.string()))
-    return out, dropped, failures, q
+    return out, dropped, failures, q, res.counts
 
 
 @dataclass
@@ -94,8 +97,8 @@ class Chain:
         parts = []
         for op in self.ops:
             t0 = time.perf_counter()
-            out, dropped, failures, q = step(op, self.policy, table)
-            parts.append((table.num_rows, out, dropped, failures, q, time.perf_counter() - t0))
+            out, dropped, failures, q, counts = step(op, self.policy, table)
+            parts.append((table.num_rows, out, dropped, failures, q, time.perf_counter() - t0, counts))
             if out is None:
                 break
             table = out
@@ -114,7 +117,7 @@ class Run:
     def account(self, i: int, parts: list) -> pa.Table | None:
         """Fold a chain's per-op parts (ops ``i, i+1, ...``) into the accumulators; the chain's output."""
         out = None
-        for j, (n, out, dropped, failures, q, secs) in enumerate(parts, i):
+        for j, (n, out, dropped, failures, q, secs, counts) in enumerate(parts, i):
             a = self.acc[j]
             if failures and self.policy == "raise":
                 row, msg, tb, row_id = failures[0]
@@ -124,6 +127,7 @@ class Run:
             a.dropped.update(dropped)
             a.failed += len(failures)
             a.seconds += secs
+            a.counts.update(counts)
             if q is not None:
                 self.quarantine.append(q)
         return out
@@ -280,7 +284,7 @@ def _exact(stream, run: Run, i: int) -> Iterator:
         out = filter_table(item, keep)
         n = int((~first).sum())
         if n:
-            a.dropped[f"duplicate ({op.label})"] += n
+            a.dropped[op.drop_reason] += n
         a.rows_in += item.num_rows
         a.rows_out += out.num_rows
         a.seconds += time.perf_counter() - t0
@@ -344,7 +348,7 @@ def _near(stream, run: Run, i: int) -> Iterator:
         drop = np.asarray(op.duplicates(np.concatenate(sigs)), dtype=bool) if sigs else np.zeros(0, bool)
         n = int(drop.sum())
         if n:
-            a.dropped[f"duplicate ({op.label})"] += n
+            a.dropped[op.drop_reason] += n
         if writer is not None:
             reader = pa.ipc.open_file(pa.memory_map(path, "r"))
             start = 0

@@ -229,7 +229,7 @@ def _dedup(ray, ds, op, k: int):
         raise DataCopilotError(f"{op.label}: {len(drop)} keys for {sum(n_live)} rows")
     mark = ray.remote(st.dedup_mark)
     bounds = np.cumsum([0, *n_live])
-    reason = f"duplicate ({op.label})"
+    reason = op.drop_reason
     out = [mark.remote(r, drop[bounds[i]:bounds[i + 1]], k, reason) for i, r in enumerate(refs)]
     return ray.data.from_arrow_refs(out)
 
@@ -237,7 +237,7 @@ def _dedup(ray, ds, op, k: int):
 def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: float):
     """One OpRecord per operator and the quarantined rows, from the event rows of a run and its number of output
     rows; under ``policy="raise"`` the first failure (as ``ds.apply`` would meet it) is raised."""
-    rows_in, dropped, failed, secs = st.tally(ev, len(ops))
+    rows_in, dropped, failed, secs, counts = st.tally(ev, len(ops))
     if policy == "raise" and ev.column(st.ERROR).null_count < ev.num_rows:
         k, row, i = st.first_failure(ev)
         failed_row = st.from_ipc(ev.column(st.PAYLOAD)[i].as_py())
@@ -245,7 +245,7 @@ def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: 
         raise OperatorError(ops[k].label, row, ev.column(st.ERROR)[i].as_py(), ev.column(st.TB)[i].as_py(),
                             row_id=row_id)
     outs = rows_in[1:] + [rows_out]
-    records = [OpRecord(op.label, rows_in[k], outs[k], dict(dropped[k]), failed[k], secs[k])
+    records = [OpRecord(op.label, rows_in[k], outs[k], dict(dropped[k]), failed[k], secs[k], dict(counts[k]))
                for k, op in enumerate(ops)]
     fails = ev.filter(ev.column(st.ERROR).is_valid())
     return records, (_quarantine(fails, ops, root) if policy == "quarantine" else None)

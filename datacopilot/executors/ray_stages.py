@@ -6,7 +6,8 @@ A block holds live rows (the data columns) and *event rows* (only the ``__dc_*``
 * a failure: ``__dc_stage``, ``__dc_error``, ``__dc_tb``, ``__dc_payload`` (the failed row as Arrow IPC bytes,
   for the quarantine) and ``__dc_row`` (its index among the block's rows given to the operator);
 * a count: ``__dc_stage``, ``__dc_n`` = live rows the operator was given in this block, ``__dc_sec`` = time spent,
-  and for a deduplicator ``__dc_payload`` = its keys or signatures of the rows that did not fail, in row order.
+  ``__dc_counts`` = the operator's own counters as JSON (see ``operators.base.Outcome``), and for a deduplicator
+  ``__dc_payload`` = its keys or signatures of the rows that did not fail, in row order.
 
 Each stage passes the event rows of earlier stages through and adds its own, so the driver derives every
 operator's rows in / out / dropped / failed from the final blocks alone. A task that Ray retries produces its
@@ -18,6 +19,7 @@ The operator hooks run through :class:`datacopilot.operators.run._OpTask`, the s
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from collections import Counter
@@ -26,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-STAGE, REASON, ERROR, TB, PAYLOAD, ROW, N, SEC = ("__dc_stage", "__dc_reason", "__dc_error", "__dc_tb",
-                                                  "__dc_payload", "__dc_row", "__dc_n", "__dc_sec")
+STAGE, REASON, ERROR, TB, PAYLOAD, ROW, N, SEC, COUNTS = (
+    "__dc_stage", "__dc_reason", "__dc_error", "__dc_tb", "__dc_payload", "__dc_row", "__dc_n", "__dc_sec",
+    "__dc_counts")
 META = pa.schema([(STAGE, pa.int32()), (REASON, pa.string()), (ERROR, pa.string()), (TB, pa.string()),
-                  (PAYLOAD, pa.binary()), (ROW, pa.int64()), (N, pa.int64()), (SEC, pa.float64())])
+                  (PAYLOAD, pa.binary()), (ROW, pa.int64()), (N, pa.int64()), (SEC, pa.float64()),
+                  (COUNTS, pa.string())])
 
 
 def split(block: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -71,7 +75,7 @@ def from_ipc(data: bytes) -> pa.Table:
 def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
     """Apply operator ``op`` (the ``stage``-th of the plan) to the live rows of ``block``."""
     from datacopilot.operators.base import Deduplicator, Filter
-    from datacopilot.operators.run import _map_output, _OpTask, _pieces
+    from datacopilot.operators.run import _map_output, _OpTask, _pieces, filter_pieces
     from datacopilot.transforms import filter_table
 
     t0 = time.perf_counter()
@@ -81,19 +85,10 @@ def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
     res = _OpTask(op, policy)(live, 0)
     failed = np.zeros(live.num_rows, dtype=bool)
     failed[[f[0] for f in res.failures]] = True
-    ok = np.flatnonzero(~failed)
     new, payload = [], None
     if isinstance(op, Filter):
-        keep = np.zeros(live.num_rows, dtype=bool)
-        why = np.full(live.num_rows, None, dtype=object)
-        pieces = list(_pieces([res]))
-        if pieces:
-            keep[ok] = np.concatenate([m for m, _ in pieces])
-            why[ok] = np.concatenate([w for _, w in pieces])
-        gone = ok[~keep[ok]]
-        reasons = [str(w) if w is not None else op.label for w in why[gone]]
-        new.append(events(stage, len(gone), **{REASON: reasons}))
-        out = filter_table(live, keep)
+        out, reasons = filter_pieces(live, list(_pieces([res])), failed, op)
+        new.append(events(stage, len(reasons), **{REASON: reasons}))
     elif isinstance(op, Deduplicator):
         pieces = list(_pieces([res]))
         payload = pickle.dumps(np.concatenate(pieces) if pieces else None)
@@ -104,7 +99,9 @@ def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
         rows = [f[0] for f in res.failures]
         new.append(events(stage, len(rows), **{ERROR: [f[1] for f in res.failures], TB: [f[2] for f in res.failures],
                                                PAYLOAD: [to_ipc(live.slice(r, 1)) for r in rows], ROW: rows}))
-    new.append(events(stage, 1, **{N: [live.num_rows], SEC: [time.perf_counter() - t0], PAYLOAD: [payload]}))
+    counts = json.dumps(dict(res.counts)) if res.counts else None
+    new.append(events(stage, 1, **{N: [live.num_rows], SEC: [time.perf_counter() - t0], PAYLOAD: [payload],
+                                   COUNTS: [counts]}))
     return join(out, [old, *new])
 
 
@@ -151,18 +148,22 @@ def duplicates(op, parts: list) -> np.ndarray:
     return drop
 
 
-def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int], list[float]]:
-    """Per stage: rows in, drop reasons, failures, seconds, from all event rows."""
+def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int], list[float], list[Counter]]:
+    """Per stage: rows in, drop reasons, failures, seconds, the operator's counters, from all event rows."""
     rows_in, dropped, failed, secs = [0] * n_ops, [Counter() for _ in range(n_ops)], [0] * n_ops, [0.0] * n_ops
-    for s, reason, err, n, sec in zip(*(ev.column(c).to_pylist() for c in (STAGE, REASON, ERROR, N, SEC))):
+    counts = [Counter() for _ in range(n_ops)]
+    cols = (STAGE, REASON, ERROR, N, SEC, COUNTS)
+    for s, reason, err, n, sec, cnt in zip(*(ev.column(c).to_pylist() for c in cols)):
         if err is not None:
             failed[s] += 1
         elif n is not None:
             rows_in[s] += n
             secs[s] += sec or 0.0
+            if cnt:
+                counts[s].update(json.loads(cnt))
         elif reason is not None:
             dropped[s][reason] += 1
-    return rows_in, dropped, failed, secs
+    return rows_in, dropped, failed, secs, counts
 
 
 def first_failure(ev: pa.Table) -> tuple[int, int, int]:
