@@ -111,6 +111,11 @@ class Operator:
         """The parameters this operator was built with (a copy; JSON/YAML-serializable for built-ins)."""
         return dict(self.p)
 
+    def resources(self) -> dict:
+        """What one worker of this operator needs on Ray (``num_cpus``, ``num_gpus``, ``concurrency``); the
+        executor's options fill in the rest and per-operator ``resources`` override it."""
+        return {}
+
     def replace(self, **changes: Any) -> "Operator":
         """A new operator of the same class with some parameters changed (validated again)."""
         return type(self)(**{**self.p, **changes})

@@ -50,8 +50,9 @@ def _ray():
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how operators run: ``address`` of a cluster (None: start or reuse a local Ray), resources of
-    each task or actor, ``concurrency`` (actors per pool for operators with state) and ``resources`` per operator
-    name overriding them (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``)."""
+    each task or actor, ``concurrency`` (actors per pool for operators with state), then what an operator asks
+    for itself (:meth:`Operator.resources`, e.g. a model operator's ``num_gpus``), then ``resources`` per
+    operator name overriding both (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``)."""
 
     address: str | None = None
     num_cpus: float = 1
@@ -65,7 +66,8 @@ class RayOptions:
         if bad:
             raise DataCopilotError(f"resources[{op.name!r}]: unknown key(s) {sorted(bad)}; expected num_cpus, "
                                    f"num_gpus, concurrency")
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "concurrency": self.concurrency, **over}
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "concurrency": self.concurrency,
+                **op.resources(), **over}
 
 
 def stateful(op) -> bool:
