@@ -20,6 +20,7 @@ they were built with one.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from collections import Counter
@@ -173,6 +174,8 @@ def _apply_one(ds, op: Operator, num_workers, mode, on_error, batch_size, progre
         op = op.replace(root=ds.root)
     t0 = time.perf_counter()
     table = ds.to_arrow()
+    if progress is None and getattr(op, "spec", None) is not None:  # a model operator: slow per row
+        progress = sys.stderr.isatty()
     results = run_batches(table, _OpTask(op, on_error), num_workers=num_workers, mode=mode, batch_size=batch_size,
                           desc=op.label, progress=progress,
                           stop=(lambda r: bool(r.failures)) if on_error == "raise" else None)

@@ -74,6 +74,7 @@ def _train(shards_dir: str, out_dir: str, steps: int, seed: int, echo) -> dict:
                     warmup_steps=2, max_steps=steps, seed=seed, image_token_count=image_tokens,
                     image_size=image_size, log_every=max(1, steps // 4), progress=False, num_workers=1)
     result = sft(cfg.check(), echo=lambda line: echo(f"   {line}"))
+    result["tokenizer_dir"] = tok_dir
     first, last = result["history"][0]["loss"], result["history"][-1]["loss"]
     echo(f"   packing: fill rate {result['fill_rate']:.1%} (best-fit decreasing, block-diagonal mask); "
          f"{result['tokens_per_s']:.0f} effective tokens/s (target tokens); loss {first:.3f} -> {last:.3f}")
