@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from datacopilot.errors import OperatorError
 from datacopilot.history import OpRecord
@@ -175,16 +176,25 @@ class LocalExecutor(Executor):
 
     # -- the stream ---------------------------------------------------------------------------------------
     def stream(self, plan, run: Run, skip: set[str] = frozenset()) -> Iterator:
-        """Tables (and End markers) out of the last operator, for every unit not in ``skip``."""
+        """Tables (and End markers) out of the last operator, for every unit not in ``skip``; a progress bar of
+        the input rows taken (rows/s) when ``progress`` is on (by default: when stderr is a terminal)."""
         src = plan.source
         invalid = "raise" if plan.on_error == "raise" else "quarantine"
 
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        bar = tqdm(desc="pipeline", unit="rows", disable=not show, leave=False)
+
         def source():
-            for u, unit in enumerate(src.units()):
-                if unit in skip:
-                    continue
-                yield from src.batches(unit, plan.batch_size, invalid)
-                yield End((u,))
+            try:
+                for u, unit in enumerate(src.units()):
+                    if unit in skip:
+                        continue
+                    for table in src.batches(unit, plan.batch_size, invalid):
+                        yield table
+                        bar.update(table.num_rows)
+                    yield End((u,))
+            finally:
+                bar.close()
 
         stream: Iterator = source()
         i, ops = 0, run.ops
