@@ -11,8 +11,14 @@
     output: {dir: clean/, format: arrow, max_rows_per_shard: 100000}
     executor: {name: local, num_workers: 2}       # optional
 
-Relative paths (source paths, root, output dir) resolve against the spec file's directory; operators are looked
-up in the registry by name, with their parameters checked as in Python.
+Relative paths (source paths, root, output dir, and a model operator's ``model.path``, ``model.tokenizer`` and
+``cache_dir``) resolve against the spec file's directory; operators are looked up in the registry by name, with
+their parameters checked as in Python:
+
+.. code-block:: yaml
+
+    ops:
+      - {name: caption, model: {backend: paddle, path: models/tiny_vlm, max_new_tokens: 32}, cache_dir: cache/}
 
 >>> p = from_spec({"source": "raw/*.jsonl", "ops": [{"name": "filter_turns", "min_turns": 2}]})  # doctest: +SKIP
 """
@@ -60,7 +66,7 @@ def _resolve(path: str, base: str | None) -> str:
     return os.path.join(base, path)
 
 
-def _op(entry, i: int):
+def _op(entry, i: int, base_dir: str | None = None):
     from datacopilot.operators import create
 
     if isinstance(entry, str):
@@ -68,6 +74,14 @@ def _op(entry, i: int):
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise DataCopilotError(f"ops[{i}]: expected an operator name or a mapping with `name`, got {entry!r}")
     params = {k: v for k, v in entry.items() if k != "name"}
+    if isinstance(params.get("model"), dict):  # a model operator: its local paths are relative to the spec
+        model = dict(params["model"])
+        for key in ("path", "tokenizer"):
+            if isinstance(model.get(key), str):
+                model[key] = _resolve(model[key], base_dir)
+        params["model"] = model
+    if isinstance(params.get("cache_dir"), str):
+        params["cache_dir"] = _resolve(params["cache_dir"], base_dir)
     try:
         return create(entry["name"], **params)
     except TypeError as e:
@@ -104,5 +118,5 @@ def from_spec(spec: dict, base_dir: str | None = None):
         executor = {"name": executor}
     p = pipeline(paths, schema=src.get("schema", spec.get("schema")), format=src.get("format"),
                  on_error=spec.get("on_error", "raise"), batch_size=spec.get("batch_size", 1024), root=root)
-    return Pipeline(p.source, [_op(e, i) for i, e in enumerate(ops)], on_error=p.on_error,
+    return Pipeline(p.source, [_op(e, i, base_dir) for i, e in enumerate(ops)], on_error=p.on_error,
                     batch_size=p.batch_size, output=output, executor=dict(executor))

@@ -109,3 +109,27 @@ def test_bad_parameters_are_refused_at_construction(tmp_path):
         create("caption", model={"backend": "openai", "endpoint": "http://127.0.0.1:9/v1"}, to="nowhere")
     with pytest.raises(OperatorError, match="unknown field"):
         create("caption", model={"backend": "openai", "endpoint": "http://127.0.0.1:9/v1"}, prompt="{x}")
+
+
+def test_a_yaml_pipeline_with_a_model_operator_runs_from_its_own_folder(tmp_path, tiny_vlm):
+    import shutil
+
+    import yaml
+
+    from datacopilot.pipeline import Pipeline
+
+    rows = image_rows(tmp_path, 3)
+    dc.MMDataset.from_rows(rows, schema="MM", root=str(tmp_path)).write(str(tmp_path / "data.jsonl"))
+    shutil.copytree(tiny_vlm, tmp_path / "models" / "vlm")
+    spec = {"source": {"paths": ["data.jsonl"], "schema": "MM"},
+            "ops": [{"name": "caption", "model": {"backend": "paddle", "path": "models/vlm", "max_new_tokens": 4},
+                     "cache_dir": "cache"}],
+            "output": {"dir": "out"}}
+    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump(spec))
+    pipe = Pipeline.from_yaml(str(tmp_path / "pipe.yaml"))
+    assert pipe.ops[0].p["model"]["path"] == str(tmp_path / "models" / "vlm")
+    assert pipe.ops[0].p["cache_dir"] == str(tmp_path / "cache")
+    report = pipe.write(progress=False)
+    assert report["rows"] == 3 and sum(report["ops"][0]["counts"].values()) == 3
+    again = Pipeline.from_spec(pipe.to_spec())                 # the spec round-trips with the model as data
+    assert again.ops[0].params() == pipe.ops[0].params()
