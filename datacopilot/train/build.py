@@ -90,6 +90,45 @@ def _apply_lora(lm, cfg):
     return wrapped
 
 
+def merged_model(model, cfg):
+    """A plain copy of a LoRA-trained model, adapters folded into the weights (``W + A @ B * scaling``): the base
+    model is loaded again from ``cfg.model`` and given the trained weights, so the copy loads without peft
+    (``load_causal_lm`` / ``load_vlm``) and computes what the adapted model computes."""
+    if cfg.model_type == "vlm":
+        from datacopilot.models.vlm import load_vlm
+
+        base = load_vlm(cfg.model)
+        for name in ("vision", "projector"):
+            _load(getattr(base, name), getattr(model, name).state_dict(), cfg)
+        _load(base.lm, _merged_state(model.lm), cfg)
+    else:
+        from datacopilot.models.lm import load_causal_lm
+
+        base = load_causal_lm(cfg.model)
+        _load(base, _merged_state(model), cfg)
+    base.eval()
+    return base
+
+
+def _merged_state(wrapped) -> dict:
+    import paddle
+
+    inner = wrapped.model
+    state = {k: v for k, v in inner.state_dict().items() if "lora_" not in k}
+    with paddle.no_grad():
+        for name, layer in inner.named_sublayers():
+            if hasattr(layer, "lora_A") and hasattr(layer, "lora_B") and not getattr(layer, "merged", False):
+                state[f"{name}.weight"] = layer.weight + layer.lora_A @ layer.lora_B * layer.scaling
+    return state
+
+
+def _load(layer, state: dict, cfg) -> None:
+    missing = sorted(set(layer.state_dict()) - set(state))
+    if missing:
+        raise ModelError(f"{cfg.model}: merging lora: the trained model lacks weights {missing[:3]}")
+    layer.set_state_dict(state)
+
+
 def _layer_names(model) -> list[str]:
     return [n for n, _ in model.named_sublayers() if n.endswith("proj")]
 

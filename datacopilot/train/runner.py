@@ -121,9 +121,16 @@ class _Run:
         cfg = self.cfg
         out = cfg.output_dir
         checkpoint = self.save(history)
-        final = os.path.join(out, "final")
-        self.model.save_pretrained(final)
-        if cfg.model_type == "lm" and not cfg.lora:
+        final, adapter = os.path.join(out, "final"), None
+        if cfg.lora:  # the adapter on its own, and the model with it merged (loads without peft)
+            from .build import merged_model
+
+            adapter = os.path.join(out, "lora")
+            (self.model.lm if cfg.model_type == "vlm" else self.model).save_pretrained(adapter)
+            merged_model(self.model, cfg).save_pretrained(final)
+        else:
+            self.model.save_pretrained(final)
+        if cfg.model_type == "lm":
             tokenizer.save_pretrained(final)
         curve = save_loss_curve(history, os.path.join(out, "loss.png"),
                                 title=f"sft loss ({cfg.model_type}, {'lora' if cfg.lora else 'full'})")
@@ -132,7 +139,8 @@ class _Run:
         seconds = sum(h["seconds"] for h in timed)
         result = {
             "loss": history[-1]["loss"] if history else float("nan"), "steps": len(history), "history": history,
-            "output_dir": out, "checkpoint": checkpoint, "model_dir": final, "loss_curve": curve,
+            "output_dir": out, "checkpoint": checkpoint, "model_dir": final, "adapter_dir": adapter,
+            "loss_curve": curve,
             "tokens_per_s": tokens / seconds if seconds else float("nan"),
             "fill_rate": self.data.fill_rate(0), "samples": samples, "device": device,
             "dropped": self.data.dropped, "truncated": self.data.truncated,

@@ -94,7 +94,39 @@ def test_lora_changes_only_lora_parameters(env, tmp_path):
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed and changed <= set(lora_keys)
     assert any("lora_B" in k for k in changed)  # B starts at zero, so a change shows the adapters learnt
-    assert os.path.isfile(os.path.join(res["model_dir"], "lora_config.json"))
+    assert os.path.isfile(os.path.join(res["adapter_dir"], "lora_config.json"))
+
+
+@pytest.mark.parametrize("kind", ["lm", "vlm"])
+def test_lora_final_model_is_merged_and_loads_without_peft(env, tmp_path, kind):
+    import paddle
+
+    from datacopilot.models.lm import lm_logits, load_causal_lm
+    from datacopilot.models.vlm import load_vlm
+    from datacopilot.train.build import load_model
+    from datacopilot.train.checkpoint import latest_checkpoint
+
+    over = {"max_steps": 3, "lr": 2e-2, "lora": {"r": 4, "alpha": 8}}
+    if kind == "vlm":
+        over.update(model=env["vlm"], model_type="vlm", image_token_count=8, image_size=16)
+    cfg = config(env, str(tmp_path / kind), **over)
+    res = sft(cfg, echo=_quiet)
+    adapted = load_model(SFTConfig.from_dict(cfg))          # the LoRA model with the trained weights
+    paddle.nn.Layer.set_state_dict(adapted, paddle.load(os.path.join(latest_checkpoint(res["output_dir"]),
+                                                                     "model.pdparams")))
+    merged = (load_vlm if kind == "vlm" else load_causal_lm)(res["model_dir"])   # no peft involved
+    base = (load_vlm if kind == "vlm" else load_causal_lm)(env[kind])
+    ids = paddle.to_tensor([[3, 17, 42, 5, 99, 8, 23]])
+
+    def logits(m):
+        m.eval()
+        return lm_logits(m.lm if kind == "vlm" else m, input_ids=ids).numpy()
+
+    np.testing.assert_allclose(logits(merged), logits(adapted), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(logits(merged), logits(base), atol=1e-4)    # the adapters' training is in the weights
+    if kind == "vlm":
+        for k, v in adapted.vision.state_dict().items():
+            np.testing.assert_array_equal(merged.vision.state_dict()[k].numpy(), v.numpy())
 
 
 @pytest.mark.parametrize("key, value, message", [
