@@ -1,4 +1,4 @@
-"""Packing benchmark: fill rate and speed of best-fit decreasing against the InTokens/MixToken baseline.
+"""Packing benchmark: fill rate and speed of exact-fit and best-fit decreasing against the InTokens/MixToken baseline.
 
 Two synthetic length distributions, 1,000,000 samples each (seeded):
 
@@ -10,9 +10,11 @@ Two synthetic length distributions, 1,000,000 samples each (seeded):
 
 Measured side by side on the same lengths:
 
-1. fill rate = real tokens / (rows * row length) for best-fit decreasing (``pack()``, the default), the bounded
-   stream (``strategy="stream"``, window 4096), first fit in input order (``strategy="first_fit"``, the
-   InTokens/MixToken rule) and no packing: batches of 8 in input order, each padded to its longest sample;
+1. fill rate = real tokens / (rows * row length) for exact-fit decreasing (``pack()``, the default), best-fit
+   decreasing (``strategy="bfd"``), the bounded stream (``strategy="stream"``, window 4096), first fit in input
+   order (``strategy="first_fit"``, the InTokens/MixToken rule) and no packing: batches of 8 in input order, each
+   padded to its longest sample; next to them the volume bound sum / (ceil(sum / L) * L), which no packing can
+   beat (L = row length, sum = tokens after truncation);
 2. packing speed in samples/s on the 1,000,000 lengths (best of ``--repeat``), with the numba JIT compile time of
    a cold cache (a fresh process with an empty ``NUMBA_CACHE_DIR``) and the first-call time of this process (its
    on-disk cache load) reported apart;
@@ -45,6 +47,8 @@ DISTRIBUTIONS = {
 }
 TARGET_FILL = 0.98
 TARGET_SPEED = 1_000_000
+DEFAULT = "exact_fit"
+STRATEGIES = ("exact_fit", "bfd", "stream", "first_fit")
 
 
 def lengths_for(name: str, n: int, seed: int) -> np.ndarray:
@@ -78,7 +82,8 @@ COLD = """
 import time, numpy as np
 t = time.perf_counter()
 from datacopilot.kernels import pack
-pack(np.array([5, 3, 2, 4]), 7); pack(np.array([5, 3]), 7, strategy="first_fit")
+pack(np.array([5, 3, 2, 4]), 7); pack(np.array([5, 3, 2, 4]), 7, strategy="bfd")
+pack(np.array([5, 3]), 7, strategy="first_fit")
 print(time.perf_counter() - t)
 """
 
@@ -97,6 +102,7 @@ def run(args) -> list[str]:
     load_start = os.getloadavg()[0]
     t = time.perf_counter()
     pack(np.array([5, 3, 2, 4]), 7)
+    pack(np.array([5, 3, 2, 4]), 7, strategy="bfd")
     pack(np.array([5, 3]), 7, strategy="first_fit")
     first_call = time.perf_counter() - t
     cold = cold_compile_seconds()
@@ -105,28 +111,34 @@ def run(args) -> list[str]:
     for name, (label, max_length) in DISTRIBUTIONS.items():
         lengths = lengths_for(name, args.n, args.seed)
         plans, secs = {}, {}
-        for strategy in ("bfd", "stream", "first_fit"):
+        for strategy in STRATEGIES:
             plans[strategy] = pack(lengths, max_length, strategy=strategy)
-            secs[strategy] = best_time(lambda: pack(lengths, max_length, strategy=strategy), args.repeat)
-        bfd, ff = plans["bfd"], plans["first_fit"]
+            secs[strategy] = best_time(lambda s=strategy, x=lengths, m=max_length: pack(x, m, strategy=s),
+                                       args.repeat)
+        ours, bfd, ff = plans[DEFAULT], plans["bfd"], plans["first_fit"]
         pad = padded_batches_fill(lengths, max_length)
-        s = bfd.stats()
+        bound = volume_bound(lengths, max_length)
         fill_rows.append(
-            f"| {name} | {max_length} | {bfd.fill_rate:.2%} | {plans['stream'].fill_rate:.2%} | {ff.fill_rate:.2%} "
-            f"| {pad:.2%} | {bfd.fill_rate / ff.fill_rate:.2f}x | {bfd.fill_rate / pad:.2f}x "
-            f"| {'pass' if bfd.fill_rate >= TARGET_FILL else 'FAIL'} |")
+            f"| {name} | {max_length} | {ours.fill_rate:.2%} | {bfd.fill_rate:.2%} | {plans['stream'].fill_rate:.2%} "
+            f"| {ff.fill_rate:.2%} | {pad:.2%} | {bound:.2%} | {ours.fill_rate / bfd.fill_rate:.3f}x "
+            f"| {ours.fill_rate / ff.fill_rate:.2f}x | {ours.fill_rate / pad:.2f}x "
+            f"| {'pass' if ours.fill_rate >= TARGET_FILL else 'FAIL'} |")
+        s, b = ours.stats(), bfd.stats()
         notes.append(f"- `{name}`: {label}; mean {lengths.mean():.0f} tokens, median {np.median(lengths):.0f}, "
                      f"max {lengths.max()}; {s['truncated']:,} samples over {max_length} truncated "
-                     f"({s['truncated_tokens']:,} tokens cut, {s['truncated_tokens'] / lengths.sum():.3%}); "
-                     f"BFD: {s['packs']:,} packs, {s['samples_per_pack']:.2f} samples per pack; "
-                     f"first fit: {ff.n_packs:,} packs ({ff.n_packs / bfd.n_packs - 1:+.1%}).")
+                     f"({s['truncated_tokens']:,} tokens cut, {s['truncated_tokens'] / lengths.sum():.3%}). "
+                     f"Packs: volume bound {-(-s['tokens'] // max_length):,}; exact fit {s['packs']:,} "
+                     f"({s['samples_per_pack']:.2f} samples per pack); best-fit decreasing {b['packs']:,} "
+                     f"({b['packs'] / s['packs'] - 1:+.1%}); first fit {ff.n_packs:,} "
+                     f"({ff.n_packs / s['packs'] - 1:+.1%}).")
+        notes.append("  " + waste_shape(ours, "exact fit", max_length))
         if bfd.fill_rate < TARGET_FILL:
-            notes.append(_why_not_full(pack, lengths, bfd, max_length))
-        for strategy in ("bfd", "stream", "first_fit"):
+            notes.append("  " + waste_shape(bfd, "best-fit decreasing", max_length) + BFD_WHY)
+        for strategy in STRATEGIES:
             rate = args.n / secs[strategy]
             ok = "pass" if rate >= TARGET_SPEED else "FAIL"
             speed_rows.append(f"| {name} | {strategy} | {secs[strategy] * 1000:.0f} ms | {rate / 1e6:.2f} M/s "
-                              f"| {ok if strategy == 'bfd' else '-'} |")
+                              f"| {ok if strategy == DEFAULT else '-'} |")
         print(fill_rows[-1], flush=True)
 
     lines = [
@@ -135,36 +147,46 @@ def run(args) -> list[str]:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}  ",
         f"Versions: Python {platform.python_version()}, numpy {np.__version__}, numba {_numba_version()}  ",
-        f"Load average at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine "
-        "slows the timings)  ",
+        (f"Load average at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine "
+         "slows the timings)  "),
         f"Samples per distribution: {args.n:,} (seed {args.seed}); timings are the best of {args.repeat}.", "",
         "## Fill rate (real tokens / (rows x row length))", "",
-        "| lengths | max_length | best-fit decreasing | stream (window 4096) | first fit in input order (InTokens/MixToken) "
-        "| padded batches of 8 | BFD / first fit | BFD / padded | BFD >= 98% |",
-        "|---|---|---|---|---|---|---|---|---|",
+        ("| lengths | max_length | exact fit (default) | best-fit decreasing | stream (window 4096) "
+         "| first fit in input order (InTokens/MixToken) | padded batches of 8 | volume bound | exact / BFD "
+         "| exact / first fit | exact / padded | exact >= 98% |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *fill_rows, "",
         *notes, "",
         "## Packing speed (1 core, numba)", "",
-        "| lengths | strategy | time | samples/s | >= 1 M/s |", "|---|---|---|---|---|",
+        "| lengths | strategy | time | samples/s | >= 1 M/s (default) |", "|---|---|---|---|---|",
         *speed_rows, "",
-        f"JIT compile on a cold cache (fresh process, empty `NUMBA_CACHE_DIR`, import included): {cold:.2f} s. "
-        f"First call in a warm process (loads the on-disk cache): {first_call * 1000:.0f} ms. "
-        "Neither is in the timings above.", "",
+        (f"JIT compile on a cold cache (fresh process, empty `NUMBA_CACHE_DIR`, import included): {cold:.2f} s. "
+         f"First call in a warm process (loads the on-disk cache): {first_call * 1000:.0f} ms. "
+         "Neither is in the timings above."), "",
     ]
     return lines
 
 
-def _why_not_full(pack, lengths, plan, max_length: int) -> str:
-    """The shape of the waste when best-fit misses the fill target: how many samples share a pack, what is left."""
+def volume_bound(lengths: np.ndarray, max_length: int) -> float:
+    """The best fill any packing can reach: tokens / (ceil(tokens / L) * L), tokens counted after truncation."""
+    tokens = int(np.minimum(lengths, max_length).sum())
+    return tokens / (-(-tokens // max_length) * max_length)
+
+
+BFD_WHY = (" Image samples (576 + text tokens) fit only 2-3 to a pack; best-fit decreasing places them longest first "
+           "and the room two of them leave is then smaller than any image sample, so only the 10% text-only "
+           "samples can fill it. Exact fit instead chooses the samples that close each pack exactly.")
+
+
+def waste_shape(plan, label: str, max_length: int) -> str:
+    """Where a plan's padding is: packs by number of samples, and the mean room each kind leaves."""
     sizes = np.diff(plan.pack_offsets)
     room = max_length - plan.pack_lengths()
-    parts = [f"{(sizes == k).sum():,} packs of {k} (mean room left {room[sizes == k].mean():.0f})"
+    parts = [f"{(sizes == k).sum():,} of {k} (mean room left {room[sizes == k].mean():.0f})"
              for k in range(1, 5) if (sizes == k).any()]
-    wider = pack(lengths, 2 * max_length).fill_rate
-    return (f"  Why below {TARGET_FILL:.0%}: {'; '.join(parts)}. Image samples (576 + text tokens) fit only 2-3 to a "
-            f"pack; the room two of them leave is smaller than any image sample, so only text-only samples can "
-            f"fill it. How much an optimal packing of these lengths would gain over best-fit decreasing was not "
-            f"measured. The same lengths in packs of {2 * max_length} fill {wider:.2%}.")
+    if (sizes > 4).any():
+        parts.append(f"{(sizes > 4).sum():,} of 5 or more (mean room left {room[sizes > 4].mean():.0f})")
+    return f"{label}: packs {'; '.join(parts)}; {(room == 0).mean():.1%} of packs exactly full."
 
 
 def _numba_version() -> str:

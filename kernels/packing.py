@@ -1,11 +1,16 @@
 """Bin packing of token lengths into fixed-length packs (MixToken without cross-sample contamination).
 
 ``pack(lengths, max_length)`` decides which samples share a pack; the collator then concatenates them and
-:mod:`datacopilot.kernels.masks` builds the block-diagonal mask and per-segment positions. Three strategies:
+:mod:`datacopilot.kernels.masks` builds the block-diagonal mask and per-segment positions. Four strategies:
 
-- ``"bfd"`` (default): best-fit decreasing. Samples are taken longest first (a counting sort, since lengths
+- ``"exact_fit"`` (default): exact-fit decreasing (:mod:`datacopilot.kernels._exact`). The longest remaining
+  sample opens a pack and the room it leaves is closed exactly by one, two or three samples whenever the
+  remaining lengths allow it (searched on a count histogram of the lengths), else the longest sample that fits
+  goes in and the search repeats. Where samples fit only 2-3 to a pack (LLaVA-like: 576 image tokens + text,
+  packs of 2048) it fills about 99% against 93.6% for best-fit decreasing, and it is faster (near O(n)).
+- ``"bfd"``: best-fit decreasing. Samples are taken longest first (a counting sort, since lengths
   are integers <= ``max_length``) and each goes into the open pack with the least room that still fits it
-  (a segment tree over remaining capacities). O(n log max_length); about 98-99% fill on SFT length mixes.
+  (a segment tree over remaining capacities). O(n log max_length); about 98-99% fill on text-only SFT mixes.
 - ``"first_fit"``: the PaddleNLP InTokens / PaddleMIX MixToken baseline, kept faithful to it: samples in input
   order, a single open pack; a sample joins it if it still fits, otherwise the pack is closed and a new one is
   opened with that sample (packs never reopen, so in bin-packing terms this is next-fit).
@@ -25,10 +30,15 @@ import numpy as np
 
 from datacopilot.errors import InputError
 
-from . import _jit
+from . import _exact, _jit
 
-STRATEGIES = ("bfd", "first_fit", "stream")
+STRATEGIES = ("exact_fit", "bfd", "first_fit", "stream")
 OVERLONG = ("truncate", "drop")
+# exact_fit search limits: lengths tried per pair search, and third samples tried per triple search; they bound
+# the worst case at O(n * 5 * 128) steps. On the LLaVA-like benchmark lengths (1M samples) any max_scan >= 64 with
+# tries 4 (or 32) gives the same 99.25% fill; max_scan 16 with tries 2 gives 98.87%.
+EXACT_MAX_SCAN = 128
+EXACT_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class PackPlan:
     max_length: int
     truncated_tokens: int = 0  # tokens cut off by truncation
     dropped_tokens: int = 0  # tokens of dropped samples
-    strategy: str = field(default="bfd")
+    strategy: str = field(default="exact_fit")
 
     @property
     def n_packs(self) -> int:
@@ -137,19 +147,20 @@ def apply_overlong(lengths: np.ndarray, max_length: int, overlong: str):
     return keep, lengths[keep], none, over, 0, int(lengths[over].sum())
 
 
-def pack(lengths, max_length: int, strategy: str = "bfd", window: int = 4096, overlong: str = "truncate",
+def pack(lengths, max_length: int, strategy: str = "exact_fit", window: int = 4096, overlong: str = "truncate",
          seed: int | None = None) -> PackPlan:
     """Assign samples with the given token ``lengths`` to packs of at most ``max_length`` tokens.
 
     Parameters:
         lengths: positive integer token counts (image tokens included), one per sample.
         max_length: capacity of a pack.
-        strategy: ``"bfd"`` (best-fit decreasing), ``"first_fit"`` (input order, the InTokens/MixToken
-            baseline) or ``"stream"`` (best-fit decreasing within ``window`` pending samples).
+        strategy: ``"exact_fit"`` (exact-fit decreasing, the tightest), ``"bfd"`` (best-fit decreasing),
+            ``"first_fit"`` (input order, the InTokens/MixToken baseline) or ``"stream"`` (best-fit decreasing
+            within ``window`` pending samples).
         window: pending samples the ``"stream"`` strategy may hold.
         overlong: ``"truncate"`` or ``"drop"`` for samples longer than ``max_length``.
-        seed: if given, the packs come back in a random order drawn from it (best-fit decreasing opens the
-            packs of the longest samples first, so without a shuffle the pack order follows sample length).
+        seed: if given, the packs come back in a random order drawn from it (exact-fit and best-fit decreasing
+            open the packs of the longest samples first, so without a shuffle the pack order follows length).
 
     Returns:
         a :class:`PackPlan`; every input index is in exactly one pack or in ``plan.dropped``.
@@ -172,6 +183,9 @@ def pack(lengths, max_length: int, strategy: str = "bfd", window: int = 4096, ov
         offsets = np.zeros(len(groups) + 1, np.int64)
         np.cumsum([len(g) for g in groups], out=offsets[1:])
         sample_ids = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    elif strategy == "exact_fit":
+        offsets, local = _exact.exact_fit(lens, max_length, EXACT_MAX_SCAN, EXACT_TRIES)
+        sample_ids = ids[local]
     else:
         if strategy == "bfd":
             order = _jit.sort_desc(lens, max_length)

@@ -1,4 +1,6 @@
-"""pack(): capacity, accounting, fill rate, overlong policies, input checks, and BFD against the baseline."""
+"""pack(): capacity, accounting, fill rate, overlong policies, input checks, and BFD against the baseline.
+
+The exact-fit strategy (the default) has its own tests in test_packing_exact.py."""
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.kernels import pack
 
 lengths_st = st.lists(st.integers(1, 300), min_size=0, max_size=300)
-strategy_st = st.sampled_from(["bfd", "first_fit", "stream"])
+strategy_st = st.sampled_from(["exact_fit", "bfd", "first_fit", "stream"])
 
 
 def check_plan(plan, lengths, max_length):
@@ -44,8 +46,9 @@ def test_pack_invariants(lengths, max_length, strategy, overlong, window, seed):
     assert stats["tokens"] + stats["truncated_tokens"] + stats["dropped_tokens"] == sum(lengths)
 
 
-def test_examples_by_hand():
-    plan = pack([5, 3, 2, 4], 7)
+@pytest.mark.parametrize("strategy", ["exact_fit", "bfd"])
+def test_examples_by_hand(strategy):
+    plan = pack([5, 3, 2, 4], 7, strategy=strategy)
     assert [p.tolist() for p in plan.packs()] == [[0, 2], [3, 1]]
     assert plan.fill_rate == 1.0
     assert plan.seq_lens(1) == [4, 3]
@@ -73,8 +76,10 @@ def test_first_fit_matches_intokens_rule():
 
 def test_best_fit_places_into_tightest_pack():
     # 6 opens A (room 4), 5 opens B (room 5); 4 goes to A (tightest that fits), 3 goes to B, 2 to B
-    plan = pack([6, 5, 4, 3, 2], 10)
+    plan = pack([6, 5, 4, 3, 2], 10, strategy="bfd")
     assert [p.tolist() for p in plan.packs()] == [[0, 2], [1, 3, 4]]
+    # the same lengths in other orders give the same packs: lengths are taken longest first
+    assert sorted(map(sorted, pack([2, 3, 6, 4, 5], 10, strategy="bfd").packs())) == [[0, 1, 4], [2, 3]]
 
 
 def test_bfd_fills_at_least_as_well_as_first_fit_in_aggregate():
@@ -82,7 +87,7 @@ def test_bfd_fills_at_least_as_well_as_first_fit_in_aggregate():
     bfd_packs = ff_packs = 0
     for _ in range(30):
         lengths = rng.integers(1, 1024, rng.integers(50, 500))
-        bfd_packs += pack(lengths, 1024).n_packs
+        bfd_packs += pack(lengths, 1024, strategy="bfd").n_packs
         ff_packs += pack(lengths, 1024, strategy="first_fit").n_packs
     assert bfd_packs < ff_packs
 
@@ -134,3 +139,10 @@ def test_bad_input_is_named(lengths, max_length, kwargs, message):
 
 def test_integral_floats_are_accepted():
     assert pack(np.array([3.0, 4.0]), 8).n_packs == 1
+
+
+def test_default_strategy_is_exact_fit():
+    lengths = np.random.default_rng(4).integers(1, 700, 500)
+    plan = pack(lengths, 1024)
+    assert plan.strategy == "exact_fit"
+    assert [p.tolist() for p in plan.packs()] == [p.tolist() for p in pack(lengths, 1024, strategy="exact_fit").packs()]
