@@ -27,6 +27,12 @@ How a batch is generated:
   ends when every row has finished.
 - A request that cannot be run (a bad image, images sent to a text-only LM, a prompt longer than the model's
   positions) gets a Response with ``finish_reason="error"`` and the message; the other requests still run.
+
+How a batch is scored (:meth:`PaddleBackend.loglikelihood`, no generation): each prompt goes through the same
+chat template, open assistant turn and image path as in generation; the target text's tokens are appended (encoded
+on their own, as the template encodes a message's content), the rows are left-padded and sorted by length as
+above, and one forward pass per batch gives every target token's log-probability (position ``t`` predicts token
+``t + 1``). A target's score is the mean over its tokens; the closing ``<|end|>`` is not scored.
 """
 
 from __future__ import annotations
@@ -45,16 +51,18 @@ from . import Backend, ModelSpec, Request, Response
 
 
 class _Prepared:
-    __slots__ = ("index", "ids", "offsets", "pixels", "seed")
+    __slots__ = ("index", "ids", "offsets", "pixels", "seed", "target")
 
-    def __init__(self, index, ids, offsets, pixels, seed):
+    def __init__(self, index, ids, offsets, pixels, seed, target=()):
         self.index, self.ids, self.offsets, self.pixels, self.seed = index, ids, offsets, pixels, seed
+        self.target = list(target)  # token ids scored after the prompt (loglikelihood only)
 
 
 class PaddleBackend(Backend):
     """Generate with a local PaddleNLP causal LM (``path/config.json``) or TinyVLM (``path/vlm_config.json``).
 
-    ``model_calls`` counts forward passes (prefill and decode steps); ``batches`` counts generated batches.
+    ``model_calls`` counts forward passes (prefill and decode steps, scoring passes); ``batches`` counts batches
+    (generated or scored).
 
     Example::
 
@@ -117,8 +125,59 @@ class PaddleBackend(Backend):
                     out[p.index] = resp
         return out  # type: ignore[return-value]
 
+    def loglikelihood(self, requests: list[Request], targets: list[str]) -> list:
+        """The mean log-probability per token of ``targets[i]`` as the assistant's answer to ``requests[i]``.
+
+        The prompt is built as for :meth:`generate` (chat template, open assistant turn, images; a request ending
+        with an assistant message has the target continue it), the target's tokens follow it, and requests are
+        batched by length in groups of ``spec.batch_size``: one forward pass per batch, no generation. The
+        target's closing ``<|end|>`` is not scored. Returns one float (<= 0) per request, in order; a request
+        that cannot be scored (an empty target or one holding ``<image>``, a bad image, images sent to a
+        text-only LM, too long for the model's positions) holds an :class:`InputError` naming it instead, and the
+        others are still scored.
+
+        Example::
+
+            >>> req = Request([{"role": "user", "content": "<image>"}], images=(png,))           # doctest: +SKIP
+            >>> backend.loglikelihood([req, req], ["a red square", "a blue square"])            # doctest: +SKIP
+            [-1.02, -3.47]
+        """
+        from datacopilot.schemas import IMAGE_TOKEN
+
+        if not isinstance(requests, (list, tuple)) or not isinstance(targets, (list, tuple)):
+            raise InputError(f"loglikelihood: `requests` and `targets` must be lists, got "
+                             f"{type(requests).__name__} and {type(targets).__name__}")
+        if len(requests) != len(targets):
+            raise InputError(f"loglikelihood: {len(requests)} requests but {len(targets)} targets")
+        out: list = [None] * len(requests)
+        ready = []
+        for i, (req, text) in enumerate(zip(requests, targets)):
+            try:
+                if not isinstance(text, str):
+                    raise InputError(f"targets[{i}]: expected a string, got {text!r}")
+                if IMAGE_TOKEN in text:
+                    raise InputError(f"targets[{i}]: a target cannot hold the {IMAGE_TOKEN!r} placeholder")
+                ids = self.template.encode_text(text)
+                if not ids:
+                    raise InputError(f"targets[{i}]: empty target {text!r}: nothing to score")
+                p = self._prepare(i, req, reserve=len(ids))
+                p.target = list(ids)
+                ready.append(p)
+            except (InputError, ModelError, OSError, ValueError) as e:
+                out[i] = InputError(f"request {i}: {e}")
+        ready.sort(key=lambda p: len(p.ids) + len(p.target))
+        size = self.spec.batch_size
+        with self._lock, _contiguous_kernels(self.paddle):
+            for start in range(0, len(ready), size):
+                chunk = ready[start:start + size]
+                for p, score in zip(chunk, self._score_batch(chunk)):
+                    out[p.index] = score
+        return out
+
     # -- one request -> token ids, image offsets, pixels, seed ----------------------------------------
-    def _prepare(self, index: int, req: Request) -> _Prepared:
+    def _prepare(self, index: int, req: Request, reserve: int | None = None) -> _Prepared:
+        """Token ids, image offsets and pixels of ``req``'s prompt; ``reserve`` positions must stay free after it
+        (``max_new_tokens`` when generating, the target's length when scoring)."""
         if not isinstance(req, Request):
             raise InputError(f"expected a Request, got {type(req).__name__}")
         if req.images and not self.is_vlm:
@@ -131,9 +190,10 @@ class PaddleBackend(Backend):
             ids = ids[:len(ids) - len(end)]          # continue the open assistant message
         else:
             ids += self.template.markers["assistant"]
-        if len(ids) + self.spec.max_new_tokens > self.max_positions:
-            raise InputError(f"prompt of {len(ids)} tokens + max_new_tokens {self.spec.max_new_tokens} exceeds the "
-                             f"model's {self.max_positions} positions")
+        what = f"max_new_tokens {self.spec.max_new_tokens}" if reserve is None else f"a target of {reserve} tokens"
+        if len(ids) + (self.spec.max_new_tokens if reserve is None else reserve) > self.max_positions:
+            raise InputError(f"prompt of {len(ids)} tokens + {what} exceeds the model's {self.max_positions} "
+                             f"positions")
         pixels = [self._pixels(b, k) for k, b in enumerate(req.images)]
         return _Prepared(index, ids, list(enc["image_offsets"]), pixels, self._seed(req))
 
@@ -181,7 +241,7 @@ class PaddleBackend(Backend):
             kwargs = dict(position_ids=paddle.to_tensor(positions),
                           attention_mask=paddle.to_tensor(mask[:, None]), use_cache=True, return_dict=True)
             if self.is_vlm and any(p.pixels for p in items):
-                kwargs["inputs_embeds"] = self._embed(ids, items, length)
+                kwargs["inputs_embeds"] = self._embed(ids, items, [length - len(p.ids) for p in items])
             else:
                 kwargs["input_ids"] = paddle.to_tensor(ids)
             out = self.lm(**kwargs)
@@ -228,11 +288,43 @@ class PaddleBackend(Backend):
                                              "completion_tokens": len(generated[r])}))
         return responses
 
-    def _embed(self, ids: np.ndarray, items: list[_Prepared], length: int):
+    def _score_batch(self, items: list[_Prepared]) -> list[float]:
+        """Mean log-probability of each item's target tokens after its prompt: one left-padded forward pass."""
+        paddle = self.paddle
+        self.batches += 1
+        seqs = [p.ids + p.target for p in items]
+        b, length = len(items), max(len(s) for s in seqs)
+        span = max(len(p.target) for p in items)
+        ids = np.full((b, length), self.pad_id, dtype=np.int64)
+        valid = np.zeros((b, length), dtype=bool)
+        wanted = np.zeros((b, span), dtype=np.int64)         # the target ids, right-aligned like the rows
+        scored = np.zeros((b, span), dtype=bool)
+        for r, (p, seq) in enumerate(zip(items, seqs)):
+            ids[r, length - len(seq):] = seq
+            valid[r, length - len(seq):] = True
+            wanted[r, span - len(p.target):] = p.target
+            scored[r, span - len(p.target):] = True
+        positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+        causal = np.tril(np.ones((length, length), dtype=bool))
+        mask = causal[None] & (valid[:, None, :] | np.eye(length, dtype=bool)[None])
+        with paddle.no_grad():
+            kwargs = dict(position_ids=paddle.to_tensor(positions), attention_mask=paddle.to_tensor(mask[:, None]),
+                          use_cache=False, return_dict=True)
+            if self.is_vlm and any(p.pixels for p in items):
+                kwargs["inputs_embeds"] = self._embed(ids, items, [length - len(s) for s in seqs])
+            else:
+                kwargs["input_ids"] = paddle.to_tensor(ids)
+            logits = self.lm(**kwargs).logits[:, length - span - 1:length - 1, :].astype("float32")
+            self.model_calls += 1
+            logp = paddle.nn.functional.log_softmax(logits, axis=-1)
+            picked = paddle.take_along_axis(logp, paddle.to_tensor(wanted[:, :, None]), axis=-1)
+            picked = picked.squeeze(-1).numpy().astype(np.float64)
+        return [float(picked[r][scored[r]].mean()) for r in range(b)]
+
+    def _embed(self, ids: np.ndarray, items: list[_Prepared], pads: list[int]):
         paddle = self.paddle
         pixels, packs, offsets = [], [], []
-        for r, p in enumerate(items):
-            pad = length - len(p.ids)
+        for r, (p, pad) in enumerate(zip(items, pads)):
             for arr, off in zip(p.pixels, p.offsets):
                 pixels.append(arr)
                 packs.append(r)

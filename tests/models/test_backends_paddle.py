@@ -228,3 +228,107 @@ def test_spec_key_and_pickle(lm_dir, tmp_path):
     build_tiny_lm(str(copy), vocab_size=len(load_tokenizer(lm_dir)), hidden=64, max_position=256, seed=1)
     assert ModelSpec(backend="paddle", path=str(copy), stop=("</s>",)).key() != spec.key()   # new weights
     assert os.path.isfile(copy / "config.json")
+
+
+# -- loglikelihood: scoring a target answer, no generation ------------------------------------------------------
+TARGETS = ["a red square", "the image shows a circle", "small", "right of the blue triangle", "large large",
+           "on the left", "green", "the image"]
+
+
+def manual_loglikelihood(backend, messages, target) -> float:
+    """Mean log p(target tokens) by hand: the prompt as generate builds it, one unpadded causal pass."""
+    enc = backend.template.encode_messages(messages)
+    prompt = enc["input_ids"] + backend.template.markers["assistant"]
+    tgt = backend.template.encode_text(target)
+    ids = prompt + tgt
+    n = len(ids)
+    with paddle.no_grad():
+        logits = lm_logits(backend.lm, paddle.to_tensor([ids]), paddle.to_tensor([list(range(n))]),
+                           paddle.to_tensor(np.tril(np.ones((n, n), bool))[None, None]))
+        logp = paddle.nn.functional.log_softmax(logits.astype("float32"), axis=-1)[0].numpy()
+    return float(np.mean([logp[len(prompt) + k - 1, t] for k, t in enumerate(tgt)]))
+
+
+def test_loglikelihood_batched_equals_one_at_a_time_and_a_manual_computation(lm_dir):
+    backend = load_backend(ModelSpec(backend="paddle", path=lm_dir, batch_size=16))
+    reqs = [user(p) for p in PROMPTS]
+    batched = backend.loglikelihood(reqs, TARGETS)
+    assert backend.batches == 1 and backend.model_calls == 1                   # one forward pass, no generation
+    assert all(isinstance(s, float) and s < 0 for s in batched)
+    single = [backend.loglikelihood([r], [t])[0] for r, t in zip(reqs, TARGETS)]
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-4)
+    small = load_backend(ModelSpec(backend="paddle", path=lm_dir, batch_size=3))
+    np.testing.assert_allclose(small.loglikelihood(reqs, TARGETS), single, rtol=0, atol=1e-4)
+    assert small.batches == 3
+    for k in (0, 1, 5):
+        assert batched[k] == pytest.approx(manual_loglikelihood(backend, reqs[k].messages, TARGETS[k]), abs=1e-4)
+    assert len({round(s, 3) for s in batched}) == len(batched)                # targets and prompts matter
+    # the prompt matters: the same target after another prompt scores differently
+    other = backend.loglikelihood([user("of")], [TARGETS[0]])[0]
+    assert abs(other - batched[0]) > 1e-3
+
+
+def test_loglikelihood_prefers_the_answer_the_model_was_trained_on(lm_dir):
+    """A few optimizer steps on one answer make it score higher than before and than another answer."""
+    from datacopilot.models.lm import causal_lm_loss
+
+    backend = load_backend(ModelSpec(backend="paddle", path=lm_dir))
+    prompt, good, bad = user("what is shown"), "a red circle", "a blue square"
+    before = backend.loglikelihood([prompt, prompt], [good, bad])
+    enc = backend.template.encode_messages(prompt.messages)
+    head = enc["input_ids"] + backend.template.markers["assistant"]
+    tgt = backend.template.encode_text(good)
+    ids = head + tgt
+    labels = [-100] * len(head) + tgt
+    n = len(ids)
+    args = (paddle.to_tensor([ids]), paddle.to_tensor([list(range(n))]),
+            paddle.to_tensor(np.tril(np.ones((n, n), bool))[None, None]))
+    opt = paddle.optimizer.Adam(learning_rate=1e-2, parameters=backend.lm.parameters())
+    for _ in range(10):
+        loss = causal_lm_loss(lm_logits(backend.lm, *args), paddle.to_tensor([labels]))
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+    after = backend.loglikelihood([prompt, prompt], [good, bad])
+    assert after[0] > before[0] + 1.0 and after[0] > after[1] + 1.0
+    assert after[0] == pytest.approx(-float(loss), abs=0.5)                   # the training loss, seen from the scorer
+    assert after[0] == pytest.approx(manual_loglikelihood(backend, prompt.messages, good), abs=1e-4)
+
+
+def test_loglikelihood_continues_an_assistant_message(lm_dir):
+    backend = load_backend(ModelSpec(backend="paddle", path=lm_dir))
+    msgs = [{"role": "user", "content": "a red circle"}, {"role": "assistant", "content": "the image"}]
+    cont, fresh = backend.loglikelihood([Request(msgs), user("a red circle")], ["shows a circle"] * 2)
+    assert abs(cont - fresh) > 1e-3
+
+
+def test_vlm_loglikelihood_batched_equals_single_and_sees_the_image(vlm_dir):
+    backend = load_backend(ModelSpec(backend="paddle", path=vlm_dir, batch_size=16))
+    ask = [{"role": "user", "content": "<image>what is shown?"}]
+    reqs = [Request(ask, images=(png("red"),)), Request(ask, images=(png("blue", 40),)), user("no image here"),
+            Request([{"role": "user", "content": "<image> and <image>"}], images=(png("green"), png("white"))),
+            Request(ask, images=(b"not an image",))]
+    targets = ["a red square", "a blue square", "small", "green and white", "red"]
+    batched = backend.loglikelihood(reqs, targets)
+    assert isinstance(batched[4], InputError) and "request 4" in str(batched[4]) and "images[0]" in str(batched[4])
+    single = [backend.loglikelihood([r], [t])[0] for r, t in zip(reqs[:4], targets[:4])]
+    np.testing.assert_allclose(batched[:4], single, rtol=0, atol=1e-4)
+    colors = backend.loglikelihood([Request(ask, images=(png(c),)) for c in ("red", "black", "white")],
+                                   ["a red square"] * 3)
+    assert colors[0] == pytest.approx(batched[0], abs=1e-4) and len({round(c, 4) for c in colors}) == 3
+
+
+def test_loglikelihood_refuses_what_it_cannot_score_per_request(lm_dir):
+    backend = load_backend(ModelSpec(backend="paddle", path=lm_dir))
+    out = backend.loglikelihood(
+        [Request([{"role": "user", "content": "hi"}], images=(png("red"),)), user("hi"), user("hi"), user("hi"),
+         user("hi"), user("large " * 100)],
+        ["red", "", "a <image> here", "a red circle", 3, "large " * 200])
+    assert isinstance(out[0], InputError) and "text-only" in str(out[0])
+    assert isinstance(out[1], InputError) and "empty target" in str(out[1])
+    assert isinstance(out[2], InputError) and "<image>" in str(out[2])
+    assert isinstance(out[3], float)
+    assert isinstance(out[4], InputError) and "targets[4]" in str(out[4])
+    assert isinstance(out[5], InputError) and "256 positions" in str(out[5])
+    with pytest.raises(InputError, match="2 requests but 1 targets"):
+        backend.loglikelihood([user("a"), user("b")], ["x"])
