@@ -110,23 +110,21 @@ def minhash_values(row: dict):
 
 
 class NearDedup:
-    """MinHash-LSH over rows in order: a row is dropped when an earlier row shares a band and its estimated
-    Jaccard is at least the threshold; every row is inserted (so near-duplicate chains join, as union-find)."""
+    """MinHash-LSH over rows in order: a row is dropped when it shares a band with an earlier row (datasketch's
+    candidate rule, no Jaccard check, as datacopilot's dedup_near_text); every row is inserted, so near-duplicate
+    chains join."""
 
     def __init__(self):
         from datasketch import MinHashLSH
 
         self.lsh = MinHashLSH(num_perm=NEAR["num_perm"], params=LSH)
-        self.sigs: dict = {}
 
     def is_dup(self, key: int, hashvalues) -> bool:
-        import numpy as np
         from datasketch import MinHash
 
         m = MinHash(num_perm=NEAR["num_perm"], hashvalues=hashvalues, scheme="affine32")
-        dup = any(float(np.mean(self.sigs[k] == hashvalues)) >= NEAR["threshold"] for k in self.lsh.query(m))
+        dup = bool(self.lsh.query(m))
         self.lsh.insert(key, m)
-        self.sigs[key] = hashvalues
         return dup
 
 

@@ -144,13 +144,16 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 class KeySet:
     """A growing set of uint64 keys, kept as a few sorted runs that merge when one grows past half of the one
     before it, so adding n keys in batches costs O(n log n) in all (one sorted array re-sorted on every batch
-    would cost O(n log n) per batch).
+    would cost O(n log n) per batch). A merge holds the two runs and their union at once, and nothing more:
+    memory stays near 8 bytes a key (twice that only while the largest runs merge).
 
     >>> s = KeySet()
     >>> s.first_new(np.array([3, 1, 3], np.uint64)).tolist()
     [True, True, False]
     >>> s.add(np.array([3, 1], np.uint64)); s.first_new(np.array([1, 7], np.uint64)).tolist()
     [False, True]
+    >>> s.new_rows(np.array([[7, 8], [9, 10], [10, 11]], np.uint64)).tolist()  # rows of several keys each
+    [True, True, False]
     """
 
     def __init__(self, keys: np.ndarray | None = None):
@@ -161,6 +164,11 @@ class KeySet:
     def __len__(self) -> int:
         return int(sum(len(r) for r in self.runs))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the keys."""
+        return int(sum(r.nbytes for r in self.runs))
+
     def first_new(self, keys: np.ndarray) -> np.ndarray:
         """True where a key appears for the first time in ``keys`` and is not in the set."""
         keys = np.asarray(keys, dtype=np.uint64)
@@ -169,18 +177,61 @@ class KeySet:
             mask &= ~_contains(run, keys)
         return mask
 
+    def new_rows(self, keys: np.ndarray) -> np.ndarray:
+        """For keys of shape ``(n,)`` or ``(n, k)`` (``k`` keys a row, e.g. one per LSH band): True for the rows
+        none of whose keys is in the set or in an earlier row of ``keys``. Then every key of ``keys`` is added,
+        those of the rows found old as well (so a later row meeting any of them is old too).
+
+        >>> KeySet().new_rows(np.array([[1, 2], [3, 2], [4, 5], [3, 6]], np.uint64)).tolist()
+        [True, False, True, False]
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        width = keys.shape[1] if keys.ndim == 2 else 1
+        uniq, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
+        known = np.zeros(len(uniq), dtype=bool)
+        for run in self.runs:
+            known |= _contains(run, uniq)
+        row = np.arange(keys.size) // width
+        old = known[inverse] | (first[inverse] // width < row)  # in the set, or met in an earlier row
+        self._append(uniq[~known])
+        return ~old.reshape(len(keys), width).any(axis=1)
+
     def add(self, keys: np.ndarray) -> None:
-        """Add keys (any order, repeats allowed)."""
+        """Add keys (any order, repeats and keys already in the set allowed)."""
         keys = np.unique(np.asarray(keys, dtype=np.uint64))
+        for run in self.runs:
+            keys = keys[~_contains(run, keys)]
+        self._append(keys)
+
+    def _append(self, keys: np.ndarray) -> None:
+        """Add sorted distinct keys that are not in the set yet."""
         if not len(keys):
             return
         self.runs.append(keys)
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             b, a = self.runs.pop(), self.runs.pop()
-            self.runs.append(np.union1d(a, b))
+            self.runs.append(_union(a, b))
+            del a, b
 
     def array(self) -> np.ndarray:
-        """Every key, sorted."""
+        """Every key, sorted: the runs are merged into one, which is returned (the set's own storage: read it,
+        do not modify it)."""
         if not self.runs:
             return np.zeros(0, np.uint64)
-        return np.unique(np.concatenate(self.runs))
+        while len(self.runs) > 1:
+            b, a = self.runs.pop(), self.runs.pop()
+            self.runs.append(_union(a, b))
+            del a, b
+        return self.runs[0]
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted union of two sorted arrays of distinct keys, with no temporary array larger than the result:
+    a stable sort (timsort) of the two runs put end to end is one linear merge."""
+    out = np.concatenate((a, b))
+    out.sort(kind="stable")
+    if len(out) > 1:
+        same = np.flatnonzero(out[1:] == out[:-1])
+        if len(same):  # a key added twice
+            out = np.delete(out, same + 1)
+    return out

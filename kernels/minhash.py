@@ -1,17 +1,27 @@
-"""MinHash signatures, LSH banding and union-find clustering for near-duplicate detection (numba loops).
+"""MinHash signatures, LSH banding and near-duplicate detection (numba loops).
 
 Text is cut into shingles (``ngram`` consecutive words, or characters), each shingle hashed to 64 bits and
 reduced modulo the Mersenne prime ``p = 2**31 - 1``; ``num_perm`` hash functions ``(a * x + b) mod p`` stand for
 random permutations, and a signature keeps each one's minimum over the shingles. Two texts agree in one position
 of their signatures with probability equal to the Jaccard similarity of their shingle sets. Banding splits a
-signature into ``bands`` groups of ``rows`` values; texts sharing any band's key are candidates, verified by the
-fraction of equal positions (the estimated Jaccard) and joined with union-find; the first row of each cluster
-is kept.
+signature into ``bands`` groups of ``rows`` values, each hashed to one 64-bit key; texts sharing any band's key
+are candidates. Two ways to decide:
+
+* streaming (:func:`lsh_keys` + :class:`datacopilot.kernels.hashing.KeySet`, :func:`lsh_duplicates`): a row is a
+  duplicate when one of its band keys belongs to an earlier row. Only the band keys are kept (8 bytes per band,
+  72 bytes a row for 9 bands, against 512 for a 128-value signature); candidates are not verified, as in
+  datasketch's ``MinHashLSH``, so pairs under the threshold become duplicates with the S-curve's probability
+  ``1 - (1 - s**rows)**bands`` (0.40 at s = 0.8, 0.08 at 0.7, 0.001 at 0.5 for 9 x 13);
+* in memory (:func:`duplicates`): candidates verified by the fraction of equal positions (the estimated
+  Jaccard) and joined with union-find (needs every full signature at once).
 
 Example:
-    >>> from datacopilot.kernels.minhash import duplicates, signatures
+    >>> from datacopilot.kernels.minhash import duplicates, lsh_duplicates, lsh_keys, signatures
     >>> texts = ["the cat sat on the mat today", "the cat sat on the mat today!", "a completely different text"]
-    >>> duplicates(signatures(texts, ngram=2), threshold=0.5).tolist()
+    >>> sigs = signatures(texts, ngram=2)
+    >>> duplicates(sigs, threshold=0.5).tolist()
+    [False, True, False]
+    >>> lsh_duplicates(lsh_keys(sigs, *lsh_params(0.5, 128))).tolist()
     [False, True, False]
 """
 
@@ -22,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from .hashing import combine_columns, normalize_text
+from .hashing import KeySet, combine, combine_columns, mix64, normalize_text
 
 MERSENNE = np.uint64((1 << 31) - 1)
 EMPTY = np.uint32(0xFFFFFFFF)  # signature of a text without shingles; never a real value (all are < p)
@@ -189,6 +199,36 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for i in range(bands):
         keys[:, i] = combine_columns(sigs[:, i * rows:(i + 1) * rows])
     return keys
+
+
+def lsh_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One uint64 key per row and band, shape ``(n, bands)``, the band's index mixed in, so that one set can
+    hold the keys of every band. A row without shingles (signature of :data:`EMPTY`) gets fresh random keys:
+    it is never anyone's duplicate.
+
+    >>> k = lsh_keys(signatures(["a b c", "a b c", ""], num_perm=8, ngram=2), 2, 4)
+    >>> k.shape, bool((k[0] == k[1]).all()), bool(k[0, 0] != k[0, 1]), bool((k[2] != k[0]).all())
+    ((3, 2), True, True, True)
+    """
+    keys = band_keys(sigs, bands, rows)
+    for i in range(bands):
+        keys[:, i] = mix64(combine(np.full(len(keys), i + 1, np.uint64), keys[:, i]))
+    empty = sigs[:, 0] == EMPTY
+    if empty.any():
+        keys[empty] = np.random.default_rng().integers(0, 2**64 - 1, (int(empty.sum()), bands), np.uint64,
+                                                       endpoint=True)
+    return keys
+
+
+def lsh_duplicates(keys: np.ndarray) -> np.ndarray:
+    """A boolean mask of the rows to drop: those sharing a key (:func:`lsh_keys`) with an earlier row. Equal to
+    a :class:`~datacopilot.kernels.hashing.KeySet`'s ``new_rows`` negated, fed the same rows in any batches.
+
+    >>> lsh_duplicates(np.array([[1, 2], [3, 2], [3, 4], [5, 6]], np.uint64)).tolist()
+    [False, True, True, False]
+    """
+    keys = np.asarray(keys, np.uint64)
+    return ~KeySet().new_rows(keys.reshape(len(keys), -1) if keys.size else keys.reshape(len(keys), 1))
 
 
 @njit(cache=True)

@@ -3,9 +3,10 @@ batches, never the dataset.
 
 * Per-batch operators (Mapper, Filter, Augmenter) run in a chain; the chain before the first dataset-wide stage
   runs on ``num_workers`` threads or processes, batches kept in order (at most ``2 * num_workers`` in flight).
-* An exact Deduplicator keeps only a sorted array of the keys seen so far
-  (:func:`datacopilot.kernels.hashing.first_occurrence`); a near-duplicate one spills its input to a temporary
-  Arrow file while it collects signatures, then streams the file back without the duplicates.
+* An exact Deduplicator, and a banded near-duplicate one (MinHash-LSH: its keys are band keys), keeps only the
+  keys seen so far (:class:`datacopilot.kernels.hashing.KeySet`) and streams; another near-duplicate one (images)
+  spills its input to a temporary Arrow file while it collects signatures, then streams the file back without
+  the duplicates.
 * Each batch of an operator goes through the same task as ``ds.apply`` (:class:`operators.run._OpTask`), so
   rows and accounting equal ``ds.apply(ops)`` for operators that treat rows independently.
 
@@ -201,7 +202,8 @@ class LocalExecutor(Executor):
         first = True
         while i < len(ops):
             if ops[i].kind == "dedup":
-                stream = (_near if ops[i].near else _exact)(stream, run, i)
+                streams = not ops[i].near or getattr(ops[i], "banded", False)
+                stream = (_exact if streams else _near)(stream, run, i)
                 i += 1
                 continue
             j = i
@@ -277,6 +279,7 @@ def _done(item, run: Run, i: int):
 
 
 def _exact(stream, run: Run, i: int) -> Iterator:
+    """A dedup stage over keys, one or several a row (LSH bands): a row goes when one of its keys was seen."""
     from datacopilot.transforms import filter_table
 
     op, a = run.ops[i], run.acc[i]
@@ -286,9 +289,7 @@ def _exact(stream, run: Run, i: int) -> Iterator:
             continue
         t0 = time.perf_counter()
         keys, ok = _hook(run, i, item)
-        seen = run.seen.setdefault(i, KeySet())
-        first = seen.first_new(keys)
-        seen.add(keys[first])
+        first = run.seen.setdefault(i, KeySet()).new_rows(keys)
         keep = np.zeros(item.num_rows, dtype=bool)
         keep[ok] = first
         out = filter_table(item, keep)
@@ -322,9 +323,10 @@ def _hook(run: Run, i: int, table: pa.Table):
             run.quarantine.append(q.append_column("_error", pa.array([f[1] for f in res.failures], pa.string())))
     pieces = list(_pieces([res]))
     ok = np.flatnonzero(~failed)
-    if op.near:
+    if op.near and not getattr(op, "banded", False):
         return (np.concatenate(pieces) if pieces else None), ok
-    return (np.concatenate(pieces).astype(np.uint64) if pieces else np.zeros(0, np.uint64)), ok
+    width = (len(ok), -1) if getattr(op, "banded", False) else (-1,)
+    return (np.concatenate(pieces).astype(np.uint64).reshape(width) if pieces else np.zeros(0, np.uint64)), ok
 
 
 def _near(stream, run: Run, i: int) -> Iterator:

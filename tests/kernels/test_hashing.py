@@ -88,3 +88,35 @@ def test_keyset_matches_a_python_set(batches):
         ref |= set(b)
         assert len(ks) == len(ref) and ks.array().tolist() == sorted(ref)
     assert len(ks.runs) <= max(1, int(np.log2(max(len(ref), 1))) + 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=12), max_size=10))
+def test_keyset_new_rows_matches_a_python_reference(batches):
+    """Rows of two keys: a row is new when neither key was met before (in any earlier row, new or not)."""
+    from datacopilot.kernels.hashing import KeySet
+
+    ks, met = KeySet(), set()
+    for b in batches:
+        keys = np.array(b, dtype=np.uint64).reshape(-1, 2)
+        want = []
+        for row in b:
+            want.append(not (set(row) & met))
+            met |= set(row)
+        assert ks.new_rows(keys).tolist() == want
+        assert len(ks) == len(met)
+    assert ks.array().tolist() == sorted(met) and len(ks.runs) <= 1
+    assert ks.nbytes == 8 * len(met)  # nothing but the keys
+
+
+def test_keyset_merges_large_runs_into_their_sorted_union():
+    from datacopilot.kernels.hashing import KeySet
+
+    rng = np.random.default_rng(3)
+    ks, ref = KeySet(), np.zeros(0, np.uint64)
+    for n in (5000, 3000, 2000, 7000, 1):
+        keys = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+        ks.add(keys)
+        ks.add(keys[:10])  # again: no key is held twice
+        ref = np.union1d(ref, keys)
+    assert len(ks) == len(ref) and (ks.array() == ref).all()

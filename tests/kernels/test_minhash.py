@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from datacopilot.kernels.minhash import EMPTY, MERSENNE, band_keys, cluster, duplicates, jaccard, lsh_params, signatures
+from datacopilot.kernels.minhash import (EMPTY, MERSENNE, band_keys, cluster, duplicates, jaccard, lsh_duplicates, lsh_params,
+                                       signatures)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,3 +123,51 @@ def test_bad_parameters():
         signatures(["a"], num_perm=0)
     with pytest.raises(ValueError, match="both"):
         duplicates(signatures(["a"]), bands=4)
+
+
+def test_lsh_keys_tag_bands_and_give_empty_rows_unique_keys():
+    from datacopilot.kernels.minhash import lsh_keys
+
+    sigs = signatures(["one two three four", "one two three four", "", None], num_perm=32, ngram=2)
+    keys = lsh_keys(sigs, 4, 8)
+    assert keys.shape == (4, 4) and keys.dtype == np.uint64
+    assert (keys[0] == keys[1]).all()
+    assert len(set(keys[0].tolist())) == 4  # equal band values in two bands still give two keys
+    assert not set(keys[2].tolist()) & set(keys[3].tolist())  # empty texts are nobody's duplicate
+    assert lsh_duplicates(keys).tolist() == [False, True, False, False]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), min_size=3, max_size=3), max_size=30), st.integers(0, 30))
+def test_lsh_duplicates_is_earlier_band_sharing_in_any_batches(rows, cut):
+    """A row is a duplicate iff one of its band keys belongs to an earlier row (dropped rows included);
+    deciding in two batches through a KeySet gives the same mask (what the streaming executors do)."""
+    from datacopilot.kernels.hashing import KeySet
+
+    keys = np.array(rows, np.uint64).reshape(-1, 3) + np.array([0, 100, 200], np.uint64)
+    met, want = set(), []
+    for row in keys.tolist():
+        want.append(bool(set(row) & met))
+        met |= set(row)
+    assert lsh_duplicates(keys).tolist() == want
+    ks = KeySet()
+    streamed = np.concatenate([~ks.new_rows(keys[:cut]), ~ks.new_rows(keys[cut:])])
+    assert streamed.tolist() == want
+
+
+def test_lsh_keeps_one_of_three_edited_copies_and_most_dissimilar_pairs():
+    from datacopilot.kernels.minhash import lsh_keys
+
+    rng = np.random.default_rng(2)
+    texts = [" ".join(rng.choice(WORDS, 50)) for _ in range(30)]
+    sample = texts[5].split()
+    texts = texts[:8] + [" ".join(sample[:-1] + ["changed"])] + texts[8:20] + [" ".join(["Also"] + sample)] \
+        + texts[20:]
+    b, r = lsh_params(0.8, 128)
+    drop = lsh_duplicates(lsh_keys(signatures(texts, ngram=3), b, r))
+    assert np.flatnonzero(drop).tolist() == [8, 21]
+    pairs = []
+    for _ in range(150):
+        base = list(rng.choice(WORDS, 40))
+        pairs += [" ".join(base), " ".join(base[:8] + list(rng.choice(WORDS, 32)))]  # Jaccard under 0.3
+    assert lsh_duplicates(lsh_keys(signatures(pairs, ngram=3), b, r)).sum() <= 2

@@ -108,6 +108,31 @@ def test_near_text_dedup_keeps_different_rows_and_empty_texts(to_schema):
     assert ids(to_schema(rows).apply(create("dedup_near_text"))) == ["1", "2", "3", "4"]
 
 
+def test_near_text_dedup_keeps_only_band_keys_and_streams_like_apply(to_schema, tmp_path):
+    """8 bytes per band a row (not the 4 * num_perm of a signature); the streaming local executor and a
+    pipeline write in small batches keep the rows ``ds.apply`` keeps, with the same accounting."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(120):
+        if i % 6 == 5:  # an edited copy of an earlier row
+            q, a = (t["value"] for t in rows[int(rng.integers(len(rows)))]["conversations"])
+            rows.append(mm(f"c{i}", q, a.replace(a.split()[3], "edited", 1)))
+        else:
+            rows.append(mm(f"r{i}", " ".join(rng.choice(WORDS, 20)), " ".join(rng.choice(WORDS, 40))))
+    ds = to_schema(rows)
+    op = create("dedup_near_text", threshold=0.7, ngram=3)
+    keys = op.signatures(ds.to_arrow().to_batches()[0])
+    assert keys.dtype == np.uint64 and keys.shape == (120, op.bands)
+    want = ds.apply(op)
+    assert ids(want) == [r["id"] for r in rows if r["id"].startswith("r")]  # every copy goes, no original
+    for batch_size in (7, 50):
+        got = dc.pipeline(ds, batch_size=batch_size).apply(op).collect()
+        assert ids(got) == ids(want) and last(got).dropped == last(want).dropped
+    ds.write(str(tmp_path / "in.jsonl"))
+    dc.pipeline(str(tmp_path / "in.jsonl"), schema="MM", batch_size=9).apply(op).write(str(tmp_path / "out"))
+    assert ids(dc.load(str(tmp_path / "out"))) == ids(want)
+
+
 def test_near_image_dedup(images):
     rows = [mm("1", "q", "a", image="img/a.png"), mm("2", "q", "a", image="img/b.png"),
             mm("3", "q", "a", image="img/a_small.jpg"), mm("4", "q", "a", image=None),
