@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
+from contextvars import ContextVar
 from typing import Iterator
 
 import fsspec
@@ -89,14 +91,79 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator:
     if d:
         fs.makedirs(d, exist_ok=True)
     tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+    seen = _HASHED.get()
     try:
         with fs.open(tmp, mode) as f:
+            if seen is not None and "b" in mode:
+                f = Hashing(f)
+                seen.append(f)
             yield f
         fs.mv(tmp, p)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.rm(tmp)
         raise
+
+
+class Hashing:
+    """A binary file that computes the sha256 and size of what is written through it.
+
+    The digest is the file's only while the writes are sequential: a seek elsewhere or a truncate clears
+    ``sequential``, and the caller then hashes the finished file instead.
+
+    >>> import io
+    >>> h = Hashing(io.BytesIO()); _ = h.write(b"abc"); h.size, h.sha256.hexdigest()[:8]
+    (3, 'ba7816bf')
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.sequential = True
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        view = memoryview(data).cast("B")
+        n = len(view) if n is None else n
+        self.sha256.update(view[:n])
+        self.size += n
+        return n
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self._f.seek(offset, whence)
+        if pos != self.size:
+            self.sequential = False
+        return pos
+
+    def truncate(self, size: int | None = None):
+        self.sequential = False
+        return self._f.truncate(size)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # e.g. __fspath__: the writer must write through this object
+            raise AttributeError(name)
+        return getattr(self._f, name)
+
+
+_HASHED: ContextVar[list | None] = ContextVar("datacopilot_hashed_writes", default=None)
+
+
+@contextlib.contextmanager
+def hashed_writes() -> Iterator[list]:
+    """Within the block (and this thread), every binary file :func:`atomic_open` writes goes through a
+    :class:`Hashing` wrapper, appended to the yielded list: a writer's output is hashed as it is written,
+    without reading the file back."""
+    seen: list = []
+    token = _HASHED.set(seen)
+    try:
+        yield seen
+    finally:
+        _HASHED.reset(token)
 
 
 def read_bytes(path: str) -> bytes:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datacopilot.errors import InputError
@@ -10,6 +14,9 @@ from datacopilot.schemas import Schema
 
 from ._common import finish, with_schema_metadata
 from ._fs import atomic_open, get_fs
+
+DICT_SAMPLE = 1_000  # rows of each column looked at to decide on dictionary encoding
+DICT_MAX_DISTINCT = 0.25  # dictionary-encode a column when fewer than this share of its sampled values differ
 
 
 def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
@@ -21,7 +28,49 @@ def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Lo
     return finish(table, schema, path, invalid)
 
 
-def write_parquet(ds, path: str, compression: str = "snappy") -> None:
+def write_parquet(ds, path: str, compression: str = "snappy", use_dictionary: bool | list[str] | None = None,
+                  **options) -> None:
+    """Write ``ds`` to one parquet file, atomically. By default only the columns whose values repeat get a
+    dictionary (see :func:`dictionary_columns`); ``use_dictionary=True`` asks for it everywhere. Other
+    ``options`` go to :func:`pyarrow.parquet.write_table`.
+
+    >>> write_parquet(ds, "out.parquet")  # doctest: +SKIP
+    """
     table = with_schema_metadata(ds.to_arrow(), ds.schema)
+    if use_dictionary is None:
+        use_dictionary = dictionary_columns(table)
     with atomic_open(path, "wb") as f:
-        pq.write_table(table, f, compression=compression)
+        pq.write_table(table, f, compression=compression, use_dictionary=use_dictionary, **options)
+
+
+def dictionary_columns(table: pa.Table, sample: int = DICT_SAMPLE) -> list[str]:
+    """The parquet column paths (``conversations.list.element.from``) whose first ``sample`` values repeat: fewer
+    than :data:`DICT_MAX_DISTINCT` of them distinct. Dictionary-encoding unique values (ids, texts, image bytes)
+    costs time for nothing; Arrow's default tries it on every column.
+
+    >>> dictionary_columns(pa.table({"id": list("abcdefghij"), "role": ["user", "bot"] * 5}))
+    ['role']
+    """
+    head = table.slice(0, sample)
+    out = []
+    for name, col in zip(head.column_names, head.columns):
+        for path, values in _leaves(name, col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)):
+            n = len(values) - values.null_count
+            try:
+                if n == 0 or pc.count_distinct(values).as_py() < DICT_MAX_DISTINCT * n:
+                    out.append(path)
+            except pa.ArrowNotImplementedError:  # a type count_distinct does not take: no dictionary
+                pass
+    return out
+
+
+def _leaves(path: str, arr: pa.Array) -> Iterator[tuple[str, pa.Array]]:
+    """(parquet column path, values) of every leaf of a possibly nested column (lists as ``list.element``)."""
+    t = arr.type
+    if pa.types.is_struct(t):
+        for field, child in zip(t, arr.flatten()):
+            yield from _leaves(f"{path}.{field.name}", child)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        yield from _leaves(f"{path}.list.element", arr.flatten())
+    elif not pa.types.is_map(t):  # map columns are written without a dictionary
+        yield path, arr

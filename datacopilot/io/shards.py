@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 
-from ._fs import MANIFEST, atomic_open, get_fs, join
+from ._fs import MANIFEST, atomic_open, get_fs, hashed_writes, join
 
 
 def _sha256(path: str) -> tuple[str, int]:
@@ -72,8 +72,12 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
     def one(i: int, a: int, b: int) -> dict:
         name = f"part-{i:05d}{ext}"
         path = join(directory, name)
-        write(ds[a:b], path, **options)
-        digest, size = _sha256(path)
+        with hashed_writes() as files:
+            write(ds[a:b], path, **options)
+        if len(files) == 1 and files[0].sequential:  # hashed on the way out: no second read of the file
+            digest, size = files[0].sha256.hexdigest(), files[0].size
+        else:  # a writer that seeks (h5) or writes otherwise
+            digest, size = _sha256(path)
         return {"file": name, "rows": b - a, "bytes": size, "sha256": digest}
 
     bounds = shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)
