@@ -202,7 +202,8 @@ class _Slots:
         if m is None or len(m) < size:
             cap = max(1 << 20, size + size // 4)
             with open(self.paths[i], "a+b") as f:
-                f.truncate(cap)
+                # reserve the pages now: a full tmpfs is an OSError here, not a SIGBUS when the mapping is written
+                os.posix_fallocate(f.fileno(), 0, cap)
                 m = self.maps[i] = mmap.mmap(f.fileno(), cap)
         _write_ipc(pa.FixedSizeBufferWriter(pa.py_buffer(m)), table)
         return self.paths[i], size
@@ -277,8 +278,11 @@ def run_batches(
             payload = pickle.dumps((list(sys.path), cloudpickle.dumps(task)))
             with _process_pool(num_workers) as pool, pool.slots(2 * num_workers) as slots:
                 def submit(k, part, off):
-                    data = slots.put(k % len(slots.paths), part) if slots else to_ipc(part)
-                    return pool.ex.submit(_run, payload, data, off, piece, pool.dir)
+                    data = None
+                    if slots is not None:
+                        with contextlib.suppress(OSError):  # shared memory full: this slice goes by pipe
+                            data = slots.put(k % len(slots.paths), part)
+                    return pool.ex.submit(_run, payload, data or to_ipc(part), off, piece, pool.dir)
 
                 _pump(table, batch_size, 2 * num_workers, submit, _imported, take)
         return results
