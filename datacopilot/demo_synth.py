@@ -10,6 +10,7 @@ rejected as unparsable, and that is the point of showing the accounting. Nothing
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import datacopilot
@@ -42,7 +43,9 @@ def synthesize_on_demo(shards_dir: str, train: dict, out_dir: str, rows: int = 3
     ds = ds[: min(rows, len(ds))]
     ops = synthesis_ops(train["model_dir"], train["tokenizer_dir"])
     pipe = datacopilot.pipeline(ds, on_error="quarantine", batch_size=16).apply(ops)
-    report = pipe.write(os.path.join(out_dir, "synth"), format="arrow", progress=False)
+    with warnings.catch_warnings():  # paddlenlp's deprecation notices, not the user's concern here
+        warnings.simplefilter("ignore")
+        report = pipe.write(os.path.join(out_dir, "synth"), format="arrow", progress=False)
     echo(f"   {len(ds)} rows -> {report['rows']} rows in {report['output']} "
          f"({report['quarantined']} quarantined)")
     echo(table(report["ops"]))
