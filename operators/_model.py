@@ -102,7 +102,7 @@ class ModelOp:
 
     uses_root = True
 
-    def _model_params(self, model, cache_dir, concurrency, on_reject) -> dict:
+    def _model_params(self, model, cache_dir, concurrency, on_reject=None) -> dict:
         from datacopilot.models.backends import ModelSpec
 
         if isinstance(model, dict):
@@ -119,9 +119,11 @@ class ModelOp:
             raise self.error(f"`model`: {e}") from None
         if cache_dir is not None and not isinstance(cache_dir, str):
             raise self.error(f"`cache_dir` must be a directory path or None, got {cache_dir!r}")
-        return {"model": model.to_dict(), "cache_dir": cache_dir,
-                "concurrency": check_int(self, "concurrency", concurrency, minimum=1),
-                "on_reject": check_choice(self, "on_reject", on_reject, REJECT_POLICIES)}
+        params = {"model": model.to_dict(), "cache_dir": cache_dir,
+                  "concurrency": check_int(self, "concurrency", concurrency, minimum=1)}
+        if on_reject is not None:  # None: the operator makes no output to reject (a scorer)
+            params["on_reject"] = check_choice(self, "on_reject", on_reject, REJECT_POLICIES)
+        return params
 
     @property
     def spec(self):
@@ -136,7 +138,7 @@ class ModelOp:
     def setup(self) -> None:
         from datacopilot.models.backends import shared_backend
 
-        self.backend = shared_backend(self.spec, self.p["cache_dir"])
+        self.backend = shared_backend(self.spec, self.p.get("cache_dir"))
         self._memo: OrderedDict = OrderedDict()
         self._memo_lock = threading.Lock()
 
@@ -183,7 +185,7 @@ class ModelOp:
             elif isinstance(o, str):
                 counts[o] = counts.get(o, 0) + 1
         for i, o in enumerate(outcomes):
-            if isinstance(o, Rejected) and self.p["on_reject"] == "fail":
+            if isinstance(o, Rejected) and self.p.get("on_reject") == "fail":
                 raise OperatorError(self.label, None, f"rejected: {o.reason}")
             if isinstance(o, BaseException) and not isinstance(o, Rejected):
                 raise o

@@ -85,8 +85,8 @@ class ImageTextAlignmentFilter(ModelOp, Filter):
     def __init__(self, model, text: str = "auto", text_field: str = "caption", prompt: str = "",
                  score: str = "pmi", min_score: float | None = None, field: str = "alignment_score",
                  concurrency: int = 1, root: str | None = None):
-        params = self._model_params(model, None, concurrency, "keep")
-        del params["cache_dir"], params["on_reject"]       # scores are not cached; there is no output to reject
+        params = self._model_params(model, None, concurrency)   # scores are not cached; no output to reject
+        del params["cache_dir"]
         self._check_scorer(params["model"])
         for name, value in (("text_field", text_field), ("field", field)):
             if not isinstance(value, str) or not value:

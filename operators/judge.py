@@ -231,8 +231,7 @@ class JudgeFilter(_SampleModelOp, Filter):
     def __init__(self, model, rubric: str = DEFAULT_RUBRIC, template: str = DEFAULT_TEMPLATE, min_score: float = 3,
                  field: str = "judge_score", with_images: bool | None = None, on_unparsable: str = "drop",
                  cache_dir: str | None = None, concurrency: int = 1, root: str | None = None):
-        params = self._model_params(model, cache_dir, concurrency, "keep")
-        params.pop("on_reject")  # unusable outputs are handled by on_unparsable
+        params = self._model_params(model, cache_dir, concurrency)  # unusable outputs: on_unparsable
         if not isinstance(rubric, str) or not rubric.strip() or IMAGE_TOKEN in rubric:
             raise self.error(f"`rubric` must be a non-empty string without {IMAGE_TOKEN!r}, got {rubric!r}")
         self._check_template("template", template, ("rubric", "conversation"))
