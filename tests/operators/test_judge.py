@@ -125,7 +125,7 @@ def test_rule_judge_scores_thresholds_and_reasons(tmp_path):
         assert [r["id"] for r in failed.quarantine] == ["r3", "r4"]
         assert all("unparsable score" in r["_error"] for r in failed.quarantine)
         assert model.calls == 18         # 6 per run: the row-by-row retry of the failing run asked nothing new
-    first = seen[0]
+    first = next(r for r in seen if row_index(r) == 0)   # requests arrive concurrently, in any order
     content = first.messages[0]["content"]
     assert len(first.images) == 1 and content.startswith("<image>\n") and content.count("<image>") == 1
     assert "User: What color is image 0?\nAssistant: It is red." in content
@@ -140,7 +140,8 @@ def test_judge_template_rubric_and_without_images(tmp_path):
                     template="Rubric: {rubric}\n---\n{conversation}\n---\nScore 1-5.")
         out = ds.apply(op)
     assert [r["id"] for r in out] == ["r0"] and out.history()[-1].dropped == {"judge score < 3": 1}
-    assert seen[0].images == () and seen[0].messages[0]["content"] == (
+    first = next(r for r in seen if row_index(r) == 0)   # requests arrive concurrently, in any order
+    assert first.images == () and first.messages[0]["content"] == (
         "Rubric: Is it about colors?\n---\nUser: What color is image 0?\nAssistant: It is red.\n---\nScore 1-5.")
 
 
