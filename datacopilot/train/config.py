@@ -37,7 +37,7 @@ from datacopilot.errors import InputError
 MODEL_TYPES = ("lm", "vlm")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTIONS = ("dense", "flashmask", "cu_seqlens")
-PACK_STRATEGIES = ("bfd", "first_fit", "stream")
+PACK_STRATEGIES = ("exact_fit", "bfd", "first_fit", "stream")  # as datacopilot.kernels.STRATEGIES
 DECAYS = ("cosine", "linear", "constant")
 OVERLONG = ("truncate", "drop")
 LORA_KEYS = ("r", "alpha", "target_modules", "dropout")
@@ -78,7 +78,7 @@ class SFTConfig:
     lora: dict | None = None
     precision: str = "fp32"
     attention: str = "dense"
-    pack_strategy: str = "bfd"
+    pack_strategy: str = "exact_fit"
     overlong: str = "truncate"
     mix_samples: int | None = None
     save_every: int = 0

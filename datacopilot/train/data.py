@@ -36,7 +36,7 @@ class PackedData:
     [(0, 0), (0, 1), (0, 2), (0, 3)]
     """
 
-    def __init__(self, table, max_length: int, batch_size: int, seed: int = 0, strategy: str = "bfd",
+    def __init__(self, table, max_length: int, batch_size: int, seed: int = 0, strategy: str = "exact_fit",
                  overlong: str = "truncate", mode: str = "packed", images=None):
         for name in ("input_ids", "labels", "length"):
             if name not in table.column_names:

@@ -1,7 +1,7 @@
 """The demo's last step: a short packed SFT run of a tiny VLM on the demo's curated shards.
 
 Everything is made offline in ``out_dir``: a sentencepiece tokenizer trained on the shards' own text, a tiny
-LLaVA-style VLM with random weights, then :func:`datacopilot.train.sft` with best-fit-decreasing packing. Without
+LLaVA-style VLM with random weights, then :func:`datacopilot.train.sft` with exact-fit packing. Without
 paddle it reports what to install instead of failing.
 """
 
@@ -76,6 +76,6 @@ def _train(shards_dir: str, out_dir: str, steps: int, seed: int, echo) -> dict:
     result = sft(cfg.check(), echo=lambda line: echo(f"   {line}"))
     result["tokenizer_dir"] = tok_dir
     first, last = result["history"][0]["loss"], result["history"][-1]["loss"]
-    echo(f"   packing: fill rate {result['fill_rate']:.1%} (best-fit decreasing, block-diagonal mask); "
+    echo(f"   packing: fill rate {result['fill_rate']:.1%} (exact fit, block-diagonal mask); "
          f"{result['tokens_per_s']:.0f} effective tokens/s (target tokens); loss {first:.3f} -> {last:.3f}")
     return result
