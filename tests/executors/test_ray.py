@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from datacopilot.operators import create
 from hypothesis import given, settings
@@ -41,6 +43,7 @@ def records(ds_or_list):
 
 def same_as_local(ds, ops, on_error="raise", batch_size=6, options=None):
     local = ds.apply(ops, on_error=on_error)
+    options = options or RayOptions(block_rows=1)  # blocks of batch_size rows: many blocks on small data
     table, recs, quarantine = run_ops_on_ray(ds, ops, on_error, batch_size=batch_size, options=options)
     assert table.to_pylist() == local.to_arrow().to_pylist()
     assert records(recs) == records(local.history()[len(ds.history()):])
@@ -131,3 +134,45 @@ def test_missing_ray_raises_missing_dependency():
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "MissingDependencyError ray is not installed: pip install 'datacopilot[ray]'"
+
+
+def test_stages_fuse_stateless_runs_and_close_them_with_a_dedup(tmp_path):
+    from datacopilot.executors.ray import stages
+
+    ops = [create("clean_whitespace"), create("filter_turns"), create("dedup_exact"), create("dedup_near_text"),
+           CountSetup(log=str(tmp_path / "log")), create("filter_length", role="assistant"), Twice()]
+    assert stages(ops, RayOptions()) == [(0, 3), (3, 4), (4, 5), (5, 7)]
+    gpu = RayOptions(resources={"filter_turns": {"num_gpus": 1}})  # other resources: a stage of its own
+    assert stages(ops, gpu) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 7)]
+
+
+@pytest.mark.parametrize("policy", ["quarantine", "raise"])
+def test_blocks_of_several_batches_same_as_local(ray_session, policy):
+    """Blocks of 16 rows given to the operators 5 at a time: the rows, the accounting, the failed row raised."""
+    ds = dc.MMDataset.from_rows(rows(60), schema="MM")
+    ops = [create("clean_whitespace"), FailOn(bad=("r17", "r44")), create("filter_turns", min_turns=2),
+           create("dedup_exact"), create("dedup_near_text", threshold=0.9)]
+    if policy == "raise":
+        with pytest.raises(OperatorError) as want:
+            ds.apply(ops)
+        with pytest.raises(OperatorError) as got:
+            run_ops_on_ray(ds, ops, "raise", batch_size=5, options=RayOptions(block_rows=16))
+        assert str(got.value) == str(want.value)
+        return
+    _, recs, quarantine, local = same_as_local(ds, ops, policy, batch_size=5, options=RayOptions(block_rows=16))
+    assert recs[1].failed == 2 and recs[2].n_dropped > 0 and recs[3].n_dropped > 0
+    assert quarantine.to_pylist() == local.quarantine.to_arrow().to_pylist()
+
+
+def test_drops_are_one_event_per_operator_and_block(ray_session):
+    from datacopilot.executors import ray_stages as rs
+    from datacopilot.executors.ray import execute
+
+    ds = dc.MMDataset.from_rows(rows(60), schema="MM")
+    ops = [create("clean_whitespace"), create("filter_turns", min_turns=2), create("dedup_exact")]
+    ray, refs, _, _, _ = execute(ds.to_arrow(), ops, "skip", batch_size=5, options=RayOptions(block_rows=20))
+    events = pa.concat_tables([rs.split(b)[1] for b in ray.get(refs)])
+    drops = events.filter(pc.is_valid(events.column(rs.REASON)))
+    assert len(refs) == 3 and drops.num_rows <= 2 * len(refs)  # filter_turns and dedup_exact, per block
+    dropped, _ = rs.tally(events, 3)[1:3]
+    assert sum(dropped[1].values()) == 60 // 7 + (60 % 7 > 3)  # every 7th row has one turn
