@@ -387,6 +387,9 @@ def _executor(num_workers: int, mode: str) -> Iterator[Executor]:
 
 
 _POOLS: dict[int, _Pool] = {}
+# a forked child (a library's fork, a user's os.fork) starts with no pools: it must not stop its parent's
+# workers, nor remove their shared memory, when it exits
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 @contextlib.contextmanager

@@ -161,3 +161,20 @@ def test_directories_of_dead_processes_are_removed():
         assert d is not None and not os.path.exists(stale)
     finally:
         os.rmdir(d)
+
+
+@needs_shm
+def test_a_forked_child_leaves_the_parents_pool_alone(ds):
+    d = pool_dir()
+    pid = os.fork()
+    if pid == 0:  # the child: what its exit would run (atexit), then leave without pytest's handlers
+        code = 3
+        try:
+            code = 0 if not parallel._POOLS else 3
+            parallel.shutdown_pools()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pool_dir() == d and os.path.isdir(d)
+    assert ds.map(shout, num_workers=2, mode="process").to_arrow().equals(ds.map(shout).to_arrow())
