@@ -47,7 +47,7 @@ MODES = ("thread", "process")
 PIECE_ROWS = 1024  # rows per task call when no batch size is given
 SHIP_ROWS = 4096  # and rows per trip to a worker process then (the worker runs the task on 1024-row pieces)
 SHM_ROOT = "/dev/shm"
-SHM_MIN_FREE = 256 << 20  # shared memory is used only when the tmpfs has this much room
+SHM_MIN_FREE = 256 << 20  # shared memory is used only while the tmpfs keeps this much room
 MAX_MAPPED_RESULTS = 16_384  # live result mappings per process (the kernel allows about 65,000 mappings)
 _TASKS: dict[int, Callable] = {}
 
@@ -118,7 +118,7 @@ def _export(result: Any, out_dir: str) -> Any:
     in ``out_dir``. Returns a :class:`_Shipped`, or ``result`` itself if the file cannot be written (no room)."""
     buffers: list[pickle.PickleBuffer] = []
     pickled = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
-    if not buffers:
+    if not buffers or not _room(out_dir, sum(b.raw().nbytes + _ALIGN for b in buffers)):
         return result
     path = os.path.join(out_dir, f"out-{os.getpid()}-{next(_SEQ)}")
     spans, pos = [], 0
@@ -136,6 +136,16 @@ def _export(result: Any, out_dir: str) -> Any:
             os.unlink(path)
         return result
     return _Shipped(pickled, path, spans, pos)
+
+
+def _room(directory: str, size: int) -> bool:
+    """Whether ``size`` more bytes leave the tmpfs at least SHM_MIN_FREE free (results stay there while the
+    parent holds them; never fill it up for other programs)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize - size >= SHM_MIN_FREE
 
 
 # -- parent side: results and slots ---------------------------------------------------------------------
@@ -201,6 +211,8 @@ class _Slots:
         m = self.maps[i]
         if m is None or len(m) < size:
             cap = max(1 << 20, size + size // 4)
+            if not _room(os.path.dirname(self.paths[i]), cap):
+                raise OSError(f"{SHM_ROOT} is nearly full")
             with open(self.paths[i], "a+b") as f:
                 # reserve the pages now: a full tmpfs is an OSError here, not a SIGBUS when the mapping is written
                 os.posix_fallocate(f.fileno(), 0, cap)
