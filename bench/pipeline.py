@@ -241,21 +241,21 @@ def memory_main(rows: int, workdir: str, workers: int, results: str) -> int:
     ok = peak < 1536
     log(f"   {res['seconds']:.0f} s, {rows:,} rows -> {res['rows_out']:,}, peak RSS {peak:.0f} MB "
         f"({'under' if ok else 'OVER'} 1.5 GB); dedup keys held at the end {keys_mb:.0f} MB")
+    command = "python bench/pipeline.py --memory" + (f" --rows {rows}" if rows != MEMORY_ROWS else "")
     section = [
         MEM_BEGIN, "", f"## Peak memory on a {gb:.1f} GB input", "",
-        "Command: `python bench/pipeline.py --memory" + (f" --rows {rows}" if rows != MEMORY_ROWS else "")
-        + "`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
-        f"The pipeline above (7 operators, local executor, {workers} threads, Arrow shards of 100,000 rows) over "
-        f"{rows:,} generated rows ({gb:.2f} GB of jsonl), in a subprocess whose resident memory (with its "
-        "children) is sampled every 0.25 s; the peak is the larger of that and the process's own `ru_maxrss`.", "",
-        "| input | rows in -> out | wall | peak RSS | target | result |", "|---|---|---|---|---|---|",
-        f"| {gb:.2f} GB jsonl | {rows:,} -> {res['rows_out']:,} | {res['seconds']:.0f} s | {peak:,.0f} MB | "
-        f"< 1.5 GB | {'pass' if ok else 'FAIL'} |", "",
-        "RSS (MB, the highest sample so far) at 10 / 25 / 50 / 75 / 100% of the run: "
-        + " / ".join(f"{mb:,.0f}" for mb in at) + ". What grows with the input is the dedup keys: "
-        f"8 bytes a row for `dedup_exact` and {bands} band keys of 8 bytes for `dedup_near_text`, "
-        f"{keys_mb:.0f} MB at the end of this run; the rest (libraries and compiled kernels, about 340 MB, "
-        "the batches in flight, the shard being filled) does not depend on the input size.", "", MEM_END]
+        f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
+        (f"The pipeline above (7 operators, local executor, {workers} threads, Arrow shards of 100,000 rows) over "
+         f"{rows:,} generated rows ({gb:.2f} GB of jsonl), in a subprocess whose resident memory (with its "
+         "children) is sampled every 0.25 s; the peak is the larger of that and the process's own `ru_maxrss`."),
+        "", "| input | rows in -> out | wall | peak RSS | target | result |", "|---|---|---|---|---|---|",
+        (f"| {gb:.2f} GB jsonl | {rows:,} -> {res['rows_out']:,} | {res['seconds']:.0f} s | {peak:,.0f} MB | "
+         f"< 1.5 GB | {'pass' if ok else 'FAIL'} |"), "",
+        ("RSS (MB, the highest sample so far) at 10 / 25 / 50 / 75 / 100% of the run: "
+         + " / ".join(f"{mb:,.0f}" for mb in at) + ". What grows with the input is the dedup keys: "
+         f"8 bytes a row for `dedup_exact` and {bands} band keys of 8 bytes for `dedup_near_text`, "
+         f"{keys_mb:.0f} MB at the end of this run; the rest (libraries and compiled kernels, about 340 MB, "
+         "the batches in flight, the shard being filled) does not depend on the input size."), "", MEM_END]
     _put_section(results, section)
     print(f"\nwritten {results}")
     return 0 if ok else 1
@@ -263,7 +263,7 @@ def memory_main(rows: int, workdir: str, workers: int, results: str) -> int:
 
 def _put_section(path: str, section: list[str]) -> None:
     """Replace (or append) the memory run's section of the results file."""
-    text = open(path).read() if os.path.exists(path) else "# Pipeline benchmark results\n"
+    text = _read(path) or "# Pipeline benchmark results\n"
     if MEM_BEGIN in text:
         head, rest = text.split(MEM_BEGIN, 1)
         text = head + rest.split(MEM_END, 1)[1].lstrip("\n")
@@ -271,11 +271,16 @@ def _put_section(path: str, section: list[str]) -> None:
         f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
 
 
+def _read(path: str) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
 def _kept_section(path: str) -> list[str]:
     """The memory run's section of an existing results file (kept when the other runs rewrite it)."""
-    if not os.path.exists(path):
-        return []
-    text = open(path).read()
+    text = _read(path)
     if MEM_BEGIN not in text:
         return []
     return ["", MEM_BEGIN + text.split(MEM_BEGIN, 1)[1].split(MEM_END, 1)[0] + MEM_END]

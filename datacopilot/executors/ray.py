@@ -261,16 +261,10 @@ def _dedup(ray, ds, op, k: int):
     """The barrier of a deduplicator: keys per block -> duplicates decided on the driver -> marked per block."""
     refs = list(ds.to_arrow_refs())
     keys = ray.remote(st.dedup_keys)
-    parts = _get(ray, [keys.remote(r, k) for r in refs])
-    drop = st.duplicates(op, [p for ps, _ in parts for p in ps])
-    n_live = [n for _, n in parts]
-    if len(drop) != sum(n_live):
-        raise DataCopilotError(f"{op.label}: {len(drop)} keys for {sum(n_live)} rows")
+    tasks = [keys.remote(r, k) for r in refs]
+    drops = st.decide(op, (_get(ray, t) for t in tasks))  # in block order, as the keys come
     mark = ray.remote(st.dedup_mark)
-    bounds = np.cumsum([0, *n_live])
-    reason = op.drop_reason
-    out = [mark.remote(r, drop[bounds[i]:bounds[i + 1]], k, reason) for i, r in enumerate(refs)]
-    return ray.data.from_arrow_refs(out)
+    return ray.data.from_arrow_refs([mark.remote(r, d, k, op.drop_reason) for r, d in zip(refs, drops)])
 
 
 def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: float):

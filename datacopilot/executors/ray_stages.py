@@ -188,16 +188,29 @@ def dedup_mark(block: pa.Table, drop: np.ndarray, stage: int, reason: str) -> pa
     return join(filter_table(live, ~drop), [ev, *new])
 
 
-def duplicates(op, parts: list) -> np.ndarray:
-    """Rows to drop among the rows with keys, as ``operators.run`` decides them (the first of a key is kept)."""
-    if not parts:
-        return np.zeros(0, dtype=bool)
-    if op.near:
-        return np.asarray(op.duplicates(np.concatenate(parts)), dtype=bool)
-    keys = np.concatenate(parts)
-    drop = np.ones(len(keys), dtype=bool)
-    drop[np.unique(keys, return_index=True)[1]] = False
-    return drop
+def decide(op, blocks) -> list[np.ndarray]:
+    """Per block, the rows to drop among its rows with keys, as ``operators.run`` decides them (the first row of
+    a key is kept). ``blocks`` yields ``(key parts, live rows)`` in block order: exact and banded (LSH) keys are
+    decided one block at a time against a :class:`~datacopilot.kernels.hashing.KeySet` of the keys seen, so
+    the driver holds one block's keys and the set; other near-duplicate signatures all at once."""
+    from datacopilot.errors import DataCopilotError
+    from datacopilot.kernels.hashing import KeySet
+
+    if op.near and not getattr(op, "banded", False):
+        blocks = list(blocks)
+        parts = [p for ps, _ in blocks for p in ps]
+        drop = np.asarray(op.duplicates(np.concatenate(parts)), dtype=bool) if parts else np.zeros(0, bool)
+        bounds = np.cumsum([0, *(n for _, n in blocks)])
+        if len(drop) != bounds[-1]:
+            raise DataCopilotError(f"{op.label}: {len(drop)} signatures for {bounds[-1]} rows")
+        return [drop[bounds[i]:bounds[i + 1]] for i in range(len(blocks))]
+    seen, out = KeySet(), []
+    for parts, n in blocks:
+        keys = np.concatenate(parts).astype(np.uint64, copy=False) if parts else np.zeros(0, np.uint64)
+        if len(keys) != n:
+            raise DataCopilotError(f"{op.label}: {len(keys)} keys for {n} rows")
+        out.append(~seen.new_rows(keys))
+    return out
 
 
 def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int], list[float], list[Counter]]:

@@ -2,8 +2,17 @@
 
 import numpy as np
 import pytest
-from datacopilot.kernels.minhash import (EMPTY, MERSENNE, band_keys, cluster, duplicates, jaccard, lsh_duplicates, lsh_params,
-                                       signatures)
+from datacopilot.kernels.minhash import (
+    EMPTY,
+    MERSENNE,
+    band_keys,
+    cluster,
+    duplicates,
+    jaccard,
+    lsh_duplicates,
+    lsh_params,
+    signatures,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
