@@ -1,9 +1,12 @@
 """Dataset-wide dedup operators on real rows and real image files: which rows stay, which go, and the accounting."""
 
 
+import json
+import os
+
 import numpy as np
 import pytest
-from datacopilot.operators import create
+from datacopilot.operators import Mapper, create
 from PIL import Image, ImageDraw
 
 import datacopilot as dc
@@ -131,6 +134,46 @@ def test_near_text_dedup_keeps_only_band_keys_and_streams_like_apply(to_schema, 
     ds.write(str(tmp_path / "in.jsonl"))
     dc.pipeline(str(tmp_path / "in.jsonl"), schema="MM", batch_size=9).apply(op).write(str(tmp_path / "out"))
     assert ids(dc.load(str(tmp_path / "out"))) == ids(want)
+
+
+class _CrashAt(Mapper):
+    """Raises at row ``at`` while the file ``marker`` exists: a run that dies half way."""
+
+    name, reads, writes = "test_crash_at", ("id",), ("id",)
+
+    def __init__(self, at: str = "", marker: str = ""):
+        super().__init__(at=at, marker=marker)
+
+    def map_batch(self, batch):
+        if self.p["at"] in batch.column("id").to_pylist() and os.path.exists(self.p["marker"]):
+            raise RuntimeError("crash")
+        return batch
+
+
+def test_near_text_dedup_resumes_with_its_band_keys(to_schema, tmp_path):
+    """A write over three files that stops in the third, resumed, keeps the rows of an uninterrupted write: the
+    band keys of the finished files are saved with the manifest and read back."""
+    rng = np.random.default_rng(6)
+    rows = [mm(f"r{i}", " ".join(rng.choice(WORDS, 20)), " ".join(rng.choice(WORDS, 40))) for i in range(60)]
+    for i in (25, 45, 50):  # copies, in later files, of rows of the first file
+        q, a = (t["value"] for t in rows[i - 22]["conversations"])
+        rows[i] = mm(f"c{i}", q, a + " too")
+    files = []
+    for k in range(3):
+        to_schema(rows[k * 20:(k + 1) * 20]).write(str(tmp_path / f"part{k}.jsonl"))
+        files.append(str(tmp_path / f"part{k}.jsonl"))
+    marker = tmp_path / "crash"
+    marker.touch()
+    ops = [create("dedup_near_text", threshold=0.7, ngram=3), _CrashAt(at="r55", marker=str(marker))]
+    plan = lambda: dc.pipeline(files, schema="MM", batch_size=8).apply(ops)
+    with pytest.raises(OperatorError, match="crash"):
+        plan().write(str(tmp_path / "out"), max_rows_per_shard=10)
+    done = json.loads((tmp_path / "out" / "manifest.json").read_text())["pipeline"]["done"]
+    assert done == files[:2]
+    marker.unlink()
+    plan().write(str(tmp_path / "out"), max_rows_per_shard=10, resume=True)
+    want = [r["id"] for r in rows if r["id"].startswith("r")]
+    assert ids(dc.load(str(tmp_path / "out"))) == want == ids(to_schema(rows).apply(ops[0]))
 
 
 def test_near_image_dedup(images):
