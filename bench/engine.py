@@ -102,20 +102,38 @@ def timed(fn, repeat: int | None = None):
     return best, out
 
 
-def side_by_side(fns: list, repeat: int | None = None, before=None) -> list[tuple[float, object]]:
-    """(best seconds, last output) of each function over ``repeat`` rounds; the functions take turns within a
-    round, so a burst of load from elsewhere on the machine falls on both sides rather than on one."""
-    best, outs = [float("inf")] * len(fns), [None] * len(fns)
+def side_by_side(fns: list, repeat: int | None = None, before=None) -> list[tuple[float, object, float]]:
+    """(best seconds, last output, CPU seconds of the best run) of each function over ``repeat`` rounds; the
+    functions take turns within a round, so a burst of load from elsewhere on the machine falls on both sides
+    rather than on one. CPU counts this process and its children (worker processes)."""
+    best, outs, cpu = [float("inf")] * len(fns), [None] * len(fns), [0.0] * len(fns)
     for _ in range(repeat or REPEAT):
         for i, fn in enumerate(fns):
             outs[i] = None
             if before is not None:
                 before()
             gc.collect()
-            t0 = time.perf_counter()
+            c0, t0 = family_cpu(), time.perf_counter()
             outs[i] = fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return list(zip(best, outs))
+            t, c = time.perf_counter() - t0, family_cpu() - c0
+            if t < best[i]:
+                best[i], cpu[i] = t, c
+    return list(zip(best, outs, cpu))
+
+
+def family_cpu() -> float:
+    """CPU seconds used so far by this process and its live child processes."""
+    t = os.times()
+    total, me, tick = t.user + t.system, str(os.getpid()), os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid; utime and stime follow
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def log(msg: str) -> None:
@@ -254,20 +272,21 @@ def run(rows: int, workdir: str, keep: bool) -> list[Row]:
 
     # 3. map
     log("3. map, 1 worker and 2 processes, taking turns ...")
-    (t1, m1), (t2, m2) = side_by_side([lambda: ds.map(normalize_turns, num_workers=1, progress=False),
-                                       lambda: ds.map(normalize_turns, num_workers=2, mode="process", progress=False)])
+    (t1, m1, c1), (t2, m2, c2) = side_by_side(
+        [lambda: ds.map(normalize_turns, num_workers=1, progress=False),
+         lambda: ds.map(normalize_turns, num_workers=2, mode="process", progress=False)])
     check(m1.to_arrow().equals(m2.to_arrow()), "map outputs are equal")
     check(m1.to_arrow().column("n_words").to_pylist()[:100] ==
           [normalize_turns(r)["n_words"] for r in items[:100]], "n_words matches the plain function")
     results.append(Row("map (whitespace + word count)", t2, t1, 1.6,
-                       note="ds.map, 2 processes vs 1 worker"))
+                       note=f"ds.map, 2 processes vs 1 worker; CPU {c2:.1f} s (parent + workers) vs {c1:.1f} s"))
     del m1, m2
 
     # 4. write
     log("4. write ...")
     arrow_dir, pq_dir, js = (os.path.join(out_dir, n) for n in ("arrow", "parquet", "export.jsonl"))
     # os.sync() before each run, untimed: no run pays for writing back the previous run's files
-    (t_arrow, man_a), (t_pq, man_p), (t_js, _) = side_by_side(
+    (t_arrow, man_a, _), (t_pq, man_p, c_pq), (t_js, _, c_js) = side_by_side(
         [lambda: ds.write_shards(arrow_dir, format="arrow"), lambda: ds.write_shards(pq_dir, format="parquet"),
          lambda: export_jsonl(items, js)], before=os.sync)
     os.sync()
@@ -282,7 +301,8 @@ def run(rows: int, workdir: str, keep: bool) -> list[Row]:
     size = lambda d: sum(s["bytes"] for s in (man_a if d == arrow_dir else man_p)["shards"]) / 1e6  # noqa: E731
     note_js = f"jsonl {os.path.getsize(js) / 1e6:.0f} MB"
     results.append(Row("write arrow shards", t_arrow, t_js, 5, note=f"{size(arrow_dir):.0f} MB vs {note_js}"))
-    results.append(Row("write parquet shards", t_pq, t_js, 5, note=f"{size(pq_dir):.0f} MB (snappy) vs {note_js}"))
+    results.append(Row("write parquet shards", t_pq, t_js, 5, note=f"{size(pq_dir):.0f} MB (snappy) vs {note_js}; "
+                       f"CPU {c_pq:.1f} s (2 threads) vs {c_js:.1f} s"))
 
     # 5. memory, in fresh processes
     del ds, items
