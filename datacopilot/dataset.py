@@ -232,12 +232,14 @@ class MMDataset:
         return self._table.to_pylist()
 
     # -- reshaping ------------------------------------------------------------------------------------
-    def select(self, columns: Sequence[str]) -> "MMDataset":
+    def select(self, columns: "str | Sequence[str]") -> "MMDataset":
+        columns = [columns] if isinstance(columns, str) else columns
         self._check_columns(columns)
         t = self._table.select(list(columns))
         return self._new(t, schema=_resolve_schema(t, None))
 
-    def drop(self, columns: Sequence[str]) -> "MMDataset":
+    def drop(self, columns: "str | Sequence[str]") -> "MMDataset":
+        columns = [columns] if isinstance(columns, str) else columns
         self._check_columns(columns)
         t = self._table.drop_columns(list(columns))
         keep = all(f.name in t.column_names or not f.required for f in self._schema.fields)
@@ -366,8 +368,8 @@ class MMDataset:
         every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame).
 
         Runs over ``num_workers`` threads or processes (``mode``), keeping order; lambdas and closures work in
-        process mode. ``batch_size`` rows go to a worker at a time (default 1024; 4096 in process mode,
-        where each batch also pays for a trip between processes). ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
+        process mode. ``batch_size`` rows go to a worker at a time (default 1024; in process mode 4096 rows
+        travel per trip through shared memory and the function still sees 1024-row batches). ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
         failed) or ``"quarantine"`` (also keep the failed row with its error in ``result.quarantine``). The
         output keeps this schema when it fits, else ``schema`` or one detected from the columns. ``name`` labels
         the step in :meth:`history` (the function's name by default).

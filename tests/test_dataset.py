@@ -354,3 +354,9 @@ def test_convert(ds):
     assert ds.convert("MM") is ds
     with pytest.raises(ConversionError):
         ds.convert("CAPTION")
+
+
+def test_select_and_drop_take_one_name_as_a_string():
+    ds = MMDataset.from_rows([{"id": "a", "caption": "x", "image": None}], schema="CAPTION")
+    assert ds.select("id").columns == ["id"]
+    assert "caption" not in ds.drop("caption").columns
