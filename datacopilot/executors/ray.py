@@ -246,6 +246,11 @@ def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, bat
     res = options.of(ops[0])
     common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True, "num_cpus": res["num_cpus"]}
     if res["num_gpus"]:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < res["num_gpus"]:  # Ray would wait for them forever
+            raise DataCopilotError(f"{ops[0].label}: asks for {res['num_gpus']} GPU(s) per worker but the Ray "
+                                   f"cluster has {have:g}; set num_gpus: 0 (the model spec or resources) or "
+                                   f"connect to a cluster with GPUs")
         common["num_gpus"] = res["num_gpus"]
     if stateful(ops[0]):
         ds = ds.map_batches(st.StageActor, fn_constructor_args=(ops, first, policy, batch_size),

@@ -133,3 +133,11 @@ def test_a_yaml_pipeline_with_a_model_operator_runs_from_its_own_folder(tmp_path
     assert report["rows"] == 3 and sum(report["ops"][0]["counts"].values()) == 3
     again = Pipeline.from_spec(pipe.to_spec())                 # the spec round-trips with the model as data
     assert again.ops[0].params() == pipe.ops[0].params()
+
+
+def test_a_model_asking_for_gpus_is_refused_on_a_ray_cluster_without_them(tmp_path, ray_session):
+    ds = dataset(tmp_path, 2)
+    op = create("caption", model={"backend": "openai", "endpoint": "http://127.0.0.1:9/v1", "num_gpus": 1})
+    assert op.resources()["num_gpus"] == 1
+    with pytest.raises(dc.errors.DataCopilotError, match="asks for 1 GPU"):
+        dc.pipeline(ds).apply(op).collect(executor="ray")
