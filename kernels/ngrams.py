@@ -93,9 +93,36 @@ def char_tokens(texts, rows: np.ndarray, n_rows: int, sep: int = 10) -> tuple[np
     return _decode(data, offs[:-1], offs[1:], np.asarray(rows, np.int64), n_rows, np.uint64(sep))
 
 
+@numba.njit(cache=True, nogil=True)
+def _fnv1a(data, offsets):
+    """FNV-1a 64 of each UTF-8 string ``data[offsets[i]:offsets[i+1]]``, mixed (splitmix64) to spread the bits."""
+    out = np.empty(len(offsets) - 1, np.uint64)
+    for i in range(len(out)):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = h ^ (h >> np.uint64(31))
+    return out
+
+
+def _string_hashes(strings) -> np.ndarray:
+    """64-bit hashes of the strings of an Arrow string array (no nulls), computed from its own buffers: the same
+    string always gets the same hash, whatever its array's offset or chunking."""
+    import pyarrow as pa
+
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    strings = strings.cast(pa.large_string())
+    offs = np.frombuffer(strings.buffers()[1], np.int64, len(strings) + 1, strings.offset * 8)
+    data = strings.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return _fnv1a(data, offs)
+
+
 def word_tokens(texts, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of the whitespace-separated words per row (element ``i`` of ``texts`` in row ``rows[i]``)."""
-    import polars as pl
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -104,7 +131,7 @@ def word_tokens(texts, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.nd
     word_row = np.asarray(rows, np.int64)[pc.list_parent_indices(words).to_numpy(zero_copy_only=False)]
     nonempty = pc.greater(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)  # "".split() has no words
     flat, word_row = flat.filter(pa.array(nonempty)), word_row[nonempty]
-    hashes = pl.Series(flat).hash(seed=0).to_numpy().astype(np.uint64) if len(flat) else np.zeros(0, np.uint64)
+    hashes = _string_hashes(flat) if len(flat) else np.zeros(0, np.uint64)
     counts = np.bincount(word_row, minlength=n_rows).astype(np.int64)
     offsets = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
