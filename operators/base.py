@@ -197,6 +197,7 @@ class Deduplicator(Operator):
 
     kind = "dedup"
     near: ClassVar[bool] = False
+    banded: ClassVar[bool] = False  # near, and its signatures are LSH band keys: decided row by row as keys stream
 
     @property
     def drop_reason(self) -> str:

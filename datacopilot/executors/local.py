@@ -202,7 +202,7 @@ class LocalExecutor(Executor):
         first = True
         while i < len(ops):
             if ops[i].kind == "dedup":
-                streams = not ops[i].near or getattr(ops[i], "banded", False)
+                streams = not ops[i].near or ops[i].banded
                 stream = (_exact if streams else _near)(stream, run, i)
                 i += 1
                 continue
@@ -323,9 +323,9 @@ def _hook(run: Run, i: int, table: pa.Table):
             run.quarantine.append(q.append_column("_error", pa.array([f[1] for f in res.failures], pa.string())))
     pieces = list(_pieces([res]))
     ok = np.flatnonzero(~failed)
-    if op.near and not getattr(op, "banded", False):
+    if op.near and not op.banded:
         return (np.concatenate(pieces) if pieces else None), ok
-    width = (len(ok), -1) if getattr(op, "banded", False) else (-1,)
+    width = (len(ok), -1) if op.banded else (-1,)
     return (np.concatenate(pieces).astype(np.uint64).reshape(width) if pieces else np.zeros(0, np.uint64)), ok
 
 

@@ -196,7 +196,7 @@ def decide(op, blocks) -> list[np.ndarray]:
     from datacopilot.errors import DataCopilotError
     from datacopilot.kernels.hashing import KeySet
 
-    if op.near and not getattr(op, "banded", False):
+    if op.near and not op.banded:
         blocks = list(blocks)
         parts = [p for ps, _ in blocks for p in ps]
         drop = np.asarray(op.duplicates(np.concatenate(parts)), dtype=bool) if parts else np.zeros(0, bool)
