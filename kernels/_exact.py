@@ -36,31 +36,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .minhash import _find
+
 
 @njit(cache=True)
 def _largest_at_most(parent, x):
-    """Longest length still present that is <= x (0 if none), with path compression."""
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        above = parent[x]
-        parent[x] = root
-        x = above
-    return root
+    """Longest length still present that is <= x (0 if none): a union-find root, with path compression."""
+    return _find(parent, x)
 
 
 @njit(cache=True)
 def _smallest_at_least(up, x):
-    """Shortest length still present that is >= x (the end sentinel if none), with path compression."""
-    root = x
-    while up[root] != root:
-        root = up[root]
-    while up[x] != root:
-        below = up[x]
-        up[x] = root
-        x = below
-    return root
+    """Shortest length still present that is >= x (the end sentinel if none): a union-find root."""
+    return _find(up, x)
 
 
 @njit(cache=True)

@@ -233,6 +233,7 @@ def lsh_duplicates(keys: np.ndarray) -> np.ndarray:
 
 @njit(cache=True)
 def _find(parent, i):
+    """The root of ``i`` in a union-find forest (``parent[root] == root``), compressing the path to it."""
     root = i
     while parent[root] != root:
         root = parent[root]
