@@ -1,4 +1,4 @@
-"""Operators: Mapper, Filter, Augmenter, Synthesizer, Evaluator and Deduplicator over Arrow record batches,
+"""Operators: Mapper, Filter, Augmenter, Synthesizer, Evaluator, Deduplicator and Grouper over Arrow record batches,
 a registry by name, and the built-in operators (imported lazily by the registry).
 
 >>> import datacopilot as dc
@@ -9,10 +9,11 @@ a registry by name, and the built-in operators (imported lazily by the registry)
 'hi there'
 """
 
-from .base import (Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator, Outcome, Synthesizer,
+from .base import (Augmenter, Deduplicator, Evaluator, Filter, Grouper, Mapper, Operator, Outcome, Synthesizer,
                    check_choice, check_float, check_int, check_order)
 from .registry import create, get_operator, list_operators, register, unregister
 
-__all__ = ["Operator", "Mapper", "Filter", "Augmenter", "Synthesizer", "Evaluator", "Deduplicator", "Outcome",
+__all__ = ["Operator", "Mapper", "Filter", "Augmenter", "Synthesizer", "Evaluator", "Deduplicator", "Grouper",
+           "Outcome",
            "check_int", "check_float", "check_choice", "check_order",
            "register", "unregister", "get_operator", "create", "list_operators"]

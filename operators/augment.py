@@ -1,8 +1,8 @@
 """Augmenters over conversations (MM, MIX and MESSAGES): rephrase questions from templates, split long
 conversations, merge conversations on the same image, shuffle independent exchanges.
 
-Each works per row (rows in a batch do not see each other) except ``merge_same_image``, which merges within a
-record batch only (see its docstring). Random choices are seeded by ``seed`` and the row's own content, so the
+Each works per row (rows in a batch do not see each other) except ``merge_same_image``, a dataset-wide stage
+that merges rows on the same image wherever they are. Random choices are seeded by ``seed`` and the row's own content, so the
 output does not depend on batch sizes, workers or the executor. A row the operator cannot handle (an unknown
 role) raises; the runner then retries row by row, so only that row fails.
 
@@ -12,8 +12,10 @@ role) raises; the runner then retries row by row, so only that row fails.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from datacopilot.schemas import IMAGE_TOKEN
 
@@ -36,7 +38,7 @@ from ._augment import (
     with_suffix,
 )
 from ._conv import ROLES, ConversationOp
-from .base import Augmenter, check_choice, check_int
+from .base import Augmenter, Grouper, check_choice, check_int
 from .registry import register
 
 TEMPLATES = (
@@ -203,18 +205,19 @@ class SplitConversations(ConversationOp, Augmenter):
 
 
 @register
-class MergeSameImage(ConversationOp, Augmenter):
-    """Merge the conversations of rows on the same image(s) into one row of at most ``max_turns`` exchanges
-    (None: no limit), in row order; the merged row takes the place of the group's first row.
+class MergeSameImage(ConversationOp, Grouper):
+    """Merge the conversations of rows on the same image(s), across the whole dataset, into one row of at most
+    ``max_turns`` exchanges (None: no limit), in row order; the merged row takes the place of the group's first
+    row.
 
     Rows merge when their images (path and bytes) and their system turns are equal; rows without an image are
     passed on. The merged id joins the ids with ``+``; ``meta`` is the first row's. ``<image>`` placeholders of
-    the later rows are removed (the image appears once). A row longer than ``max_turns`` stays alone.
+    the later rows are removed (the image appears once). A row that would take a group past ``max_turns``
+    starts the next group of its image; a row longer than ``max_turns`` stays alone.
 
-    This is a per-batch augmenter: it merges rows **within one record batch** only (``batch_size`` of
-    ``ds.apply`` or of the pipeline; a failed batch retried row by row merges nothing). To merge across a whole
-    dataset, bring rows of the same image together first (``ds.sort(lambda r: r["image"]["path"])``) and use a
-    batch size that holds the largest group.
+    A dataset-wide stage (a :class:`~datacopilot.operators.base.Grouper`): executors keep 16 bytes a row in
+    memory (a hash of the image and system turns, the number of exchanges) while they read the rows, then read
+    back the rows of a few groups at a time to merge them.
     """
 
     name = "merge_same_image"
@@ -223,24 +226,26 @@ class MergeSameImage(ConversationOp, Augmenter):
     def __init__(self, max_turns: int | None = None):
         super().__init__(max_turns=check_int(self, "max_turns", max_turns, minimum=1, optional=True))
 
-    def augment(self, batch: pa.RecordBatch) -> pa.Table:
+    @property
+    def capacity(self) -> int | None:
+        return self.p["max_turns"]
+
+    def signatures(self, batch: pa.RecordBatch) -> np.ndarray:
         k, rows = batch_rows(self, batch)
-        limit = self.p["max_turns"]
-        groups: list[list] = []  # [rows, exchanges count]
-        open_at: dict = {}
-        for row in rows:
+        out = np.zeros((len(rows), 2), np.uint64)
+        for i, row in enumerate(rows):
             prefix, ex = exchanges(self, row.get(k.col), k)
             img = image_key(row.get(k.image_col)) if k.image_col else None
-            key = (img, repr(prefix))
-            g = open_at.get(key) if img is not None else None
-            if g is not None and ex and (limit is None or groups[g][1] + len(ex) <= limit):
-                groups[g][0].append((row, ex))
-                groups[g][1] += len(ex)
-                continue
-            groups.append([[(row, ex)], len(ex)])
             if img is not None and ex:
-                open_at[key] = len(groups) - 1
-        return to_table([self._merge(g[0], k) for g in groups], batch)
+                h = hashlib.blake2b(repr((img, prefix)).encode("utf-8", "surrogatepass"), digest_size=8)
+                out[i] = (int.from_bytes(h.digest(), "little") | 1, len(ex))  # never 0 (0: alone)
+        return out
+
+    def merge(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
+        k, rows = batch_rows(self, table)
+        members = [[(r, exchanges(self, r.get(k.col), k)[1]) for r in rows[a:b]]
+                   for a, b in zip(offsets[:-1], offsets[1:])]
+        return to_table([self._merge(m, k) for m in members], table)
 
     def _merge(self, members: list, k: Keys) -> dict:
         first = members[0][0]

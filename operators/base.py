@@ -12,6 +12,8 @@ kind                  hook
 ``Synthesizer``       an Augmenter that makes new rows (usually with a model)
 ``Evaluator``         ``evaluate(batch) -> dict`` and ``merge(parts) -> dict``: statistics, rows unchanged
 ``Deduplicator``      ``keys(batch) -> uint64`` (exact), or ``signatures`` + ``duplicates`` (near-duplicate)
+``Grouper``           ``signatures(batch) -> (n, 2) uint64`` and ``merge(table, offsets) -> table``: rows with
+                      equal keys across the dataset become one row
 ====================  ====================================================================================
 
 Heavy state (models, lookup tables) is built in ``setup()``, which the executor runs once per worker before
@@ -51,7 +53,7 @@ import pyarrow as pa
 
 from datacopilot.errors import MissingDependencyError, OperatorError
 
-KINDS = ("mapper", "filter", "augmenter", "synthesizer", "evaluator", "dedup")
+KINDS = ("mapper", "filter", "augmenter", "synthesizer", "evaluator", "dedup", "group")
 
 
 @dataclass
@@ -211,6 +213,31 @@ class Deduplicator(Operator):
         raise NotImplementedError
 
     def duplicates(self, sigs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Grouper(Operator):
+    """Dataset-wide: rows with equal keys become one row, which takes the place of the group's first row.
+
+    ``signatures(batch)`` gives each row a key and a size as an ``(n, 2)`` uint64 array; key 0 means the row
+    stays alone. A group gathers the rows of one key in row order while their sizes add up to at most
+    :attr:`capacity` (None: no limit); a row that would pass it starts the key's next group. ``merge(table,
+    offsets)`` gets the rows of several groups, group ``g`` being rows ``offsets[g]:offsets[g + 1]``, each of
+    at least two rows, and returns one row per group (or an :class:`Outcome` of it). Executors keep only the
+    signatures in memory while they collect them (:mod:`datacopilot.operators.grouping`).
+    """
+
+    kind = "group"
+
+    @property
+    def capacity(self) -> int | None:
+        """The most a group's sizes may add up to (None: no limit)."""
+        return None
+
+    def signatures(self, batch: pa.RecordBatch) -> np.ndarray:
+        raise NotImplementedError
+
+    def merge(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
         raise NotImplementedError
 
 

@@ -37,7 +37,7 @@ from datacopilot.rowops import POLICIES, Result, _as_batch
 from datacopilot.schemas import Schema
 from datacopilot.transforms import filter_table
 
-from .base import Augmenter, Deduplicator, Evaluator, Filter, Mapper, Operator, Outcome
+from .base import Augmenter, Deduplicator, Evaluator, Filter, Grouper, Mapper, Operator, Outcome
 
 
 @dataclass
@@ -73,6 +73,12 @@ class _OpTask:
             return _to_table(_unwrap(self.op.augment(batch), counts), self.op)
         if isinstance(self.op, Deduplicator):
             return self.op.signatures(batch) if self.op.near else np.asarray(self.op.keys(batch), dtype=np.uint64)
+        if isinstance(self.op, Grouper):
+            sigs = np.asarray(self.op.signatures(batch), dtype=np.uint64)
+            if sigs.shape != (batch.num_rows, 2):
+                raise OperatorError(self.op.label, None, f"signatures() must return shape ({batch.num_rows}, 2), "
+                                                         f"got {sigs.shape}")
+            return sigs
         raise DataCopilotError(f"{self.op.label}: cannot apply an operator of kind {self.op.kind!r}")
 
     def _keep(self, batch: pa.RecordBatch, counts: Counter) -> tuple[np.ndarray, np.ndarray, pa.Table | None]:
@@ -180,6 +186,10 @@ def _apply_one(ds, op: Operator, num_workers, mode, on_error, batch_size, progre
                           desc=op.label, progress=progress,
                           stop=(lambda r: bool(r.failures)) if on_error == "raise" else None)
     failures = [f for r in results for f in r.failures]
+    counts = sum((r.counts for r in results), Counter())
+    if isinstance(op, Grouper) and not (failures and on_error == "raise"):
+        out, more = _group_output(table, results, failures, op, on_error, batch_size, counts)
+        failures = sorted(failures + more, key=lambda f: f[0])
     if failures and on_error == "raise":
         row, msg, tb = failures[0]
         row_id = table.column("id")[row].as_py() if "id" in table.column_names else None
@@ -190,9 +200,10 @@ def _apply_one(ds, op: Operator, num_workers, mode, on_error, batch_size, progre
         out, dropped = _filter_output(table, results, failed_rows, op)
     elif isinstance(op, Deduplicator):
         out, dropped = _dedup_output(table, results, failed_rows, op)
+    elif isinstance(op, Grouper):
+        dropped = {}
     else:
         out, dropped = _map_output(table, results), {}
-    counts = sum((r.counts for r in results), Counter())
     rec = OpRecord(op.label, table.num_rows, out.num_rows, dropped, len(failures), time.perf_counter() - t0,
                    dict(counts))
     return _new_dataset(ds, out, rec, _quarantine(ds, table, failures, op.label, on_error))
@@ -251,6 +262,25 @@ def _dedup_output(table, results, failed_rows, op) -> tuple[pa.Table, dict]:
     keep[ok] = ~drop
     n = int(drop.sum())
     return filter_table(table, keep), ({op.drop_reason: n} if n else {})
+
+
+def _group_output(table, results, failures, op, policy, batch_size, counts) -> tuple[pa.Table, list]:
+    """A Grouper's merged rows, and the failures of its merges (rows of ``table``)."""
+    from datacopilot.parallel import PIECE_ROWS
+
+    from .grouping import group_ids, merge_windows
+
+    failed = np.zeros(table.num_rows, dtype=bool)
+    failed[[f[0] for f in failures]] = True
+    ok = np.flatnonzero(~failed)
+    pieces = list(_pieces(results))
+    gid = group_ids(op, np.concatenate(pieces) if pieces else np.zeros((0, 2), np.uint64))
+    outs, more = [], []
+    for out, fails, c in merge_windows(op, table.take(ok), gid, policy, batch_size or PIECE_ROWS):
+        outs.append(out)
+        more += [(int(ok[r]), msg, tb) for rows, msg, tb in fails for r in rows]
+        counts.update(c)
+    return (pa.concat_tables(outs, promote_options="permissive") if outs else table.schema.empty_table()), more
 
 
 def _map_output(table, results) -> pa.Table:

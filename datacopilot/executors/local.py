@@ -6,7 +6,9 @@ batches, never the dataset.
 * An exact Deduplicator, and a banded near-duplicate one (MinHash-LSH: its keys are band keys), keeps only the
   keys seen so far (:class:`datacopilot.kernels.hashing.KeySet`) and streams; another near-duplicate one (images)
   spills its input to a temporary Arrow file while it collects signatures, then streams the file back without
-  the duplicates.
+  the duplicates. A Grouper spills its input the same way, then reads back the rows of a window of groups at a
+  time to merge them (:mod:`datacopilot.operators.grouping`). The spill file is memory-mapped and its pages are
+  dropped from the process after each batch, so memory holds the signatures and a window, not the rows.
 * Each batch of an operator goes through the same task as ``ds.apply`` (:class:`operators.run._OpTask`), so
   rows and accounting equal ``ds.apply(ops)`` for operators that treat rows independently.
 
@@ -17,6 +19,7 @@ LocalExecutor(num_workers=2, mode='thread')
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import sys
@@ -201,13 +204,17 @@ class LocalExecutor(Executor):
         i, ops = 0, run.ops
         first = True
         while i < len(ops):
+            if ops[i].kind == "group":
+                stream = _group(stream, run, i, plan.batch_size)
+                i += 1
+                continue
             if ops[i].kind == "dedup":
                 streams = not ops[i].near or ops[i].banded
                 stream = (_exact if streams else _near)(stream, run, i)
                 i += 1
                 continue
             j = i
-            while j < len(ops) and ops[j].kind != "dedup":
+            while j < len(ops) and ops[j].kind not in ("dedup", "group"):
                 j += 1
             stream = self._chain(stream, run, i, Chain(ops[i:j], plan.on_error), parallel=first)
             first, i = False, j
@@ -323,10 +330,63 @@ def _hook(run: Run, i: int, table: pa.Table):
             run.quarantine.append(q.append_column("_error", pa.array([f[1] for f in res.failures], pa.string())))
     pieces = list(_pieces([res]))
     ok = np.flatnonzero(~failed)
+    if op.kind == "group":
+        return (np.concatenate(pieces) if pieces else np.zeros((0, 2), np.uint64)), ok
     if op.near and not op.banded:
         return (np.concatenate(pieces) if pieces else None), ok
     width = (len(ok), -1) if op.banded else (-1,)
     return (np.concatenate(pieces).astype(np.uint64).reshape(width) if pieces else np.zeros(0, np.uint64)), ok
+
+
+class _Spill:
+    """The rows of a dataset-wide stage written to a temporary Arrow file while its signatures are collected."""
+
+    def __init__(self, stream, run: Run, i: int):
+        self.stream, self.run, self.i = stream, run, i
+        fd, self.path = tempfile.mkstemp(suffix=".arrow", prefix=f"dc-{run.ops[i].kind}-")
+        os.close(fd)
+        self.sigs, self.ends, self._map = [], [], None
+
+    def collect(self) -> bool:
+        """Read the whole input; False when no row is left."""
+        a, writer = self.run.acc[self.i], None
+        for item in self.stream:
+            if isinstance(item, End):
+                self.ends.append(item)
+                continue
+            t0 = time.perf_counter()
+            s, ok = _hook(self.run, self.i, item)
+            a.rows_in += item.num_rows
+            kept = item.take(ok) if len(ok) != item.num_rows else item
+            if s is not None and len(ok):
+                self.sigs.append(s)
+            if kept.num_rows:
+                if writer is None:
+                    schema = kept.schema
+                    writer = pa.ipc.new_file(self.path, schema)
+                writer.write_table(kept.cast(schema) if kept.schema != schema else kept)
+            a.seconds += time.perf_counter() - t0
+        if writer is not None:
+            writer.close()
+        return writer is not None
+
+    def rows(self) -> pa.Table:
+        """The spilled rows, memory-mapped: pages are read when a row is used and :meth:`release` drops them
+        from this process's memory again (they stay valid: used again, they are read again)."""
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._map))).read_all()
+
+    def release(self) -> None:
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def end(self) -> Iterator:
+        if self.ends:
+            yield End(tuple(u for e in self.ends for u in e.units))
+
+    def close(self) -> None:
+        os.unlink(self.path)
 
 
 def _near(stream, run: Run, i: int) -> Iterator:
@@ -334,43 +394,63 @@ def _near(stream, run: Run, i: int) -> Iterator:
     from datacopilot.transforms import filter_table
 
     op, a = run.ops[i], run.acc[i]
-    fd, path = tempfile.mkstemp(suffix=".arrow", prefix="dc-neardup-")
-    os.close(fd)
-    sigs, ends, writer, sizes = [], [], None, []
+    spill = _Spill(stream, run, i)
     try:
-        for item in stream:
-            if isinstance(item, End):
-                ends.append(item)
-                continue
-            t0 = time.perf_counter()
-            s, ok = _hook(run, i, item)
-            a.rows_in += item.num_rows
-            kept = item.take(ok) if len(ok) != item.num_rows else item
-            if s is not None and len(ok):
-                sigs.append(s)
-            if kept.num_rows:
-                if writer is None:
-                    schema = kept.schema
-                    writer = pa.ipc.new_file(path, schema)
-                writer.write_table(kept.cast(schema) if kept.schema != schema else kept)
-                sizes.append(kept.num_rows)
-            a.seconds += time.perf_counter() - t0
-        if writer is not None:
-            writer.close()
+        have = spill.collect()
+        sigs = spill.sigs
         drop = np.asarray(op.duplicates(np.concatenate(sigs)), dtype=bool) if sigs else np.zeros(0, bool)
         n = int(drop.sum())
         if n:
             a.dropped[op.drop_reason] += n
-        if writer is not None:
-            reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+        if have:
             start = 0
-            for b in range(reader.num_record_batches):
-                batch = pa.Table.from_batches([reader.get_batch(b)])
-                out = filter_table(batch, ~drop[start:start + batch.num_rows])
-                start += batch.num_rows
+            for rb in spill.rows().to_batches():
+                out = filter_table(pa.Table.from_batches([rb]), ~drop[start:start + rb.num_rows])
+                start += rb.num_rows
                 a.rows_out += out.num_rows
                 yield out
-        if ends:
-            yield End(tuple(u for e in ends for u in e.units))
+                spill.release()
+        yield from spill.end()
     finally:
-        os.unlink(path)
+        spill.close()
+
+
+def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
+    """A Grouper: spill the input while collecting signatures; then read back and merge a window at a time."""
+    from datacopilot.operators.grouping import group_ids, merge_windows
+
+    op, a = run.ops[i], run.acc[i]
+    spill = _Spill(stream, run, i)
+    try:
+        if spill.collect():
+            t0 = time.perf_counter()
+            rows = spill.rows()
+            gid = group_ids(op, np.concatenate(spill.sigs))
+            for out, fails, counts in merge_windows(op, rows, gid, run.policy, batch_size):
+                a.counts.update(counts)
+                if fails:
+                    _group_failures(run, i, rows, fails)
+                a.rows_out += out.num_rows
+                a.seconds += time.perf_counter() - t0
+                yield out
+                spill.release()
+                t0 = time.perf_counter()
+        yield from spill.end()
+    finally:
+        spill.close()
+
+
+def _group_failures(run: Run, i: int, rows: pa.Table, fails: list) -> None:
+    """Count (and quarantine, or raise) the rows of the groups whose merge failed."""
+    from datacopilot.operators.grouping import take_rows
+
+    a = run.acc[i]
+    idx = np.array([r for members, _, _ in fails for r in members], np.int64)
+    msgs = [msg for members, msg, _ in fails for _ in members]
+    if run.policy == "raise":
+        row_id = take_rows(rows, idx[:1]).column("id")[0].as_py() if "id" in rows.column_names else None
+        raise OperatorError(a.label, int(idx[0]), fails[0][1], fails[0][2], row_id=row_id)
+    a.failed += len(idx)
+    if run.policy == "quarantine":
+        q = take_rows(rows, idx).append_column("_op", pa.array([a.label] * len(idx), pa.string()))
+        run.quarantine.append(q.append_column("_error", pa.array(msgs, pa.string())))

@@ -224,24 +224,29 @@ def stages(ops: list, options: RayOptions) -> list[tuple[int, int]]:
     ...         create("dedup_near_text")], RayOptions())
     [(0, 3), (3, 4)]
     """
-    from datacopilot.operators.base import Deduplicator
-
     out, i = [], 0
     while i < len(ops):
         j = i + 1
-        if not stateful(ops[i]) and not isinstance(ops[i], Deduplicator):
+        if not stateful(ops[i]) and not _barrier(ops[i]):
             res = options.of(ops[i])
             while j < len(ops) and not stateful(ops[j]) and options.of(ops[j]) == res:
                 j += 1
-                if isinstance(ops[j - 1], Deduplicator):
+                if _barrier(ops[j - 1]):
                     break
         out.append((i, j))
         i = j
     return out
 
 
+def _barrier(op) -> bool:
+    """A dataset-wide operator: a deduplicator or a grouper (it sees every row before it gives any)."""
+    from datacopilot.operators.base import Deduplicator, Grouper
+
+    return isinstance(op, (Deduplicator, Grouper))
+
+
 def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, batch_size: int):
-    from datacopilot.operators.base import Deduplicator
+    from datacopilot.operators.base import Deduplicator, Grouper
 
     res = options.of(ops[0])
     common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True, "num_cpus": res["num_cpus"]}
@@ -259,6 +264,8 @@ def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, bat
         ds = ds.map_batches(st.run_chain, fn_args=(ops, first, policy, batch_size), **common)
     if isinstance(ops[-1], Deduplicator):
         ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1)
+    elif isinstance(ops[-1], Grouper):
+        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, policy, batch_size)
     return ds
 
 
@@ -270,6 +277,37 @@ def _dedup(ray, ds, op, k: int):
     drops = st.decide(op, (_get(ray, t) for t in tasks))  # in block order, as the keys come
     mark = ray.remote(st.dedup_mark)
     return ray.data.from_arrow_refs([mark.remote(r, d, k, op.drop_reason) for r, d in zip(refs, drops)])
+
+
+def _group(ray, ds, op, k: int, policy: str, batch_size: int):
+    """The barrier of a grouper: signatures per block -> groups decided on the driver (16 bytes a row) -> one
+    task per block merges the groups whose first row is in it, fetching the blocks that hold their other rows."""
+    from datacopilot.operators.grouping import group_ids
+
+    refs = list(ds.to_arrow_refs())
+    keys = ray.remote(st.dedup_keys)
+    got = _get(ray, [keys.remote(r, k) for r in refs])
+    sigs = []
+    for parts, n in got:
+        s = np.concatenate(parts).reshape(-1, 2) if parts else np.zeros((0, 2), np.uint64)
+        if len(s) != n:
+            raise DataCopilotError(f"{op.label}: {len(s)} signatures for {n} rows")
+        sigs.append(s)
+    bounds = np.cumsum([0, *(len(s) for s in sigs)])
+    gid = group_ids(op, np.concatenate(sigs))
+    block_of = np.searchsorted(bounds, np.arange(len(gid)), side="right") - 1
+    lead_block = block_of[gid]
+    by_lead = np.argsort(lead_block, kind="stable")  # rows grouped by the block of their group's first row
+    cuts = np.searchsorted(lead_block[by_lead], np.arange(len(refs) + 1))
+    merge = ray.remote(st.group_merge)
+    out = []
+    for b, ref in enumerate(refs):
+        rows = by_lead[cuts[b]:cuts[b + 1]]  # global indices, ascending
+        srcs = np.unique(block_of[rows])
+        takes = [rows[block_of[rows] == c] - bounds[c] for c in srcs]
+        local_gid = np.searchsorted(rows, gid[rows])
+        out.append(merge.remote(ref, op, k, policy, batch_size, local_gid, takes, *(refs[c] for c in srcs)))
+    return ray.data.from_arrow_refs(out)
 
 
 def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: float):

@@ -77,7 +77,7 @@ def from_ipc(data: bytes) -> pa.Table:
 def _apply(op, live: pa.Table, policy: str):
     """One operator over rows: (output, drop reasons, failures as (row, message, traceback), a deduplicator's
     keys of the rows that did not fail (else None), the operator's counters)."""
-    from datacopilot.operators.base import Deduplicator, Filter
+    from datacopilot.operators.base import Deduplicator, Filter, Grouper
     from datacopilot.operators.run import _map_output, _OpTask, _pieces, filter_pieces
     from datacopilot.transforms import filter_table
 
@@ -88,7 +88,7 @@ def _apply(op, live: pa.Table, policy: str):
     if isinstance(op, Filter):
         out, reasons = filter_pieces(live, list(_pieces([res])), failed, op)
         drops.update(reasons)
-    elif isinstance(op, Deduplicator):
+    elif isinstance(op, (Deduplicator, Grouper)):
         pieces = list(_pieces([res]))
         keys = np.concatenate(pieces) if pieces else None
         out = filter_table(live, ~failed)
@@ -111,7 +111,7 @@ def run_chain(block: pa.Table, ops: list, first: int, policy: str, batch_rows: i
     ``block``, ``batch_rows`` rows at a time (the batches the local executor gives them). Adds per operator its
     failure events, one count event (rows given, seconds, counters, a deduplicator's keys) and one drop event
     holding its drop reasons as JSON."""
-    from datacopilot.operators.base import Deduplicator
+    from datacopilot.operators.base import Deduplicator, Grouper
 
     live, old = split(block)
     if not live.num_rows:
@@ -145,7 +145,7 @@ def run_chain(block: pa.Table, ops: list, first: int, policy: str, batch_rows: i
             new.append(events(stage, len(f), **{ERROR: [x[1] for x in f], TB: [x[2] for x in f],
                                                 PAYLOAD: [to_ipc(x[3]) for x in f], ROW: [x[0] for x in f]}))
         payload = None
-        if isinstance(op, Deduplicator):
+        if isinstance(op, (Deduplicator, Grouper)):
             payload = pickle.dumps(np.concatenate(a.keys) if a.keys else None)
         new.append(events(stage, 1, **{N: [a.given], SEC: [a.seconds], PAYLOAD: [payload],
                                        COUNTS: [json.dumps(dict(a.counts)) if a.counts else None]}))
@@ -175,17 +175,50 @@ def dedup_keys(block: pa.Table, stage: int) -> tuple[list, int]:
     return [p for p in parts if p is not None], live.num_rows
 
 
+def _cleared(ev: pa.Table, stage: int) -> pa.Table:
+    """The events without the key payloads of ``stage`` (no longer needed once its barrier is passed)."""
+    cleared = pc.if_else(pc.and_(pc.equal(ev.column(STAGE), stage), pc.is_valid(ev.column(N))),
+                         pa.scalar(None, pa.binary()), ev.column(PAYLOAD))
+    return ev.set_column(ev.schema.get_field_index(PAYLOAD), PAYLOAD, cleared)
+
+
 def dedup_mark(block: pa.Table, drop: np.ndarray, stage: int, reason: str) -> pa.Table:
     """Turn the live rows marked in ``drop`` into drop events; clear the stage's key payloads."""
     from datacopilot.transforms import filter_table
 
     live, ev = split(block)
-    cleared = pc.if_else(pc.and_(pc.equal(ev.column(STAGE), stage), pc.is_valid(ev.column(N))),
-                         pa.scalar(None, pa.binary()), ev.column(PAYLOAD))
-    ev = ev.set_column(ev.schema.get_field_index(PAYLOAD), PAYLOAD, cleared)
+    ev = _cleared(ev, stage)
     n = int(drop.sum())
     new = [events(stage, 1, **{REASON: [json.dumps({reason: n})]})] if n else []
     return join(filter_table(live, ~drop), [ev, *new])
+
+
+def group_merge(block: pa.Table, op, stage: int, policy: str, batch_rows: int, gid: np.ndarray,
+                takes: list[np.ndarray], *sources: pa.Table) -> pa.Table:
+    """A Grouper's output for the groups whose first row is in ``block``: ``sources[j]`` is a block holding some
+    of their rows (``block`` itself among them), ``takes[j]`` those rows' indices among its live rows, in global
+    row order; ``gid`` is the group (its first row's index among the rows taken) of each row taken. Keeps the
+    block's own events (key payloads cleared) and adds the failures and counters of the merges."""
+    from datacopilot.errors import OperatorError
+    from datacopilot.operators.grouping import merge_windows
+
+    live, ev = split(block)
+    pool = pa.concat_tables([split(src)[0].take(pa.array(t)) for src, t in zip(sources, takes)],
+                            promote_options="permissive") if sources else live.slice(0, 0)
+    outs, new, counts = [], [], Counter()
+    for out, fails, c in merge_windows(op, pool, gid, policy, batch_rows):
+        outs.append(out)
+        counts.update(c)
+        for members, msg, tb in fails:
+            if policy == "raise":
+                ids = pool.column("id").take(pa.array(members[:1])) if "id" in pool.column_names else None
+                raise OperatorError(op.label, None, msg, tb, row_id=ids[0].as_py() if ids is not None else None)
+            new.append(events(stage, len(members), **{ERROR: [msg] * len(members), TB: [tb] * len(members),
+                                                      PAYLOAD: [to_ipc(pool.slice(int(r), 1)) for r in members]}))
+    if counts:
+        new.append(events(stage, 1, **{N: [0], COUNTS: [json.dumps(dict(counts))]}))
+    out = pa.concat_tables(outs, promote_options="permissive") if outs else live.slice(0, 0)
+    return join(out, [_cleared(ev, stage), *new])
 
 
 def decide(op, blocks) -> list[np.ndarray]:

@@ -33,8 +33,10 @@ def conv_of(row):
 
 def test_registered_as_augmenters():
     kinds = {r["name"]: r["kind"] for r in list_operators("augmenter")}
-    for name in ("rephrase_questions", "split_conversations", "merge_same_image", "shuffle_turns"):
+    for name in ("rephrase_questions", "split_conversations", "shuffle_turns"):
         assert kinds[name] == "augmenter"
+    assert [r["kind"] for r in list_operators("group")] == ["group"] * len(list_operators("group"))
+    assert "merge_same_image" in {r["name"] for r in list_operators("group")}
 
 
 # -- rephrase_questions -----------------------------------------------------------------------------------------
@@ -141,8 +143,9 @@ def test_merge_rows_on_the_same_image(to_schema, schema):
     # max_turns: a group closes when the next row would pass the limit
     capped = ds.apply(create("merge_same_image", max_turns=2))
     assert ids(capped) == ["short+same_img", "other_img", "text_only", "no_question", "again"]
-    # per batch: rows in different batches are not merged (documented)
-    assert ids(ds.apply(create("merge_same_image"), batch_size=2))[:2] == ["short+same_img", "other_img"]
+    # dataset-wide: rows in different batches merge too, whatever the batch size
+    assert ids(ds.apply(create("merge_same_image"), batch_size=2)) == ids(out)
+    assert ds.apply(create("merge_same_image"), batch_size=1).to_list() == out.to_list()
 
 
 def test_merge_moves_a_placeholder_to_the_first_question():

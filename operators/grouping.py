@@ -1,0 +1,157 @@
+"""How a :class:`~datacopilot.operators.base.Grouper` runs, the same way on every executor.
+
+1. Its ``signatures`` hook runs over the batches like any other hook (a batch that raises is retried row by row,
+   so only the rows that fail are failed); the rows are kept aside (in memory for ``ds.apply``, spilled to a
+   temporary Arrow file by the local executor, in Ray's object store on Ray) and only the signatures, 16 bytes a
+   row, stay in memory.
+2. :func:`group_ids` decides the groups from all signatures: each row gets the index of its group's first row.
+3. :func:`layout` orders the rows group by group, groups in order of their first row, and :func:`merge_windows`
+   hands the groups to ``merge`` a window at a time (about ``batch_size`` rows), reading back only the rows of
+   that window (:func:`take_rows`). A group of one row is passed on as it is; a group whose merge raises fails
+   all its rows, with the error.
+
+>>> import numpy as np
+>>> from datacopilot.operators import Grouper
+>>> sigs = np.array([[7, 1], [0, 1], [7, 1], [9, 1], [7, 1]], np.uint64)  # key, size
+>>> group_ids(Grouper(), sigs).tolist()
+[0, 1, 0, 3, 0]
+>>> order, offsets = layout(group_ids(Grouper(), sigs))
+>>> order.tolist(), offsets.tolist()
+([0, 2, 4, 1, 3], [0, 3, 4, 5])
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from datacopilot.errors import OperatorError
+
+from .base import Grouper
+
+
+def group_ids(op: Grouper, sigs: np.ndarray) -> np.ndarray:
+    """Per row, the index of the first row of its group (its own index when it stays alone)."""
+    sigs = np.asarray(sigs, dtype=np.uint64).reshape(-1, 2)
+    keys = sigs[:, 0]
+    gid = np.arange(len(sigs), dtype=np.int64)
+    rows = np.flatnonzero(keys != 0)
+    if op.capacity is None:
+        _, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
+        gid[rows] = rows[first[inverse.reshape(-1)]]
+        return gid
+    cap = op.capacity
+    open_at: dict = {}  # key -> [first row, size so far] of its open group
+    for r, k, s in zip(rows.tolist(), keys[rows].tolist(), sigs[rows, 1].tolist()):
+        g = open_at.get(k)
+        if g is not None and g[1] + s <= cap:
+            gid[r] = g[0]
+            g[1] += s
+        else:
+            open_at[k] = [r, s]
+    return gid
+
+
+def layout(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, offsets)``: the rows group by group (groups in order of their first row, rows in order within a
+    group); group ``g`` is ``order[offsets[g]:offsets[g + 1]]``."""
+    order = np.argsort(gid, kind="stable")
+    cuts = np.flatnonzero(np.diff(gid[order])) + 1
+    return order, np.concatenate([[0], cuts, [len(gid)]]).astype(np.int64) if len(gid) else np.zeros(1, np.int64)
+
+
+def windows(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of groups ``[lo, hi)`` of about ``rows`` rows (at least one group each)."""
+    n, lo = len(offsets) - 1, 0
+    while lo < n:
+        hi = int(np.searchsorted(offsets, offsets[lo] + rows, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
+
+
+def take_rows(table: pa.Table, idx: np.ndarray) -> pa.Table:
+    """``table.take(idx)`` one record batch at a time: pyarrow's ``take`` on a table of many chunks first joins
+    them, which for a memory-mapped spill file would read all of it into memory."""
+    batches = table.to_batches()
+    if len(batches) <= 1:
+        return table.take(idx)
+    bounds = np.cumsum([0] + [b.num_rows for b in batches])
+    chunk = np.searchsorted(bounds, idx, side="right") - 1
+    by_chunk = np.argsort(chunk, kind="stable")
+    pieces = []
+    for c in np.unique(chunk):
+        pick = by_chunk[chunk[by_chunk] == c]
+        pieces.append(batches[c].take(pa.array(idx[pick] - bounds[c])))
+    got = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
+    back = np.empty(len(idx), np.int64)
+    back[by_chunk] = np.arange(len(idx))
+    return got.take(back)
+
+
+def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
+                 ) -> tuple[pa.Table, list[tuple[np.ndarray, str, str]], Counter]:
+    """Groups ``rows[offsets[g]:offsets[g + 1]]`` merged into one row each, in order: ``(rows out, failures as
+    (positions in rows, message, traceback), counters)``. A call of ``merge`` that raises is retried group by
+    group, so only the groups that fail are failed (all their rows); ``policy="raise"`` stops at the first."""
+    from .run import _to_table, _unwrap
+
+    op.ensure_setup()
+    sizes = np.diff(offsets)
+    multi = np.flatnonzero(sizes > 1)
+    counts: Counter = Counter()
+    if not len(multi):
+        return rows, [], counts
+    spans = [np.arange(offsets[g], offsets[g + 1]) for g in multi]
+
+    def merge(groups: list[int]) -> pa.Table:
+        sub = rows.take(np.concatenate([spans[m] for m in groups]))
+        sub_offsets = np.concatenate([[0], np.cumsum([len(spans[m]) for m in groups])])
+        c: Counter = Counter()
+        out = _to_table(_unwrap(op.merge(sub, sub_offsets), c), op)
+        if out.num_rows != len(groups):
+            raise OperatorError(op.label, None, f"merge() must return {len(groups)} rows, got {out.num_rows}")
+        counts.update(c)
+        return out
+
+    failures, made = [], {}
+    try:
+        merged = merge(list(range(len(multi))))
+        made = dict(zip(range(len(multi)), range(len(multi))))
+    except Exception:  # an operator may raise anything: find the groups that fail
+        parts = []
+        for m in range(len(multi)):
+            try:
+                parts.append(merge([m]))
+                made[m] = len(parts) - 1
+            except Exception as e:
+                failures.append((spans[m], f"{type(e).__name__}: {e}", traceback.format_exc()))
+                if policy == "raise":
+                    break
+        merged = pa.concat_tables(parts, promote_options="permissive") if parts else rows.schema.empty_table()
+    slot = np.where(sizes == 1, offsets[:-1], -1)
+    failed = np.zeros(len(sizes), dtype=bool)
+    for m, g in enumerate(multi):
+        if m in made:
+            slot[g] = rows.num_rows + made[m]
+        else:
+            failed[g] = True
+    pool = pa.concat_tables([rows, merged], promote_options="permissive")
+    return pool.take(slot[~failed]), failures, counts
+
+
+def merge_windows(op: Grouper, table: pa.Table, gid: np.ndarray, policy: str, window: int
+                  ) -> Iterator[tuple[pa.Table, list[tuple[np.ndarray, str, str]], Counter]]:
+    """The merged rows of all groups of ``table`` (``gid`` from :func:`group_ids`), in order, a window of about
+    ``window`` rows at a time: ``(rows, failures as (row indices in table, message, traceback), counters)``."""
+    order, offsets = layout(gid)
+    for lo, hi in windows(offsets, window):
+        rows = take_rows(table, order[offsets[lo]:offsets[hi]])
+        out, failures, counts = merge_groups(op, rows, offsets[lo:hi + 1] - offsets[lo], policy)
+        yield out, [(order[offsets[lo] + pos], msg, tb) for pos, msg, tb in failures], counts
+        if failures and policy == "raise":
+            return
