@@ -92,6 +92,8 @@ def _apply(op, live: pa.Table, policy: str):
         pieces = list(_pieces([res]))
         keys = np.concatenate(pieces) if pieces else None
         out = filter_table(live, ~failed)
+        if res.failures and policy == "raise":  # the retry stopped at the failure: rows after it have no keys
+            out = live.slice(0, res.failures[0][0])  # (the run raises that failure once it ends)
     else:
         out = _map_output(live, [res])
     return out, drops, res.failures, keys, res.counts
@@ -199,7 +201,6 @@ def group_merge(block: pa.Table, op, stage: int, policy: str, batch_rows: int, g
     of their rows (``block`` itself among them), ``takes[j]`` those rows' indices among its live rows, in global
     row order; ``gid`` is the group (its first row's index among the rows taken) of each row taken. Keeps the
     block's own events (key payloads cleared) and adds the failures and counters of the merges."""
-    from datacopilot.errors import OperatorError
     from datacopilot.operators.grouping import merge_windows
 
     live, ev = split(block)
@@ -209,10 +210,7 @@ def group_merge(block: pa.Table, op, stage: int, policy: str, batch_rows: int, g
     for out, fails, c in merge_windows(op, pool, gid, policy, batch_rows):
         outs.append(out)
         counts.update(c)
-        for members, msg, tb in fails:
-            if policy == "raise":
-                ids = pool.column("id").take(pa.array(members[:1])) if "id" in pool.column_names else None
-                raise OperatorError(op.label, None, msg, tb, row_id=ids[0].as_py() if ids is not None else None)
+        for members, msg, tb in fails:  # (no __dc_row: the rows may come from other blocks; the id names them)
             new.append(events(stage, len(members), **{ERROR: [msg] * len(members), TB: [tb] * len(members),
                                                       PAYLOAD: [to_ipc(pool.slice(int(r), 1)) for r in members]}))
     if counts:
@@ -264,10 +262,11 @@ def tally(ev: pa.Table, n_ops: int) -> tuple[list[int], list[Counter], list[int]
     return rows_in, dropped, failed, secs, counts
 
 
-def first_failure(ev: pa.Table) -> tuple[int, int, int]:
+def first_failure(ev: pa.Table) -> tuple[int, int | None, int]:
     """(stage, row among all the rows given to that operator, index in ``ev``) of the failure ``ds.apply`` raises
     first: the earliest operator's first failed row. Events are in block order and a block's failures come before
-    its count, so the rows of earlier blocks are the counts seen so far."""
+    its count, so the rows of earlier blocks are the counts seen so far. A grouper's failed merge has no row
+    (None): its rows may come from several blocks, and the error names the row's id."""
     stages, errs, rows, ns = (ev.column(c).to_pylist() for c in (STAGE, ERROR, ROW, N))
     k = min(s for s, e in zip(stages, errs) if e is not None)
     before = 0
@@ -275,6 +274,6 @@ def first_failure(ev: pa.Table) -> tuple[int, int, int]:
         if s != k:
             continue
         if e is not None:
-            return k, before + r, i
+            return k, (before + r if r is not None else None), i
         before += n or 0
     raise AssertionError("no failure")  # pragma: no cover

@@ -2,8 +2,9 @@
 
 import os
 
+import numpy as np
 import pyarrow as pa
-from datacopilot.operators import Augmenter, Mapper
+from datacopilot.operators import Augmenter, Grouper, Mapper, Outcome
 
 
 class FailOn(Mapper):
@@ -62,3 +63,36 @@ class Twice(Augmenter):
     def augment(self, batch):
         t = pa.Table.from_batches([batch])
         return pa.concat_tables([t, t]).take([i for k in range(t.num_rows) for i in (k, k + t.num_rows)])
+
+
+class JoinByLetter(Grouper):
+    """Rows whose ids start with the same letter become one row (ids joined by ``+``), at most ``cap`` rows a
+    group; ids without a letter stay alone. A group holding an id in ``bad`` fails; with ``marker`` the first
+    merge kills its worker (os._exit, Ray retries the task). Counts the groups it merged."""
+
+    name, reads, writes = "test_join_by_letter", ("id",), ("id",)
+
+    def __init__(self, cap: int | None = None, bad: tuple = (), marker: str = ""):
+        super().__init__(cap=cap, bad=tuple(bad), marker=marker)
+
+    @property
+    def capacity(self):
+        return self.p["cap"]
+
+    def signatures(self, batch):
+        ids = batch.column("id").to_pylist()
+        return np.array([[ord(i[0]) if i[0].isalpha() else 0, 1] for i in ids], np.uint64)
+
+    def merge(self, table, offsets):
+        if self.p["marker"] and not os.path.exists(self.p["marker"]):
+            with open(self.p["marker"], "w") as f:
+                f.write("died\n")
+            os._exit(1)
+        ids = table.column("id").to_pylist()
+        groups = [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        hit = [i for g in groups for i in g if i in self.p["bad"]]
+        if hit:
+            raise ValueError(f"cannot merge {hit[0]}")
+        first = table.take([int(a) for a in offsets[:-1]])
+        out = first.set_column(first.schema.get_field_index("id"), "id", pa.array(["+".join(g) for g in groups]))
+        return Outcome(out, {"merged groups": len(groups)})
