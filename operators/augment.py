@@ -12,13 +12,13 @@ role) raises; the runner then retries row by row, so only that row fails.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from datacopilot.schemas import IMAGE_TOKEN
 
+from . import _merge
 from ._augment import (
     Keys,
     bare,
@@ -26,18 +26,16 @@ from ._augment import (
     check_bool,
     count_placeholders,
     exchanges,
-    image_key,
     no_images,
     refers_back,
     role,
     seeded,
     split_placeholders,
-    strip_placeholders,
     text,
     to_table,
     with_suffix,
 )
-from ._conv import ROLES, ConversationOp
+from ._conv import ConversationOp
 from .base import Augmenter, Grouper, check_choice, check_int
 from .registry import register
 
@@ -231,36 +229,10 @@ class MergeSameImage(ConversationOp, Grouper):
         return self.p["max_turns"]
 
     def signatures(self, batch: pa.RecordBatch) -> np.ndarray:
-        k, rows = batch_rows(self, batch)
-        out = np.zeros((len(rows), 2), np.uint64)
-        for i, row in enumerate(rows):
-            prefix, ex = exchanges(self, row.get(k.col), k)
-            img = image_key(row.get(k.image_col)) if k.image_col else None
-            if img is not None and ex:
-                h = hashlib.blake2b(repr((img, prefix)).encode("utf-8", "surrogatepass"), digest_size=8)
-                out[i] = (int.from_bytes(h.digest(), "little") | 1, len(ex))  # never 0 (0: alone)
-        return out
+        return _merge.signatures(self, batch)
 
     def merge(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
-        k, rows = batch_rows(self, table)
-        members = [[(r, exchanges(self, r.get(k.col), k)[1]) for r in rows[a:b]]
-                   for a, b in zip(offsets[:-1], offsets[1:])]
-        return to_table([self._merge(m, k) for m in members], table)
-
-    def _merge(self, members: list, k: Keys) -> dict:
-        first = members[0][0]
-        if len(members) == 1:
-            return first
-        conv = [dict(t) for t in first[k.col]]
-        n_first = count_placeholders(conv, k)
-        n_later = max(count_placeholders([t for e in ex for t in e], k) for _, ex in members[1:])
-        for _, ex in members[1:]:
-            conv += [{**t, k.text_key: strip_placeholders(text(t, k))} for e in ex for t in e]
-        if n_first == 0 and n_later:
-            q = next(t for t in conv if ROLES.get(t.get(k.role_key)) == "user")
-            q[k.text_key] = (IMAGE_TOKEN + "\n") * n_later + text(q, k)
-        ids = [r.get("id") for r, _ in members if r.get("id") is not None]
-        return {**first, k.col: conv, "id": "+".join(ids) if ids else None}
+        return _merge.merge(self, table, offsets)
 
 
 @register
