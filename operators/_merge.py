@@ -47,9 +47,10 @@ def _item_hashes(values: pa.Array) -> np.ndarray:
     if pa.types.is_struct(values.type):
         names = {values.type.field(i).name for i in range(values.type.num_fields)}
         h = hash_strings(pc.struct_field(values, "path")) if "path" in names else np.zeros(len(values), np.uint64)
+        b = np.zeros(len(values), np.uint64)  # an item's hash must not depend on the other items of the batch
         if "bytes" in names and pc.struct_field(values, "bytes").null_count < len(values):
-            h = combine(h, hash_bytes(pc.struct_field(values, "bytes").to_pylist()))
-        return h
+            b = hash_bytes(pc.struct_field(values, "bytes").to_pylist())
+        return combine(h, b)
     return hash_strings(values.cast(pa.string()))
 
 

@@ -4,6 +4,7 @@ accounted for when a row or a merge fails."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -166,3 +167,83 @@ def test_write_streams_through_the_spill_and_reports(tmp_path):
     assert (rec["rows_in"], rec["rows_out"]) == (80, len(expected(rows, 4)))
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
+
+
+# -- the vectorized merge against a plain per-row reference ----------------------------------------------------
+def reference(rows, max_turns=None):
+    """merge_same_image on MESSAGES rows as dicts, row by row: group on (images, system turns)."""
+    def split(msgs):
+        prefix, ex = [], []
+        for m in msgs:
+            if m["role"] == "user":
+                ex.append([m])
+            elif ex:
+                ex[-1].append(m)
+            else:
+                prefix.append(m)
+        return prefix, ex
+
+    def strip(s):
+        return re.sub(r"<image>\n?", "", s).strip() if "<image>" in s else s
+
+    groups, open_at = [], {}
+    for r in rows:
+        prefix, ex = split(r["messages"])
+        key = (repr(r["images"]), repr(prefix)) if r["images"] and ex else None
+        g = open_at.get(key) if key else None
+        if g is not None and (max_turns is None or groups[g][1] + len(ex) <= max_turns):
+            groups[g][0].append((r, ex))
+            groups[g][1] += len(ex)
+            continue
+        groups.append([[(r, ex)], len(ex)])
+        if key:
+            open_at[key] = len(groups) - 1
+    out = []
+    for members, _ in groups:
+        first = members[0][0]
+        msgs = [dict(m) for m in first["messages"]]
+        n_first = sum(m["content"].count("<image>") for m in msgs)
+        n_later = max([sum(m["content"].count("<image>") for e in ex for m in e) for _, ex in members[1:]],
+                      default=0)
+        for _, ex in members[1:]:
+            msgs += [{**m, "content": strip(m["content"])} for e in ex for m in e]
+        if len(members) > 1 and n_first == 0 and n_later:
+            q = next(m for m in msgs if m["role"] == "user")
+            q["content"] = "<image>\n" * n_later + q["content"]
+        out.append({**first, "messages": msgs, "id": "+".join(r["id"] for r, _ in members)})
+    return out
+
+
+def random_rows(seed, n=150):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "system", "content": rng.choice(["Be brief.", "Be kind."])}] if rng.random() < 0.3 else []
+        if rng.random() < 0.05:
+            msgs.append({"role": "assistant", "content": "Hello."})  # no question: stays alone
+        else:
+            for e in range(rng.randint(1, 3)):
+                q = f"q{i}.{e}?"
+                where = rng.random()
+                if e == 0 and where < 0.5:
+                    q = "<image>\n" + q
+                elif e == 0 and where < 0.6:
+                    q = q + " <image>"
+                elif where < 0.05:
+                    q = "<image>\n<image>\n" + q
+                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": f"a{i}.{e}"}]
+        k = rng.randrange(6)
+        images = ([] if k == 5 else [{"path": f"img/{k}.png", "bytes": None}] if k < 3
+                  else [{"path": "img/x.png", "bytes": bytes([k])}] + ([{"path": "img/y.png", "bytes": None}]
+                                                                       if k == 4 else []))
+        rows.append({"id": f"r{i}", "messages": msgs, "images": images, "meta": None})
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorized_merge_equals_the_row_by_row_reference(seed):
+    rows = random_rows(seed)
+    ds = dc.MMDataset.from_rows(rows, schema="MESSAGES")
+    cap = [None, 2, 4][seed % 3]
+    got = ds.apply(create("merge_same_image", max_turns=cap), batch_size=[1000, 9, 1][seed % 3]).to_list()
+    assert got == reference(rows, cap)
