@@ -247,3 +247,22 @@ def test_vectorized_merge_equals_the_row_by_row_reference(seed):
     cap = [None, 2, 4][seed % 3]
     got = ds.apply(create("merge_same_image", max_turns=cap), batch_size=[1000, 9, 1][seed % 3]).to_list()
     assert got == reference(rows, cap)
+
+
+def test_a_yaml_pipeline_merges_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from datacopilot.cli import main
+
+    rows = scattered(60)
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        dc.MMDataset.from_rows(rows[k * 20:(k + 1) * 20], schema="MM").write(str(tmp_path / "in" / f"p{k}.jsonl"))
+    (tmp_path / "p.yaml").write_text("source: {paths: in/*.jsonl, schema: MM}\nbatch_size: 8\n"
+                                     "ops:\n  - {name: merge_same_image, max_turns: 3}\noutput: {dir: out}\n")
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 0, res.output
+    assert ids(dc.load(str(tmp_path / "out"), schema="MM")) == expected(rows, 3)
+    assert "merge_same_image: in 60" in res.output
+    res = CliRunner().invoke(main, ["ops", "--kind", "group"])
+    assert res.exit_code == 0 and "merge_same_image [group](max_turns=" in res.output
