@@ -7,7 +7,7 @@
 2. :func:`group_ids` decides the groups from all signatures: each row gets the index of its group's first row.
 3. :func:`layout` orders the rows group by group, groups in order of their first row, and :func:`merge_windows`
    hands the groups to ``merge`` a window at a time (about ``batch_size`` rows), reading back only the rows of
-   that window (:func:`take_rows`). A group of one row is passed on as it is; a group whose merge raises fails
+   that window (:class:`Rows`). A group of one row is passed on as it is; a group whose merge raises fails
    all its rows, with the error.
 
 >>> import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from datacopilot.errors import OperatorError
+from datacopilot.kernels.grouping import capacity_groups
 
 from .base import Grouper
 
@@ -37,23 +38,8 @@ from .base import Grouper
 def group_ids(op: Grouper, sigs: np.ndarray) -> np.ndarray:
     """Per row, the index of the first row of its group (its own index when it stays alone)."""
     sigs = np.asarray(sigs, dtype=np.uint64).reshape(-1, 2)
-    keys = sigs[:, 0]
-    gid = np.arange(len(sigs), dtype=np.int64)
-    rows = np.flatnonzero(keys != 0)
-    if op.capacity is None:
-        _, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
-        gid[rows] = rows[first[inverse.reshape(-1)]]
-        return gid
-    cap = op.capacity
-    open_at: dict = {}  # key -> [first row, size so far] of its open group
-    for r, k, s in zip(rows.tolist(), keys[rows].tolist(), sigs[rows, 1].tolist()):
-        g = open_at.get(k)
-        if g is not None and g[1] + s <= cap:
-            gid[r] = g[0]
-            g[1] += s
-        else:
-            open_at[k] = [r, s]
-    return gid
+    cap = op.capacity if op.capacity is not None else 2**62
+    return capacity_groups(sigs[:, 0], sigs[:, 1].astype(np.int64), cap)
 
 
 def layout(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,23 +60,32 @@ def windows(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
+class Rows:
+    """Rows of a table taken by index one record batch at a time: pyarrow's ``take`` on a table of many chunks
+    first joins them, which for a memory-mapped spill file would read all of it into memory."""
+
+    def __init__(self, table: pa.Table):
+        self.table, self.batches = table, table.to_batches()
+        self.bounds = np.cumsum([0] + [b.num_rows for b in self.batches])
+
+    def take(self, idx: np.ndarray) -> pa.Table:
+        if len(self.batches) <= 1:
+            return self.table.take(idx)
+        chunk = np.searchsorted(self.bounds, idx, side="right") - 1
+        by_chunk = np.argsort(chunk, kind="stable")
+        pieces = []
+        for c in np.unique(chunk):
+            pick = by_chunk[chunk[by_chunk] == c]
+            pieces.append(self.batches[c].take(pa.array(idx[pick] - self.bounds[c])))
+        got = pa.Table.from_batches(pieces, schema=self.table.schema).combine_chunks()
+        back = np.empty(len(idx), np.int64)
+        back[by_chunk] = np.arange(len(idx))
+        return got.take(back)
+
+
 def take_rows(table: pa.Table, idx: np.ndarray) -> pa.Table:
-    """``table.take(idx)`` one record batch at a time: pyarrow's ``take`` on a table of many chunks first joins
-    them, which for a memory-mapped spill file would read all of it into memory."""
-    batches = table.to_batches()
-    if len(batches) <= 1:
-        return table.take(idx)
-    bounds = np.cumsum([0] + [b.num_rows for b in batches])
-    chunk = np.searchsorted(bounds, idx, side="right") - 1
-    by_chunk = np.argsort(chunk, kind="stable")
-    pieces = []
-    for c in np.unique(chunk):
-        pick = by_chunk[chunk[by_chunk] == c]
-        pieces.append(batches[c].take(pa.array(idx[pick] - bounds[c])))
-    got = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
-    back = np.empty(len(idx), np.int64)
-    back[by_chunk] = np.arange(len(idx))
-    return got.take(back)
+    """``table.take(idx)`` one record batch at a time (see :class:`Rows`)."""
+    return Rows(table).take(idx)
 
 
 def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
@@ -149,8 +144,9 @@ def merge_windows(op: Grouper, table: pa.Table, gid: np.ndarray, policy: str, wi
     """The merged rows of all groups of ``table`` (``gid`` from :func:`group_ids`), in order, a window of about
     ``window`` rows at a time: ``(rows, failures as (row indices in table, message, traceback), counters)``."""
     order, offsets = layout(gid)
+    source = Rows(table)
     for lo, hi in windows(offsets, window):
-        rows = take_rows(table, order[offsets[lo]:offsets[hi]])
+        rows = source.take(order[offsets[lo]:offsets[hi]])
         out, failures, counts = merge_groups(op, rows, offsets[lo:hi + 1] - offsets[lo], policy)
         yield out, [(order[offsets[lo] + pos], msg, tb) for pos, msg, tb in failures], counts
         if failures and policy == "raise":

@@ -5,7 +5,9 @@
   (those overriding ``setup()``, e.g. a model or a language detector) as actor pools with ``concurrency``,
   ``num_cpus`` and ``num_gpus``; ``setup()`` runs once per actor.
 * A deduplicator is a barrier: tasks compute its keys or signatures per block, the driver decides which rows are
-  duplicates (keeping only keys in memory, as the local executor does), tasks mark them.
+  duplicates (keeping only keys in memory, as the local executor does), tasks mark them. A grouper too: the driver
+  decides the groups from the signatures, then one task per block merges the groups whose first row is in that
+  block, with the blocks holding their other rows as arguments (Ray fetches them from its object store).
 * Files are read in parallel, one Ray task per input file, with datacopilot's own readers (same rows, same
   validation as the local executor); ``write`` writes the shards in parallel Ray tasks (:mod:`.ray_write`).
 * Accounting is carried in the data (see :mod:`datacopilot.executors.ray_stages`) and tallied at the end, so a

@@ -152,7 +152,7 @@ def test_ray_retries_a_merge_task_whose_worker_died(ray_session, tmp_path):  # n
     assert (last(out).rows_in, last(out).rows_out, last(out).counts) == (30, 3, {"merged groups": 3})
 
 
-def test_write_streams_through_the_spill_and_reports(tmp_path):
+def test_write_streams_through_the_spill_and_reports(executor, tmp_path):  # noqa: F811
     rows = scattered(80)
     src = tmp_path / "in"
     src.mkdir()
@@ -160,7 +160,7 @@ def test_write_streams_through_the_spill_and_reports(tmp_path):
         dc.MMDataset.from_rows(rows[k * 20:(k + 1) * 20], schema="MM").write(str(src / f"part{k}.jsonl"))
     pipe = dc.pipeline(sorted(str(p) for p in src.glob("*.jsonl")), schema="MM", batch_size=6)
     pipe = pipe.apply(create("merge_same_image", max_turns=4))
-    report = pipe.write(str(tmp_path / "out"), format="arrow")
+    report = pipe.write(str(tmp_path / "out"), format="arrow", executor=executor)  # Ray: a block per file
     got = dc.load(str(tmp_path / "out"), schema="MM")
     assert ids(got) == expected(rows, 4)
     rec = report["ops"][-1]
