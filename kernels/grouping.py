@@ -38,8 +38,8 @@ def capacity_groups(keys: np.ndarray, sizes: np.ndarray, cap: int) -> np.ndarray
     ``sizes`` add up to at most ``cap``; key 0 rows stay alone. Memory: a few int64 arrays of the keyed rows."""
     keys = np.asarray(keys, np.uint64)
     gid = np.arange(len(keys), dtype=np.int64)
-    rows = np.flatnonzero(keys != 0)
-    if len(rows):
-        order = rows[np.argsort(keys[rows], kind="stable")]
-        gid[order] = _leaders(order, keys[order], np.asarray(sizes, np.int64)[order], np.int64(cap))
+    order = np.flatnonzero(keys != 0)
+    if len(order):
+        order = order[np.argsort(keys[order], kind="stable")]  # (temporaries freed as soon as they are used)
+        gid[order] = _leaders(order, keys[order], np.asarray(sizes)[order].astype(np.int64), np.int64(cap))
     return gid

@@ -39,7 +39,7 @@ def group_ids(op: Grouper, sigs: np.ndarray) -> np.ndarray:
     """Per row, the index of the first row of its group (its own index when it stays alone)."""
     sigs = np.asarray(sigs, dtype=np.uint64).reshape(-1, 2)
     cap = op.capacity if op.capacity is not None else 2**62
-    return capacity_groups(sigs[:, 0], sigs[:, 1].astype(np.int64), cap)
+    return capacity_groups(sigs[:, 0], sigs[:, 1], cap)
 
 
 def layout(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

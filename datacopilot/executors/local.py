@@ -370,11 +370,14 @@ class _Spill:
             writer.close()
         return writer is not None
 
-    def rows(self) -> pa.Table:
+    def rows(self, random: bool = False) -> pa.Table:
         """The spilled rows, memory-mapped: pages are read when a row is used and :meth:`release` drops them
-        from this process's memory again (they stay valid: used again, they are read again)."""
+        from this process's memory again (they stay valid: used again, they are read again). ``random``: rows
+        will be read out of order (no read-ahead)."""
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if random:
+            self._map.madvise(mmap.MADV_RANDOM)
         return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._map))).read_all()
 
     def release(self) -> None:
@@ -424,8 +427,10 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
     try:
         if spill.collect():
             t0 = time.perf_counter()
-            rows = spill.rows()
-            gid = group_ids(op, np.concatenate(spill.sigs))
+            rows = spill.rows(random=True)
+            sigs, spill.sigs = np.concatenate(spill.sigs), []
+            gid = group_ids(op, sigs)
+            del sigs
             for out, fails, counts in merge_windows(op, rows, gid, run.policy, batch_size):
                 a.counts.update(counts)
                 if fails:
