@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datacopilot.kernels.hashing import combine, hash_bytes, hash_strings, mix64
-from datacopilot.rowops import _as_batch
 from datacopilot.schemas import IMAGE_TOKEN
+
+from datacopilot.rowops import _as_batch
 
 from ._augment import batch_rows, exchanges
 from ._conv import ROLES, conversation_column, turns

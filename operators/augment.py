@@ -2,9 +2,9 @@
 conversations, merge conversations on the same image, shuffle independent exchanges.
 
 Each works per row (rows in a batch do not see each other) except ``merge_same_image``, a dataset-wide stage
-that merges rows on the same image wherever they are. Random choices are seeded by ``seed`` and the row's own content, so the
-output does not depend on batch sizes, workers or the executor. A row the operator cannot handle (an unknown
-role) raises; the runner then retries row by row, so only that row fails.
+that merges rows on the same image wherever they are. Random choices are seeded by ``seed`` and the row's own
+content, so the output does not depend on batch sizes, workers or the executor. A row the operator cannot handle
+(an unknown role) raises; the runner then retries row by row, so only that row fails.
 
 >>> from datacopilot.operators import create
 >>> ds.apply([create("split_conversations", max_turns=2), create("rephrase_questions", seed=1)])  # doctest: +SKIP

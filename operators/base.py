@@ -217,14 +217,18 @@ class Deduplicator(Operator):
 
 
 class Grouper(Operator):
-    """Dataset-wide: rows with equal keys become one row, which takes the place of the group's first row.
+    """Dataset-wide: rows are arranged across the whole dataset (ordered, and grouped), each group of several rows
+    merged into one row, which takes the place of the group's first row.
 
-    ``signatures(batch)`` gives each row a key and a size as an ``(n, 2)`` uint64 array; key 0 means the row
-    stays alone. A group gathers the rows of one key in row order while their sizes add up to at most
-    :attr:`capacity` (None: no limit); a row that would pass it starts the key's next group. ``merge(table,
-    offsets)`` gets the rows of several groups, group ``g`` being rows ``offsets[g]:offsets[g + 1]``, each of
-    at least two rows, and returns one row per group (or an :class:`Outcome` of it). Executors keep only the
-    signatures in memory while they collect them (:mod:`datacopilot.operators.grouping`).
+    ``signatures(batch)`` gives each row a signature (anything with one entry per row: a numpy array, an Arrow
+    table); :meth:`arrange` turns the signatures of all rows into the output order. By default a signature is
+    ``(key, size)``, an ``(n, 2)`` uint64 array: key 0 means the row stays alone; a group gathers the rows of one
+    key in row order while their sizes add up to at most :attr:`capacity` (None: no limit), and a row that would
+    pass it starts the key's next group; groups come in order of their first row. ``merge(table, offsets)`` gets
+    the rows of several groups, group ``g`` being rows ``offsets[g]:offsets[g + 1]``, each of at least two rows,
+    and returns one row per group (or an :class:`Outcome` of it). ``shuffle`` and ``sort`` are groupers whose
+    groups are single rows. Executors keep only the signatures in memory while they collect them
+    (:mod:`datacopilot.operators.grouping`).
     """
 
     kind = "group"
@@ -234,8 +238,17 @@ class Grouper(Operator):
         """The most a group's sizes may add up to (None: no limit)."""
         return None
 
-    def signatures(self, batch: pa.RecordBatch) -> np.ndarray:
+    def signatures(self, batch: pa.RecordBatch) -> Any:
         raise NotImplementedError
+
+    def arrange(self, parts: list) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, offsets)`` from the signatures of all rows, ``parts`` as their batches gave them: the rows
+        (indices over all parts) group by group in output order; group ``g`` is ``order[offsets[g]:offsets[g +
+        1]]``."""
+        from .grouping import group_ids, layout
+
+        sigs = [np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in parts]
+        return layout(group_ids(self, np.concatenate(sigs) if sigs else np.zeros((0, 2), np.uint64)))
 
     def merge(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
         raise NotImplementedError

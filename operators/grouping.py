@@ -2,13 +2,14 @@
 
 1. Its ``signatures`` hook runs over the batches like any other hook (a batch that raises is retried row by row,
    so only the rows that fail are failed); the rows are kept aside (in memory for ``ds.apply``, spilled to a
-   temporary Arrow file by the local executor, in Ray's object store on Ray) and only the signatures, 16 bytes a
-   row, stay in memory.
-2. :func:`group_ids` decides the groups from all signatures: each row gets the index of its group's first row.
-3. :func:`layout` orders the rows group by group, groups in order of their first row, and :func:`merge_windows`
-   hands the groups to ``merge`` a window at a time (about ``batch_size`` rows), reading back only the rows of
-   that window (:class:`Rows`). A group of one row is passed on as it is; a group whose merge raises fails
-   all its rows, with the error.
+   temporary Arrow file by the local executor, in Ray's object store on Ray) and only the signatures (16 bytes a
+   row for ``merge_same_image``) stay in memory.
+2. ``op.arrange`` decides the output order from all signatures: by default :func:`group_ids` gives each row the
+   index of its group's first row and :func:`layout` orders the rows group by group, groups in order of their
+   first row (``shuffle`` and ``sort`` arrange single rows their own way).
+3. :func:`merge_windows` hands the groups to ``merge`` a window at a time (about ``batch_size`` rows), reading
+   back only the rows of that window (:class:`Rows`). A group of one row is passed on as it is; a group whose
+   merge raises fails all its rows, with the error.
 
 >>> import numpy as np
 >>> from datacopilot.operators import Grouper
@@ -28,9 +29,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+from datacopilot.kernels.grouping import capacity_groups
 
 from datacopilot.errors import OperatorError
-from datacopilot.kernels.grouping import capacity_groups
 
 from .base import Grouper
 
@@ -48,6 +49,17 @@ def layout(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(gid, kind="stable")
     cuts = np.flatnonzero(np.diff(gid[order])) + 1
     return order, np.concatenate([[0], cuts, [len(gid)]]).astype(np.int64) if len(gid) else np.zeros(1, np.int64)
+
+
+def arranged(op: Grouper, parts: list, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``op.arrange(parts)`` checked: every one of the ``n`` rows exactly once, groups of at least one row."""
+    order, offsets = op.arrange(parts)
+    order, offsets = np.asarray(order, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+    if (len(order) != n or (n and (order.min() < 0 or order.max() >= n or np.bincount(order, minlength=n).max() > 1))
+            or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 1).any()):
+        raise OperatorError(op.label, None, f"arrange() must order each of the {n} rows exactly once in groups "
+                                            f"of at least one row")
+    return order, offsets
 
 
 def windows(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
@@ -139,11 +151,11 @@ def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
     return pool.take(slot[~failed]), failures, counts
 
 
-def merge_windows(op: Grouper, table: pa.Table, gid: np.ndarray, policy: str, window: int
+def merge_windows(op: Grouper, table: pa.Table, order: np.ndarray, offsets: np.ndarray, policy: str, window: int
                   ) -> Iterator[tuple[pa.Table, list[tuple[np.ndarray, str, str]], Counter]]:
-    """The merged rows of all groups of ``table`` (``gid`` from :func:`group_ids`), in order, a window of about
-    ``window`` rows at a time: ``(rows, failures as (row indices in table, message, traceback), counters)``."""
-    order, offsets = layout(gid)
+    """The rows of ``table`` in the order of ``op.arrange`` (``order``, ``offsets``), each group merged, a window
+    of about ``window`` rows at a time: ``(rows, failures as (row indices in table, message, traceback),
+    counters)``."""
     source = Rows(table)
     for lo, hi in windows(offsets, window):
         rows = source.take(order[offsets[lo]:offsets[hi]])

@@ -74,10 +74,10 @@ class _OpTask:
         if isinstance(self.op, Deduplicator):
             return self.op.signatures(batch) if self.op.near else np.asarray(self.op.keys(batch), dtype=np.uint64)
         if isinstance(self.op, Grouper):
-            sigs = np.asarray(self.op.signatures(batch), dtype=np.uint64)
-            if sigs.shape != (batch.num_rows, 2):
-                raise OperatorError(self.op.label, None, f"signatures() must return shape ({batch.num_rows}, 2), "
-                                                         f"got {sigs.shape}")
+            sigs = self.op.signatures(batch)
+            if len(sigs) != batch.num_rows:
+                raise OperatorError(self.op.label, None, f"signatures() must return one entry per row "
+                                                         f"({batch.num_rows}), got {len(sigs)}")
             return sigs
         raise DataCopilotError(f"{self.op.label}: cannot apply an operator of kind {self.op.kind!r}")
 
@@ -268,15 +268,14 @@ def _group_output(table, results, failures, op, policy, batch_size, counts) -> t
     """A Grouper's merged rows, and the failures of its merges (rows of ``table``)."""
     from datacopilot.parallel import PIECE_ROWS
 
-    from .grouping import group_ids, merge_windows
+    from .grouping import arranged, merge_windows
 
     failed = np.zeros(table.num_rows, dtype=bool)
     failed[[f[0] for f in failures]] = True
     ok = np.flatnonzero(~failed)
-    pieces = list(_pieces(results))
-    gid = group_ids(op, np.concatenate(pieces) if pieces else np.zeros((0, 2), np.uint64))
+    order, offsets = arranged(op, list(_pieces(results)), len(ok))
     outs, more = [], []
-    for out, fails, c in merge_windows(op, table.take(ok), gid, policy, batch_size or PIECE_ROWS):
+    for out, fails, c in merge_windows(op, table.take(ok), order, offsets, policy, batch_size or PIECE_ROWS):
         outs.append(out)
         more += [(int(ok[r]), msg, tb) for rows, msg, tb in fails for r in rows]
         counts.update(c)

@@ -331,7 +331,7 @@ def _hook(run: Run, i: int, table: pa.Table):
     pieces = list(_pieces([res]))
     ok = np.flatnonzero(~failed)
     if op.kind == "group":
-        return (np.concatenate(pieces) if pieces else np.zeros((0, 2), np.uint64)), ok
+        return pieces, ok
     if op.near and not op.banded:
         return (np.concatenate(pieces) if pieces else None), ok
     width = (len(ok), -1) if op.banded else (-1,)
@@ -345,7 +345,7 @@ class _Spill:
         self.stream, self.run, self.i = stream, run, i
         fd, self.path = tempfile.mkstemp(suffix=".arrow", prefix=f"dc-{run.ops[i].kind}-")
         os.close(fd)
-        self.sigs, self.ends, self._map = [], [], None
+        self.sigs, self.ends, self._map, self.n = [], [], None, 0
 
     def collect(self) -> bool:
         """Read the whole input; False when no row is left."""
@@ -359,7 +359,11 @@ class _Spill:
             a.rows_in += item.num_rows
             kept = item.take(ok) if len(ok) != item.num_rows else item
             if s is not None and len(ok):
-                self.sigs.append(s)
+                if isinstance(s, list):  # a grouper's pieces, kept as its hook gave them
+                    self.sigs.extend(s)
+                else:
+                    self.sigs.append(s)
+            self.n += len(ok)
             if kept.num_rows:
                 if writer is None:
                     schema = kept.schema
@@ -420,7 +424,7 @@ def _near(stream, run: Run, i: int) -> Iterator:
 
 def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
     """A Grouper: spill the input while collecting signatures; then read back and merge a window at a time."""
-    from datacopilot.operators.grouping import group_ids, merge_windows
+    from datacopilot.operators.grouping import arranged, merge_windows
 
     op, a = run.ops[i], run.acc[i]
     spill = _Spill(stream, run, i)
@@ -428,10 +432,10 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
         if spill.collect():
             t0 = time.perf_counter()
             rows = spill.rows(random=True)
-            sigs, spill.sigs = np.concatenate(spill.sigs), []
-            gid = group_ids(op, sigs)
-            del sigs
-            for out, fails, counts in merge_windows(op, rows, gid, run.policy, batch_size):
+            parts, spill.sigs = spill.sigs, []
+            order, offsets = arranged(op, parts, spill.n)
+            del parts
+            for out, fails, counts in merge_windows(op, rows, order, offsets, run.policy, batch_size):
                 a.counts.update(counts)
                 if fails:
                     _group_failures(run, i, rows, fails)

@@ -267,7 +267,7 @@ def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, bat
     if isinstance(ops[-1], Deduplicator):
         ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1)
     elif isinstance(ops[-1], Grouper):
-        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, policy, batch_size)
+        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, policy, batch_size, max(batch_size, options.block_rows))
     return ds
 
 
@@ -281,34 +281,39 @@ def _dedup(ray, ds, op, k: int):
     return ray.data.from_arrow_refs([mark.remote(r, d, k, op.drop_reason) for r, d in zip(refs, drops)])
 
 
-def _group(ray, ds, op, k: int, policy: str, batch_size: int):
-    """The barrier of a grouper: signatures per block -> groups decided on the driver (16 bytes a row) -> one
-    task per block merges the groups whose first row is in it, fetching the blocks that hold their other rows."""
-    from datacopilot.operators.grouping import group_ids
+def _group(ray, ds, op, k: int, policy: str, batch_size: int, block_rows: int):
+    """The barrier of a grouper: signatures per block -> the output order decided on the driver (``op.arrange``,
+    holding only the signatures) -> one task per run of about ``block_rows`` output rows takes its rows from the
+    blocks that hold them (passed as arguments: Ray fetches them from its object store) and merges its groups.
+    The blocks' events travel on in blocks of their own, ahead of the output."""
+    from datacopilot.operators.grouping import arranged, windows
 
     refs = list(ds.to_arrow_refs())
     keys = ray.remote(st.dedup_keys)
     got = _get(ray, [keys.remote(r, k) for r in refs])
-    sigs = []
-    for parts, n in got:
-        s = np.concatenate(parts).reshape(-1, 2) if parts else np.zeros((0, 2), np.uint64)
-        if len(s) != n:
-            raise DataCopilotError(f"{op.label}: {len(s)} signatures for {n} rows")
-        sigs.append(s)
-    bounds = np.cumsum([0, *(len(s) for s in sigs)])
-    gid = group_ids(op, np.concatenate(sigs))
-    block_of = np.searchsorted(bounds, np.arange(len(gid)), side="right") - 1
-    lead_block = block_of[gid]
-    by_lead = np.argsort(lead_block, kind="stable")  # rows grouped by the block of their group's first row
-    cuts = np.searchsorted(lead_block[by_lead], np.arange(len(refs) + 1))
+    parts, sizes = [], []
+    for payloads, n in got:
+        mine = [p for ps in payloads for p in ps]
+        if sum(len(p) for p in mine) != n:
+            raise DataCopilotError(f"{op.label}: {sum(len(p) for p in mine)} signatures for {n} rows")
+        parts += mine
+        sizes.append(n)
+    bounds = np.cumsum([0, *sizes])
+    order, offsets = arranged(op, parts, int(bounds[-1]))
+    del parts
+    ev = ray.remote(st.events_of)
+    out = [ev.remote(r, k) for r in refs]
     merge = ray.remote(st.group_merge)
-    out = []
-    for b, ref in enumerate(refs):
-        rows = by_lead[cuts[b]:cuts[b + 1]]  # global indices, ascending
-        srcs = np.unique(block_of[rows])
-        takes = [rows[block_of[rows] == c] - bounds[c] for c in srcs]
-        local_gid = np.searchsorted(rows, gid[rows])
-        out.append(merge.remote(ref, op, k, policy, batch_size, local_gid, takes, *(refs[c] for c in srcs)))
+    for lo, hi in windows(offsets, block_rows):
+        rows = order[offsets[lo]:offsets[hi]]
+        block = np.searchsorted(bounds, rows, side="right") - 1
+        srcs = np.unique(block)
+        pos = np.argsort(block, kind="stable")  # the rows taken: source by source, in the order given
+        takes = [rows[pos[block[pos] == c]] - bounds[c] for c in srcs]
+        local = np.empty(len(rows), np.int64)
+        local[pos] = np.arange(len(rows))
+        out.append(merge.remote(op, k, policy, batch_size, local, offsets[lo:hi + 1] - offsets[lo], takes,
+                                *(refs[c] for c in srcs)))
     return ray.data.from_arrow_refs(out)
 
 

@@ -90,7 +90,7 @@ def _apply(op, live: pa.Table, policy: str):
         drops.update(reasons)
     elif isinstance(op, (Deduplicator, Grouper)):
         pieces = list(_pieces([res]))
-        keys = np.concatenate(pieces) if pieces else None
+        keys = pieces if isinstance(op, Grouper) else (np.concatenate(pieces) if pieces else None)
         out = filter_table(live, ~failed)
         if res.failures and policy == "raise":  # the retry stopped at the failure: rows after it have no keys
             out = live.slice(0, res.failures[0][0])  # (the run raises that failure once it ends)
@@ -147,7 +147,9 @@ def run_chain(block: pa.Table, ops: list, first: int, policy: str, batch_rows: i
             new.append(events(stage, len(f), **{ERROR: [x[1] for x in f], TB: [x[2] for x in f],
                                                 PAYLOAD: [to_ipc(x[3]) for x in f], ROW: [x[0] for x in f]}))
         payload = None
-        if isinstance(op, (Deduplicator, Grouper)):
+        if isinstance(op, Grouper):  # its signature pieces as they came (any per-row objects)
+            payload = pickle.dumps([p for ps in a.keys for p in ps])
+        elif isinstance(op, Deduplicator):
             payload = pickle.dumps(np.concatenate(a.keys) if a.keys else None)
         new.append(events(stage, 1, **{N: [a.given], SEC: [a.seconds], PAYLOAD: [payload],
                                        COUNTS: [json.dumps(dict(a.counts)) if a.counts else None]}))
@@ -195,19 +197,17 @@ def dedup_mark(block: pa.Table, drop: np.ndarray, stage: int, reason: str) -> pa
     return join(filter_table(live, ~drop), [ev, *new])
 
 
-def group_merge(block: pa.Table, op, stage: int, policy: str, batch_rows: int, gid: np.ndarray,
+def group_merge(op, stage: int, policy: str, batch_rows: int, order: np.ndarray, offsets: np.ndarray,
                 takes: list[np.ndarray], *sources: pa.Table) -> pa.Table:
-    """A Grouper's output for the groups whose first row is in ``block``: ``sources[j]`` is a block holding some
-    of their rows (``block`` itself among them), ``takes[j]`` those rows' indices among its live rows, in global
-    row order; ``gid`` is the group (its first row's index among the rows taken) of each row taken. Keeps the
-    block's own events (key payloads cleared) and adds the failures and counters of the merges."""
+    """A run of a Grouper's output (groups ``offsets`` over rows ``order``, indices into the rows taken):
+    ``sources[j]`` is a block holding some of those rows, ``takes[j]`` their indices among its live rows; the
+    rows taken are ``sources[0]``'s, then ``sources[1]``'s, ... Adds the failures and counters of the merges."""
     from datacopilot.operators.grouping import merge_windows
 
-    live, ev = split(block)
     pool = pa.concat_tables([split(src)[0].take(pa.array(t)) for src, t in zip(sources, takes)],
-                            promote_options="permissive") if sources else live.slice(0, 0)
+                            promote_options="permissive")
     outs, new, counts = [], [], Counter()
-    for out, fails, c in merge_windows(op, pool, gid, policy, batch_rows):
+    for out, fails, c in merge_windows(op, pool, order, offsets, policy, batch_rows):
         outs.append(out)
         counts.update(c)
         for members, msg, tb in fails:  # (no __dc_row: the rows may come from other blocks; the id names them)
@@ -215,8 +215,12 @@ def group_merge(block: pa.Table, op, stage: int, policy: str, batch_rows: int, g
                                                       PAYLOAD: [to_ipc(pool.slice(int(r), 1)) for r in members]}))
     if counts:
         new.append(events(stage, 1, **{N: [0], COUNTS: [json.dumps(dict(counts))]}))
-    out = pa.concat_tables(outs, promote_options="permissive") if outs else live.slice(0, 0)
-    return join(out, [_cleared(ev, stage), *new])
+    return join(pa.concat_tables(outs, promote_options="permissive"), new)
+
+
+def events_of(block: pa.Table, stage: int) -> pa.Table:
+    """Only the event rows of a block, the key payloads of ``stage`` cleared (its live rows went elsewhere)."""
+    return _cleared(split(block)[1], stage)
 
 
 def decide(op, blocks) -> list[np.ndarray]:
