@@ -41,6 +41,9 @@ from datacopilot.parallel import _executor, _run_pickled, check_workers, to_ipc
 from .base import ExecResult, Executor
 
 
+SPILL_BATCH_ROWS = 65_536  # rows per record batch of a grouper's spill file
+
+
 @dataclass
 class End:
     """Marks the end of input units (their indices) in a stream of tables."""
@@ -341,11 +344,28 @@ def _hook(run: Run, i: int, table: pa.Table):
 class _Spill:
     """The rows of a dataset-wide stage written to a temporary Arrow file while its signatures are collected."""
 
-    def __init__(self, stream, run: Run, i: int):
-        self.stream, self.run, self.i = stream, run, i
+    def __init__(self, stream, run: Run, i: int, coalesce: int = 0):
+        self.stream, self.run, self.i, self.coalesce = stream, run, i, coalesce
         fd, self.path = tempfile.mkstemp(suffix=".arrow", prefix=f"dc-{run.ops[i].kind}-")
         os.close(fd)
         self.sigs, self.ends, self._map, self.n = [], [], None, 0
+        self._pending: list[pa.Table] = []
+
+    def _write(self, table: pa.Table, writer, flush: bool = False):
+        """Write ``table``; with ``coalesce``, gathered into record batches of about that many rows (rows read
+        back out of order are then taken from a few large batches, not from many small ones)."""
+        if writer is None and table.num_rows:
+            self._schema = table.schema
+            writer = pa.ipc.new_file(self.path, table.schema)
+        if writer is None:
+            return None
+        if table.num_rows:
+            self._pending.append(table.cast(self._schema) if table.schema != self._schema else table)
+        n = sum(t.num_rows for t in self._pending)
+        if self._pending and (flush or n >= self.coalesce):
+            writer.write_table(pa.concat_tables(self._pending).combine_chunks(), max_chunksize=max(n, 1))
+            self._pending = []
+        return writer
 
     def collect(self) -> bool:
         """Read the whole input; False when no row is left."""
@@ -364,13 +384,10 @@ class _Spill:
                 else:
                     self.sigs.append(s)
             self.n += len(ok)
-            if kept.num_rows:
-                if writer is None:
-                    schema = kept.schema
-                    writer = pa.ipc.new_file(self.path, schema)
-                writer.write_table(kept.cast(schema) if kept.schema != schema else kept)
+            writer = self._write(kept, writer)
             a.seconds += time.perf_counter() - t0
         if writer is not None:
+            self._write(self._schema.empty_table(), writer, flush=True)
             writer.close()
         return writer is not None
 
@@ -427,7 +444,7 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
     from datacopilot.operators.grouping import arranged, merge_windows
 
     op, a = run.ops[i], run.acc[i]
-    spill = _Spill(stream, run, i)
+    spill = _Spill(stream, run, i, coalesce=SPILL_BATCH_ROWS)
     try:
         if spill.collect():
             t0 = time.perf_counter()
@@ -435,6 +452,7 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
             parts, spill.sigs = spill.sigs, []
             order, offsets = arranged(op, parts, spill.n)
             del parts
+            read = 0
             for out, fails, counts in merge_windows(op, rows, order, offsets, run.policy, batch_size):
                 a.counts.update(counts)
                 if fails:
@@ -442,7 +460,10 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
                 a.rows_out += out.num_rows
                 a.seconds += time.perf_counter() - t0
                 yield out
-                spill.release()
+                read += len(out)
+                if read >= 8 * batch_size:  # (dropping the pages costs a walk of the whole mapping)
+                    spill.release()
+                    read = 0
                 t0 = time.perf_counter()
         yield from spill.end()
     finally:
