@@ -72,6 +72,30 @@ def windows(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
+def take_array(arr: pa.Array, idx: np.ndarray) -> pa.Array:
+    """``arr.take(idx)`` reading only the values of the rows taken: Arrow's take of a struct array reads all of
+    its children (a whole spill batch of conversations for a few rows), so structs and lists are taken field by
+    field and through their offsets."""
+    t = arr.type
+    if pa.types.is_struct(t):
+        mask = arr.is_null().take(pa.array(idx)) if arr.null_count else None
+        children = [take_array(arr.field(i), idx) for i in range(t.num_fields)]  # (flatten() reads all)
+        return pa.StructArray.from_arrays(children, fields=[t.field(i) for i in range(t.num_fields)], mask=mask)
+    if pa.types.is_list(t):
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)[idx] if arr.null_count else None
+        # the raw buffer: ``arr.offsets.to_numpy()`` reads far more than the offsets of a memory-mapped batch
+        offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
+        starts, lengths = offsets[idx], offsets[idx + 1] - offsets[idx]
+        if valid is not None:
+            lengths = np.where(valid, lengths, 0)
+        new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        child = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+        values = take_array(arr.values, child)
+        return pa.ListArray.from_arrays(pa.array(new_offsets), values, type=t,
+                                        mask=pa.array(~valid) if valid is not None else None)
+    return arr.take(pa.array(idx, pa.int64()))
+
+
 class Rows:
     """Rows of a table taken by index one record batch at a time: pyarrow's ``take`` on a table of many chunks
     first joins them, which for a memory-mapped spill file would read all of it into memory."""
@@ -88,7 +112,9 @@ class Rows:
         pieces = []
         for c in np.unique(chunk):
             pick = by_chunk[chunk[by_chunk] == c]
-            pieces.append(self.batches[c].take(pa.array(idx[pick] - self.bounds[c])))
+            b = self.batches[c]
+            local = idx[pick] - self.bounds[c]
+            pieces.append(pa.RecordBatch.from_arrays([take_array(col, local) for col in b.columns], schema=b.schema))
         got = pa.Table.from_batches(pieces, schema=self.table.schema).combine_chunks()
         back = np.empty(len(idx), np.int64)
         back[by_chunk] = np.arange(len(idx))

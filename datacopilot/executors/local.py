@@ -6,9 +6,9 @@ batches, never the dataset.
 * An exact Deduplicator, and a banded near-duplicate one (MinHash-LSH: its keys are band keys), keeps only the
   keys seen so far (:class:`datacopilot.kernels.hashing.KeySet`) and streams; another near-duplicate one (images)
   spills its input to a temporary Arrow file while it collects signatures, then streams the file back without
-  the duplicates. A Grouper spills its input the same way, then reads back the rows of a window of groups at a
-  time to merge them (:mod:`datacopilot.operators.grouping`). The spill file is memory-mapped and its pages are
-  dropped from the process after each batch, so memory holds the signatures and a window, not the rows.
+  the duplicates. A Grouper (merge, sort, shuffle) spills its input the same way, then reads the rows back in its
+  new order through bucket files, one bucket in memory at a time (:mod:`.spill`), and merges a window of groups at
+  a time (:mod:`datacopilot.operators.grouping`). Memory holds the signatures and a bucket, not the rows.
 * Each batch of an operator goes through the same task as ``ds.apply`` (:class:`operators.run._OpTask`), so
   rows and accounting equal ``ds.apply(ops)`` for operators that treat rows independently.
 
@@ -19,11 +19,9 @@ LocalExecutor(num_workers=2, mode='thread')
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -39,9 +37,6 @@ from datacopilot.kernels.hashing import KeySet
 from datacopilot.parallel import _executor, _run_pickled, check_workers, to_ipc
 
 from .base import ExecResult, Executor
-
-
-SPILL_BATCH_ROWS = 65_536  # rows per record batch of a grouper's spill file
 
 
 @dataclass
@@ -341,131 +336,85 @@ def _hook(run: Run, i: int, table: pa.Table):
     return (np.concatenate(pieces).astype(np.uint64).reshape(width) if pieces else np.zeros(0, np.uint64)), ok
 
 
-class _Spill:
-    """The rows of a dataset-wide stage written to a temporary Arrow file while its signatures are collected."""
+def _collect(stream, run: Run, i: int, spill) -> tuple[list, list[End]]:
+    """Run a dataset-wide stage's hook over the whole input, writing the rows that did not fail to ``spill``:
+    (its signatures as the batches gave them, the End markers met)."""
+    a, sigs, ends = run.acc[i], [], []
+    for item in stream:
+        if isinstance(item, End):
+            ends.append(item)
+            continue
+        t0 = time.perf_counter()
+        s, ok = _hook(run, i, item)
+        a.rows_in += item.num_rows
+        if s is not None and len(ok):
+            if isinstance(s, list):  # a grouper's pieces, kept as its hook gave them
+                sigs.extend(s)
+            else:
+                sigs.append(s)
+        spill.add(item.take(ok) if len(ok) != item.num_rows else item)
+        a.seconds += time.perf_counter() - t0
+    return sigs, ends
 
-    def __init__(self, stream, run: Run, i: int, coalesce: int = 0):
-        self.stream, self.run, self.i, self.coalesce = stream, run, i, coalesce
-        fd, self.path = tempfile.mkstemp(suffix=".arrow", prefix=f"dc-{run.ops[i].kind}-")
-        os.close(fd)
-        self.sigs, self.ends, self._map, self.n = [], [], None, 0
-        self._pending: list[pa.Table] = []
 
-    def _write(self, table: pa.Table, writer, flush: bool = False):
-        """Write ``table``; with ``coalesce``, gathered into record batches of about that many rows (rows read
-        back out of order are then taken from a few large batches, not from many small ones)."""
-        if writer is None and table.num_rows:
-            self._schema = table.schema
-            writer = pa.ipc.new_file(self.path, table.schema)
-        if writer is None:
-            return None
-        if table.num_rows:
-            self._pending.append(table.cast(self._schema) if table.schema != self._schema else table)
-        n = sum(t.num_rows for t in self._pending)
-        if self._pending and (flush or n >= self.coalesce):
-            writer.write_table(pa.concat_tables(self._pending).combine_chunks(), max_chunksize=max(n, 1))
-            self._pending = []
-        return writer
-
-    def collect(self) -> bool:
-        """Read the whole input; False when no row is left."""
-        a, writer = self.run.acc[self.i], None
-        for item in self.stream:
-            if isinstance(item, End):
-                self.ends.append(item)
-                continue
-            t0 = time.perf_counter()
-            s, ok = _hook(self.run, self.i, item)
-            a.rows_in += item.num_rows
-            kept = item.take(ok) if len(ok) != item.num_rows else item
-            if s is not None and len(ok):
-                if isinstance(s, list):  # a grouper's pieces, kept as its hook gave them
-                    self.sigs.extend(s)
-                else:
-                    self.sigs.append(s)
-            self.n += len(ok)
-            writer = self._write(kept, writer)
-            a.seconds += time.perf_counter() - t0
-        if writer is not None:
-            self._write(self._schema.empty_table(), writer, flush=True)
-            writer.close()
-        return writer is not None
-
-    def rows(self, random: bool = False) -> pa.Table:
-        """The spilled rows, memory-mapped: pages are read when a row is used and :meth:`release` drops them
-        from this process's memory again (they stay valid: used again, they are read again). ``random``: rows
-        will be read out of order (no read-ahead)."""
-        with open(self.path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if random:
-            self._map.madvise(mmap.MADV_RANDOM)
-        return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._map))).read_all()
-
-    def release(self) -> None:
-        if self._map is not None:
-            self._map.madvise(mmap.MADV_DONTNEED)
-
-    def end(self) -> Iterator:
-        if self.ends:
-            yield End(tuple(u for e in self.ends for u in e.units))
-
-    def close(self) -> None:
-        os.unlink(self.path)
+def _ended(ends: list[End]) -> Iterator:
+    if ends:
+        yield End(tuple(u for e in ends for u in e.units))
 
 
 def _near(stream, run: Run, i: int) -> Iterator:
     """Spill the input to a temporary Arrow file while collecting signatures; then stream it back."""
     from datacopilot.transforms import filter_table
 
+    from .spill import Spill
+
     op, a = run.ops[i], run.acc[i]
-    spill = _Spill(stream, run, i)
+    spill = Spill("dc-neardup-")
     try:
-        have = spill.collect()
-        sigs = spill.sigs
+        sigs, ends = _collect(stream, run, i, spill)
+        have = spill.finish()
         drop = np.asarray(op.duplicates(np.concatenate(sigs)), dtype=bool) if sigs else np.zeros(0, bool)
         n = int(drop.sum())
         if n:
             a.dropped[op.drop_reason] += n
         if have:
             start = 0
-            for rb in spill.rows().to_batches():
+            for rb in spill.batches():
                 out = filter_table(pa.Table.from_batches([rb]), ~drop[start:start + rb.num_rows])
                 start += rb.num_rows
                 a.rows_out += out.num_rows
                 yield out
-                spill.release()
-        yield from spill.end()
+        yield from _ended(ends)
     finally:
         spill.close()
 
 
 def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
-    """A Grouper: spill the input while collecting signatures; then read back and merge a window at a time."""
+    """A Grouper: spill the input while collecting signatures; then read the rows back in the order the grouper
+    arranges, a bucket at a time (:meth:`.spill.Spill.reordered`), and merge their groups a window at a time."""
     from datacopilot.operators.grouping import arranged, merge_windows
 
+    from .spill import BATCH_ROWS, Spill
+
     op, a = run.ops[i], run.acc[i]
-    spill = _Spill(stream, run, i, coalesce=SPILL_BATCH_ROWS)
+    spill = Spill(f"dc-{op.name or 'group'}-", batch_rows=BATCH_ROWS)
     try:
-        if spill.collect():
+        parts, ends = _collect(stream, run, i, spill)
+        if spill.finish():
             t0 = time.perf_counter()
-            rows = spill.rows(random=True)
-            parts, spill.sigs = spill.sigs, []
-            order, offsets = arranged(op, parts, spill.n)
+            order, offsets = arranged(op, parts, spill.rows)
             del parts
-            read = 0
-            for out, fails, counts in merge_windows(op, rows, order, offsets, run.policy, batch_size):
-                a.counts.update(counts)
-                if fails:
-                    _group_failures(run, i, rows, fails)
-                a.rows_out += out.num_rows
-                a.seconds += time.perf_counter() - t0
-                yield out
-                read += len(out)
-                if read >= 8 * batch_size:  # (dropping the pages costs a walk of the whole mapping)
-                    spill.release()
-                    read = 0
-                t0 = time.perf_counter()
-        yield from spill.end()
+            for rows, offs in spill.reordered(order, offsets, BATCH_ROWS):
+                for out, fails, counts in merge_windows(op, rows, np.arange(rows.num_rows), offs, run.policy,
+                                                        batch_size):
+                    a.counts.update(counts)
+                    if fails:
+                        _group_failures(run, i, rows, fails)
+                    a.rows_out += out.num_rows
+                    a.seconds += time.perf_counter() - t0
+                    yield out
+                    t0 = time.perf_counter()
+        yield from _ended(ends)
     finally:
         spill.close()
 

@@ -266,3 +266,39 @@ def test_a_yaml_pipeline_merges_from_the_cli(tmp_path):
     assert "merge_same_image: in 60" in res.output
     res = CliRunner().invoke(main, ["ops", "--kind", "group"])
     assert res.exit_code == 0 and "merge_same_image [group](max_turns=" in res.output
+
+
+# -- the local executor's spill, read back out of order through buckets --------------------------------------
+def test_spill_reorders_through_buckets():
+    from datacopilot.executors.spill import Spill
+
+    rng = np.random.default_rng(3)
+    table = dc.MMDataset.from_rows(scattered(500), schema="MM").to_arrow()
+    order = rng.permutation(500)
+    offsets = np.unique(np.concatenate([[0, 500], rng.integers(1, 500, 120)]))
+    for batch_rows, bucket_rows in ((0, 40), (64, 300), (64, 10_000)):
+        spill = Spill("dc-test-", batch_rows=batch_rows)
+        try:
+            for k in range(0, 500, 37):
+                spill.add(table.slice(k, 37))
+            assert spill.finish() and spill.rows == 500
+            got = list(spill.reordered(order, offsets, bucket_rows))
+        finally:
+            spill.close()
+        assert len(got) > 1 or bucket_rows > 500
+        assert pa.concat_tables([t for t, _ in got]).to_pylist() == table.take(order).to_pylist()
+        sizes = [int(x) for _, o in got for x in np.diff(o)]
+        assert sizes == np.diff(offsets).tolist() and all(o[0] == 0 and o[-1] == t.num_rows for t, o in got)
+
+
+@pytest.mark.parametrize("ops", [lambda: [create("merge_same_image", max_turns=3)],
+                                 lambda: [create("shuffle", seed=4), create("merge_same_image")],
+                                 lambda: [create("sort", by="image.path", descending=True)]],
+                         ids=["merge", "shuffle+merge", "sort"])
+def test_local_executor_with_many_buckets(monkeypatch, ops):
+    import datacopilot.executors.spill as spill
+
+    monkeypatch.setattr(spill, "BATCH_ROWS", 16)  # 120 rows: spill batches and buckets of 16 rows
+    ds = dc.MMDataset.from_rows(scattered(120), schema="MM")
+    out = dc.pipeline(ds, batch_size=5).apply(ops()).collect()
+    assert out.to_list() == ds.apply(ops(), batch_size=5).to_list()
