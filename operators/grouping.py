@@ -2,14 +2,15 @@
 
 1. Its ``signatures`` hook runs over the batches like any other hook (a batch that raises is retried row by row,
    so only the rows that fail are failed); the rows are kept aside (in memory for ``ds.apply``, spilled to a
-   temporary Arrow file by the local executor, in Ray's object store on Ray) and only the signatures (16 bytes a
-   row for ``merge_same_image``) stay in memory.
+   temporary Arrow file by the local executor (``datacopilot.executors.spill``), in Ray's object store on Ray)
+   and only the signatures (16 bytes a row for ``merge_same_image``) stay in memory.
 2. ``op.arrange`` decides the output order from all signatures: by default :func:`group_ids` gives each row the
    index of its group's first row and :func:`layout` orders the rows group by group, groups in order of their
    first row (``shuffle`` and ``sort`` arrange single rows their own way).
-3. :func:`merge_windows` hands the groups to ``merge`` a window at a time (about ``batch_size`` rows), reading
-   back only the rows of that window (:class:`Rows`). A group of one row is passed on as it is; a group whose
-   merge raises fails all its rows, with the error.
+3. The rows come back in that order (the local executor through bucket files; ``ds.apply`` and Ray take them
+   by index, :class:`Rows`), and :func:`merge_windows` hands the groups to ``merge`` a window at a time (about
+   ``batch_size`` rows). A group of one row is passed on as it is; a group whose merge raises fails all its rows,
+   with the error.
 
 >>> import numpy as np
 >>> from datacopilot.operators import Grouper
