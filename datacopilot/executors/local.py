@@ -203,7 +203,7 @@ class LocalExecutor(Executor):
         first = True
         while i < len(ops):
             if ops[i].kind == "group":
-                stream = _group(stream, run, i, plan.batch_size)
+                stream = _group(stream, run, i, plan.batch_size, show)
                 i += 1
                 continue
             if ops[i].kind == "dedup":
@@ -389,9 +389,10 @@ def _near(stream, run: Run, i: int) -> Iterator:
         spill.close()
 
 
-def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
+def _group(stream, run: Run, i: int, batch_size: int, show: bool = False) -> Iterator:
     """A Grouper: spill the input while collecting signatures; then read the rows back in the order the grouper
-    arranges, a bucket at a time (:meth:`.spill.Spill.reordered`), and merge their groups a window at a time."""
+    arranges, a bucket at a time (:meth:`.spill.Spill.reordered`), and merge their groups a window at a time (a
+    progress bar of the rows read back when ``show``)."""
     from datacopilot.operators.grouping import arranged, merge_windows
 
     from .spill import BATCH_ROWS, Spill
@@ -404,7 +405,9 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
             t0 = time.perf_counter()
             order, offsets = arranged(op, parts, spill.rows)
             del parts
+            bar = tqdm(total=spill.rows, desc=op.label, unit="rows", disable=not show, leave=False)
             for rows, offs in spill.reordered(order, offsets, BATCH_ROWS):
+                bar.update(rows.num_rows)
                 for out, fails, counts in merge_windows(op, rows, np.arange(rows.num_rows), offs, run.policy,
                                                         batch_size):
                     a.counts.update(counts)
@@ -414,6 +417,7 @@ def _group(stream, run: Run, i: int, batch_size: int) -> Iterator:
                     a.seconds += time.perf_counter() - t0
                     yield out
                     t0 = time.perf_counter()
+            bar.close()
         yield from _ended(ends)
     finally:
         spill.close()
