@@ -1,10 +1,10 @@
-"""Training throughput on the tiny LM: packed (best-fit decreasing) vs padded batches, same data, same steps.
+"""Training throughput on the tiny LM: packed (exact fit, the default) vs padded batches, same data, same steps.
 
 Both runs use the training loop's own parts (``PackedData``, the Paddle DataLoader, the collator, the optimizer
 step of ``datacopilot.train``) on the same tokenized samples, with the same seed and number of optimizer steps:
 
-- packed: ``batch_size`` packs of ``max_length`` tokens per step, samples placed by best-fit decreasing, block
-  diagonal causal mask;
+- packed: ``batch_size`` packs of ``max_length`` tokens per step, samples placed by the default strategy (exact
+  fit), block diagonal causal mask;
 - padded: the same samples in the same shuffled order, ``batch_size * samples per pack`` of them per step (so each
   step sees about as many samples as a packed step), every batch padded to its longest sample.
 
@@ -136,7 +136,7 @@ def run(args=None, **overrides) -> list[str]:
         f"{os.cpu_count()} CPU core(s), paddle dense attention.", "",
         "| run | batch per step | fill | effective tokens/s (target tokens) | first -> last loss |",
         "|---|---|---:|---:|---|",
-        f"| packed (BFD) | {opts['batch_size']} packs x {opts['max_length']} | {packed['fill']:.1%} | "
+        f"| packed (exact fit) | {opts['batch_size']} packs x {opts['max_length']} | {packed['fill']:.1%} | "
         f"{packed['tokens_per_s']:,.0f} | {packed['loss_first']:.3f} -> {packed['loss_last']:.3f} |",
         f"| padded | {padded['batch_size']} samples, padded to the batch's longest | {padded['fill']:.1%} | "
         f"{padded['tokens_per_s']:,.0f} | {padded['loss_first']:.3f} -> {padded['loss_last']:.3f} |", "",

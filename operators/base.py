@@ -278,8 +278,8 @@ def check_float(op: Operator, name: str, value: Any, minimum: float | None = Non
 
 
 def check_choice(op: Operator, name: str, value: Any, choices: tuple) -> Any:
-    """``value`` if it is one of ``choices``."""
-    if value not in choices:
+    """``value`` if it is one of ``choices`` (``1`` is not ``True`` here, nor ``0`` ``False``)."""
+    if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
         raise op.error(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
 

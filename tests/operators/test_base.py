@@ -9,7 +9,7 @@ import pytest
 
 import datacopilot as dc
 from datacopilot.errors import DataCopilotError, MissingDependencyError, OperatorError
-from datacopilot.operators import Deduplicator, Evaluator, Filter, Mapper, check_int
+from datacopilot.operators import Deduplicator, Evaluator, Filter, Mapper, check_int, create
 from datacopilot.operators.run import evaluate
 
 from .conftest import ids, last, mm
@@ -66,6 +66,9 @@ def test_parameters_are_validated_at_construction_naming_operator_and_parameter(
     with pytest.raises(OperatorError, match=r"`n` must be an integer, got 'x'"):
         MinLen(n="x")
     assert MinLen(n=2).params() == {"n": 2}
+    with pytest.raises(OperatorError, match=r"`emails` must be one of True, False, got 1"):
+        create("mask_pii", emails=1)  # 1 == True, but a flag takes a boolean
+    assert create("mask_pii", emails=False).params()["emails"] is False
 
 
 def test_missing_dependency_fails_at_construction_with_install_line():
