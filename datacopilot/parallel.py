@@ -30,7 +30,7 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -63,10 +63,6 @@ def _unpickled(payload: bytes) -> Callable:
         sys.path[:] = path  # functions of modules the parent can import (scripts, tests) import here too
         task = _TASKS[key] = cloudpickle.loads(blob)
     return task
-
-
-def _run_pickled(payload: bytes, data: pa.Buffer, offset: int) -> Any:
-    return _unpickled(payload)(ipc.open_stream(data).read_all(), offset)
 
 
 def _run(payload: bytes, data: pa.Buffer | tuple[str, int], offset: int, piece: int | None,
@@ -385,17 +381,6 @@ def _alive(pid: str) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-@contextlib.contextmanager
-def _executor(num_workers: int, mode: str) -> Iterator[Executor]:
-    """A thread pool, or the warm process pool, for a caller that submits its own work."""
-    if mode == "thread":
-        with ThreadPoolExecutor(max_workers=num_workers) as ex:
-            yield ex
-        return
-    with _process_pool(num_workers) as pool:
-        yield pool.ex
 
 
 _POOLS: dict[int, _Pool] = {}

@@ -19,12 +19,15 @@ LocalExecutor(num_workers=2, mode='thread')
 
 from __future__ import annotations
 
-import os
+import contextlib
+import itertools
 import pickle
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +37,14 @@ from tqdm.auto import tqdm
 from datacopilot.errors import OperatorError
 from datacopilot.history import OpRecord
 from datacopilot.kernels.hashing import KeySet
-from datacopilot.parallel import _executor, _run_pickled, check_workers, to_ipc
+from datacopilot.parallel import (
+    _discard,
+    _imported,
+    _process_pool,
+    _run,
+    check_workers,
+    to_ipc,
+)
 
 from .base import ExecResult, Executor
 
@@ -223,19 +233,37 @@ class LocalExecutor(Executor):
             for item in stream:
                 yield item if isinstance(item, End) else run.account(i, chain(item))
             return
-        with _executor(self.num_workers, self.mode) as ex:
-            if self.mode == "process":
+        in_flight = 2 * self.num_workers
+        with contextlib.ExitStack() as stack:
+            if self.mode == "process":  # batches go through shared-memory slots (the pipe when there is none)
+                pool = stack.enter_context(_process_pool(self.num_workers))
+                slots = stack.enter_context(pool.slots(in_flight + 1))
                 payload = pickle.dumps((list(sys.path), __import__("cloudpickle").dumps(chain)))
-                submit = lambda t: ex.submit(_run_pickled, payload, to_ipc(t), 0)
+                seq = itertools.count()
+
+                def submit(t):
+                    data = None
+                    if slots is not None:
+                        with contextlib.suppress(OSError):  # shared memory full: this batch goes by pipe
+                            data = slots.put(next(seq) % len(slots.paths), t)
+                    return pool.ex.submit(_run, payload, data or to_ipc(t), 0, None, pool.dir)
             else:
+                ex = stack.enter_context(ThreadPoolExecutor(max_workers=self.num_workers))
                 submit = lambda t: ex.submit(chain, t, 0)
             pending: deque = deque()
-            for item in stream:
-                pending.append(item if isinstance(item, End) else submit(item))
-                while len(pending) > 2 * self.num_workers or (pending and isinstance(pending[0], End)):
+            try:
+                for item in stream:
+                    pending.append(item if isinstance(item, End) else submit(item))
+                    while len(pending) > in_flight or (pending and isinstance(pending[0], End)):
+                        yield _done(pending.popleft(), run, i)
+                while pending:
                     yield _done(pending.popleft(), run, i)
-            while pending:
-                yield _done(pending.popleft(), run, i)
+            finally:  # stopped early: no worker may still read a slot when the next run writes it
+                running = [f for f in pending if not isinstance(f, End) and not f.cancel()]
+                wait_futures(running)
+                for f in running:
+                    if f.exception() is None:
+                        _discard(f.result())
 
     # -- Executor ---------------------------------------------------------------------------------------
     def run(self, plan) -> ExecResult:
@@ -280,7 +308,7 @@ def _remove(out_dir: str, names) -> None:
 
 
 def _done(item, run: Run, i: int):
-    return item if isinstance(item, End) else run.account(i, item.result())
+    return item if isinstance(item, End) else run.account(i, _imported(item.result()))
 
 
 def _exact(stream, run: Run, i: int) -> Iterator:

@@ -38,6 +38,23 @@ def test_workers_keep_order_and_accounting(ds, mode):
     assert same(out, ds.apply(chain()))
 
 
+def test_process_workers_stop_cleanly_on_a_failure_and_run_again(ds):
+    """Batches travel to process workers through shared-memory slots: a run stopped by a failure waits for the
+    batches in flight, so the next run, which reuses the slots, gives the same rows as threads."""
+    import os
+
+    from datacopilot.parallel import _POOLS
+
+    bad = [create("clean_whitespace"), FailOn(bad=("r20",)), create("filter_turns", min_turns=2)]
+    with pytest.raises(OperatorError, match="r20"):
+        ds.lazy(batch_size=5).apply(bad).collect(num_workers=2, mode="process")
+    out = ds.lazy(batch_size=5).apply(chain()).collect(num_workers=2, mode="process")
+    assert same(out, ds.apply(chain()))
+    shm = _POOLS[2].dir
+    if shm is not None:  # results were shipped through it and unlinked once read; only the slots stay
+        assert all(name.startswith("in-") for name in os.listdir(shm))
+
+
 def test_augmenter_rows_out(ds):
     out = ds.lazy(batch_size=9).apply([Twice(), create("dedup_exact")]).collect()
     assert out.history()[0].rows_out == 300
