@@ -54,7 +54,12 @@ def layout(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def arranged(op: Grouper, parts: list, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``op.arrange(parts)`` checked: every one of the ``n`` rows exactly once, groups of at least one row."""
-    order, offsets = op.arrange(parts)
+    try:
+        order, offsets = op.arrange(parts)
+    except OperatorError:
+        raise
+    except Exception as e:  # a user's grouper may raise anything: name it
+        raise OperatorError(op.label, None, f"arrange() failed: {type(e).__name__}: {e}") from e
     order, offsets = np.asarray(order, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     if (len(order) != n or (n and (order.min() < 0 or order.max() >= n or np.bincount(order, minlength=n).max() > 1))
             or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 1).any()):

@@ -73,5 +73,9 @@ class Sort(Grouper):
             return np.zeros(0, np.int64), np.zeros(1, np.int64)
         keys = pa.concat_tables(parts, promote_options="permissive")
         order = "descending" if self.p["descending"] else "ascending"
-        idx = pc.sort_indices(keys, sort_keys=[(f"k{i}", order) for i in range(len(self.keys))])
+        try:
+            idx = pc.sort_indices(keys, sort_keys=[(f"k{i}", order) for i in range(len(self.keys))])
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            types = ", ".join(f"{k} ({t})" for k, t in zip(self.keys, keys.schema.types))
+            raise self.error(f"cannot sort by {types}: {e}") from None
         return idx.to_numpy().astype(np.int64), np.arange(keys.num_rows + 1)

@@ -68,6 +68,8 @@ def test_bad_sort_parameters_and_fields():
         ds.apply(create("sort", by="caption"))
     with pytest.raises(OperatorError, match="'image.size' is not a field of column 'image'"):
         ds.apply(create("sort", by="image.size"))
+    with pytest.raises(OperatorError, match=r"sort: cannot sort by conversations \(list<"):
+        dc.pipeline(ds).apply(create("sort", by="conversations")).collect()
 
 
 class Broken(Grouper):
