@@ -102,9 +102,14 @@ def take_array(arr: pa.Array, idx: np.ndarray) -> pa.Array:
     return arr.take(pa.array(idx, pa.int64()))
 
 
+def take_batch(batch: pa.RecordBatch, idx: np.ndarray) -> pa.RecordBatch:
+    """Rows ``idx`` of a record batch, column by column (:func:`take_array`)."""
+    return pa.RecordBatch.from_arrays([take_array(c, idx) for c in batch.columns], schema=batch.schema)
+
+
 class Rows:
     """Rows of a table taken by index one record batch at a time: pyarrow's ``take`` on a table of many chunks
-    first joins them, which for a memory-mapped spill file would read all of it into memory."""
+    first joins them all (a copy of the whole table for a few rows)."""
 
     def __init__(self, table: pa.Table):
         self.table, self.batches = table, table.to_batches()
@@ -118,9 +123,7 @@ class Rows:
         pieces = []
         for c in np.unique(chunk):
             pick = by_chunk[chunk[by_chunk] == c]
-            b = self.batches[c]
-            local = idx[pick] - self.bounds[c]
-            pieces.append(pa.RecordBatch.from_arrays([take_array(col, local) for col in b.columns], schema=b.schema))
+            pieces.append(take_batch(self.batches[c], idx[pick] - self.bounds[c]))
         got = pa.Table.from_batches(pieces, schema=self.table.schema).combine_chunks()
         back = np.empty(len(idx), np.int64)
         back[by_chunk] = np.arange(len(idx))
@@ -160,7 +163,7 @@ def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
     failures, made = [], {}
     try:
         merged = merge(list(range(len(multi))))
-        made = dict(zip(range(len(multi)), range(len(multi))))
+        made = {m: m for m in range(len(multi))}
     except Exception:  # an operator may raise anything: find the groups that fail
         parts = []
         for m in range(len(multi)):

@@ -27,13 +27,6 @@ import pyarrow as pa
 BATCH_ROWS = 65_536  # rows per record batch of a spill that is read back out of order, and per bucket
 
 
-def take_batch(batch: pa.RecordBatch, idx: np.ndarray) -> pa.RecordBatch:
-    """Rows ``idx`` of an in-memory batch, column by column (see ``operators.grouping.take_array``)."""
-    from datacopilot.operators.grouping import take_array
-
-    return pa.RecordBatch.from_arrays([take_array(c, idx) for c in batch.columns], schema=batch.schema)
-
-
 class Spill:
     """A temporary directory holding the rows of one stage; ``batch_rows`` > 0 gathers the rows added into record
     batches of about that many rows (else each table added is written as it comes)."""
@@ -80,7 +73,7 @@ class Spill:
                   ) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """The rows in output order (``order`` of all rows, groups ``offsets``, as ``Grouper.arrange`` gives
         them), a bucket of whole groups at a time: ``(rows, the groups' offsets in them)``."""
-        from datacopilot.operators.grouping import windows
+        from datacopilot.operators.grouping import take_batch, windows
 
         n = len(order)
         pos = np.empty(n, np.int64)
