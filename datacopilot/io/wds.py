@@ -15,6 +15,15 @@ the JSON gave, or the member's name when the JSON gave none. An image the JSON n
 path (no bytes), to be resolved against the dataset's root later. MIX refers to images by url only (its images
 are not image values), so MIX shards hold only ``KEY.json``; an image member in a MIX sample is an error.
 
+**img2dataset tars** (and the generic WebDataset caption convention) are read too: samples of ``KEY.jpg`` (or
+another image extension), ``KEY.txt`` (``.text`` and ``.caption`` are taken as well) and ``KEY.json`` holding
+img2dataset's metadata rather than a row. A tar is read this way when a sample has a caption member, or when it
+has image members and its ``.json`` members have no row shape (img2dataset run without ``--caption_col``). Each
+sample becomes a CAPTION row: ``id`` the key, ``image`` ``{"path": member name, "bytes"}``, ``caption`` the text
+(null without a caption member: validation reports the row), and ``meta``, the ``.json`` object as compact JSON
+text (every key kept, ``caption`` and ``key`` included, in its order; an extra column CAPTION does not name, so
+every writer carries it as it is). See :func:`read_caption_samples`.
+
 Keys are written as ``000000``, ``000001``, ... in row order. Two members with the same key and extension, a
 member of an unknown kind, a sample without ``.json`` or a ``.json`` that does not parse are errors naming the
 tar and the key (with ``invalid="quarantine"`` the last three put the sample in the quarantine instead).
@@ -28,13 +37,14 @@ import tarfile
 
 from datacopilot.errors import InputError
 from datacopilot.loading import Loaded, guess_schema, load_rows
-from datacopilot.schemas import Image, List, Schema, read_image_bytes
+from datacopilot.schemas import CAPTION, Image, List, Schema, read_image_bytes
 
 from ._common import raise_broken
 from ._fs import atomic_open, get_fs
 from .jsonl import _jsonable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+CAPTION_EXTENSIONS = ("txt", "text", "caption")
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
           (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
@@ -48,14 +58,23 @@ def split_name(name: str) -> tuple[str, str] | None:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def image_slots(schema: Schema) -> list[tuple[str, bool]]:
-    """(field name, is a list) of the schema's image fields, in order."""
+def _image_kind(dtype) -> str | None:
+    """``"one"`` (an Image), ``"many"`` (a list of them), ``"either"`` (one of both: MM's ``image``), or None."""
+    if isinstance(dtype, Image):
+        return "one"
+    if isinstance(dtype, List):
+        return "many" if isinstance(dtype.inner, Image) else None
+    kinds = {_image_kind(d) for _, d in getattr(dtype, "alternatives", ())} - {None}  # a OneOf
+    return None if not kinds else kinds.pop() if len(kinds) == 1 else "either"
+
+
+def image_slots(schema: Schema) -> list[tuple[str, str]]:
+    """(field name, ``"one"`` / ``"many"`` / ``"either"``) of the schema's image fields, in order."""
     out = []
     for f in schema.fields:
-        if isinstance(f.dtype, Image):
-            out.append((f.name, False))
-        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image):
-            out.append((f.name, True))
+        kind = _image_kind(f.dtype)
+        if kind is not None:
+            out.append((f.name, kind))
     return out
 
 
@@ -132,16 +151,16 @@ def _slot_of(ext: str, slots) -> tuple[str, int | None] | None:
     if img not in IMAGE_EXTENSIONS or not slots:
         return None
     if len(slots) == 1:
-        name, is_list = slots[0]
+        name, kind = slots[0]
         rest = stem
     else:
         name, _, rest = stem.partition(".")
-        is_list = dict(slots).get(name)
-        if is_list is None:
+        kind = dict(slots).get(name)
+        if kind is None:
             return None
-    if not is_list:
-        return (name, None) if rest == "" else None
-    return (name, int(rest)) if rest.isdigit() else None
+    if rest == "":
+        return (name, None) if kind != "many" else None
+    return (name, int(rest)) if rest.isdigit() and kind != "one" else None
 
 
 def _embed(row, members: dict, slots, where: str, schema_name: str) -> str | None:
@@ -166,11 +185,13 @@ def _embed(row, members: dict, slots, where: str, schema_name: str) -> str | Non
         return f"{where}: member(s) {sorted(unplaced)} have no place in a {schema_name} row ({kinds})"
     if not isinstance(row, dict):
         return None  # validation reports it
-    for name, is_list in slots:
+    for name, kind in slots:
         got = by_field.get(name)
         if not got:
             continue
-        if not is_list:
+        if None in got:  # KEY.png: one image
+            if len(got) > 1 or isinstance(row.get(name), list):
+                return f"{where}: {name}: member {got[None][0]!r} is one image, but {name} is a list"
             row[name] = _image_value(row.get(name), got[None])
             continue
         current = row.get(name)
@@ -181,7 +202,8 @@ def _embed(row, members: dict, slots, where: str, schema_name: str) -> str | Non
 
 
 def _expected(slots) -> str:
-    return ", ".join(f"KEY.{_slot_prefix(slots, n)}{'N.' if lst else ''}png" for n, lst in slots)
+    forms = {"one": "{p}png", "many": "{p}N.png", "either": "{p}png or KEY.{p}N.png"}
+    return ", ".join("KEY." + forms[k].format(p=_slot_prefix(slots, n)) for n, k in slots)
 
 
 def read_wds(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
@@ -193,6 +215,8 @@ def read_wds(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded
     >>> loaded.table.column("image")[0]["bytes"]  # doctest: +SKIP
     """
     samples = _members(path)
+    if is_caption_tar(samples):
+        return read_caption_samples(path, samples, schema, invalid)
     rows, keys, broken = _parse(path, samples, invalid)
     if schema is None:
         schema = guess_schema(rows)
@@ -210,6 +234,117 @@ def read_wds(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded
         else:
             broken.append((where, problem, row))
     loaded = load_rows(good, schema, path, where=lambda i: f"{path}: key {good_keys[i]!r}", invalid=invalid)
+    loaded.bad = broken + loaded.bad
+    return loaded
+
+
+# -- img2dataset / caption tars -------------------------------------------------------------------------
+def is_caption_tar(samples: dict[str, dict[str, tuple[str, bytes]]]) -> bool:
+    """Whether a tar's samples (``{key: {extension: (member name, bytes)}}``) are img2dataset-style captions:
+    some sample has a caption member (``KEY.txt``), or the tar has bare image members (``KEY.jpg``) and no
+    ``.json`` among its first 50 has the shape of a row of a built-in schema.
+
+    >>> is_caption_tar({"000000000": {"jpg": ("000000000.jpg", b""), "txt": ("000000000.txt", b"a cat")}})
+    True
+    >>> is_caption_tar({"000000": {"json": ("000000.json", b'{"conversations": []}'), "png": ("000000.png", b"")}})
+    False
+    """
+    has_image, rows = False, []
+    for members in samples.values():
+        if any(ext in CAPTION_EXTENSIONS for ext in members):
+            return True
+        has_image = has_image or any(ext in IMAGE_EXTENSIONS for ext in members)
+        if "json" in members and len(rows) < 50:
+            try:
+                rows.append(json.loads(members["json"][1]))
+            except (ValueError, RecursionError):
+                pass  # the reader that takes the tar reports it
+    return has_image and guess_schema(rows) is None
+
+
+def _text(name: str, data: bytes, where: str) -> tuple[str | None, str | None]:
+    """(text, None) or (None, problem) for a member that must be UTF-8."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"{where}: {name}: invalid UTF-8 at byte {e.start}"
+
+
+def _meta_text(name: str, data: bytes, where: str) -> tuple[str | None, str | None]:
+    """(the .json member as compact JSON text, None) or (None, problem)."""
+    text, problem = _text(name, data, where)
+    if problem:
+        return None, problem
+    try:
+        out = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+        out.encode("utf-8")  # a lone surrogate escaped in the JSON cannot be stored as text
+        return out, None
+    except json.JSONDecodeError as e:
+        return None, f"{where}: {name}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    except RecursionError:
+        return None, f"{where}: {name}: JSON nested too deeply"
+    except UnicodeEncodeError as e:
+        return None, f"{where}: {name}: a string holds an unpaired surrogate ({e.object[e.start:e.end]!r})"
+
+
+def _caption_sample(key: str, members: dict, where: str) -> tuple[dict | None, str | None]:
+    """One caption sample as a CAPTION row (plus ``meta``), or the problem as text."""
+    by_kind: dict[str, list] = {"image": [], "caption": [], "json": [], "other": []}
+    for ext, member in members.items():
+        kind = ("image" if ext in IMAGE_EXTENSIONS else "caption" if ext in CAPTION_EXTENSIONS
+                else "json" if ext == "json" else "other")
+        by_kind[kind].append(member)
+    if by_kind["other"]:
+        names = sorted(n for n, _ in by_kind["other"])
+        return None, (f"{where}: member(s) {names} have no place in an img2dataset sample (expected KEY.<image "
+                      f"extension>, KEY.txt and KEY.json)")
+    for kind in ("image", "caption"):
+        if len(by_kind[kind]) > 1:
+            return None, f"{where}: duplicate {kind} members {sorted(n for n, _ in by_kind[kind])}"
+    row: dict = {"id": key, "image": None, "caption": None}
+    if by_kind["image"]:
+        name, data = by_kind["image"][0]
+        row["image"] = {"path": name, "bytes": data}
+    if by_kind["caption"]:
+        row["caption"], problem = _text(*by_kind["caption"][0], where)
+        if problem:
+            return None, problem
+    if by_kind["json"]:
+        row["meta"], problem = _meta_text(*by_kind["json"][0], where)
+        if problem:
+            return None, problem
+    return row, None
+
+
+def read_caption_samples(path: str, samples: dict, schema: Schema | None, invalid: str = "raise") -> Loaded:
+    """An img2dataset-style tar's samples (as :func:`is_caption_tar` takes them) -> CAPTION rows.
+
+    A member of another kind, two images or two captions for one key, a caption that is not UTF-8 or a ``.json``
+    that does not parse are errors naming the tar and key (quarantined with ``invalid="quarantine"``); a sample
+    without a caption is a CAPTION row without its required caption, reported by validation the same way.
+    ``schema`` must be None or CAPTION: these rows convert to no other schema without losing ``meta``.
+
+    Example
+    -------
+    >>> loaded = read_wds("img2dataset_out/00000.tar", None)  # doctest: +SKIP
+    >>> loaded.table.column_names  # doctest: +SKIP
+    ['id', 'image', 'caption', 'meta']
+    """
+    if schema is not None and schema.name != CAPTION.name:
+        raise InputError(f"{path}: an img2dataset-style tar (KEY.jpg + KEY.txt + KEY.json) holds CAPTION rows, "
+                         f"got schema={schema.name!r}: load it as CAPTION (or without a schema), then convert")
+    rows, keys, broken = [], [], []
+    for key, members in samples.items():
+        where = f"{path}: key {key!r}"
+        row, problem = _caption_sample(key, members, where)
+        if problem is None:
+            rows.append(row)
+            keys.append(key)
+        else:
+            broken.append((where, problem, {"id": key, "members": sorted(n for n, _ in members.values())}))
+    if invalid == "raise":
+        raise_broken(broken, "sample")
+    loaded = load_rows(rows, schema or CAPTION, path, where=lambda i: f"{path}: key {keys[i]!r}", invalid=invalid)
     loaded.bad = broken + loaded.bad
     return loaded
 
@@ -244,12 +379,12 @@ def _sample(row: dict, schema: Schema, slots, root, i: int) -> tuple[dict, list[
     """A stored row -> (the json row with image paths, [(member extension, bytes)])."""
     row = dict(row)
     members = []
-    for name, is_list in slots:
+    for name, kind in slots:
         v = row.get(name)
         if v is None:
             continue
         pre = _slot_prefix(slots, name)
-        if not is_list:
+        if kind == "one" or (kind == "either" and not isinstance(v, list)):
             p, data, ext = _image_member(v, root, f"row {i}: {name}")
             row[name] = p
             members.append((f"{pre}{ext}", data))

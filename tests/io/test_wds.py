@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 import datacopilot
 from datacopilot import MMDataset
 from datacopilot.errors import InputError
-from datacopilot.io.wds import read_wds, split_name, write_wds
+from datacopilot.io.wds import image_slots, read_wds, split_name, write_wds
 
 
 def _turns(q, a):
@@ -217,3 +217,27 @@ def test_mix_rows_refer_to_images_by_url(tmp_path, images):
     _tar(str(tmp_path / "mixm.tar"), [("k.json", json.dumps(rows[0]).encode()), ("k.0.png", images["img0.png"])])
     with pytest.raises(InputError, match=r"mixm\.tar: key 'k': member\(s\) \['k\.0\.png'\] have no place in a MIX"):
         datacopilot.load(str(tmp_path / "mixm.tar"))
+
+
+@pytest.mark.skipif(dict(image_slots(datacopilot.MM)).get("image") != "either",
+                    reason="MM's image is one image only in this schema version")
+def test_mm_image_lists_and_single_images_keep_their_shape(tmp_path, images):
+    rows = [{"id": 1, "image": ["img0.png", "img1.png"], "conversations": _turns("<image><image>", "two")},
+            {"id": "b", "image": "img2.png", "conversations": _turns("<image>", "one")},
+            {"id": "c", "image": ["img1.png"], "conversations": _turns("<image>", "a list of one")}]
+    ds = MMDataset.from_rows(rows, schema="MM", root=str(tmp_path))
+    out = str(tmp_path / "next.tar")
+    write_wds(ds, out)
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["000000.json", "000000.0.png", "000000.1.png", "000001.json", "000001.png",
+                                  "000002.json", "000002.0.png"]
+    back = datacopilot.load(out)
+    assert [r["id"] for r in back] == [1, "b", "c"]
+    assert back[0]["image"] == [{"path": "img0.png", "bytes": images["img0.png"]},
+                                {"path": "img1.png", "bytes": images["img1.png"]}]
+    assert back[1]["image"] == {"path": "img2.png", "bytes": images["img2.png"]}
+    assert back[2]["image"] == [{"path": "img1.png", "bytes": images["img1.png"]}]
+    _tar(str(tmp_path / "bad.tar"), [("k.json", json.dumps({"image": ["x.png"], "conversations": _turns(
+        "<image>", "a")}).encode()), ("k.png", images["img0.png"])])
+    with pytest.raises(InputError, match=r"bad\.tar: key 'k': image: member 'k\.png' is one image, but image is a list"):
+        datacopilot.load(str(tmp_path / "bad.tar"))
