@@ -128,9 +128,9 @@ def _parse(path: str, samples: dict, invalid: str) -> tuple[list, list[str], lis
         try:
             rows.append(json.loads(data))
             keys.append(key)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            msg = f"{where}: {name}: invalid JSON: {getattr(e, 'msg', e)}"
-            broken.append((where, msg, data.decode("utf-8", "replace")))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", e)
+            broken.append((where, f"{where}: {name}: invalid JSON: {why}", data.decode("utf-8", "replace")))
     if invalid == "raise":
         raise_broken(broken, "sample")
     return rows, keys, broken
@@ -282,7 +282,7 @@ def _meta_text(name: str, data: bytes, where: str) -> tuple[str | None, str | No
     except json.JSONDecodeError as e:
         return None, f"{where}: {name}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
     except RecursionError:
-        return None, f"{where}: {name}: JSON nested too deeply"
+        return None, f"{where}: {name}: invalid JSON: nested too deeply"
     except UnicodeEncodeError as e:
         return None, f"{where}: {name}: a string holds an unpaired surrogate ({e.object[e.start:e.end]!r})"
 

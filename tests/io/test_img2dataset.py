@@ -210,3 +210,11 @@ def test_a_datacopilot_caption_tar_still_reads_its_rows(tmp_path):
     datacopilot.write(ds, str(tmp_path / "dc.tar"))
     assert set(_members(str(tmp_path / "dc.tar"))) == {"000000.json", "000000.png"}
     assert datacopilot.load(str(tmp_path / "dc.tar")).to_list() == ds.to_list()
+
+
+def test_deeply_nested_metadata_is_an_error_naming_tar_and_key(tmp_path):
+    tar = str(tmp_path / "deep.tar")
+    img = image_bytes((1, 1, 1))
+    _tar(tar, [("k.jpg", img), ("k.txt", b"x"), ("k.json", b'{"a": ' + b"[" * 20000 + b"]" * 20000 + b"}")])
+    with pytest.raises(InputError, match=r"deep\.tar: key 'k': k\.json: invalid JSON: nested too deeply"):
+        datacopilot.load(tar)

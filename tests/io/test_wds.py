@@ -241,3 +241,13 @@ def test_mm_image_lists_and_single_images_keep_their_shape(tmp_path, images):
         "<image>", "a")}).encode()), ("k.png", images["img0.png"])])
     with pytest.raises(InputError, match=r"bad\.tar: key 'k': image: member 'k\.png' is one image, but image is a list"):
         datacopilot.load(str(tmp_path / "bad.tar"))
+
+
+def test_deeply_nested_json_is_an_error_naming_tar_and_key(tmp_path):
+    path = str(tmp_path / "deep.tar")
+    good = json.dumps({"conversations": _turns("a", "b")}).encode()
+    _tar(path, [("a.json", good), ("b.json", b'{"conversations": [], "meta": ' + b"[" * 20000 + b"]" * 20000 + b"}")])
+    with pytest.raises(InputError, match=r"deep\.tar: key 'b': b\.json: invalid JSON: nested too deeply"):
+        datacopilot.load(path)
+    ds = datacopilot.load(path, invalid="quarantine")
+    assert len(ds) == 1 and ds.quarantine[0]["_source"].endswith("deep.tar: key 'b'")
