@@ -6,8 +6,10 @@ its extension; members sharing a key make one sample. A sample holds:
 - ``KEY.json``: the row as a JSON object (the schema's file form: images as path strings, ``meta`` as an object);
 - its images, one member each, with extension ``.jpg .jpeg .png .webp .bmp .gif .tif .tiff``:
 
-  - a schema with one image field of one image (MM, PAIRS, CAPTION: ``image``): ``KEY.png``;
+  - a schema with one image field of one image (PAIRS, CAPTION: ``image``): ``KEY.png``;
   - a schema with one list of images (MESSAGES: ``images``): ``KEY.0.png``, ``KEY.1.png``, ... by position;
+  - a field that holds one image or a list (MM's ``image``, LLaVA-NeXT): ``KEY.png`` for one image,
+    ``KEY.0.png``, ... for a list (a list of one included), so each row reads back in its own shape;
   - a schema with several image fields: the field name goes first, ``KEY.image.png``, ``KEY.images.0.png``.
 
 On reading, each image member is embedded into its image value as ``{"path", "bytes"}``; ``path`` is the path
@@ -21,8 +23,10 @@ img2dataset's metadata rather than a row. A tar is read this way when a sample h
 has image members and its ``.json`` members have no row shape (img2dataset run without ``--caption_col``). Each
 sample becomes a CAPTION row: ``id`` the key, ``image`` ``{"path": member name, "bytes"}``, ``caption`` the text
 (null without a caption member: validation reports the row), and ``meta``, the ``.json`` object as compact JSON
-text (every key kept, ``caption`` and ``key`` included, in its order; an extra column CAPTION does not name, so
-every writer carries it as it is). See :func:`read_caption_samples`.
+text (every key kept, ``caption`` and ``key`` included, in its order; the text a ``Json`` field holds, so the
+JSON writers write it as the object it was and every reader gives the same text back). One column rather than a
+column per key: a key's type may differ between rows and between shards (``--save_additional_columns``), and
+``caption`` would clash with the caption itself. See :func:`read_caption_samples`.
 
 Keys are written as ``000000``, ``000001``, ... in row order. Two members with the same key and extension, a
 member of an unknown kind, a sample without ``.json`` or a ``.json`` that does not parse are errors naming the
