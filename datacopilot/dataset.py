@@ -199,7 +199,7 @@ class MMDataset:
         if field is None:
             field = "image" if "image" in row else "images"
         value = row.get(field)
-        if isinstance(value, list):
+        if isinstance(value, list):  # images (MIX: {id, url}), or MM's image list (LLaVA-NeXT)
             value = value[0] if value else None
             if isinstance(value, dict) and "url" in value:
                 value = value["url"]

@@ -10,7 +10,8 @@ from typing import Callable, Sequence
 
 import pyarrow as pa
 
-from datacopilot.schemas import Schema, convert_row, detect_schema
+from datacopilot.schemas import Schema, convert_row, detect_schema, row_roles
+from datacopilot.schemas.arrow_build import to_array
 
 from .errors import ConversionError, DataCopilotError, SchemaError, ValidationError
 
@@ -32,28 +33,36 @@ def check_invalid_policy(invalid: str) -> None:
 
 
 def guess_schema(rows: Sequence[dict]) -> Schema | None:
+    """The built-in schema the rows look like: their keys, the shapes of the first rows and the roles of all."""
     sample = [r for r in rows[:50] if isinstance(r, dict)]
     if not sample:
         return None
     keys = {k: None for r in sample for k in r}
     try:
-        return detect_schema(pa.Table.from_pylist(sample).schema)
+        arrow_schema = pa.Table.from_pylist(sample).schema
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return detect_schema(pa.schema([(k, pa.null()) for k in keys]))
+        arrow_schema = pa.schema([(k, _shape(sample, k)) for k in keys])
+    return detect_schema(arrow_schema, row_roles(rows))
 
 
-def _column(values: list, type: pa.DataType | None, name: str) -> pa.Array:
-    try:
-        return pa.array(values, type=type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-        if type is not None:
-            raise SchemaError(f"column {name!r}: {e}") from e
-        # an extra column of mixed shapes: keep every value, as JSON text
-        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+def _shape(rows: list[dict], key: str) -> pa.DataType:
+    """A stand-in type for a column whose rows disagree (mixed ids): enough to tell schemas apart."""
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            return pa.list_(pa.list_(pa.null()))
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            return pa.list_(pa.struct([(k, pa.null()) for k in v[0]]))
+    return pa.null()
+
+
+def _column(values: list, dtype, name: str) -> pa.Array:
+    return to_array(dtype, values, f"column {name!r}")
 
 
 def build_table(rows: list[dict], schema: Schema) -> pa.Table:
-    """Rows (already normalized) -> a table with the schema's columns first, then any extra keys."""
+    """Rows (already normalized) -> a table with the schema's columns first, then any extra keys, every key of
+    every row kept (struct children the schema does not name included)."""
     names = schema.names
     extra: dict[str, None] = {}
     for r in rows:
@@ -62,7 +71,7 @@ def build_table(rows: list[dict], schema: Schema) -> pa.Table:
                 extra[k] = None
     arrays, out_names = [], []
     for f in schema.fields:
-        arrays.append(_column([r.get(f.name) for r in rows], f.dtype.arrow(), f.name))
+        arrays.append(_column([r.get(f.name) for r in rows], f.dtype, f.name))
         out_names.append(f.name)
     for k in extra:
         arrays.append(_column([r.get(k) for r in rows], None, k))

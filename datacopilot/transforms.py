@@ -123,13 +123,9 @@ def nonempty_mask(table: pa.Table, schema: Schema) -> np.ndarray:
 
 
 def image_columns(schema: Schema) -> list[str]:
-    from datacopilot.schemas import Image, List
+    from datacopilot.schemas.image import is_image_dtype
 
-    out = []
-    for f in schema.fields:
-        if isinstance(f.dtype, Image) or (isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image)):
-            out.append(f.name)
-    return out
+    return [f.name for f in schema.fields if is_image_dtype(f.dtype)]
 
 
 def prefix_image_paths(table: pa.Table, schema: Schema, prefix: str) -> pa.Table:
@@ -149,6 +145,13 @@ def prefix_image_paths(table: pa.Table, schema: Schema, prefix: str) -> pa.Table
 
 
 def _prefix_chunk(arr: pa.Array, prefix: str) -> pa.Array:
+    from datacopilot.schemas.variant import is_variant
+
+    if is_variant(arr.type):
+        st = arr.storage
+        kids = [_prefix_chunk(st.field(i), prefix) for i in range(st.type.num_fields)]
+        new = pa.StructArray.from_arrays(kids, names=[f.name for f in st.type], mask=st.is_null())
+        return pa.ExtensionArray.from_storage(type(arr.type)(new.type), new)
     if pa.types.is_list(arr.type):
         values = _prefix_chunk(arr.values, prefix)
         return pa.ListArray.from_arrays(arr.offsets, values, type=arr.type, mask=arr.is_null())
@@ -157,7 +160,8 @@ def _prefix_chunk(arr: pa.Array, prefix: str) -> pa.Array:
                        pc.is_null(data))
     joined = pc.binary_join_element_wise(pa.scalar(prefix), paths, "/")
     new_paths = pc.if_else(relative.fill_null(False), joined, paths)
-    return pa.StructArray.from_arrays([new_paths, data], fields=list(arr.type), mask=arr.is_null())
+    kids = [new_paths if f.name == "path" else arr.field(i) for i, f in enumerate(arr.type)]
+    return pa.StructArray.from_arrays(kids, fields=list(arr.type), mask=arr.is_null())
 
 
 _INDEX = re.compile(r"\[\d+\]")

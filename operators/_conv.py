@@ -140,8 +140,10 @@ def _with_column(batch: pa.RecordBatch, col: str, new: pa.Array) -> pa.Table:
 def image_counts(batch: pa.RecordBatch) -> np.ndarray:
     """Number of images per row: ``image`` (0 or 1) or the length of ``images``."""
     names = batch.schema.names
-    if "image" in names:
-        return batch.column("image").is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+    if "image" in names:  # one image, or a list of them (LLaVA-NeXT)
+        from datacopilot.schemas.image import as_image_lists
+
+        return pc.fill_null(pc.list_value_length(as_image_lists(batch.column("image"))), 0).to_numpy().astype(np.int64)
     if "images" in names:
         return pc.fill_null(pc.list_value_length(batch.column("images")), 0).to_numpy().astype(np.int64)
     return np.zeros(batch.num_rows, dtype=np.int64)

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datacopilot.kernels.hashing import combine, hash_bytes, hash_strings, mix64
 from datacopilot.schemas import IMAGE_TOKEN
+from datacopilot.schemas.image import as_image_lists
+from datacopilot.schemas.variant import is_variant
 
 from datacopilot.rowops import _as_batch
 
@@ -63,6 +65,8 @@ def image_hashes(table: pa.Table | pa.RecordBatch) -> np.ndarray:
         return np.zeros(n, np.uint64)
     arr = table.column(col)
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if is_variant(arr.type):
+        arr = as_image_lists(arr)
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         values = arr.flatten()
         row = pc.list_parent_indices(arr).to_numpy().astype(np.int64)

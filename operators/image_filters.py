@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from datacopilot.errors import InputError
 from datacopilot.schemas import read_image_bytes, resolve_path
+from datacopilot.schemas.image import as_image_lists
 
 from .base import Filter, check_float, check_int, check_order
 from .registry import register
@@ -33,7 +34,7 @@ def row_images(batch: pa.RecordBatch) -> list[list]:
     """The image values of each row (``{path, bytes}`` dicts or url strings)."""
     names = batch.schema.names
     if "image" in names:
-        return [[v] if v is not None else [] for v in batch.column("image").to_pylist()]
+        return [[v for v in vs if v is not None] for vs in as_image_lists(batch.column("image")).to_pylist()]
     if "images" in names:
         out = []
         for imgs in batch.column("images").to_pylist():

@@ -1,14 +1,18 @@
-"""Field and media types, ``Schema``, the built-in schemas and their converters."""
+"""Field and media types, ``Schema``, the built-in schemas, the canonical sample and the converters."""
 
-from .builtin import BUILTIN, CAPTION, IMAGE_TOKEN, MESSAGES, MIX, MM, PAIRS, detect_schema, get_schema
+from .builtin import (BUILTIN, CAPTION, CAULDRON, IMAGE_TOKEN, MESSAGES, MIX, MM, MMC4, PAIRS, SHAREGPT, get_schema,
+                      part_text)
 from .convert import convert_row
-from .image import IMAGE_ARROW_TYPE, Image, decode_image, encode_image, read_image_bytes, resolve_path
+from .detect import detect_schema, row_roles, turn_roles
+from .image import IMAGE_ARROW_TYPE, Image, data_url_bytes, decode_image, encode_image, read_image_bytes, resolve_path
 from .schema import ArrowType, Schema
-from .types import Bool, DType, Field, Float, Int, Json, List, String, Struct
+from .types import Bool, DType, Field, Float, Int, Json, List, OneOf, String, Struct
+from .variant import JsonValueType, VariantType
 
 __all__ = [
-    "BUILTIN", "CAPTION", "IMAGE_TOKEN", "MESSAGES", "MIX", "MM", "PAIRS", "detect_schema", "get_schema",
-    "convert_row", "IMAGE_ARROW_TYPE", "Image", "decode_image", "encode_image", "read_image_bytes",
-    "resolve_path", "ArrowType", "Schema", "Bool", "DType", "Field", "Float", "Int", "Json", "List", "String",
-    "Struct",
+    "BUILTIN", "CAPTION", "CAULDRON", "IMAGE_TOKEN", "MESSAGES", "MIX", "MM", "MMC4", "PAIRS", "SHAREGPT",
+    "detect_schema", "get_schema", "part_text", "row_roles", "turn_roles", "convert_row", "IMAGE_ARROW_TYPE",
+    "Image", "data_url_bytes", "decode_image", "encode_image", "read_image_bytes", "resolve_path", "ArrowType",
+    "Schema", "Bool", "DType", "Field", "Float", "Int", "Json", "List", "OneOf", "String", "Struct",
+    "JsonValueType", "VariantType",
 ]

@@ -1,112 +1,134 @@
-"""The built-in schemas, loading DataCopilot / LLaVA / ShareGPT-style files as they are found in the wild,
-and their converters through one canonical conversation form.
+"""The built-in schemas: the files VLM SFT data comes in, each loaded as it is found in the wild and mapped to
+and from the canonical sample (:mod:`datacopilot.schemas.canonical`).
 
-Canonical form (internal): ``{"id", "images": [image], "image_ids": [str | None], "messages":
-[{"role": "system" | "user" | "assistant", "content": str}], "meta": json-text | None}``. A converter
-raises :class:`ConversionError` instead of dropping information the target schema cannot hold.
+Every schema is open: keys it does not name, at the top level, in turns, parts and image records, travel along
+unchanged. Ids are strings or non-negative integers and stay what they were.
 """
 
 from __future__ import annotations
 
-import pyarrow as pa
+from datacopilot.errors import SchemaError
 
-from datacopilot.errors import ConversionError, SchemaError
-
+from .canonical import (IMAGE_TOKEN, canon, extras, fail, from_turns, map_roles, no_more, one_image, part_text,
+                        text_only)
 from .image import Image
 from .schema import Schema
-from .types import Field, Json, List, String, Struct
+from .types import Field, Float, Int, Json, List, OneOf, String, Struct
 
-IMAGE_TOKEN = "<image>"
+ID = OneOf((("str", String()), ("int", Int(minimum=0))))
+IMAGES = List(Image())
 
+
+def _id() -> Field:
+    return Field("id", ID, required=False)
+
+
+def _meta() -> Field:
+    return Field("meta", Json(), required=False)
+
+
+# -- MM: LLaVA / DataCopilot SCHEMA.MM (LLaVA-NeXT / OneVision: ``image`` may be a list) -----------------------
 _MM_ROLES = {"human": "user", "gpt": "assistant"}
-_MIX_ROLES = {"user": "user", "assistant": "assistant"}
+_INV_MM = {v: k for k, v in _MM_ROLES.items()}
 
 
-def _inv(d: dict) -> dict:
-    return {v: k for k, v in d.items()}
+def _image_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
-def _fail(target: str, why: str):
-    raise ConversionError(f"cannot convert to {target} without loss: {why}")
-
-
-def _one_image(c: dict, target: str):
-    imgs = c.get("images") or []
-    if len(imgs) > 1:
-        _fail(target, f"{len(imgs)} images, {target} holds at most one")
-    if any(i is not None for i in c.get("image_ids") or []):
-        _fail(target, f"image ids {c['image_ids']!r} have no place in {target}")
-    return imgs[0] if imgs else None
-
-
-def _no_meta(c: dict, target: str):
-    if c.get("meta") is not None:
-        _fail(target, f"{target} has no meta field, got meta {c['meta']!r}")
-
-
-def _roles(c: dict, mapping: dict, target: str) -> list[dict]:
-    out = []
-    for i, m in enumerate(c["messages"]):
-        if m["role"] not in mapping:
-            _fail(target, f"messages[{i}].role {m['role']!r} has no equivalent in {target}")
-        out.append({"from": mapping[m["role"]], "value": m["content"]})
-    return out
-
-
-def _canon(id, images, messages, meta=None, image_ids=None) -> dict:
-    images = [Image().normalize(i) for i in images if i is not None]
-    return {
-        "id": id,
-        "images": images,
-        "image_ids": list(image_ids) if image_ids is not None else [None] * len(images),
-        "messages": messages,
-        "meta": meta,
-    }
-
-
-# -- MM: LLaVA / DataCopilot SCHEMA.MM ----------------------------------------------------------------------
 def _mm_to(r: dict) -> dict:
-    msgs = [{"role": _MM_ROLES[t["from"]], "content": t["value"]} for t in r["conversations"]]
-    return _canon(r.get("id"), [r.get("image")], msgs, r.get("meta"))
+    msgs = from_turns(r["conversations"], _MM_ROLES, "from", "value")
+    return canon(r.get("id"), _image_list(r.get("image")), msgs, r.get("meta"))
 
 
 def _mm_from(c: dict) -> dict:
-    return {"id": c.get("id"), "image": _one_image(c, "MM"), "conversations": _roles(c, _inv(_MM_ROLES), "MM"),
-            "meta": c.get("meta")}
+    no_more(c, "MM", allowed=("meta",))
+    imgs = c.get("images") or []
+    image = imgs[0] if len(imgs) == 1 else (list(imgs) if imgs else None)
+    convs = map_roles(text_only(c, "MM", keep=_turn_keys(c)), _INV_MM, "MM", "from", "value")
+    return {"id": c.get("id"), "image": image, "conversations": convs, "meta": c.get("meta")}
+
+
+def _turn_keys(c: dict) -> tuple[str, ...]:
+    """Extra keys of the turns (a per-turn ``weight``): schemas whose turns are open carry them."""
+    return tuple({k: None for m in c["messages"] for k in m if k not in ("role", "content")})
 
 
 _TURN_MM = Struct((Field("from", String(("human", "gpt"))), Field("value", String())))
 MM = Schema(
     "MM",
-    [Field("id", String(), required=False), Field("image", Image(), required=False),
-     Field("conversations", List(_TURN_MM)), Field("meta", Json(), required=False)],
-    _mm_to, _mm_from, doc="LLaVA / DataCopilot SCHEMA.MM: one optional image, human/gpt turns",
+    [_id(), Field("image", OneOf((("one", Image()), ("many", IMAGES))), required=False),
+     Field("conversations", List(_TURN_MM)), _meta()],
+    _mm_to, _mm_from, doc="LLaVA / DataCopilot SCHEMA.MM: an optional image (or a list, LLaVA-NeXT), human/gpt turns",
 )
 
 
 # -- MIX: DataCopilot SCHEMA.MIX ----------------------------------------------------------------------------
 def _mix_to(r: dict) -> dict:
     imgs = r.get("images") or []
-    msgs = [{"role": t["from"], "content": t["value"]} for t in r["conversations"]]
-    return _canon(r.get("id"), [i["url"] for i in imgs], msgs, r.get("meta"), [i.get("id") for i in imgs])
+    images = [{"path": i["url"], **extras(i, ("id", "url"))} for i in imgs]
+    msgs = from_turns(r["conversations"], {"user": "user", "assistant": "assistant"}, "from", "value")
+    return canon(r.get("id"), images, msgs, r.get("meta"), [i.get("id") for i in imgs])
 
 
 def _mix_from(c: dict) -> dict:
+    no_more(c, "MIX", allowed=("meta", "image_ids", "image_extras"))
     images = []
     for i, (img, iid) in enumerate(zip(c["images"], c["image_ids"])):
         if img.get("bytes") is not None:
-            _fail("MIX", f"images[{i}] carries bytes; MIX refers to images by url only")
-        images.append({"id": iid, "url": img["path"]})
-    return {"id": c.get("id"), "images": images, "conversations": _roles(c, _MIX_ROLES, "MIX"), "meta": c.get("meta")}
+            fail("MIX", f"images[{i}] carries bytes; MIX refers to images by url only")
+        images.append({"id": iid, "url": img["path"], **extras(img, ("path", "bytes"))})
+    roles = {"user": "user", "assistant": "assistant"}
+    convs = map_roles(text_only(c, "MIX", keep=_turn_keys(c)), roles, "MIX", "from", "value")
+    return {"id": c.get("id"), "images": images, "conversations": convs, "meta": c.get("meta")}
 
 
-_MIX_IMAGE = Struct((Field("id", String(), required=False), Field("url", String())))
+_MIX_IMAGE = Struct((Field("id", ID, required=False), Field("url", String())))
 _TURN_MIX = Struct((Field("from", String(("user", "assistant"))), Field("value", String())))
 MIX = Schema(
     "MIX",
-    [Field("id", String(), required=False), Field("images", List(_MIX_IMAGE), required=False),
-     Field("conversations", List(_TURN_MIX)), Field("meta", Json(), required=False)],
+    [_id(), Field("images", List(_MIX_IMAGE), required=False), Field("conversations", List(_TURN_MIX)), _meta()],
     _mix_to, _mix_from, doc="DataCopilot SCHEMA.MIX: several images by id and url, user/assistant turns",
+)
+
+
+# -- SHAREGPT: ShareGPT and LLaMA-Factory's multimodal ShareGPT ---------------------------------------------
+_SG_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "tool_call",
+             "observation": "tool", "user": "user", "assistant": "assistant"}
+_INV_SG = {"user": "human", "assistant": "gpt", "system": "system", "tool_call": "function_call",
+           "tool": "observation"}
+
+
+def _sg_to(r: dict) -> dict:
+    msgs = from_turns(r["conversations"], _SG_ROLES, "from", "value")
+    if r.get("system") is not None:
+        msgs = [{"role": "system", "content": r["system"]}] + msgs
+    return canon(r.get("id"), r.get("images") or [], msgs, r.get("meta"), videos=r.get("videos"),
+                 tools=r.get("tools"))
+
+
+def _sg_from(c: dict) -> dict:
+    no_more(c, "SHAREGPT", allowed=("meta", "videos", "tools"))
+    msgs = text_only(c, "SHAREGPT", keep=_turn_keys(c))
+    system = None
+    if msgs and msgs[0]["role"] == "system" and len(msgs[0]) == 2:
+        system, msgs = msgs[0]["content"], msgs[1:]
+    return {"id": c.get("id"), "conversations": map_roles(msgs, _INV_SG, "SHAREGPT", "from", "value"),
+            "images": list(c["images"]) or None, "videos": c.get("videos"), "system": system,
+            "tools": c.get("tools"), "meta": c.get("meta")}
+
+
+_TURN_SG = Struct((Field("from", String(tuple(_SG_ROLES))), Field("value", String())))
+SHAREGPT = Schema(
+    "SHAREGPT",
+    [_id(), Field("conversations", List(_TURN_SG)), Field("images", IMAGES, required=False),
+     Field("videos", List(String()), required=False), Field("system", String(), required=False),
+     Field("tools", String(), required=False), _meta()],
+    _sg_to, _sg_from,
+    doc="ShareGPT / LLaMA-Factory: human/gpt/system/function_call/observation turns, image and video lists, "
+        "system and tools columns",
 )
 
 
@@ -115,75 +137,158 @@ def _pairs_to(r: dict) -> dict:
     msgs = []
     for q, a in r["conversations"]:
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-    return _canon(r.get("id"), [r.get("image")], msgs)
+    return canon(r.get("id"), [r.get("image")], msgs)
 
 
 def _pairs_from(c: dict) -> dict:
-    img = _one_image(c, "PAIRS")
-    _no_meta(c, "PAIRS")
-    msgs = c["messages"]
+    no_more(c, "PAIRS")
+    img = one_image(c, "PAIRS")
+    msgs = text_only(c, "PAIRS")
     roles = [m["role"] for m in msgs]
     if len(msgs) % 2 or roles != ["user", "assistant"] * (len(msgs) // 2):
-        _fail("PAIRS", f"roles {roles} are not user/assistant pairs")
+        fail("PAIRS", f"roles {roles} are not user/assistant pairs")
     pairs = [[msgs[i]["content"], msgs[i + 1]["content"]] for i in range(0, len(msgs), 2)]
     return {"id": c.get("id"), "image": img, "conversations": pairs}
 
 
 PAIRS = Schema(
     "PAIRS",
-    [Field("id", String(), required=False), Field("image", Image(), required=False),
-     Field("conversations", List(List(String(), length=2)))],
+    [_id(), Field("image", Image(), required=False), Field("conversations", List(List(String(), length=2)))],
     _pairs_to, _pairs_from, doc="PaddleMIX chatml input: one optional image, [question, answer] pairs",
 )
 
 
-# -- MESSAGES: OpenAI / ShareGPT style ----------------------------------------------------------------------
+# -- MESSAGES: OpenAI chat (content text or parts), HF llava-instruct-mix-vsft, LLaMA-Factory openai style ---
+def _parts_to(content, images: list) -> object:
+    """OpenAI ``image_url`` parts become ``{"type": "image"}`` parts and their url an image, in order."""
+    if not isinstance(content, list):
+        return content
+    out = []
+    for p in content:
+        if p.get("type") == "image_url" and isinstance(p.get("image_url"), dict):
+            more = extras(p["image_url"], ("url",))
+            images.append({"path": p["image_url"].get("url"), "bytes": None, **more})
+            out.append({"type": "image", **extras(p, ("type", "image_url"))})
+        else:
+            out.append(dict(p))
+    return out
+
+
 def _msg_to(r: dict) -> dict:
-    msgs = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
-    return _canon(r.get("id"), r.get("images") or [], msgs, r.get("meta"))
+    images = list(r.get("images") or [])
+    msgs = []
+    for m in r["messages"]:
+        msg = {"role": m["role"], "content": _parts_to(m.get("content"), images)}
+        msg.update((k, v) for k, v in m.items() if k not in ("role", "content") and v is not None)
+        msgs.append(msg)
+    return canon(r.get("id"), images, msgs, r.get("meta"))
 
 
 def _msg_from(c: dict) -> dict:
-    if any(i is not None for i in c.get("image_ids") or []):
-        _fail("MESSAGES", f"image ids {c['image_ids']!r} have no place in MESSAGES")
-    return {"id": c.get("id"), "messages": [dict(m) for m in c["messages"]], "images": list(c["images"]),
-            "meta": c.get("meta")}
+    no_more(c, "MESSAGES", allowed=("meta", "image_extras"))
+    msgs = []
+    for i, m in enumerate(c["messages"]):
+        if m["role"] == "tool_call":
+            fail("MESSAGES", f"messages[{i}] is a tool call; MESSAGES has no tool-call turns")
+        msgs.append(dict(m))
+    return {"id": c.get("id"), "messages": msgs, "images": list(c["images"]), "meta": c.get("meta")}
 
 
-_MSG = Struct((Field("role", String(("system", "user", "assistant"))), Field("content", String())))
+_PART = Struct((Field("type", String()), Field("text", String(), required=False),
+                Field("image_url", Struct((Field("url", String()),)), required=False)))
+_MSG = Struct((Field("role", String(("system", "user", "assistant", "tool"))),
+               Field("content", OneOf((("text", String()), ("parts", List(_PART)))))))
 MESSAGES = Schema(
     "MESSAGES",
-    [Field("id", String(), required=False), Field("messages", List(_MSG)),
-     Field("images", List(Image()), required=False), Field("meta", Json(), required=False)],
-    _msg_to, _msg_from, doc="OpenAI / ShareGPT style: system/user/assistant messages and a list of images",
+    [_id(), Field("messages", List(_MSG)), Field("images", IMAGES, required=False), _meta()],
+    _msg_to, _msg_from,
+    doc="OpenAI chat style: system/user/assistant/tool messages whose content is text or a list of parts "
+        "(text, image, image_url incl. data URLs), and an optional list of images",
 )
 
 
-# -- CAPTION ------------------------------------------------------------------------------------------------
+# -- CAPTION (img2dataset rows keep their json metadata in meta) -------------------------------------------
 def _cap_to(r: dict) -> dict:
     img = r.get("image")
     prompt = IMAGE_TOKEN if img is not None else ""
     msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": r["caption"]}]
-    return _canon(r.get("id"), [img], msgs)
+    return canon(r.get("id"), [img], msgs, r.get("meta"))
 
 
 def _cap_from(c: dict) -> dict:
-    img = _one_image(c, "CAPTION")
-    _no_meta(c, "CAPTION")
-    msgs = c["messages"]
+    no_more(c, "CAPTION", allowed=("meta",))
+    img = one_image(c, "CAPTION")
+    msgs = text_only(c, "CAPTION")
     prompt = IMAGE_TOKEN if img is not None else ""
     if [m["role"] for m in msgs] != ["user", "assistant"] or msgs[0]["content"] != prompt:
-        _fail("CAPTION", f"a caption is one bare {prompt!r} prompt and one answer, got {len(msgs)} messages")
-    return {"id": c.get("id"), "image": img, "caption": msgs[1]["content"]}
+        fail("CAPTION", f"a caption is one bare {prompt!r} prompt and one answer, got {len(msgs)} messages")
+    return {"id": c.get("id"), "image": img, "caption": msgs[1]["content"], "meta": c.get("meta")}
 
 
 CAPTION = Schema(
     "CAPTION",
-    [Field("id", String(), required=False), Field("image", Image(), required=False), Field("caption", String())],
-    _cap_to, _cap_from, doc="image-caption pairs",
+    [_id(), Field("image", Image(), required=False), Field("caption", String()), _meta()],
+    _cap_to, _cap_from, doc="image-caption pairs (img2dataset: its json metadata in meta)",
 )
 
-BUILTIN = {s.name: s for s in (MM, MIX, PAIRS, MESSAGES, CAPTION)}
+
+# -- CAULDRON: HuggingFaceM4/the_cauldron -------------------------------------------------------------------
+def _cauldron_to(r: dict) -> dict:
+    msgs = []
+    for t in r["texts"]:
+        more = extras(t, ("user", "assistant"))
+        msgs += [{"role": "user", "content": t["user"], **more}, {"role": "assistant", "content": t["assistant"]}]
+    return canon(r.get("id"), r.get("images") or [], msgs)
+
+
+def _cauldron_from(c: dict) -> dict:
+    no_more(c, "CAULDRON")
+    msgs = text_only(c, "CAULDRON", keep=_turn_keys(c))
+    if [m["role"] for m in msgs] != ["user", "assistant"] * (len(msgs) // 2) or len(msgs) % 2:
+        fail("CAULDRON", f"roles {[m['role'] for m in msgs]} are not user/assistant pairs")
+    texts = []
+    for q, a in zip(msgs[::2], msgs[1::2]):
+        if len(a) > 2:
+            fail("CAULDRON", f"an assistant turn with keys {sorted(set(a) - {'role', 'content'})}")
+        texts.append({"user": q["content"], "assistant": a["content"], **extras(q, ("role", "content"))})
+    return {"id": c.get("id"), "images": list(c["images"]), "texts": texts}
+
+
+_TEXT = Struct((Field("user", String()), Field("assistant", String()), Field("source", String(), required=False)))
+CAULDRON = Schema(
+    "CAULDRON",
+    [_id(), Field("images", IMAGES, required=False), Field("texts", List(_TEXT))],
+    _cauldron_to, _cauldron_from, doc="The Cauldron: a list of images and user/assistant/source texts",
+)
+
+
+# -- MMC4: interleaved documents ----------------------------------------------------------------------------
+def _mmc4_to(r: dict) -> dict:
+    infos = r.get("image_info") or []
+    images, parts = [], []
+    by_sentence: dict[int, list] = {}
+    for info in infos:
+        by_sentence.setdefault(info.get("matched_text_index"), []).append(info)
+    for i, text in enumerate(r["text_list"]):
+        for info in by_sentence.pop(i, []):
+            images.append({"path": info["image_name"], "bytes": None, **extras(info, ("image_name",))})
+            parts.append({"type": "image"})
+        parts.append({"type": "text", "text": text})
+    if by_sentence:
+        raise SchemaError(f"image_info matched_text_index {sorted(by_sentence)} outside text_list "
+                          f"(0..{len(r['text_list']) - 1})")
+    return canon(r.get("id"), images, [{"role": "assistant", "content": parts}])
+
+
+_IMAGE_INFO = Struct((Field("image_name", String()), Field("raw_url", String(), required=False),
+                      Field("matched_text_index", Int(minimum=0)), Field("matched_sim", Float(), required=False)))
+MMC4 = Schema(
+    "MMC4",
+    [_id(), Field("image_info", List(_IMAGE_INFO)), Field("text_list", List(String()))],
+    _mmc4_to, None, doc="MMC4-style interleaved documents: sentences and images placed at their matched sentence",
+)
+
+BUILTIN = {s.name: s for s in (MM, MIX, SHAREGPT, PAIRS, MESSAGES, CAPTION, CAULDRON, MMC4)}
 
 
 def get_schema(schema: "str | Schema") -> Schema:
@@ -195,18 +300,5 @@ def get_schema(schema: "str | Schema") -> Schema:
     raise SchemaError(f"unknown schema {schema!r}; built-in schemas: {sorted(BUILTIN)}")
 
 
-def detect_schema(arrow_schema: pa.Schema) -> Schema | None:
-    """The built-in schema whose shape the columns match, or None."""
-    names = set(arrow_schema.names)
-    if "messages" in names:
-        return MESSAGES
-    if "caption" in names and "conversations" not in names:
-        return CAPTION
-    if "conversations" in names:
-        t = arrow_schema.field("conversations").type
-        if pa.types.is_list(t) and pa.types.is_list(t.value_type):
-            return PAIRS
-        if "images" in names and "image" not in names:
-            return MIX
-        return MM
-    return None
+__all__ = ["BUILTIN", "CAPTION", "CAULDRON", "IMAGE_TOKEN", "MESSAGES", "MIX", "MM", "MMC4", "PAIRS", "SHAREGPT",
+           "get_schema", "part_text"]

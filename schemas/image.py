@@ -34,9 +34,13 @@ class Image(DType):
         if isinstance(value, (bytes, bytearray)):
             return {"path": None, "bytes": bytes(value)}
         if isinstance(value, dict) and "bytes_base64" in value:  # how JSON writers carry embedded images
-            return {"path": value.get("path"), "bytes": base64.b64decode(value["bytes_base64"])}
+            out = {"path": value.get("path"), "bytes": _b64(value["bytes_base64"])}
+            out.update((k, v) for k, v in value.items() if k not in ("path", "bytes", "bytes_base64"))
+            return out
         if isinstance(value, dict) and ("path" in value or "bytes" in value):
-            return {"path": value.get("path"), "bytes": value.get("bytes")}
+            out = {"path": value.get("path"), "bytes": value.get("bytes")}
+            out.update((k, v) for k, v in value.items() if k not in out)  # extra keys (width, ...) travel along
+            return out
         return value
 
     def check(self, value, path, out):
@@ -51,6 +55,32 @@ class Image(DType):
             out.append(f"{path}.path: expected a string, got {_kind(p)}")
         if b is not None and not isinstance(b, (bytes, bytearray)):
             out.append(f"{path}.bytes: expected bytes, got {_kind(b)}")
+
+
+def _b64(text):
+    if not isinstance(text, str):
+        return text
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return text  # left as it is: check() reports it
+
+
+def data_url_bytes(url: str) -> bytes | None:
+    """The bytes of a ``data:`` URL (``data:image/png;base64,...``), or None for any other path."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, body = url.partition(",")
+    if not sep:
+        raise InputError(f"data URL {url[:40]!r}...: no ',' before the payload")
+    if head.endswith(";base64"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError as e:
+            raise InputError(f"data URL {url[:40]!r}...: bad base64: {e}") from e
+    from urllib.parse import unquote_to_bytes
+
+    return unquote_to_bytes(body)
 
 
 def resolve_path(path: str, root: str | None) -> str:
@@ -70,6 +100,9 @@ def read_image_bytes(value: dict | str, root: str | None = None) -> bytes:
     path = value.get("path")
     if not path:
         raise InputError("image has neither path nor bytes")
+    data = data_url_bytes(path)
+    if data is not None:
+        return data
     full = resolve_path(path, root)
     try:
         if "://" in full:
@@ -102,3 +135,47 @@ def encode_image(img, format: str = "PNG", path: str | None = None) -> dict:
     buf = io.BytesIO()
     img.save(buf, format=format)
     return {"path": path, "bytes": buf.getvalue()}
+
+
+def is_image_dtype(dtype) -> bool:
+    """Whether a field holds images: ``Image``, a list of them, or either (MM's ``image``)."""
+    from .types import List, OneOf
+
+    if isinstance(dtype, Image):
+        return True
+    if isinstance(dtype, List):
+        return isinstance(dtype.inner, Image)
+    if isinstance(dtype, OneOf):
+        return any(is_image_dtype(d) for _, d in dtype.alternatives)
+    return False
+
+
+def as_image_lists(arr) -> pa.Array:
+    """Any image column as a list column, row by row (vectorized): a single image (or null) as a list of 0 or 1,
+    a list as it is, a mix of both (a variant) each row as its own shape.
+
+    >>> as_image_lists(pa.array([{"path": "a.png", "bytes": None}, None], IMAGE_ARROW_TYPE)).to_pylist()
+    [[{'path': 'a.png', 'bytes': None}], []]
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from .variant import is_variant
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    t = arr.type
+    if is_variant(t):
+        st = arr.storage
+        parts = [as_image_lists(st.field(i)) for i in range(t.storage_type.num_fields)]
+        out = parts[0]
+        for i, p in enumerate(parts[1:], 1):
+            if p.type != out.type:
+                p = p.cast(out.type)
+            out = pc.if_else(st.field(i).is_valid(), p, out)
+        return out
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return arr
+    valid = np.asarray(arr.is_valid(), dtype=bool)
+    offsets = np.concatenate([[0], np.cumsum(valid)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), arr.filter(pa.array(valid)))

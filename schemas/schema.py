@@ -115,7 +115,8 @@ class Schema:
     def conform(self, table: pa.Table) -> pa.Table:
         """Cast the schema's columns to their Arrow types and add missing optional columns as nulls.
 
-        Extra columns are kept after the schema's own. Raises :class:`SchemaError` naming the column when
+        Extra columns are kept after the schema's own, and so are the children of struct columns (turns,
+        image records) that the schema does not name. Raises :class:`SchemaError` naming the column when
         a required column is missing or a column cannot be cast.
         """
         cols, names = [], []
@@ -127,13 +128,12 @@ class Schema:
                 cols.append(pa.nulls(len(table), want))
             else:
                 col = table.column(f.name)
-                if col.type != want:
-                    try:
-                        col = _cast(col, f.dtype)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-                        raise SchemaError(
-                            f"schema {self.name}: column {f.name!r} has type {col.type}, expected {want}: {e}"
-                        ) from e
+                try:
+                    col = _cast(col, f.dtype, f"column {f.name!r}")
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, SchemaError) as e:
+                    raise SchemaError(
+                        f"schema {self.name}: column {f.name!r} has type {col.type}, expected {want}: {e}"
+                    ) from e
                 cols.append(col)
             names.append(f.name)
         for name in table.column_names:
@@ -163,12 +163,11 @@ class Schema:
         return mask
 
 
-def _cast(col: pa.ChunkedArray, dtype: DType) -> pa.ChunkedArray:
-    """Cast to ``dtype``'s Arrow type, also across struct field order and missing struct fields (which become
-    nulls), and from the shapes files and data frames hold (an image as a path string, ``meta`` as an object)."""
-    want = dtype.arrow()
-    try:
-        return col.cast(want)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        values = [None if v is None else dtype.normalize(v) for v in col.to_pylist()]
-        return pa.chunked_array([pa.array(values, type=want)], type=want)
+def _cast(col: pa.ChunkedArray, dtype: DType, where: str = "") -> pa.ChunkedArray:
+    """Cast to what ``dtype`` wants for this column (see :func:`~datacopilot.schemas.arrow_build.conform_array`):
+    across struct field order and missing struct fields (which become nulls), keeping the children the schema
+    does not name, and from the shapes files and data frames hold (an image as a path string, ``meta`` as an
+    object)."""
+    from .arrow_build import conform_array
+
+    return conform_array(col, dtype, where)

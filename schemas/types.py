@@ -58,12 +58,21 @@ class String(DType):
 
 @dataclass(frozen=True)
 class Int(DType):
+    minimum: int | None = None
+
     def arrow(self):
         return pa.int64()
 
     def check(self, value, path, out):
         if isinstance(value, bool) or not isinstance(value, int):
             out.append(f"{path}: expected an integer, got {_kind(value)} {value!r}"[:300])
+        elif self.minimum is not None and value < self.minimum:
+            out.append(f"{path}: expected an integer >= {self.minimum}, got {value!r}")
+
+    def bad_mask(self, arr):
+        if self.minimum is None or not pa.types.is_integer(arr.type):
+            return None
+        return np.asarray(pc.less(arr, self.minimum).fill_null(False), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,117 @@ class List(DType):
             lens = np.asarray(pc.list_value_length(arr).fill_null(self.length))
             mask |= lens != self.length
         return mask
+
+
+def matches(dtype: DType, value: Any) -> bool:
+    """Whether a Python value has the shape of ``dtype`` (the type, not its constraints): picks a OneOf's
+    alternative."""
+    from .image import Image
+
+    if isinstance(dtype, String):
+        return isinstance(value, str)
+    if isinstance(dtype, Int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(dtype, Float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(dtype, Bool):
+        return isinstance(value, bool)
+    if isinstance(dtype, List):
+        return isinstance(value, (list, tuple))
+    if isinstance(dtype, Image):
+        return isinstance(value, (str, bytes, bytearray)) or (
+            isinstance(value, dict) and bool({"path", "bytes", "bytes_base64"} & value.keys()))
+    if isinstance(dtype, Struct):
+        return isinstance(value, dict)
+    return True
+
+
+def arrow_matches(dtype: DType, t: pa.DataType) -> bool:
+    """Whether an Arrow type can hold ``dtype``'s values as they are (picks a OneOf's alternative for a column)."""
+    from .image import Image
+
+    if isinstance(dtype, (String, Json)):
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if isinstance(dtype, Int):
+        return pa.types.is_integer(t)
+    if isinstance(dtype, Float):
+        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if isinstance(dtype, Bool):
+        return pa.types.is_boolean(t)
+    if isinstance(dtype, List):
+        return pa.types.is_list(t) or pa.types.is_large_list(t)
+    if isinstance(dtype, Image):  # a path, or {path, bytes}
+        return pa.types.is_struct(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+    if isinstance(dtype, Struct):
+        return pa.types.is_struct(t)
+    return False
+
+
+@dataclass(frozen=True)
+class OneOf(DType):
+    """A value that takes one of several shapes, each a named alternative: an id that is a string or an
+    integer, an image or a list of images. Stored as the plain type of the alternative the rows use, or as a
+    :class:`~datacopilot.schemas.variant.VariantType` when rows mix them (each keeps its own shape)."""
+
+    alternatives: tuple[tuple[str, DType], ...]
+
+    def arrow(self):
+        return self.alternatives[0][1].arrow()
+
+    def pick(self, value: Any) -> tuple[str, DType] | None:
+        for tag, d in self.alternatives:
+            if matches(d, value):
+                return tag, d
+        return None
+
+    def pick_arrow(self, t: pa.DataType) -> tuple[str, DType] | None:
+        for tag, d in self.alternatives:
+            if arrow_matches(d, t):
+                return tag, d
+        return None
+
+    def describe(self) -> str:
+        return " or ".join(_describe(d) for _, d in self.alternatives)
+
+    def check(self, value, path, out):
+        alt = self.pick(value)
+        if alt is None:
+            out.append(f"{path}: expected {self.describe()}, got {_kind(value)} {value!r}"[:300])
+        else:
+            alt[1].check(value, path, out)
+
+    def normalize(self, value):
+        alt = self.pick(value)
+        return value if alt is None else alt[1].normalize(value)
+
+    def bad_mask(self, arr):
+        from .variant import is_variant
+
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if is_variant(arr.type):
+            storage = arr.storage
+            mask = np.zeros(len(arr), dtype=bool)
+            for tag, d in self.alternatives:
+                if storage.type.get_field_index(tag) < 0:
+                    continue
+                child = storage.field(tag)
+                sub = d.bad_mask(child)
+                if sub is not None:
+                    mask |= sub & np.asarray(child.is_valid(), dtype=bool)
+            return mask
+        alt = self.pick_arrow(arr.type)
+        return None if alt is None else alt[1].bad_mask(arr)
+
+
+_DESCRIBE = {"String": "a string", "Int": "an integer", "Float": "a number", "Bool": "true or false",
+             "Struct": "an object", "Image": "an image path or {path, bytes}"}
+
+
+def _describe(d: DType) -> str:
+    if isinstance(d, List):
+        return "a list of images" if type(d.inner).__name__ == "Image" else "a list"
+    return _DESCRIBE.get(type(d).__name__, type(d).__name__)
 
 
 @dataclass(frozen=True)

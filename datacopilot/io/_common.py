@@ -3,13 +3,14 @@ the schema's storage types, validate, and keep provenance (file and line) for me
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from datacopilot.loading import Loaded, split_invalid
-from datacopilot.schemas import Image, Json, List, Schema
+from datacopilot.schemas import Image, Json, List, OneOf, Schema
 from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 
 SCHEMA_KEY = b"datacopilot.schema"
@@ -30,7 +31,7 @@ def file_arrow_schema(schema: Schema) -> pa.Schema:
     out (they are read by the row path)."""
     fields = []
     for f in schema.fields:
-        if isinstance(f.dtype, Json):
+        if isinstance(f.dtype, (Json, OneOf)):  # free-form, or a shape only the rows tell (an id str or int)
             continue
         if isinstance(f.dtype, Image):
             fields.append(pa.field(f.name, pa.string()))
@@ -48,10 +49,14 @@ def coerce(table: pa.Table, schema: Schema) -> pa.Table:
             continue
         i = table.column_names.index(f.name)
         col = table.column(f.name)
-        if isinstance(f.dtype, Image) and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        dtype = f.dtype
+        if isinstance(dtype, OneOf):
+            alt = dtype.pick_arrow(col.type)
+            dtype = alt[1] if alt is not None else dtype
+        if isinstance(dtype, Image) and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
                                            or pa.types.is_null(col.type)):
             table = table.set_column(i, f.name, _images_from_strings(col))
-        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image) and pa.types.is_list(col.type) \
+        elif isinstance(dtype, List) and isinstance(dtype.inner, Image) and pa.types.is_list(col.type) \
                 and (pa.types.is_string(col.type.value_type) or pa.types.is_null(col.type.value_type)):
             arr = col.combine_chunks()
             values = _images_from_strings(arr.values)
@@ -111,3 +116,69 @@ def raise_broken(broken: list, what: str) -> None:
     if broken:
         more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
         raise InputError(f"{len(broken)} broken {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+
+
+def jsonable(row: dict, schema: Schema) -> dict:
+    """A stored row as JSON files hold it: images as paths (or ``{path, bytes_base64}`` when they carry bytes,
+    plus any extra keys), Json fields as the objects they encode, bytes anywhere as ``{bytes_base64}``. Optional
+    fields and keys the schema does not name are left out when null (files in the wild leave them out).
+
+    >>> from datacopilot.schemas import MM
+    >>> jsonable({"id": 3, "image": {"path": "a.png", "bytes": None}, "conversations": [], "meta": None}, MM)
+    {'id': 3, 'image': 'a.png', 'conversations': []}
+    """
+    out = {}
+    named = {f.name: f for f in schema.fields}
+    for k, v in row.items():
+        f = named.get(k)
+        if v is None and (f is None or not f.required):
+            continue
+        out[k] = _json_of(f.dtype if f is not None else None, v)
+    return out
+
+
+def _json_of(dtype, v):
+    from datacopilot.schemas import Struct
+
+    if v is None:
+        return None
+    if isinstance(dtype, OneOf):
+        alt = dtype.pick(v)
+        return _json_of(alt[1] if alt else None, v)
+    if isinstance(dtype, Image):
+        return _image_json(v)
+    if isinstance(dtype, Json):
+        return _json_text_value(v) if isinstance(v, str) else v
+    if isinstance(dtype, List) and isinstance(v, list):
+        return [_json_of(dtype.inner, x) for x in v]
+    if isinstance(dtype, Struct) and isinstance(v, dict):
+        named = {f.name: f for f in dtype.fields}
+        return {k: _json_of(named[k].dtype if k in named else None, x) for k, x in v.items()
+                if x is not None or (k in named and named[k].required)}
+    if isinstance(v, (bytes, bytearray)):
+        return {"bytes_base64": base64.b64encode(v).decode()}
+    if isinstance(v, dict):
+        return {k: _json_of(None, x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_json_of(None, x) for x in v]
+    return v
+
+
+def _json_text_value(text: str):
+    """A Json field's stored text as the object it encodes; text that is not JSON stays a string (it reads back
+    as the same text)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _image_json(v):
+    if not isinstance(v, dict):
+        return v
+    more = {k: _json_of(None, x) for k, x in v.items() if k not in ("path", "bytes") and x is not None}
+    if v.get("bytes") is not None:
+        return {"path": v.get("path"), "bytes_base64": base64.b64encode(v["bytes"]).decode(), **more}
+    if more:
+        return {"path": v.get("path"), **more}
+    return v.get("path")

@@ -17,7 +17,7 @@ from datacopilot.errors import InputError, SchemaError
 from datacopilot.loading import Loaded, load_rows
 from datacopilot.schemas import Json, Schema
 
-from ._common import file_arrow_schema, finish, parse_json_records
+from ._common import file_arrow_schema, finish, jsonable, parse_json_records
 from ._fs import atomic_open, get_fs, local_path, read_bytes
 
 
@@ -90,41 +90,7 @@ def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loade
 
 
 def _jsonable(row: dict, schema: Schema) -> dict:
-    """A stored row as JSON files hold it: images as paths (or with base64 bytes), ``meta`` as an object."""
-    from datacopilot.schemas import Image, List
-
-    out = dict(row)
-    for f in schema.fields:
-        v = out.get(f.name)
-        if v is None:
-            if not f.required:  # files in the wild leave optional fields out rather than null
-                out.pop(f.name, None)
-            continue
-        if isinstance(f.dtype, Image):
-            out[f.name] = _image_json(v)
-        elif isinstance(f.dtype, List) and isinstance(f.dtype.inner, Image):
-            out[f.name] = [_image_json(x) for x in v]
-        elif isinstance(f.dtype, Json):
-            out[f.name] = _json_value(v)
-    for k, v in out.items():
-        if isinstance(v, bytes):
-            out[k] = {"bytes_base64": base64.b64encode(v).decode()}
-    return out
-
-
-def _json_value(text: str):
-    """A Json field's stored text as the object it encodes; text that is not JSON stays a string (it reads back
-    as the same text)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _image_json(v):
-    if isinstance(v, dict) and v.get("bytes") is not None:
-        return {"path": v.get("path"), "bytes_base64": base64.b64encode(v["bytes"]).decode()}
-    return v.get("path") if isinstance(v, dict) else v
+    return jsonable(row, schema)
 
 
 def iter_json_rows(ds):

@@ -135,14 +135,14 @@ def test_any_row_converts_losslessly_or_raises(a, b, data):
 
 
 LOSSY = [
-    ("MESSAGES", {"messages": [{"role": "user", "content": "<image><image>"}], "images": ["a.png", "b.png"]}, "MM",
-     "2 images"),
+    ("MESSAGES", {"messages": [{"role": "user", "content": "<image><image>"}], "images": ["a.png", "b.png"]},
+     "PAIRS", "2 images"),
     ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "MESSAGES", "image ids"),
     ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "MM", "image ids"),
     ("MM", {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "meta": {"k": 1}},
      "PAIRS", "meta"),
-    ("MM", {"image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}],
-            "meta": {"k": 1}}, "CAPTION", "meta"),
+    ("MM", {"image": ["a.png", "b.png"], "conversations": [{"from": "human", "value": "<image>"},
+                                                          {"from": "gpt", "value": "a"}]}, "CAPTION", "2 images"),
     ("MESSAGES", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}, "MM", "system"),
     ("MESSAGES", {"messages": [{"role": "system", "content": "s"}]}, "MIX", "system"),
     ("MESSAGES", {"messages": [{"role": "user", "content": "q"}], "images": [{"path": "a", "bytes": b"\x89"}]},
@@ -172,10 +172,11 @@ def test_dataset_convert_round_trip_and_error_names_row():
     assert mm[2]["conversations"] == [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": "cap 2"}]
     assert mm.convert("CAPTION").to_list() == ds.to_list()
     assert ds.to_list() == dc.MMDataset.from_rows(rows, schema="CAPTION").to_list()  # the original is unchanged
-    two = dc.MMDataset.from_rows([{"id": "0", "images": ["a.png"], "messages": [{"role": "user", "content": "x"}]},
+    two = dc.MMDataset.from_rows([{"id": "0", "images": ["a.png"], "messages": [{"role": "user", "content": "x"},
+                                                                                {"role": "assistant", "content": "y"}]},
                                   {"id": "1", "images": ["a.png", "b.png"], "messages": []}], schema="MESSAGES")
     with pytest.raises(ConversionError) as ei:
-        two.convert("MM")
+        two.convert("PAIRS")
     assert "row 1" in str(ei.value) and "2 images" in str(ei.value)
     assert "row 0" not in str(ei.value)
 

@@ -60,7 +60,7 @@ def test_load_reports_every_problem(tmp_path):
     rows[2]["conversations"][0]["from"] = "bot"
     rows[2]["conversations"][1]["value"] = 5
     del rows[5]["conversations"]
-    rows[8]["id"] = 8
+    rows[8]["id"] = 1.5
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(ValidationError) as ei:
         dc.load(str(path), schema="MM")
@@ -69,7 +69,7 @@ def test_load_reports_every_problem(tmp_path):
     assert f"{path}:3: conversations[0].from: expected one of 'human', 'gpt', got 'bot'" in joined
     assert f"{path}:3: conversations[1].value: expected a string, got int 5" in joined
     assert f"{path}:6: conversations: missing required field" in joined
-    assert f"{path}:9: id: expected a string, got int 8" in joined
+    assert f"{path}:9: id: expected a string or an integer, got float 1.5" in joined
 
 
 def test_dataset_validate_reports_all_without_stopping():
@@ -141,6 +141,10 @@ TEXT_ONLY = {
     "MESSAGES": {"id": "a", "messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
                                          {"role": "assistant", "content": "hello"}]},
     "CAPTION": {"id": "a", "caption": "just text"},
+    "SHAREGPT": {"id": 7, "conversations": [{"from": "system", "value": "be nice"}, {"from": "human", "value": "hi"},
+                                             {"from": "gpt", "value": "hello"}]},
+    "CAULDRON": {"texts": [{"user": "hi", "assistant": "hello", "source": "chat"}]},
+    "MMC4": {"image_info": [], "text_list": ["one sentence.", "another."]},
 }
 
 
@@ -162,10 +166,11 @@ def test_text_only_rows_in_every_schema(name, tmp_path):
     (MIX, {"conversations": [{"from": "gpt", "value": "x"}]},
      "conversations[0].from: expected one of 'user', 'assistant', got 'gpt'"),
     (PAIRS, {"conversations": [["q", "a", "extra"]]}, "conversations[0]: expected 2 items, got 3"),
-    (MESSAGES, {"messages": [{"role": "tool", "content": "x"}]},
-     "messages[0].role: expected one of 'system', 'user', 'assistant', got 'tool'"),
+    (MESSAGES, {"messages": [{"role": "bot", "content": "x"}]},
+     "messages[0].role: expected one of 'system', 'user', 'assistant', 'tool', got 'bot'"),
     (CAPTION, {"image": "a.png"}, "caption: missing required field"),
-    (MM, {"image": 3, "conversations": []}, "image: expected an image path or {path, bytes}, got int 3"),
+    (MM, {"image": 3, "conversations": []}, "image: expected an image path or {path, bytes}"
+     " or a list of images, got int 3"),
     (MIX, {"images": [{"id": "1"}], "conversations": []}, "images[0].url: missing required field"),
 ])
 def test_field_paths(schema, row, expect):

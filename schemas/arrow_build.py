@@ -1,0 +1,245 @@
+"""Arrow types and arrays for a schema's fields, as wide as the data: structs keep the keys the schema does not
+name (after its own, in the order first seen), a :class:`OneOf` whose rows mix alternatives becomes a variant,
+and an extra key whose rows disagree on their JSON shape becomes a JSON value. Nothing a row holds is dropped.
+
+- :func:`to_array` builds a column from normalized Python values.
+- :func:`conform_array` casts an Arrow column (from Parquet, IPC, a data frame) to the schema's types, keeping
+  every child it has.
+
+>>> from datacopilot.schemas.types import Field, String, Struct
+>>> turn = Struct((Field("from", String()), Field("value", String())))
+>>> to_array(turn, [{"from": "human", "value": "hi", "weight": 0.5}]).to_pylist()
+[{'from': 'human', 'value': 'hi', 'weight': 0.5}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from datacopilot.errors import SchemaError
+
+from .types import DType, Json, List, OneOf, Struct
+from .variant import JsonValueType, VariantType, dump_json, is_variant, storage_of, wrap
+
+
+# -- from Python values ---------------------------------------------------------------------------------------
+def infer_type(dtype: DType | None, values: list, where: str = "") -> pa.DataType:
+    """The Arrow type that holds ``values`` (normalized, None allowed) as ``dtype`` describes them."""
+    from .image import IMAGE_ARROW_TYPE, Image
+    from .schema import ArrowType
+
+    if dtype is None:
+        return _infer_free(values, where)
+    if isinstance(dtype, ArrowType):
+        return dtype.type
+    if isinstance(dtype, OneOf):
+        groups: dict[str, list] = {}
+        for v in values:
+            if v is None:
+                continue
+            alt = dtype.pick(v)
+            if alt is None:
+                raise SchemaError(f"{where}: expected {dtype.describe()}, got {type(v).__name__} {v!r}"[:300])
+            groups.setdefault(alt[0], []).append(v)
+        alts = dict(dtype.alternatives)
+        if len(groups) <= 1:
+            tag = next(iter(groups), dtype.alternatives[0][0])
+            return infer_type(alts[tag], groups.get(tag, []), where)
+        fields = [pa.field(tag, infer_type(alts[tag], groups[tag], where)) for tag, _ in dtype.alternatives
+                  if tag in groups]
+        return VariantType(pa.struct(fields))
+    if isinstance(dtype, Image):
+        dicts = [v for v in values if isinstance(v, dict)]
+        extra = {k: None for d in dicts for k in d if k not in ("path", "bytes")}
+        fields = list(IMAGE_ARROW_TYPE)
+        fields += [pa.field(k, _infer_free([d.get(k) for d in dicts], f"{where}.{k}")) for k in extra]
+        return pa.struct(fields)
+    if isinstance(dtype, List):
+        inner = [x for v in values if isinstance(v, (list, tuple)) for x in v]
+        return pa.list_(infer_type(dtype.inner, inner, f"{where}[]"))
+    if isinstance(dtype, Struct):
+        dicts = [v for v in values if isinstance(v, dict)]
+        fields = [pa.field(f.name, infer_type(f.dtype, [d.get(f.name) for d in dicts], f"{where}.{f.name}"))
+                  for f in dtype.fields]
+        named = {f.name for f in dtype.fields}
+        extra: dict[str, None] = {}
+        for d in dicts:
+            for k in d:
+                if k not in named and k not in extra:
+                    extra[k] = None
+        fields += [pa.field(k, _infer_free([d.get(k) for d in dicts], f"{where}.{k}")) for k in extra]
+        return pa.struct(fields)
+    return dtype.arrow()
+
+
+def _infer_free(values: list, where: str) -> pa.DataType:
+    """The type of a key no schema names: as Arrow infers it, or a JSON value when rows disagree."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return pa.null()
+    try:
+        t = pa.array(present).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        t = None
+    if t is None or _lossy(t, present):
+        try:
+            [dump_json(v) for v in present]
+        except (TypeError, ValueError) as e:
+            raise SchemaError(f"{where}: values of mixed shapes that are not JSON: {e}") from e
+        return JsonValueType()
+    return t
+
+
+def _lossy(t: pa.DataType, values: list) -> bool:
+    """Arrow widens ints to floats and drops dict keys that some rows lack only as nulls; both read back
+    changed (``1`` as ``1.0``; a missing key as ``None``). Mixed shapes like these go to JSON instead."""
+    if pa.types.is_floating(t):
+        return any(isinstance(v, int) and not isinstance(v, bool) for v in values) and \
+            any(isinstance(v, float) for v in values)
+    if pa.types.is_struct(t) or pa.types.is_list(t):
+        return _ragged(values)
+    return False
+
+
+def _ragged(values: list) -> bool:
+    """Whether dicts at the same place have different key sets (a missing key would come back as null)."""
+    keys = None
+    for v in values:
+        if isinstance(v, dict):
+            k = tuple(v)
+            if keys is None:
+                keys = set(k)
+            elif set(k) != keys:
+                return True
+            if _ragged(list(v.values())):
+                return True
+        elif isinstance(v, (list, tuple)):
+            if _ragged(list(v)):
+                return True
+    return False
+
+
+def encode(t: pa.DataType, value: Any) -> Any:
+    """``value`` in the storage shape of ``t`` (variants as ``{tag: value}``, JSON values as text)."""
+    if value is None or not _needs_encoding(t):
+        return value
+    if isinstance(t, JsonValueType):
+        return dump_json(value)
+    if isinstance(t, VariantType):
+        for i in range(t.storage_type.num_fields):
+            f = t.storage_type.field(i)
+            if _fits(f.type, value):
+                return {f.name: encode(f.type, value)}
+        raise SchemaError(f"value {value!r} fits none of {t.tags}"[:300])
+    if pa.types.is_struct(t):
+        return {t.field(i).name: encode(t.field(i).type, value.get(t.field(i).name)) for i in range(t.num_fields)}
+    if pa.types.is_list(t):
+        return [encode(t.value_type, v) for v in value]
+    return value
+
+
+def _needs_encoding(t: pa.DataType) -> bool:
+    return storage_of(t) != t
+
+
+def _fits(t: pa.DataType, value: Any) -> bool:
+    if isinstance(t, (VariantType, JsonValueType)):
+        return True
+    if pa.types.is_string(t):
+        return isinstance(value, str)
+    if pa.types.is_integer(t):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if pa.types.is_floating(t):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if pa.types.is_boolean(t):
+        return isinstance(value, bool)
+    if pa.types.is_list(t):
+        return isinstance(value, (list, tuple))
+    if pa.types.is_struct(t):
+        return isinstance(value, dict)
+    if pa.types.is_binary(t):
+        return isinstance(value, (bytes, bytearray))
+    return True
+
+
+def to_array(dtype: DType | None, values: list, where: str = "") -> pa.Array:
+    """A column of ``values`` (normalized) typed by :func:`infer_type`."""
+    t = infer_type(dtype, values, where)
+    return array_of(t, values, where)
+
+
+def array_of(t: pa.DataType, values: list, where: str = "") -> pa.Array:
+    try:
+        if _needs_encoding(t):
+            return wrap(pa.array([encode(t, v) for v in values], type=storage_of(t)), t)
+        return pa.array(values, type=t)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+        raise SchemaError(f"{where}: {e}") from e
+
+
+# -- from Arrow columns ---------------------------------------------------------------------------------------
+def conform_type(dtype: DType, t: pa.DataType) -> pa.DataType:
+    """The type ``dtype`` wants for a column now of type ``t``: the schema's types where it names them, every
+    other struct child as it is, a variant kept a variant."""
+    from .image import IMAGE_ARROW_TYPE, Image
+    from .schema import ArrowType
+
+    if isinstance(dtype, ArrowType):
+        return dtype.type
+    if isinstance(dtype, OneOf):
+        if is_variant(t):
+            alts = dict(dtype.alternatives)
+            fields = [pa.field(f.name, conform_type(alts[f.name], f.type) if f.name in alts else f.type)
+                      for f in t.storage_type]
+            return VariantType(pa.struct(fields))
+        alt = dtype.pick_arrow(t)
+        return dtype.arrow() if alt is None or pa.types.is_null(t) else conform_type(alt[1], t)
+    if isinstance(dtype, Image):
+        if not pa.types.is_struct(t):
+            return IMAGE_ARROW_TYPE
+        extra = [t.field(i) for i in range(t.num_fields) if t.field(i).name not in ("path", "bytes", "bytes_base64")]
+        return pa.struct(list(IMAGE_ARROW_TYPE) + extra)
+    if isinstance(dtype, List):
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return pa.list_(conform_type(dtype.inner, t.value_type))
+        return dtype.arrow()
+    if isinstance(dtype, Struct):
+        if not pa.types.is_struct(t):
+            return dtype.arrow()
+        have = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+        fields = [pa.field(f.name, conform_type(f.dtype, have[f.name]) if f.name in have else f.dtype.arrow())
+                  for f in dtype.fields]
+        named = {f.name for f in dtype.fields}
+        fields += [pa.field(n, ty) for n, ty in have.items() if n not in named]
+        return pa.struct(fields)
+    if isinstance(dtype, Json) and isinstance(t, JsonValueType):
+        return t
+    return dtype.arrow()
+
+
+def _drops(src: pa.DataType, want: pa.DataType) -> bool:
+    """Whether casting ``src`` to ``want`` would drop a struct child (Arrow's cast drops them quietly)."""
+    if pa.types.is_struct(src) and pa.types.is_struct(want):
+        names = {want.field(i).name: want.field(i).type for i in range(want.num_fields)}
+        return any(f.name not in names or _drops(f.type, names[f.name]) for f in src)
+    if (pa.types.is_list(src) or pa.types.is_large_list(src)) and (pa.types.is_list(want) or pa.types.is_large_list(want)):
+        return _drops(src.value_type, want.value_type)
+    return False
+
+
+def conform_array(col: pa.ChunkedArray, dtype: DType, where: str = "") -> pa.ChunkedArray:
+    """``col`` cast to :func:`conform_type`; values in shapes Arrow cannot cast (an image as a path string,
+    ``meta`` as an object) go through ``dtype.normalize``."""
+    want = conform_type(dtype, col.type)
+    if col.type == want:
+        return col
+    if not _needs_encoding(want) and not _needs_encoding(col.type) and not _drops(col.type, want):
+        try:
+            return col.cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+    values = [None if v is None else dtype.normalize(v) for v in col.to_pylist()]
+    arr = to_array(dtype, values, where)
+    return pa.chunked_array([arr], type=arr.type)
