@@ -5,7 +5,8 @@ from .builtin import (BUILTIN, CAPTION, CAULDRON, IMAGE_TOKEN, MESSAGES, MIX, MM
 from .convert import convert_row
 from .detect import detect_schema, row_roles, turn_roles
 from .image import IMAGE_ARROW_TYPE, Image, data_url_bytes, decode_image, encode_image, read_image_bytes, resolve_path
-from .schema import ArrowType, Schema
+from .schema import Schema
+from .types import ArrowType
 from .types import Bool, DType, Field, Float, Int, Json, List, OneOf, String, Struct
 from .variant import JsonValueType, VariantType
 

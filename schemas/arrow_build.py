@@ -20,16 +20,14 @@ import pyarrow as pa
 
 from datacopilot.errors import SchemaError
 
-from .types import DType, Json, List, OneOf, Struct
+from .image import IMAGE_ARROW_TYPE, Image
+from .types import ArrowType, DType, Json, List, OneOf, Struct
 from .variant import JsonValueType, VariantType, dump_json, is_variant, storage_of, wrap
 
 
 # -- from Python values ---------------------------------------------------------------------------------------
 def infer_type(dtype: DType | None, values: list, where: str = "") -> pa.DataType:
     """The Arrow type that holds ``values`` (normalized, None allowed) as ``dtype`` describes them."""
-    from .image import IMAGE_ARROW_TYPE, Image
-    from .schema import ArrowType
-
     if dtype is None:
         return _infer_free(values, where)
     if isinstance(dtype, ArrowType):
@@ -183,9 +181,6 @@ def array_of(t: pa.DataType, values: list, where: str = "") -> pa.Array:
 def conform_type(dtype: DType, t: pa.DataType) -> pa.DataType:
     """The type ``dtype`` wants for a column now of type ``t``: the schema's types where it names them, every
     other struct child as it is, a variant kept a variant."""
-    from .image import IMAGE_ARROW_TYPE, Image
-    from .schema import ArrowType
-
     if isinstance(dtype, ArrowType):
         return dtype.type
     if isinstance(dtype, OneOf):

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from datacopilot.errors import InputError
 
-from .types import DType, _kind
+from .types import DType, _kind, is_image_dtype  # noqa: F401 (is_image_dtype: re-exported)
 
 IMAGE_ARROW_TYPE = pa.struct([pa.field("path", pa.string()), pa.field("bytes", pa.binary())])
 
@@ -24,6 +24,8 @@ IMAGE_ARROW_TYPE = pa.struct([pa.field("path", pa.string()), pa.field("bytes", p
 @dataclass(frozen=True)
 class Image(DType):
     """An image: a path, bytes, or both."""
+
+    is_image = True
 
     def arrow(self) -> pa.DataType:
         return IMAGE_ARROW_TYPE
@@ -135,19 +137,6 @@ def encode_image(img, format: str = "PNG", path: str | None = None) -> dict:
     buf = io.BytesIO()
     img.save(buf, format=format)
     return {"path": path, "bytes": buf.getvalue()}
-
-
-def is_image_dtype(dtype) -> bool:
-    """Whether a field holds images: ``Image``, a list of them, or either (MM's ``image``)."""
-    from .types import List, OneOf
-
-    if isinstance(dtype, Image):
-        return True
-    if isinstance(dtype, List):
-        return isinstance(dtype.inner, Image)
-    if isinstance(dtype, OneOf):
-        return any(is_image_dtype(d) for _, d in dtype.alternatives)
-    return False
 
 
 def as_image_lists(arr) -> pa.Array:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -10,20 +9,8 @@ import pyarrow as pa
 
 from datacopilot.errors import SchemaError
 
-from .types import DType, Field, Struct
-
-
-@dataclass(frozen=True)
-class ArrowType(DType):
-    """A field of any Arrow type that the schema does not constrain (used by inferred schemas)."""
-
-    type: pa.DataType
-
-    def arrow(self):
-        return self.type
-
-    def check(self, value, path, out):
-        return None
+from .arrow_build import conform_array
+from .types import ArrowType, DType, Field, Struct
 
 
 class Schema:
@@ -168,6 +155,4 @@ def _cast(col: pa.ChunkedArray, dtype: DType, where: str = "") -> pa.ChunkedArra
     across struct field order and missing struct fields (which become nulls), keeping the children the schema
     does not name, and from the shapes files and data frames hold (an image as a path string, ``meta`` as an
     object)."""
-    from .arrow_build import conform_array
-
     return conform_array(col, dtype, where)

@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 class DType:
     """Base of all field types."""
 
+    is_image = False  # the Image media type sets it (types.py cannot import image.py: it imports us)
+
     def arrow(self) -> pa.DataType:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -161,8 +163,6 @@ class List(DType):
 def matches(dtype: DType, value: Any) -> bool:
     """Whether a Python value has the shape of ``dtype`` (the type, not its constraints): picks a OneOf's
     alternative."""
-    from .image import Image
-
     if isinstance(dtype, String):
         return isinstance(value, str)
     if isinstance(dtype, Int):
@@ -173,7 +173,7 @@ def matches(dtype: DType, value: Any) -> bool:
         return isinstance(value, bool)
     if isinstance(dtype, List):
         return isinstance(value, (list, tuple))
-    if isinstance(dtype, Image):
+    if dtype.is_image:
         return isinstance(value, (str, bytes, bytearray)) or (
             isinstance(value, dict) and bool({"path", "bytes", "bytes_base64"} & value.keys()))
     if isinstance(dtype, Struct):
@@ -183,8 +183,6 @@ def matches(dtype: DType, value: Any) -> bool:
 
 def arrow_matches(dtype: DType, t: pa.DataType) -> bool:
     """Whether an Arrow type can hold ``dtype``'s values as they are (picks a OneOf's alternative for a column)."""
-    from .image import Image
-
     if isinstance(dtype, (String, Json)):
         return pa.types.is_string(t) or pa.types.is_large_string(t)
     if isinstance(dtype, Int):
@@ -195,7 +193,7 @@ def arrow_matches(dtype: DType, t: pa.DataType) -> bool:
         return pa.types.is_boolean(t)
     if isinstance(dtype, List):
         return pa.types.is_list(t) or pa.types.is_large_list(t)
-    if isinstance(dtype, Image):  # a path, or {path, bytes}
+    if dtype.is_image:  # a path, or {path, bytes}
         return pa.types.is_struct(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
     if isinstance(dtype, Struct):
         return pa.types.is_struct(t)
@@ -263,9 +261,33 @@ _DESCRIBE = {"String": "a string", "Int": "an integer", "Float": "a number", "Bo
              "Struct": "an object", "Image": "an image path or {path, bytes}"}
 
 
+def is_image_dtype(dtype: DType) -> bool:
+    """Whether a field holds images: ``Image``, a list of them, or either (MM's ``image``)."""
+    if dtype.is_image:
+        return True
+    if isinstance(dtype, List):
+        return dtype.inner.is_image
+    if isinstance(dtype, OneOf):
+        return any(is_image_dtype(d) for _, d in dtype.alternatives)
+    return False
+
+
+@dataclass(frozen=True)
+class ArrowType(DType):
+    """A field of any Arrow type that the schema does not constrain (used by inferred schemas)."""
+
+    type: pa.DataType
+
+    def arrow(self):
+        return self.type
+
+    def check(self, value, path, out):
+        return None
+
+
 def _describe(d: DType) -> str:
     if isinstance(d, List):
-        return "a list of images" if type(d.inner).__name__ == "Image" else "a list"
+        return "a list of images" if d.inner.is_image else "a list"
     return _DESCRIBE.get(type(d).__name__, type(d).__name__)
 
 
