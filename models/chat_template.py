@@ -15,8 +15,14 @@ The format, shown as text (each marker is one token id, no newlines are added be
 - Images: each ``<image>`` placeholder in a message expands to ``image_token_count`` copies of
   :attr:`ChatTemplate.image_token_id`; placeholders take the conversation's images in reading order, and
   ``image_offsets[i]`` is the position of image ``i``'s first token. A
-  conversation with fewer placeholders than images gets the missing placeholders put at the start of its first
-  user message (LLaVA's convention); more placeholders than images is an :class:`InputError`.
+  conversation with images but no placeholder at all gets one placeholder per image put at the start of its first
+  user message (LLaVA's convention, ``"<image>" * k``); any other mismatch (more placeholders than images, or some
+  placeholders but fewer than images) is an :class:`InputError` naming the row, since which image goes where
+  would be a guess.
+- Content: a message's ``content`` is text with ``<image>`` placeholders or a list of parts
+  (``{"type": "text", "text"}``, ``{"type": "image"}`` / ``"image_url"`` / ``"input_image"``); each image part
+  stands for the next image. :func:`content_text` renders parts to text (parts joined by newlines, image parts as
+  ``<image>``, as the schemas' converters render them), so a conversation encodes to the same ids in either form.
 
 Truncation is not done here: the packer's overlong policy (or ``tokenize_dataset``'s ``max_length`` check) is
 where a sample's length is dealt with.
@@ -34,6 +40,40 @@ from .tokenizer import ASSISTANT, END, IMAGE_TOKEN, SYSTEM, USER
 
 IGNORE = -100
 _ROLE_MARKERS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+IMAGE_PARTS = ("image", "image_url", "input_image")
+
+
+def content_text(content) -> str:
+    """A message's content as text with ``<image>`` placeholders: a string as it is (None as ``""``), a list of
+    parts joined by newlines with each image part as ``<image>``. An unknown part is an :class:`InputError`
+    naming its index.
+
+    >>> content_text([{"type": "image"}, {"type": "text", "text": "What is it?"}])
+    '<image>\\nWhat is it?'
+    >>> content_text("<image> hi")
+    '<image> hi'
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, (list, tuple)):
+        raise InputError(f"content: expected text or a list of parts, got {type(content).__name__}")
+    out = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"content[{j}].text: expected a string, got {type(text).__name__}")
+            out.append(text or "")
+        elif kind in IMAGE_PARTS:
+            out.append(IMAGE_TOKEN)
+        else:
+            got = repr(kind) if isinstance(part, dict) else f"a {type(part).__name__}"
+            raise InputError(f"content[{j}]: expected a part of type 'text' or one of {list(IMAGE_PARTS)}, "
+                             f"got {got}")
+    return "\n".join(out)
 
 
 class ChatTemplate:
@@ -104,20 +144,25 @@ class ChatTemplate:
         return self.encode_messages(canon["messages"], len(canon.get("images") or []), row_id=canon.get("id"))
 
     def encode_messages(self, messages: list[dict], n_images: int = 0, row_id=None) -> dict:
-        """Encode canonical messages (``{"role", "content"}`` dicts) holding ``n_images`` images."""
+        """Encode canonical messages (``{"role", "content"}`` dicts, content text or parts) holding ``n_images``
+        images, in placeholder order."""
         where = f"row {row_id!r}: " if row_id is not None else ""
-        messages = [dict(m) for m in messages]
+        messages = [self._text_message(m, i, where) for i, m in enumerate(messages)]
         if self.system is not None and not (messages and messages[0]["role"] == "system"):
             messages.insert(0, {"role": "system", "content": self.system})
-        n_placeholders = sum((m["content"] or "").count(IMAGE_TOKEN) for m in messages)
+        n_placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
         if n_placeholders > n_images:
             raise InputError(f"{where}{n_placeholders} {IMAGE_TOKEN!r} placeholder(s) but {n_images} image(s)")
+        if 0 < n_placeholders < n_images:
+            raise InputError(f"{where}{n_placeholders} {IMAGE_TOKEN!r} placeholder(s) but {n_images} image(s); "
+                             f"give every image its placeholder (only a conversation without any gets one per "
+                             f"image put first)")
         if n_placeholders < n_images:
             first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
             if first_user is None:
                 raise InputError(f"{where}{n_images} image(s) but no user message to put them in")
             m = messages[first_user]
-            m["content"] = IMAGE_TOKEN * (n_images - n_placeholders) + (m["content"] or "")
+            m["content"] = IMAGE_TOKEN * n_images + m["content"]
         ids, labels, offsets = list(self.bos_ids), [IGNORE] * len(self.bos_ids), []
         for i, m in enumerate(messages):
             role = m["role"]
@@ -127,7 +172,7 @@ class ChatTemplate:
             opener = self.markers[role]
             ids += opener
             labels += [IGNORE] * len(opener)
-            for j, part in enumerate((m["content"] or "").split(IMAGE_TOKEN)):
+            for j, part in enumerate(m["content"].split(IMAGE_TOKEN)):
                 if j:
                     offsets.append(len(ids))
                     ids += [self.image_token_id] * self.image_token_count
@@ -139,6 +184,13 @@ class ChatTemplate:
             ids += end
             labels += end if learn else [IGNORE] * len(end)
         return {"input_ids": ids, "labels": labels, "image_offsets": offsets, "n_images": len(offsets)}
+
+    @staticmethod
+    def _text_message(m: dict, i: int, where: str) -> dict:
+        try:
+            return {**m, "content": content_text(m.get("content"))}
+        except InputError as e:
+            raise InputError(f"{where}messages[{i}].{e}") from e
 
     # -- identity -------------------------------------------------------------------------------------
     def settings(self) -> dict:

@@ -13,8 +13,11 @@ of ``max_length`` tokens, pads the rest, and builds (all numpy):
   (``kernels.block_causal_mask``, True = may attend); ``"flashmask"`` gives ``attn_mask_startend_row_indices``
   ``[B, 1, L, 1]`` int32 (``kernels.flashmask_row_indices``); ``"cu_seqlens"`` gives ``cu_seqlens`` int32 over the
   flattened batch (``kernels.cu_seqlens``) and ``max_seqlen``.
-- ``image_pack`` / ``image_offset`` ``[n_img]`` int64: for each image, in pack order then sample order, the row
-  and the position of its first image token; ``pixel_values`` ``[n_img, C, H, W]`` when the samples carry them.
+- images, any number per sample (0..k) and so per pack, flattened over the batch in pack order, then sample
+  order, then placeholder order: ``image_pack`` / ``image_segment`` / ``image_offset`` ``[n_img]`` int64 give each
+  image's row, its segment within the row (the sample it belongs to) and the position of its first token; it
+  fills ``image_offset .. image_offset + image_token_count - 1``. ``pixel_values`` ``[n_img, C, H, W]`` when the
+  samples carry them (a text-only sample carries none and adds no image).
 - ``seq_lens`` (list of lists of segment lengths), ``n_target_tokens`` (int) and ``fill`` (float, tokens in
   segments / ``B * L``).
 
@@ -75,6 +78,7 @@ class PackedCollator:
         labels = np.full((B, L), IGNORE, np.int64)
         batch_lens: list[list[int]] = []
         image_pack: list[int] = []
+        image_segment: list[int] = []
         image_offset: list[int] = []
         pixels: list[np.ndarray] = []
         n_with_pixels = n_images_total = 0
@@ -103,6 +107,7 @@ class PackedCollator:
                         raise InputError(f"pack {b} sample {k}: image {i} at offset {o} does not fit in its "
                                          f"{n} kept tokens (max_length {L}); drop the sample before packing")
                     image_pack.append(b)
+                    image_segment.append(len(lens))
                     image_offset.append(pos + o)
                 pv = s.get("pixel_values")
                 n_images_total += len(offs)
@@ -120,6 +125,7 @@ class PackedCollator:
             "labels": labels,
             "position_ids": np.stack([position_ids(lens, L) for lens in batch_lens]),
             "image_pack": np.asarray(image_pack, np.int64),
+            "image_segment": np.asarray(image_segment, np.int64),
             "image_offset": np.asarray(image_offset, np.int64),
             "seq_lens": batch_lens,
             "n_target_tokens": int((labels != IGNORE).sum()),

@@ -301,3 +301,42 @@ def test_collator_batches_are_equivalent(vlm):
     loss, g = run_packed(vlm, {k: out[k] for k in keys})
     assert rel(loss, sep_loss) < TOL
     assert max(rel(g[n], sep_grads[n]) for n in sep_grads if not n.endswith("k_proj.bias")) < TOL
+
+
+# ---------------------------------------------------------------- 0..k images per sample
+MIXED_SPECS = [(5, 0), (4, 1), (3, 3)]   # a text-only, a one-image and a three-image sample: one pack of 96
+
+
+def test_vlm_pack_of_0_1_and_3_image_samples_equals_one_at_a_time(vlm):
+    samples = make_vlm_samples(np.random.default_rng(8), MIXED_SPECS)
+    plan = pack([len(s["input_ids"]) for s in samples], 96)
+    assert plan.n_packs == 1 and sorted(plan.packs()[0].tolist()) == [0, 1, 2]   # all three share one pack
+    batch = packed_batch(samples, 96)
+    assert batch["image_pack"].tolist() == [0, 0, 0, 0]
+    _, sep_grads = assert_equivalent(vlm, samples, 96)
+    assert np.linalg.norm(sep_grads["vision.patchify.weight"]) > 0
+
+
+def test_vlm_mixed_pack_through_the_collator_equals_one_at_a_time(vlm):
+    from datacopilot.train.collate import PackedCollator
+
+    samples = make_vlm_samples(np.random.default_rng(9), MIXED_SPECS)
+    order = pack([len(s["input_ids"]) for s in samples], 96).packs()[0]
+    out = PackedCollator(96, image_token_count=IMAGE_TOKENS)([[samples[i] for i in order]])
+    # each image knows its segment: the segment of the 1-image sample once, of the 3-image sample three times
+    seg_of = {int(i): k for k, i in enumerate(order)}
+    assert sorted(out["image_segment"].tolist()) == sorted([seg_of[1]] + [seg_of[2]] * 3)
+    assert out["pixel_values"].shape == (4, 3, 32, 32)
+    for p, o in zip(out["image_pack"], out["image_offset"]):
+        assert (out["input_ids"][p, o:o + IMAGE_TOKENS] == IMAGE_TOKEN).all()
+    sep_loss, sep_grads = run_separate(vlm, samples)
+    keys = ("input_ids", "labels", "position_ids", "attention_mask", "pixel_values", "image_pack", "image_offset")
+    loss, g = run_packed(vlm, {k: out[k] for k in keys})
+    assert rel(loss, sep_loss) < TOL
+    assert max(rel(g[n], sep_grads[n]) for n in sep_grads if not n.endswith("k_proj.bias")) < TOL
+    # each image goes to its own positions: the 3-image sample's first and last images swapped is another loss
+    swapped = {k: out[k].copy() for k in keys}
+    first = [j for j, s in enumerate(out["image_segment"]) if s == seg_of[2]]
+    swapped["pixel_values"][[first[0], first[-1]]] = swapped["pixel_values"][[first[-1], first[0]]]
+    bad, _ = run_packed(vlm, swapped)
+    assert rel(bad, loss) > TEETH

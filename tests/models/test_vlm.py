@@ -151,3 +151,24 @@ def test_load_errors_name_what_is_missing(tmp_path, vlm_dir):
     shutil.rmtree(broken / "lm")
     with pytest.raises(ModelError, match="lm: model directory does not exist"):
         load_vlm(str(broken))
+
+
+def test_several_images_in_one_pack_each_land_on_their_own_positions(vlm_dir):
+    """Pack 0 holds three images (two samples), pack 1 none: each image's features replace exactly its tokens."""
+    model = load_vlm(vlm_dir)
+    rng = np.random.default_rng(6)
+    ids = rng.integers(10, VOCAB, (2, L))
+    pack, off = np.array([0, 0, 0]), np.array([0, 16, 32])   # back to back: no token between
+    for o in off:
+        ids[0, o:o + COUNT] = 3
+    pixels = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    t = paddle.to_tensor
+    mixed = model.embed(t(ids), t(pixels), t(pack), t(off)).numpy()
+    plain = model.lm.get_input_embeddings()(t(ids)).numpy()
+    feats = model.image_features(t(pixels)).numpy()
+    is_image = np.zeros((2, L), bool)
+    for i, o in enumerate(off):
+        np.testing.assert_array_equal(mixed[0, o:o + COUNT], feats[i])
+        is_image[0, o:o + COUNT] = True
+    np.testing.assert_array_equal(mixed[~is_image], plain[~is_image])   # text and the text-only pack untouched
+    assert np.abs(feats[0] - feats[2]).max() > 1e-4                      # distinct images, distinct features
