@@ -379,7 +379,7 @@ class MMDataset:
         self._check_policy(on_error)
         check_workers(num_workers, mode)
         name = name or f"map {fn_name(fn)}"
-        task = MapTask(fn, batched, on_error, self._schema.normalize_column)
+        task = MapTask(fn, batched, on_error, self._schema.column_array)
         t0 = time.perf_counter()
         results = self._run(task, name, num_workers, mode, batch_size, on_error, progress)
         tables = [r.table for r in results if r.table is not None and r.table.num_rows]

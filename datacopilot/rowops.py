@@ -72,11 +72,11 @@ def to_table(out: Any, where: str) -> pa.Table:
                     f"polars DataFrame, got {type(out).__name__}")
 
 
-def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[str, list], list] | None) -> pa.Table:
+def rows_to_table(rows: list[dict], like: pa.Schema, build: Callable[[str, list], pa.Array] | None) -> pa.Table:
     """A map's output rows as a table: every key of every row becomes a column (a key that only some rows have
-    is null elsewhere); columns of the input keep their type when the values fit it. ``normalize(column,
-    values)`` turns file-shaped values (image paths as strings, ``meta`` objects) into stored ones; it runs
-    only for a column whose values do not fit as they are, so the common case pays nothing for it."""
+    is null elsewhere); columns of the input keep their type when the values fit it. ``build(column, values)``
+    types the values of a column that does not fit as it is (image paths as strings, ``meta`` objects, an id
+    that became an int, a new key in the turns: :meth:`Schema.column_array`), so the common case pays nothing."""
     if not rows:
         return like.empty_table()
     keys: dict[str, None] = {}
@@ -98,15 +98,9 @@ def rows_to_table(rows: list[dict], like: pa.Schema, normalize: Callable[[str, l
             continue
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
             pass
-        if normalize is not None and want is not None:
-            try:
-                arrays.append(pa.array(normalize(k, values), type=want))
-                continue
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                pass
         try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+            arrays.append(build(k, values) if build is not None else pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, SchemaError) as e:
             kinds = sorted({type(v).__name__ for v in values if v is not None})
             raise SchemaError(f"map output column {k!r} holds values of different types ({', '.join(kinds)}): {e}") \
                 from e
@@ -118,7 +112,7 @@ class MapTask:
     fn: Callable
     batched: bool
     policy: str
-    normalize: Callable[[str, list], list] | None = None
+    build: Callable[[str, list], pa.Array] | None = None
 
     def __call__(self, table: pa.Table, offset: int) -> Result:
         res = Result()
@@ -149,7 +143,7 @@ class MapTask:
                 res.dropped["map returned None"] += 1
             else:
                 rows_out.append(r)
-        res.table = rows_to_table(rows_out, table.schema, self.normalize)
+        res.table = rows_to_table(rows_out, table.schema, self.build)
         return res
 
 

@@ -91,6 +91,15 @@ class Schema:
         dtype = self.field(name).dtype
         return [dtype.normalize(v) for v in values]
 
+    def column_array(self, name: str, values: list) -> pa.Array:
+        """One column of rows as found in files or returned by a map, as an Arrow array of this schema's type,
+        as wide as the values (ids that mix str and int, unknown keys in turns); any key not in the schema is
+        typed as Arrow infers it, or as JSON values when rows disagree."""
+        from .arrow_build import to_array
+
+        dtype = self.field(name).dtype if name in self.names else None
+        return to_array(dtype, self.normalize_column(name, values), f"column {name!r}")
+
     def validate_row(self, row: Any, where: str = "") -> list[str]:
         """Every problem of one row, each message prefixed with ``where`` (e.g. ``"data.jsonl:17"``)."""
         out: list[str] = []
