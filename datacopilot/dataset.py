@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from datacopilot.schemas import Schema, detect_schema, get_schema
 from datacopilot.schemas.image import decode_image
+from datacopilot.schemas.arrow_build import concat_tables
 
 from . import transforms
 from .errors import DataCopilotError, OperatorError, SchemaError
@@ -158,7 +159,7 @@ class MMDataset:
         if len(roots) > 1:
             parts = [p.with_absolute_paths() for p in parts]
             root = None
-        table = pa.concat_tables([p._table for p in parts], promote_options="permissive")
+        table = concat_tables([p._table for p in parts], self._schema)
         hist = tuple(r for p in parts for r in p._history)
         q = merge_quarantines([p.quarantine for p in parts])
         return MMDataset(table, self._schema, root=root, history=hist, quarantine=q)
@@ -387,8 +388,8 @@ class MMDataset:
         failures = [f for r in results for f in r.failures]
         if tables:
             try:
-                out = pa.concat_tables(tables, promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                out = concat_tables(tables, self._schema)
+            except SchemaError as e:
                 raise SchemaError(f"{name}: batches returned columns of different types: {e}") from e
         else:
             out = self._table.schema.empty_table()

@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from datacopilot.schemas.arrow_build import concat_tables
+
 from datacopilot.errors import DataCopilotError, OperatorError, SchemaError
 from datacopilot.history import OpRecord
 from datacopilot.parallel import check_workers, run_batches
@@ -287,8 +289,8 @@ def _map_output(table, results) -> pa.Table:
     if not tables:
         return table.schema.empty_table()
     try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        return concat_tables(tables)
+    except SchemaError as e:
         raise SchemaError(f"batches returned columns of different types: {e}") from e
 
 

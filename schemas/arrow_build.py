@@ -238,3 +238,40 @@ def conform_array(col: pa.ChunkedArray, dtype: DType, where: str = "") -> pa.Chu
     values = [None if v is None else dtype.normalize(v) for v in col.to_pylist()]
     arr = to_array(dtype, values, where)
     return pa.chunked_array([arr], type=arr.type)
+
+
+def concat_tables(tables: list, schema=None) -> pa.Table:
+    """``pa.concat_tables`` for tables whose columns may disagree on type (one batch's ids all strings, the
+    next's all integers; a key that is an int in one file and text in another): such a column is re-typed over
+    all its values, as :func:`to_array` types it, so every value is kept as it was.
+
+    ``schema`` (a :class:`~datacopilot.schemas.Schema`) types the columns it names.
+    """
+    tables = list(tables)
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    names: dict[str, None] = {}
+    for t in tables:
+        names.update(dict.fromkeys(t.column_names))
+    arrays = []
+    for name in names:
+        types = {t.schema.field(name).type for t in tables if name in t.column_names}
+        parts = [t.column(name) if name in t.column_names else None for t in tables]
+        if len(types) == 1:
+            ty = types.pop()
+            chunks = [ch for c, t in zip(parts, tables)
+                      for ch in (c.chunks if c is not None else [pa.nulls(t.num_rows, ty)])]
+            arrays.append(pa.chunked_array(chunks, type=ty))
+            continue
+        values = []
+        for c, t in zip(parts, tables):
+            values += c.to_pylist() if c is not None else [None] * t.num_rows
+        dtype = schema.field(name).dtype if schema is not None and name in schema.names else None
+        arrays.append(pa.chunked_array([to_array(dtype, values, f"column {name!r}")]))
+    return pa.Table.from_arrays(arrays, names=list(names))

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from datacopilot.schemas.arrow_build import concat_tables
 from tqdm.auto import tqdm
 
 from datacopilot.errors import OperatorError
@@ -269,7 +271,7 @@ class LocalExecutor(Executor):
     def run(self, plan) -> ExecResult:
         run = Run(plan, plan.prepared_ops())
         tables = [t for t in self.stream(plan, run) if not isinstance(t, End) and t.num_rows]
-        table = pa.concat_tables(tables, promote_options="permissive") if tables else plan.empty_output()
+        table = concat_tables(tables) if tables else plan.empty_output()
         return ExecResult(table, [a.record() for a in run.acc], run.take_quarantine())
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from datacopilot.schemas.arrow_build import concat_tables
+
 from datacopilot.errors import DataCopilotError, MissingDependencyError, OperatorError
 from datacopilot.history import OpRecord
 
@@ -171,7 +173,7 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
                                             options=options)
     parts = [st.split(b) for b in _get(ray, refs)]
     live = [p[0] for p in parts if p[0].num_columns]
-    table = pa.concat_tables(live, promote_options="permissive") if live else pa.table({})
+    table = concat_tables(live)
     records, quarantine = account(pa.concat_tables([p[1] for p in parts]), table.num_rows, ops, on_error, root,
                                   seconds)
     return table, records, quarantine

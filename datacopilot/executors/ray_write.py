@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from datacopilot.schemas.arrow_build import concat_tables
+
 from . import ray_stages as st
 
 
@@ -24,7 +26,7 @@ def write_shard(path: str, name: str, fmt: str, schema, root, out_dir: str, skip
     from datacopilot.pipeline_io import _sha256
 
     live = [st.split(b)[0] for b in blocks]
-    table = pa.concat_tables([t for t in live if t.num_rows], promote_options="permissive").slice(skip, n)
+    table = concat_tables([t for t in live if t.num_rows]).slice(skip, n)
     ds = MMDataset(table, schema, root=root)
     writer_for(fmt)(ds if FORMATS[fmt].embeds_images else rebase_images(ds, out_dir), path)
     digest, size = _sha256(path)

@@ -115,7 +115,9 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
 def _assemble(tables: list, schema: Schema, root, bad: list, label: str, t0: float):
     from datacopilot.dataset import MMDataset
 
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    from datacopilot.schemas.arrow_build import concat_tables
+
+    table = concat_tables(tables, schema)
     quarantine = None
     if bad:
         q = quarantine_table(bad)
