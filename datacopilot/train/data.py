@@ -28,7 +28,8 @@ class PackedData:
     """Tokenized samples (``input_ids``, ``labels``, ``image_offsets``) and the run's packing plan.
 
     ``images`` (optional) is a callable ``i -> list of float32 [C, H, W] arrays`` giving sample ``i``'s images in
-    placeholder order (the VLM case). Keys of packs are ``(epoch, pack index)``; :meth:`pack` returns the pack's
+    placeholder order (the VLM case); a sample has 0..k of them, one per ``image_offsets`` entry, and its
+    ``pixel_values`` are ``[k, C, H, W]`` (absent for a text-only sample). Keys of packs are ``(epoch, pack index)``; :meth:`pack` returns the pack's
     samples as dicts the collator takes.
 
     >>> data = PackedData(tokenized_table, max_length=512, batch_size=4, seed=0)   # doctest: +SKIP
@@ -49,6 +50,7 @@ class PackedData:
             self.img_off, self.img_offsets = _ragged(table.column("image_offsets"))
         else:
             self.img_off, self.img_offsets = np.zeros(0, np.int64), np.zeros(table.num_rows + 1, np.int64)
+        self.row_ids = table.column("id") if "id" in table.column_names else None
         self.lengths = np.diff(self.offsets)
         if len(self.lengths) == 0:
             raise InputError("no samples to train on: the tokenized dataset is empty")
@@ -123,7 +125,7 @@ class PackedData:
         if self.images is not None and len(offs):
             pix = self.images(i)
             if len(pix) != len(offs):
-                raise InputError(f"sample {i}: {len(offs)} image placeholder(s) but {len(pix)} image(s)")
+                raise InputError(f"{self._name(i)}: {len(offs)} image placeholder(s) but {len(pix)} image(s)")
             count = self.images.token_count
             keep = [k for k, o in enumerate(offs) if o + count <= length]
             out["image_offsets"] = [int(offs[k]) for k in keep]
@@ -132,6 +134,9 @@ class PackedData:
         else:
             out["image_offsets"] = []
         return out
+
+    def _name(self, i: int) -> str:
+        return f"sample {i}" if self.row_ids is None else f"sample {i} (id {self.row_ids[i].as_py()!r})"
 
     def pack(self, key: tuple[int, int]) -> list[dict]:
         ids, seg = self.epoch(key[0])

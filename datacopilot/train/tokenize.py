@@ -8,8 +8,15 @@ image tokens included). Rows are kept, or dropped with a counted reason in the d
   the sample whole (a sample that is only too long in its text is kept at full length; the packer's overlong
   policy truncates or drops it, and the collator cuts it to ``max_length``);
 - ``"no assistant tokens within max_length"``: nothing would be learnt from it;
-- ``"cannot encode"`` (only with ``on_error="skip"``): the row does not encode, e.g. more ``<image>`` placeholders
-  than images; with the default ``on_error="raise"`` that is an OperatorError naming the row and its id.
+- ``"cannot encode"`` (only with ``on_error="skip"``): the row does not encode, e.g. its ``<image>``
+  placeholders (or image parts) do not match its images; with the default ``on_error="raise"`` that is an
+  OperatorError naming the row and its id.
+
+A row holds 0..k images: each placeholder (or image part of a content list) expands to the template's
+``image_token_count`` tokens, so ``image_offsets`` has one entry per image, in order, and ``length`` (what the
+packer packs) counts ``k * image_token_count`` image tokens. A row with images and no placeholder gets one per
+image put at the start of its first user turn (LLaVA's convention); see
+:mod:`datacopilot.models.chat_template`.
 
 The cache: ``cache_dir/tokens-<key>.arrow`` holds the computed columns for every input row (and each row's drop
 reason), keyed by sha256 over the dataset's content (the Arrow IPC bytes of its schema columns), the tokenizer
