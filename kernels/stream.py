@@ -18,7 +18,7 @@ import numpy as np
 from datacopilot.errors import InputError
 
 from . import _jit
-from .packing import apply_overlong, check_lengths, check_max_length
+from .lengths import apply_overlong, check_lengths, check_max_length
 
 
 class PackStream:
