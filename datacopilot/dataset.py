@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from datacopilot.schemas import Schema, detect_schema, get_schema
+from datacopilot.schemas import Schema, get_schema, resolve_schema
 from datacopilot.schemas.image import decode_image
 from datacopilot.schemas.arrow_build import concat_tables
 
@@ -18,12 +18,6 @@ from .errors import DataCopilotError, OperatorError, SchemaError
 from .history import OpRecord, format_history
 from .parallel import check_workers, run_batches
 from .rowops import POLICIES, FilterTask, MapTask, fn_name
-
-
-def _resolve_schema(table: pa.Table, schema: "Schema | str | None") -> Schema:
-    if schema is not None:
-        return get_schema(schema)
-    return detect_schema(table.schema) or Schema.infer(table.schema)
 
 
 class MMDataset:
@@ -49,7 +43,7 @@ class MMDataset:
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
             raise DataCopilotError(f"`table` must be a pyarrow Table, got {type(table).__name__}")
-        self._schema = _resolve_schema(table, schema)
+        self._schema = resolve_schema(table, schema)
         self._table = self._schema.conform(table)
         self.root = root
         self._history = tuple(history)
@@ -237,19 +231,19 @@ class MMDataset:
         columns = [columns] if isinstance(columns, str) else columns
         self._check_columns(columns)
         t = self._table.select(list(columns))
-        return self._new(t, schema=_resolve_schema(t, None))
+        return self._new(t, schema=resolve_schema(t, None))
 
     def drop(self, columns: "str | Sequence[str]") -> "MMDataset":
         columns = [columns] if isinstance(columns, str) else columns
         self._check_columns(columns)
         t = self._table.drop_columns(list(columns))
         keep = all(f.name in t.column_names or not f.required for f in self._schema.fields)
-        return self._new(t, schema=self._schema if keep else _resolve_schema(t, None))
+        return self._new(t, schema=self._schema if keep else resolve_schema(t, None))
 
     def rename(self, mapping: dict[str, str]) -> "MMDataset":
         self._check_columns(mapping)
         t = self._table.rename_columns([mapping.get(c, c) for c in self.columns])
-        return self._new(t, schema=_resolve_schema(t, None))
+        return self._new(t, schema=resolve_schema(t, None))
 
     def _check_columns(self, columns) -> None:
         missing = [c for c in columns if c not in self.columns]
@@ -486,7 +480,7 @@ class MMDataset:
             self._schema.conform(out)
             return self._schema
         except SchemaError:
-            return _resolve_schema(out, None)
+            return resolve_schema(out, None)
 
     def _quarantined(self, failures: list, op: str, policy: str) -> "MMDataset | None":
         if policy != "quarantine" or not failures:

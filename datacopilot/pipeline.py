@@ -90,7 +90,7 @@ class Pipeline:
 
     def output_schema(self, table: pa.Table):
         """The source's schema when ``table`` still conforms to it, else one inferred from its columns."""
-        from datacopilot.dataset import _resolve_schema
+        from datacopilot.schemas import resolve_schema
 
         if self.source.schema is not None:
             try:
@@ -98,7 +98,7 @@ class Pipeline:
                 return self.source.schema
             except SchemaError:
                 pass
-        return _resolve_schema(table, None)
+        return resolve_schema(table, None)
 
     def empty_output(self) -> pa.Table:
         if self.source.dataset is not None:

@@ -69,3 +69,13 @@ def row_roles(rows: list) -> set:
         if isinstance(convs, list):
             out.update(t.get("from") for t in convs if isinstance(t, dict) and isinstance(t.get("from"), str))
     return out
+
+
+def resolve_schema(table: pa.Table, schema=None) -> Schema:
+    """``schema`` (a Schema or a built-in name) when given; else the built-in schema the table matches (columns
+    and roles), else a schema inferred from its columns that constrains nothing."""
+    from .builtin import get_schema
+
+    if schema is not None:
+        return get_schema(schema)
+    return detect_schema(table.schema, turn_roles(table)) or Schema.infer(table.schema)

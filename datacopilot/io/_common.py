@@ -71,7 +71,7 @@ def coerce(table: pa.Table, schema: Schema) -> pa.Table:
 
 def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, where=None) -> Loaded:
     """Detect the schema if needed, coerce, conform and validate a table a fast reader produced."""
-    from datacopilot.dataset import _resolve_schema
+    from datacopilot.schemas import resolve_schema
 
     if schema is None:
         meta = table.schema.metadata or {}
@@ -79,7 +79,7 @@ def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, wh
         from datacopilot.schemas import BUILTIN
 
         schema = BUILTIN.get(name.decode()) if name else None
-        schema = schema or _resolve_schema(table, None)
+        schema = schema or resolve_schema(table, None)
     table = schema.conform(coerce(table, schema)).replace_schema_metadata(None)
     where = where or (lambda i: f"{source}: row {i}")
     return split_invalid(table, schema, where, invalid)
