@@ -109,7 +109,8 @@ def pack(lengths, max_length: int, strategy: str = "exact_fit", window: int = 40
     """Assign samples with the given token ``lengths`` to packs of at most ``max_length`` tokens.
 
     Parameters:
-        lengths: positive integer token counts (image tokens included), one per sample.
+        lengths: positive integer token counts, one per sample, image tokens included (a sample with k images
+            counts each image's tokens: ``tokenize_dataset``'s ``length`` column).
         max_length: capacity of a pack.
         strategy: ``"exact_fit"`` (exact-fit decreasing, the tightest), ``"bfd"`` (best-fit decreasing),
             ``"first_fit"`` (input order, the InTokens/MixToken baseline) or ``"stream"`` (best-fit decreasing
