@@ -73,6 +73,7 @@ def expand(paths, extensions: tuple[str, ...]) -> list[str]:
                 out += [join(item, s["file"]) for s in manifest["shards"]]
                 continue
             found = sorted(f for f in fs.find(p) if f.endswith(extensions) and not os.path.basename(f).startswith("."))
+            found = [f for f in found if f not in img2dataset_sidecars(found)]
             if not found:
                 raise InputError(f"{item}: directory holds no files with extensions {list(extensions)}")
             out += [_full(fs, f, item) for f in found]
@@ -80,6 +81,27 @@ def expand(paths, extensions: tuple[str, ...]) -> list[str]:
             out.append(item)
         else:
             raise InputError(f"{item}: no such file")
+    return out
+
+
+def img2dataset_sidecars(files: list[str]) -> set[str]:
+    """The files of a listing that img2dataset writes beside its shards and that hold no rows of their own:
+    ``N_stats.json`` beside ``N.tar`` or ``N.parquet``, and ``N.parquet`` (the metadata, without the images)
+    beside ``N.tar``; ``N`` is a shard number.
+
+    >>> sorted(img2dataset_sidecars(["o/00000.tar", "o/00000.parquet", "o/00000_stats.json", "o/x_stats.json"]))
+    ['o/00000.parquet', 'o/00000_stats.json']
+    """
+    have = set(files)
+    out = set()
+    for f in files:
+        stem, dot, ext = f.rpartition(".")
+        if not dot or not os.path.basename(stem).isdigit():
+            continue
+        if ext == "tar" and stem + ".parquet" in have:
+            out.add(stem + ".parquet")
+        if ext in ("tar", "parquet") and stem + "_stats.json" in have:
+            out.add(stem + "_stats.json")
     return out
 
 

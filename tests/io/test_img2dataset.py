@@ -79,8 +79,6 @@ def test_keys_of_a_later_shard(tmp_path):
     assert ds[1]["image"]["path"] == "000010001.jpg"
 
 
-@pytest.mark.xfail(reason="needs _fs.expand to skip *_stats.json and a .parquet beside a same-stem .tar",
-                   strict=False)
 def test_output_folder_loads_the_tars_with_images(tmp_path):
     out = tmp_path / "out"
     write_shard(out, 0, _samples(), order=[1, 0, 2, 3])
