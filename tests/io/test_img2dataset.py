@@ -21,7 +21,8 @@ from .img2dataset_fixture import Sample, compute_key, image_bytes, write_shard
 def _samples(fmt="JPEG"):
     return [
         Sample("http://127.0.0.1/a.jpg", "a red square", image_bytes((255, 0, 0), (6, 4), fmt)),
-        Sample("http://127.0.0.1/b.jpg", "蓝色的猫 — a blue cat\non two lines", image_bytes((0, 0, 255), (3, 7), fmt),
+        Sample("http://127.0.0.1/b.jpg", "蓝色的猫 — a blue cat\non two lines",
+               image_bytes((0, 0, 255), (3, 7), fmt),
                extra={"similarity": 0.31, "sample_id": 7}),
         Sample("http://127.0.0.1/gone.jpg", "never downloaded"),  # failed: in the parquet, not in the tar
         Sample("http://127.0.0.1/d.jpg", "green", image_bytes((0, 200, 0), (5, 5), fmt)),

@@ -239,7 +239,8 @@ def test_mm_image_lists_and_single_images_keep_their_shape(tmp_path, images):
     assert back[2]["image"] == [{"path": "img1.png", "bytes": images["img1.png"]}]
     _tar(str(tmp_path / "bad.tar"), [("k.json", json.dumps({"image": ["x.png"], "conversations": _turns(
         "<image>", "a")}).encode()), ("k.png", images["img0.png"])])
-    with pytest.raises(InputError, match=r"bad\.tar: key 'k': image: member 'k\.png' is one image, but image is a list"):
+    with pytest.raises(InputError, match=r"bad\.tar: key 'k': image: member 'k\.png' is one image, but image is "
+                                         r"a list"):
         datacopilot.load(str(tmp_path / "bad.tar"))
 
 
