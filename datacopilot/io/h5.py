@@ -22,17 +22,20 @@ import json
 
 import h5py
 import numpy as np
+import pyarrow as pa
+import pyarrow.json as pajson
 
-from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.errors import DataCopilotError, InputError, SchemaError
 from datacopilot.loading import Loaded, load_rows
-from datacopilot.schemas import BUILTIN, Schema
+from datacopilot.schemas import BUILTIN, Json, Schema
 
 from ._fs import atomic_open, get_fs, join, local_path, read_bytes
-from ._common import parse_json_records
+from ._common import file_arrow_schema, finish, parse_json_records
 from .jsonl import iter_json_rows
 
 SCHEMA_ATTR = "datacopilot.schema"
 MAX_BYTES = 100 * 1000 * 1000  # DataCopilot's default size cap per file
+MAX_OPENERS = 512  # a file with a row holding more opening brackets than this is parsed row by row in Python
 _UINT32_MAX = 2**32 - 1
 
 
@@ -81,12 +84,13 @@ def _check_offsets(path: str, offsets: np.ndarray, size: int) -> None:
                          f"{int(offsets[i])}")
 
 
-def read_h5_rows(path: str, invalid: str = "raise") -> tuple[list, list[int], list, str | None]:
+def read_h5_rows(path: str, invalid: str = "raise", arrays=None) -> tuple[list, list[int], list, str | None]:
     """Parse one DataCopilot h5 file: (rows, their row indices, broken (where, message, raw text), schema name).
+    ``arrays``: the file's (data, offsets, schema name) when already read.
 
     Broken JSON raises InputError naming the file and row when ``invalid="raise"``.
     """
-    data, offsets, name = _read_arrays(path)
+    data, offsets, name = arrays if arrays is not None else _read_arrays(path)
     _check_offsets(path, offsets, len(data))
     raw = data.astype(np.uint8, copy=False).tobytes()
     ends = np.append(offsets[1:], len(raw))
@@ -95,17 +99,68 @@ def read_h5_rows(path: str, invalid: str = "raise") -> tuple[list, list[int], li
     return rows, index, broken, name
 
 
+def json_lines(data: np.ndarray, offsets: np.ndarray) -> pa.Buffer | None:
+    """The rows of one file as JSON Lines, one row a line, for Arrow's parser; None when a row must go through
+    the Python path instead: it is empty, holds a raw newline (a pretty-printed row), is not valid UTF-8, or
+    holds more than :data:`MAX_OPENERS` opening brackets (it might nest deeper than a recursive parser can go).
+    The offsets must have passed :func:`_check_offsets`.
+
+    >>> bytes(json_lines(np.frombuffer(b'{"a":1}{"a":2}', np.uint8), np.array([0, 7])))
+    b'{"a":1}\\n{"a":2}\\n'
+    """
+    n = len(offsets)
+    bounds = np.append(offsets, len(data))
+    if n == 0 or (np.diff(bounds) <= 0).any() or (data == 0x0A).any():
+        return None
+    at = np.flatnonzero((data | 0x20) == 0x7B)  # where '{' and '[' are ('[' | 0x20 == '{')
+    if len(at) > MAX_OPENERS and np.diff(np.searchsorted(at, bounds)).max() > MAX_OPENERS:
+        return None
+    try:  # every row valid UTF-8 on its own (Arrow's JSON parser would let invalid bytes through)
+        pa.LargeStringArray.from_buffers(n, pa.py_buffer(bounds), pa.py_buffer(data)).validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    return pa.py_buffer(np.insert(data, bounds[1:], 0x0A))
+
+
+def _fast(path: str, lines: pa.Buffer, rows: int, schema: Schema | None, invalid: str) -> Loaded | None:
+    """Arrow's multithreaded parser over the rows as JSON Lines; None when the file needs the row path (a value
+    of another type than the schema's, free-form ``meta``, bytes to decode)."""
+    opts = pajson.ParseOptions(newlines_in_values=False)
+    if schema is not None:
+        opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
+    try:
+        table = pajson.read_json(pa.BufferReader(lines), parse_options=opts,
+                                 read_options=pajson.ReadOptions(block_size=16 << 20))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
+    if table.num_rows != rows or json_fields & set(table.column_names):
+        return None
+    try:
+        return finish(table, schema, path, invalid, lambda i: f"{path}: row {i}")
+    except SchemaError:
+        return None
+
+
 def read_h5(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
-    """Read one DataCopilot h5 file (local or fsspec URL).
+    """Read one DataCopilot h5 file (local or fsspec URL). Rows go through Arrow's JSON parser when they fit it
+    (see :func:`json_lines`), one ``json.loads`` each otherwise; both name the file and row of every problem.
 
     Example
     -------
     >>> loaded = read_h5("train-part-00000_0000.h5", None)  # doctest: +SKIP
     >>> loaded.table.num_rows  # doctest: +SKIP
     """
-    rows, index, broken, name = read_h5_rows(path, invalid)
+    data, offsets, name = _read_arrays(path)
+    _check_offsets(path, offsets, len(data))
     if schema is None and name in BUILTIN:
         schema = BUILTIN[name]
+    data = data.astype(np.uint8, copy=False)
+    lines = json_lines(data, offsets)
+    fast = _fast(path, lines, len(offsets), schema, invalid) if lines is not None else None
+    if fast is not None:
+        return fast
+    rows, index, broken, _ = read_h5_rows(path, invalid, (data, offsets, name))
     loaded = load_rows(rows, schema, path, where=lambda i: f"{path}: row {index[i]}", invalid=invalid)
     loaded.bad = broken + loaded.bad
     return loaded
