@@ -86,7 +86,8 @@ def _mix_from(c: dict) -> dict:
 
 
 _MIX_IMAGE = Struct((Field("id", ID, required=False), Field("url", String())))
-_TURN_MIX = Struct((Field("from", String(("user", "assistant"))), Field("value", String())))
+# SCHEMA.MIX allows a null value (``anyOf: [string, null]``); SCHEMA.MM does not
+_TURN_MIX = Struct((Field("from", String(("user", "assistant"))), Field("value", String(), required=False)))
 MIX = Schema(
     "MIX",
     [_id(), Field("images", List(_MIX_IMAGE), required=False), Field("conversations", List(_TURN_MIX)), _meta()],
@@ -196,8 +197,9 @@ def _msg_from(c: dict) -> dict:
 
 _PART = Struct((Field("type", String()), Field("text", String(), required=False),
                 Field("image_url", Struct((Field("url", String()),)), required=False)))
+# OpenAI chat: an assistant turn that only calls tools has ``content: null`` (and ``tool_calls``)
 _MSG = Struct((Field("role", String(("system", "user", "assistant", "tool"))),
-               Field("content", OneOf((("text", String()), ("parts", List(_PART)))))))
+               Field("content", OneOf((("text", String()), ("parts", List(_PART)))), required=False)))
 MESSAGES = Schema(
     "MESSAGES",
     [_id(), Field("messages", List(_MSG)), Field("images", IMAGES, required=False), _meta()],

@@ -40,12 +40,19 @@ def detect_schema(arrow_schema: pa.Schema, roles: set | None = None) -> Schema |
         it = storage_of(arrow_schema.field("images").type)
         if pa.types.is_list(it) and pa.types.is_struct(it.value_type) and it.value_type.get_field_index("url") >= 0:
             return MIX
+        if _no_values(it) and roles and roles <= _MIX_ROLES:  # DataCopilot MIX text-only rows: ``images: null``
+            return MIX
         return SHAREGPT
     if names & {"system", "tools", "videos"}:
         return SHAREGPT
     if roles and not roles <= _MM_ROLES:
         return MIX if roles <= _MIX_ROLES and "image" not in names else SHAREGPT
     return MM
+
+
+def _no_values(t: pa.DataType) -> bool:
+    """A column type that tells nothing of its values' shape: all null, or lists of nulls (empty lists)."""
+    return pa.types.is_null(t) or (pa.types.is_list(t) and pa.types.is_null(t.value_type))
 
 
 def turn_roles(table: pa.Table) -> set | None:
