@@ -195,7 +195,8 @@ class ChatTemplate:
     # -- identity -------------------------------------------------------------------------------------
     def settings(self) -> dict:
         """What the encoding depends on besides the tokenizer's vocabulary (JSON-able)."""
-        return {"template": "datacopilot-chat-v1", "image_token_count": self.image_token_count,
+        # v2: content parts; some-but-too-few placeholders are an error (v1 put the missing ones first)
+        return {"template": "datacopilot-chat-v2", "image_token_count": self.image_token_count,
                 "system": self.system, "image_token_id": self.image_token_id, "markers": self.markers,
                 "bos": self.bos_ids}
 
