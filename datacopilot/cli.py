@@ -189,16 +189,15 @@ def convert(src: str, dst: str, to: str | None, fmt: str | None, shards: bool, m
 def validate(path: str, schema: str | None, images: bool) -> None:
     """Check every row of PATH against its schema; print each problem with its file and line.
 
-    With --images, also check that every image a row refers to by path exists. Exits with 0 when all rows are
-    valid, 1 otherwise.
+    Lines no parser may read (invalid UTF-8, nesting deeper than 512, lines over 256 MiB) are reported with
+    their file and line too. With --images, also check that every image a row refers to by path exists. Exits
+    with 0 when all rows are valid, 1 otherwise.
     """
     ds = _load(path, schema)
-    problems = []
-    if ds.quarantine is not None:
-        problems += ds.quarantine.to_arrow().column("_error").to_pylist()
-    problems += ds.validate()
-    bad_rows = len(ds.quarantine) if ds.quarantine is not None else 0
-    total = len(ds) + bad_rows
+    problems = ds.validate()  # what loading quarantined (broken JSON, invalid UTF-8, deep nesting ...), then rows
+    quarantined = len(ds.quarantine) if ds.quarantine is not None else 0
+    total = len(ds) + quarantined
+    bad_rows = quarantined + len({p.split(":", 1)[0] for p in problems if p.startswith("row ")})
     if images:
         from datacopilot.media import missing_images
 

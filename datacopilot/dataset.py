@@ -334,10 +334,24 @@ class MMDataset:
         return self._new(transforms.filter_table(self._table, keep), rec)
 
     def validate(self) -> list[str]:
-        """Every problem of every row against the schema (empty when all rows are valid). Never raises."""
+        """Every problem of every row (empty when all are valid), never raising: the problems found when the
+        data was loaded with ``invalid="quarantine"`` (broken JSON, invalid UTF-8, nesting too deep, over-long
+        lines, each with its file and line), then each row's against the schema (an image with neither path
+        nor bytes included) and any text that is not valid UTF-8.
+
+        >>> dc.load("train.jsonl", invalid="quarantine").validate()  # doctest: +SKIP
+        ['train.jsonl:7: invalid utf-8 at byte offset 913 (column 40)']
+        """
+        from .io.screen import invalid_utf8_rows
         from .loading import table_problems
 
-        return [m for _, m in table_problems(self._table, self._schema, source="row")]
+        found = []
+        q = self.quarantine.to_arrow() if self.quarantine is not None else None
+        if q is not None and "_source" in q.column_names and "_error" in q.column_names:
+            op = q.column("_op").to_pylist() if "_op" in q.column_names else [None] * q.num_rows
+            found += [m for m, o in zip(q.column("_error").to_pylist(), op) if o is None and m is not None]
+        found += [m for _, m in table_problems(self._table, self._schema, source="row")]
+        return found + [f"row {i}: {m}" for i, m in invalid_utf8_rows(self._table)]
 
     def sanitize(self) -> "MMDataset":
         """Drop the rows that do not validate against the schema, each counted with its first problem."""

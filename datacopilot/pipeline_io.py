@@ -113,8 +113,12 @@ class Source:
         return table
 
     def _jsonl(self, path: str, invalid: str) -> Iterator[pa.Table]:
+        """Line blocks of about BLOCK_BYTES, each screened (screen.py) and parsed; a line longer than
+        screen.MAX_LINE_BYTES is never held whole: it raises, or is quarantined by its first bytes."""
+        from datacopilot.io import screen
+
         fs, p = get_fs(path)
-        line0, rest = 1, b""
+        line0, offset, rest = 1, 0, b""
         try:
             f = fs.open(p, "rb")
         except FileNotFoundError as e:
@@ -126,16 +130,41 @@ class Source:
                 if chunk:
                     cut = data.rfind(b"\n") + 1
                     data, rest = data[:cut], data[cut:]
-                    if not data:
-                        rest = data + rest
-                        continue
                 if data.strip():
-                    yield self._jsonl_block(data, path, line0, invalid)
-                line0 += data.count(b"\n")
+                    yield self._jsonl_block(data, path, line0, invalid, offset)
+                line0, offset = line0 + data.count(b"\n"), offset + len(data)
                 if not chunk:
                     return
+                if len(rest) > screen.MAX_LINE_BYTES:
+                    size, rest = self._skip_long_line(f, rest, path, line0, invalid)
+                    line0, offset = line0 + 1, offset + size + 1
 
-    def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str) -> pa.Table:
+    def _skip_long_line(self, f, head: bytes, path: str, line: int, invalid: str) -> tuple[int, bytes]:
+        """Read past an over-long line, keeping its first bytes for the quarantine: (its size, what follows)."""
+        from datacopilot.io import screen
+
+        size, tail = len(head), b""
+        while True:
+            chunk = f.read(BLOCK_BYTES)
+            nl = chunk.find(b"\n")
+            if not chunk or nl >= 0:
+                size, tail = (size + nl, chunk[nl + 1:]) if nl >= 0 else (size, b"")
+                break
+            size += len(chunk)
+        kept = min(size, screen.QUARANTINE_TEXT_BYTES)
+        bad = [(f"{path}:{line}", f"{path}:{line}: line of {size} bytes; at most {screen.MAX_LINE_BYTES} are read "
+                f"(datacopilot.io.screen.MAX_LINE_BYTES)",
+                head[:kept].decode("utf-8", "backslashreplace") + f" ... ({size - kept} more bytes not kept)")]
+        if invalid == "raise":
+            screen.raise_flaws(bad)
+        self.bad += bad
+        return size, tail
+
+    def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str, offset: int = 0) -> pa.Table:
+        from datacopilot.io import screen
+
+        data, flawed = screen.screened(data, path, invalid, line0, offset)
+        self.bad += flawed
         opts = pajson.ParseOptions(newlines_in_values=False)
         if self.schema is not None:
             opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(self.schema),

@@ -93,8 +93,12 @@ def with_schema_metadata(table: pa.Table, schema: Schema, root: str | None = Non
 def parse_json_records(records, invalid: str, what: str = "line") -> tuple[list, list, list]:
     """Parse ``(key, where, raw bytes)`` records as JSON.
 
-    Returns the parsed rows, their keys, and the broken records as (where, message, raw text) triples;
-    with ``invalid="raise"`` broken records raise one InputError listing them all (the first 20 shown).
+    Returns the parsed rows, their keys, and the broken records as (where, message, raw text) triples (invalid
+    bytes shown as ``\\xNN``); with ``invalid="raise"`` broken records raise one InputError listing them all (the
+    first 20 shown). Nesting too deep for the parser is a broken record, not a RecursionError.
+
+    >>> parse_json_records([(1, "a.jsonl:1", b'{"x": 1}'), (2, "a.jsonl:2", b'{"x": ')], "quarantine")[2]
+    [('a.jsonl:2', 'a.jsonl:2: invalid JSON: Expecting value (column 7)', '{"x": ')]
     """
     rows, keys, broken = [], [], []
     for key, where, raw in records:
@@ -103,14 +107,23 @@ def parse_json_records(records, invalid: str, what: str = "line") -> tuple[list,
             keys.append(key)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             msg = f"{where}: invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})"
-            broken.append((where, msg, raw.decode("utf-8", "replace")))
+            broken.append((where, msg, _raw_text(raw)))
+        except RecursionError:
+            broken.append((where, f"{where}: invalid JSON: nested too deeply to parse", _raw_text(raw)))
     if invalid == "raise":
         raise_broken(broken, f"JSON {what}")
     return rows, keys, broken
 
 
+def _raw_text(raw) -> str:
+    return raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "backslashreplace")
+
+
 def raise_broken(broken: list, what: str) -> None:
-    """One InputError listing every broken (where, message, raw) record, the first 20 shown; nothing if none."""
+    """One InputError listing every broken (where, message, raw) record, the first 20 shown; nothing if none.
+
+    >>> raise_broken([], "JSON line")
+    """
     from datacopilot.errors import InputError
 
     if broken:

@@ -9,54 +9,51 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
+import os
 
 import pyarrow as pa
 import pyarrow.json as pajson
 
 from datacopilot.errors import InputError, SchemaError
-from datacopilot.loading import Loaded, load_rows
+from datacopilot.loading import Loaded, check_invalid_policy, load_rows
 from datacopilot.schemas import Json, Schema
 
 from ._common import file_arrow_schema, finish, jsonable, parse_json_records
-from ._fs import atomic_open, get_fs, local_path, read_bytes
+from ._fs import atomic_open, local_path, read_bytes
+from .screen import raise_flaws, screen_document, screened
 
 
 class _Lines:
-    """``where(i)`` for row ``i`` of a jsonl file: ``path:line``. Line numbers are worked out only when a
-    message needs one (blank lines shift them), so a clean load never scans the text in Python."""
+    """``where(i)`` for row ``i`` of jsonl data: ``path:line``. Line numbers are worked out only when a message
+    needs one (blank lines, and lines the screen emptied, shift them), so a clean load never scans the text in
+    Python."""
 
-    def __init__(self, path: str):
-        self.path, self.numbers = path, None
+    def __init__(self, path: str, data):
+        self.path, self.data, self.numbers = path, data, None
 
     def __call__(self, i: int) -> str:
         if self.numbers is None:
-            lines = read_bytes(self.path).split(b"\n")
+            lines = bytes(self.data).split(b"\n")
             self.numbers = [n + 1 for n, ln in enumerate(lines) if ln.strip()]
         return f"{self.path}:{self.numbers[i]}"
 
 
-def _fast(path: str, schema: Schema | None, invalid: str) -> Loaded | None:
-    """Arrow's multithreaded parser, straight from the file; None when the file needs the row path."""
+def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
+    """Arrow's multithreaded parser over the (screened) bytes; None when the file needs the row path."""
     opts = pajson.ParseOptions(newlines_in_values=False)
     if schema is not None:
         opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
-    fs, p = get_fs(path)
     read = pajson.ReadOptions(block_size=16 << 20)
     try:
-        if local_path(path):
-            table = pajson.read_json(local_path(path), parse_options=opts, read_options=read)
-        else:
-            with fs.open(p, "rb") as f:
-                table = pajson.read_json(f, parse_options=opts, read_options=read)
+        table = pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file") from e
     json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
     if json_fields & set(table.column_names):
         return None  # free-form JSON fields keep their exact shape only through the row path
     try:
-        return finish(table, schema, path, invalid, _Lines(path))
+        return finish(table, schema, path, invalid, _Lines(path, data))
     except SchemaError:
         return None
 
@@ -66,18 +63,52 @@ def _parse_lines(data: bytes, path: str, invalid: str) -> tuple[list, list[int],
     return parse_json_records(records, invalid, "line")
 
 
+def _file_bytes(path: str):
+    """The file's bytes: memory-mapped when local (no copy; Arrow parses straight from the pages)."""
+    local = local_path(path)
+    if local is None:
+        return read_bytes(path)
+    try:
+        with open(local, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{path}: is a directory, not a jsonl file") from e
+
+
 def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
-    fast = _fast(path, schema, invalid)
+    """Rows of a JSON Lines file. Lines too deep, too long or not UTF-8 are screened out first
+    (:mod:`datacopilot.io.screen`): an InputError naming each, or quarantined rows with ``invalid="quarantine"``.
+
+    >>> read_jsonl("train.jsonl", None, invalid="quarantine").bad  # doctest: +SKIP
+    [('train.jsonl:7', 'train.jsonl:7: invalid utf-8 at byte offset 913 (column 40)', '{"id": "a\\xff", ...}')]
+    """
+    check_invalid_policy(invalid)
+    data, flawed = screened(_file_bytes(path), path, invalid)
+    fast = _fast(data, path, schema, invalid)
     if fast is not None:
+        fast.bad = flawed + fast.bad
         return fast
-    rows, lines, broken = _parse_lines(read_bytes(path), path, invalid)
+    rows, lines, broken = _parse_lines(bytes(data), path, invalid)
     loaded = load_rows(rows, schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
-    loaded.bad = broken + loaded.bad
+    loaded.bad = flawed + broken + loaded.bad
     return loaded
 
 
 def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
+    """Rows of a JSON file holding one array of objects (or one object). Nesting deeper than
+    ``screen.MAX_DEPTH`` and invalid UTF-8 are an InputError naming the line (a JSON document cannot be read
+    around them), whatever ``invalid`` says.
+
+    >>> read_json("llava_v1_5_mix665k.json", None).table.num_rows  # doctest: +SKIP
+    665298
+    """
+    check_invalid_policy(invalid)
     data = read_bytes(path)
+    flaws = screen_document(data, path)
+    if flaws:
+        raise_flaws([(None, f.message, None) for f in flaws])
     try:
         rows = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
