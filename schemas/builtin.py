@@ -182,17 +182,31 @@ def _msg_to(r: dict) -> dict:
         msg = {"role": m["role"], "content": _parts_to(m.get("content"), images)}
         msg.update((k, v) for k, v in m.items() if k not in ("role", "content") and v is not None)
         msgs.append(msg)
-    return canon(r.get("id"), images, msgs, r.get("meta"))
+    ids = [i.get("id") if isinstance(i, dict) else None for i in images]
+    if not any(i is not None for i in ids):
+        return canon(r.get("id"), images, msgs, r.get("meta"))
+    images = [{k: v for k, v in i.items() if k != "id"} for i in images]  # an image record's id: MIX's image id
+    return canon(r.get("id"), images, msgs, r.get("meta"), ids)
 
 
 def _msg_from(c: dict) -> dict:
-    no_more(c, "MESSAGES", allowed=("meta", "image_extras"))
+    """MESSAGES rows; MIX image ids go into the image records as ``id``, LLaMA-Factory's ``videos`` and
+    ``tools`` (its openai-style files carry them beside ``messages``) into columns of their own."""
+    no_more(c, "MESSAGES", allowed=("meta", "image_extras", "image_ids", "videos", "tools"))
     msgs = []
     for i, m in enumerate(c["messages"]):
         if m["role"] == "tool_call":
             fail("MESSAGES", f"messages[{i}] is a tool call; MESSAGES has no tool-call turns")
         msgs.append(dict(m))
-    return {"id": c.get("id"), "messages": msgs, "images": list(c["images"]), "meta": c.get("meta")}
+    images = [dict(img) for img in c["images"]]
+    for img, iid in zip(images, c.get("image_ids") or []):
+        if iid is not None:
+            if img.get("id") is not None:
+                fail("MESSAGES", f"an image with id {iid!r} already has an `id` key {img['id']!r}")
+            img["id"] = iid
+    out = {"id": c.get("id"), "messages": msgs, "images": images, "meta": c.get("meta")}
+    out.update((k, c[k]) for k in ("videos", "tools") if c.get(k) is not None)
+    return out
 
 
 _PART = Struct((Field("type", String()), Field("text", String(), required=False),

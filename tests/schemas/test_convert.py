@@ -137,7 +137,7 @@ def test_any_row_converts_losslessly_or_raises(a, b, data):
 LOSSY = [
     ("MESSAGES", {"messages": [{"role": "user", "content": "<image><image>"}], "images": ["a.png", "b.png"]},
      "PAIRS", "2 images"),
-    ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "MESSAGES", "image ids"),
+    ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "SHAREGPT", "image ids"),
     ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "MM", "image ids"),
     ("MM", {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "meta": {"k": 1}},
      "PAIRS", "meta"),
