@@ -11,6 +11,8 @@ from .variant import storage_of
 
 _MM_ROLES = {"human", "gpt"}
 _MIX_ROLES = {"user", "assistant"}
+_SHAREGPT_ONLY = {"system", "function_call", "observation"}
+_SHAREGPT_ROLES = {"human", "gpt", "user", "assistant"} | _SHAREGPT_ONLY
 
 
 def detect_schema(arrow_schema: pa.Schema, roles: set | None = None) -> Schema | None:
@@ -46,8 +48,11 @@ def detect_schema(arrow_schema: pa.Schema, roles: set | None = None) -> Schema |
     if names & {"system", "tools", "videos"}:
         return SHAREGPT
     if roles and not roles <= _MM_ROLES:
-        return MIX if roles <= _MIX_ROLES and "image" not in names else SHAREGPT
-    return MM
+        if roles <= _MIX_ROLES and "image" not in names:
+            return MIX
+        if roles & _SHAREGPT_ONLY and roles <= _SHAREGPT_ROLES:
+            return SHAREGPT
+    return MM  # unknown roles ('bot') stay MM, whose validation names them
 
 
 def _no_values(t: pa.DataType) -> bool:
