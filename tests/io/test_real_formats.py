@@ -97,13 +97,23 @@ def test_hf_parquet_fixtures_carry_the_features_metadata_datasets_reads(tmp_path
 
 
 # -- writing back --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+@pytest.mark.parametrize("ext", ["jsonl", "parquet", "json", "arrow", "h5"])
 def test_real_files_write_back_losslessly(fx, ext):
     ds = datacopilot.load(fx.path)
     out = ds.write(f"{fx.path}.back.{ext}")  # beside the source: paths relative to the same folder
     back = datacopilot.load(out, invalid="quarantine")
     assert back.quarantine is None
     assert back.schema.name == ds.schema.name
+    assert back.to_list() == ds.to_list()
+
+
+@pytest.mark.xfail(strict=True, reason="io bug: an embedded image with a null path reads back from a tar with "
+                                       "the member name as its path ('000000.0.png')")
+def test_embedded_images_without_a_path_write_back_through_webdataset_unchanged(tmp_path):
+    fx = rf.the_cauldron(tmp_path)
+    ds = datacopilot.load(fx.path)
+    back = datacopilot.load(ds.write(f"{fx.path}.back.tar"))
+    assert [[i["bytes"] for i in r["images"]] for r in back.to_list()] == fx.images  # bytes: unchanged
     assert back.to_list() == ds.to_list()
 
 
