@@ -39,7 +39,10 @@ from datacopilot.schemas import Schema, get_schema
 from .tokenizer import ASSISTANT, END, IMAGE_TOKEN, SYSTEM, USER
 
 IGNORE = -100
-_ROLE_MARKERS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+TOOL = "<|tool|>"  # not a special token: encoded as text, as any marker the tokenizer lacks
+# a tool call (ShareGPT's function_call) is an assistant turn and is learned; a tool's answer is not
+_ROLE_MARKERS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool_call": ASSISTANT, "tool": TOOL}
+_LEARNED = ("assistant", "tool_call")
 IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
@@ -106,10 +109,10 @@ class ChatTemplate:
         if self.image_token_id is None:
             raise ModelError(f"the tokenizer has no single token for {IMAGE_TOKEN!r}; train one with "
                              "datacopilot.models.tokenizer.train_tokenizer or add it as a special token")
+        self._fast = _fast_encoder(tokenizer)
         self.markers = {name: self._marker(tok) for name, tok in {**_ROLE_MARKERS, "end": END}.items()}
         bos = getattr(tokenizer, "bos_token_id", None)
         self.bos_ids = [int(bos)] if bos is not None and bos >= 0 else []
-        self._fast = _fast_encoder(tokenizer)
 
     # -- tokens ---------------------------------------------------------------------------------------
     def _single_id(self, token: str) -> int | None:
@@ -168,7 +171,7 @@ class ChatTemplate:
             role = m["role"]
             if role not in _ROLE_MARKERS:
                 raise InputError(f"{where}messages[{i}].role: expected one of {sorted(_ROLE_MARKERS)}, got {role!r}")
-            learn = role == "assistant"
+            learn = role in _LEARNED
             opener = self.markers[role]
             ids += opener
             labels += [IGNORE] * len(opener)

@@ -113,3 +113,17 @@ def test_bad_settings(tok):
         ChatTemplate(tok, image_token_count=0)
     with pytest.raises(InputError, match="role"):
         ChatTemplate(tok).encode_messages([{"role": "bot", "content": "x"}])
+
+
+def test_sharegpt_tool_calls_are_learned_and_observations_are_not(tok, tpl):
+    row = {"system": "you may call tools", "tools": '[{"name": "area"}]', "conversations": [
+        {"from": "human", "value": "area of a 2x3 box?"},
+        {"from": "function_call", "value": '{"name": "area", "arguments": {"w": 2, "h": 3}}'},
+        {"from": "observation", "value": "six"},
+        {"from": "gpt", "value": "It is six."}]}
+    enc = tpl.encode(row, "SHAREGPT")
+    learned = [tok.decode(enc["input_ids"][a:b]).strip() for a, b in _runs(enc["labels"])]
+    assert len(learned) == 2
+    assert '"area"' in learned[0] and learned[1] == "It is six.<|end|>"
+    prompt = tok.decode([i for i, v in zip(enc["input_ids"], enc["labels"]) if v == IGNORE])
+    assert "six" in prompt and "you may call tools" in prompt
