@@ -1,12 +1,23 @@
-"""Image work over whole datasets: embedding image bytes into rows, so a shard carries its own images."""
+"""Image work over whole datasets: embedding image bytes into rows, and the one policy for image paths.
+
+A dataset's ``root`` is where its relative image paths resolve (LLaVA's ``--image_folder``). Writers keep the
+paths as they are unless asked (:func:`image_paths_for`), and loading never rewrites them without a warning
+(:func:`settle_roots`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+from dataclasses import dataclass
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from datacopilot.schemas import read_image_bytes
 
-from .errors import InputError
+from .errors import DataCopilotError, InputError
 from .transforms import image_columns
 
 
@@ -47,30 +58,217 @@ def embed_images(ds, num_workers: int = 8, on_error: str = "raise"):
 
 
 
-def rebase_images(ds, directory: str):
-    """``ds`` with relative image paths rewritten for files written into ``directory``.
+IMAGE_PATHS = ("keep", "relative", "absolute")
+log = logging.getLogger("datacopilot")
 
-    A relative path resolves against the dataset's root; written elsewhere it would point nowhere. Local paths
-    become relative to ``directory`` (so a folder of data and images can move as a whole); when either side is
-    a URL they become absolute.
+
+class ImagePathWarning(UserWarning):
+    """Image paths were changed on load because one dataset cannot hold several roots."""
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """What a writer did with the image paths of the rows it wrote.
+
+    ``mode`` is the ``image_paths`` asked for; ``root`` the directory (or URL prefix) the written relative paths
+    resolve against, None when that is the output's own directory or no path is relative; ``rewritten`` how many
+    paths were changed (0 with ``"keep"``).
     """
-    import os
 
+    mode: str
+    root: str | None
+    rewritten: int
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "root": self.root, "rewritten": self.rewritten}
+
+    def manifest(self) -> dict:
+        """The keys a manifest records: ``image_paths`` (mode, rewritten) and, when set, ``root``."""
+        out = {"image_paths": {"mode": self.mode, "rewritten": self.rewritten}}
+        return {**out, "root": self.root} if self.root else out
+
+
+def parent(path: str) -> str:
+    """The directory of a local path or fsspec URL (absolute when local)."""
+    if "://" in str(path):
+        return str(path).rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _full_root(root: str | None) -> str:
+    if root and "://" in root:
+        return root.rstrip("/")
+    return os.path.abspath(root or ".")
+
+
+def count_relative_paths(table: pa.Table, schema) -> int:
+    """How many images of ``table`` a relative path alone points to (what a root is needed for).
+
+    >>> from datacopilot import MMDataset
+    >>> ds = MMDataset.from_rows([{"id": "1", "image": "coco/x.jpg", "conversations": [
+    ...     {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat"}]}], schema="MM")
+    >>> count_relative_paths(ds.to_arrow(), ds.schema)
+    1
+    """
+    return sum(_count_chunk(c) for name in image_columns(schema) if name in table.column_names
+               for c in table.column(name).chunks)
+
+
+def _count_chunk(arr: pa.Array) -> int:
+    from datacopilot.schemas.variant import is_variant
+
+    if is_variant(arr.type):
+        st = arr.storage
+        return sum(_count_chunk(st.field(i)) for i in range(st.type.num_fields))
+    if pa.types.is_list(arr.type):
+        return _count_chunk(arr.flatten())
+    if pa.types.is_null(arr.type) or not len(arr):
+        return 0
+    paths = arr.field("path")
+    rel = pc.and_(pc.invert(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://"))),
+                  pc.and_(pc.is_null(arr.field("bytes")), pc.is_valid(arr)))
+    return int(pc.sum(rel.fill_null(False).cast(pa.int64())).as_py() or 0)
+
+
+def check_image_paths(mode: str) -> str:
+    if mode not in IMAGE_PATHS:
+        raise DataCopilotError(f"`image_paths` must be one of {list(IMAGE_PATHS)}, got {mode!r}")
+    return mode
+
+
+def image_paths_for(ds, directory: str, mode: str = "keep", embeds: bool = False):
+    """``(ds, ImagePaths)``: the rows a writer into ``directory`` should write, and what was done to their paths.
+
+    ``"keep"`` (the default) writes every path exactly as it is in the rows; they still resolve against
+    ``ds.root``, which the result names (a manifest records it as ``root``). ``"relative"`` rewrites relative
+    paths to be relative to ``directory``, so the output and its images move as one tree (absolute when either
+    side is a URL); ``"absolute"`` resolves them against the root. Absolute paths, URLs and images that carry
+    their bytes are never changed, and a format that embeds image bytes (``embeds``) needs no rewrite.
+
+    >>> from datacopilot import MMDataset
+    >>> ds = MMDataset.from_rows([{"id": "1", "image": "coco/x.jpg", "conversations": [
+    ...     {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat"}]}], schema="MM", root="/img")
+    >>> out, info = image_paths_for(ds, "/out", "relative")
+    >>> out[0]["image"]["path"], info.rewritten, info.root
+    ('../img/coco/x.jpg', 1, None)
+    >>> image_paths_for(ds, "/out")[1]
+    ImagePaths(mode='keep', root='/img', rewritten=0)
+    """
     from .dataset import MMDataset
     from .transforms import prefix_image_paths
 
-    root = ds.root
-    if not root or not any(c in ds.columns for c in image_columns(ds.schema)):
-        return ds
-    if "://" in root or "://" in directory:
-        if root.rstrip("/") == directory.rstrip("/"):
-            return ds
-        return ds.with_absolute_paths()
-    root, directory = os.path.abspath(root), os.path.abspath(directory)
-    if root == directory:
-        return ds
-    table = prefix_image_paths(ds.to_arrow(), ds.schema, os.path.relpath(root, directory))
-    return MMDataset(table, ds.schema, root=directory, history=ds.history(), quarantine=ds.quarantine)
+    check_image_paths(mode)
+    if embeds or not any(c in ds.columns for c in image_columns(ds.schema)):
+        return ds, ImagePaths(mode, None, 0)
+    table = ds.to_arrow()
+    n = count_relative_paths(table, ds.schema)
+    root = _full_root(ds.root)
+    if mode == "keep" or not n:
+        return ds, ImagePaths(mode, root if n else None, 0)
+    url = "://" in root or "://" in directory
+    if mode == "relative" and not url:
+        route = os.path.relpath(root, os.path.abspath(directory))
+        if route == ".":
+            return ds, ImagePaths(mode, None, 0)
+        table, new_root = prefix_image_paths(table, ds.schema, route), directory
+    elif mode == "relative" and root == directory.rstrip("/"):
+        return ds, ImagePaths(mode, None, 0)
+    else:
+        table, new_root = prefix_image_paths(table, ds.schema, root), None
+    out = MMDataset(table, ds.schema, root=new_root, history=ds.history(), quarantine=ds.quarantine)
+    return out, ImagePaths(mode, None, n)
+
+
+def say_image_paths(path: str, info: ImagePaths, recorded: bool) -> None:
+    """Say what a write did with image paths: rewritten ones at INFO; kept relative paths whose root is not the
+    output's directory and that the output cannot record (``recorded`` False) at WARNING, with the root to
+    load it with."""
+    if info.rewritten:
+        log.info("%s: %d image path(s) rewritten (image_paths=%r)", path, info.rewritten, info.mode)
+    elif info.root and not recorded and info.root != _full_root(parent(path)):
+        log.warning("%s: image paths kept as they are in the rows, relative to %s (this format cannot record it): "
+                    "load it with root=%r, or write with image_paths='relative' or 'absolute'",
+                    path, info.root, info.root)
+
+
+def recorded_root(directory: str) -> str | None:
+    """The image root a directory's ``manifest.json`` records (written by ``write_shards`` and pipeline writes
+    that kept the paths), or None.
+
+    >>> recorded_root("/nonexistent") is None
+    True
+    """
+    import json
+
+    from fsspec.core import url_to_fs
+
+    fs, p = url_to_fs(directory.rstrip("/") + "/manifest.json" if "://" in directory
+                      else os.path.join(directory, "manifest.json"))
+    try:
+        if not fs.exists(p):
+            return None
+        with fs.open(p, "r") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest.get("root") if isinstance(manifest, dict) else None
+
+
+def file_roots(files: list[str]) -> list[str]:
+    """Where the relative image paths of each data file resolve by default: the ``root`` its directory's
+    manifest records, else the file's directory (LLaVA's ``--image_folder`` is given as ``root=`` instead).
+
+    >>> file_roots(["/data/a.jsonl", "/data/b.jsonl"])
+    ['/data', '/data']
+    """
+    seen: dict[str, str] = {}
+    for f in files:
+        d = parent(f)
+        if d not in seen:
+            seen[d] = recorded_root(d) or d
+    return [seen[parent(f)] for f in files]
+
+
+def settle_roots(tables: list, schema, files: list[str], root: str | None):
+    """``(tables, root)`` for tables read from ``files`` (one table per file).
+
+    With an explicit ``root``, or one default root for all files (:func:`file_roots`), no path changes. Files
+    under several roots cannot share the one ``root`` of a dataset, so their relative paths are made absolute,
+    each against its own file's root, and an ImagePathWarning says so, naming the roots: pass ``root=`` to keep
+    the paths exactly as they are.
+    """
+    from .transforms import prefix_image_paths
+
+    if root is not None or not files:
+        return tables, root
+    roots = file_roots(files)
+    if len(set(roots)) == 1:
+        return tables, roots[0]
+    n = sum(count_relative_paths(t, schema) for t in tables)
+    if n:
+        shown = sorted(set(roots))
+        warnings.warn(f"{n} relative image path(s) made absolute: the files resolve against {len(shown)} "
+                      f"directories ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
+                      "one root; pass root= to keep the paths as they are", ImagePathWarning, stacklevel=3)
+        tables = [prefix_image_paths(t, schema, r) for t, r in zip(tables, roots)]
+    return tables, None
+
+
+def keep_image_paths(ds, manifest: dict):
+    """``ds`` unchanged, for a pipeline's shard writer: the paths are kept as they are and ``manifest`` records
+    the root they resolve against (``root``), so ``load`` of the output finds the images."""
+    _, info = image_paths_for(ds, "", "keep")
+    manifest.update(info.manifest())
+    return ds
+
+
+def record_root(manifest: dict, root: str | None) -> None:
+    """Record in ``manifest`` that its shards keep their image paths, relative to ``root`` (when there is one).
+
+    >>> m = {}; record_root(m, "/data/images"); m
+    {'image_paths': {'mode': 'keep', 'rewritten': 0}, 'root': '/data/images'}
+    """
+    manifest.update(ImagePaths("keep", _full_root(root) if root else None, 0).manifest())
 
 
 def _exists(path: str) -> bool:

@@ -24,9 +24,10 @@ from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord, format_history
 from datacopilot.io import EXTENSIONS, FORMATS, format_of, writer_for
 from datacopilot.io._common import file_arrow_schema, finish, parse_json_records
-from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path, parent
+from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path
 from datacopilot.io.shards import MANIFEST, _sha256
 from datacopilot.loading import load_rows
+from datacopilot.media import file_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
 
@@ -44,7 +45,7 @@ class Source:
         if root is None and dataset is not None:
             root = dataset.root
         if root is None and paths:
-            dirs = {parent(p) for p in paths}
+            dirs = set(file_roots(paths))  # a manifest's recorded root, else the files' directory
             root = dirs.pop() if len(dirs) == 1 else None
         self.root = root
         self.bad: list = []  # invalid input rows: (where, message, raw)
@@ -109,7 +110,7 @@ class Source:
         if self.root is None and self.schema is not None:  # files in several directories: absolute-ize
             from datacopilot.transforms import prefix_image_paths
 
-            return prefix_image_paths(table, self.schema, parent(unit))
+            return prefix_image_paths(table, self.schema, file_roots([unit])[0])
         return table
 
     def _jsonl(self, path: str, invalid: str) -> Iterator[pa.Table]:
@@ -276,7 +277,7 @@ class ShardSink:
 
     def _shard(self, table: pa.Table, schema, root, quarantine: bool = False) -> None:
         from datacopilot.dataset import MMDataset
-        from datacopilot.media import rebase_images
+        from datacopilot.media import keep_image_paths
 
         seg = self.segment
         if quarantine:
@@ -289,7 +290,7 @@ class ShardSink:
             self.k += 1
             ds = MMDataset(table, schema, root=root)
         path = join(self.dir, name)
-        writer_for(fmt)(ds if FORMATS[fmt].embeds_images else rebase_images(ds, self.dir), path)
+        writer_for(fmt)(ds if FORMATS[fmt].embeds_images else keep_image_paths(ds, self.manifest), path)
         digest, size = _sha256(path)
         entry = {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
         (self.pending_q if quarantine else self.pending).append(entry)

@@ -35,15 +35,20 @@ def test_embed_images_reads_bytes_and_names_missing(data):
     assert ds.image(1).getpixel((0, 0)) == (0, 0, 255)
 
 
-def test_written_elsewhere_paths_still_resolve(data, tmp_path):
+def test_written_elsewhere_paths_are_kept_and_still_resolve(data, tmp_path):
     ds = data[:2]
     out = tmp_path / "deep" / "out"
-    ds.write_shards(str(out), format="parquet")
+    manifest = ds.write_shards(str(out), format="parquet")
+    assert manifest["root"] == str(tmp_path) and manifest["image_paths"] == {"mode": "keep", "rewritten": 0}
     back = dc.load(str(out))
-    assert back[0]["image"]["path"] == os.path.join("..", "..", "img", "0.png")
+    assert back[0]["image"]["path"] == "img/0.png" and back.root == str(tmp_path)
     assert back.image(0).size == (8, 6)
-    ds.write(str(tmp_path / "x" / "one.jsonl"))
-    assert dc.load(str(tmp_path / "x" / "one.jsonl")).image(1).getpixel((0, 0)) == (0, 0, 255)
+    ds.write(str(tmp_path / "x" / "one.jsonl"))  # kept as is: a jsonl cannot record its root, so it is given
+    assert dc.load(str(tmp_path / "x" / "one.jsonl"), root=str(tmp_path)).image(1).getpixel((0, 0)) == (0, 0, 255)
+    ds.write(str(tmp_path / "x" / "two.jsonl"), image_paths="relative")
+    again = dc.load(str(tmp_path / "x" / "two.jsonl"))
+    assert again[1]["image"]["path"] == os.path.join("..", "img", "1.png")
+    assert again.image(1).getpixel((0, 0)) == (0, 0, 255)
 
 
 def test_in_memory_loads_validate(tmp_path):

@@ -21,14 +21,13 @@ def write_shard(path: str, name: str, fmt: str, schema, root, out_dir: str, skip
     """A Ray task: rows ``skip .. skip + n`` of the live rows of ``blocks``, written as one shard at ``path``;
     returns its manifest entry."""
     from datacopilot.dataset import MMDataset
-    from datacopilot.io import FORMATS, writer_for
-    from datacopilot.media import rebase_images
+    from datacopilot.io import writer_for
     from datacopilot.pipeline_io import _sha256
 
     live = [st.split(b)[0] for b in blocks]
     table = concat_tables([t for t in live if t.num_rows]).slice(skip, n)
     ds = MMDataset(table, schema, root=root)
-    writer_for(fmt)(ds if FORMATS[fmt].embeds_images else rebase_images(ds, out_dir), path)
+    writer_for(fmt)(ds, path)  # image paths kept as they are; the manifest records the root
     digest, size = _sha256(path)
     return {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
 
@@ -41,7 +40,9 @@ def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
 
 def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None) -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
+    from datacopilot.io import FORMATS
     from datacopilot.io._fs import join
+    from datacopilot.media import record_root
     from datacopilot.pipeline_io import ShardSink, make_report, records_from, with_invalid
 
     from .ray import _get, account, execute
@@ -73,5 +74,6 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
         tasks.append(write.remote(join(out_dir, name), name, format, schema, root, out_dir,
                                   int(start - bounds[span[0]]), end - start, *[refs[i] for i in span]))
     sink.pending, sink.schema, sink.k = _get(ray, tasks), schema, len(tasks)
+    record_root(sink.manifest, root if not FORMATS[format].embeds_images else None)
     sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {})
     return make_report(out_dir, sink.manifest, records, len(src.bad))

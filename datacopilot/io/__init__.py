@@ -80,7 +80,9 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         otherwise.
     invalid: ``"raise"`` (default: a ValidationError listing every invalid row with file and line) or
         ``"quarantine"`` (invalid rows go to ``ds.quarantine`` with their errors).
-    root: where relative image paths resolve; the files' directory by default.
+    root: where relative image paths resolve (LLaVA's ``--image_folder``); by default the ``root`` a
+        directory's manifest records, else the files' directory. Files from several directories without
+        ``root`` get absolute image paths, with an ImagePathWarning.
 
     Example
     -------
@@ -95,20 +97,16 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         loaded = split_invalid(obj.to_arrow(), obj.schema, lambda i: f"{label} row {i}", invalid)
         return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
     files = expand(paths, EXTENSIONS) if format is None else expand(paths, FORMATS[format].extensions)
-    tables, bad, dirs = [], [], []
+    tables, bad = [], []
     for path in tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
                      leave=False):
         loaded = format_of(path, format).read(path, s, invalid=invalid)
         s = loaded.schema
         tables.append(loaded.table)
         bad += loaded.bad
-        dirs.append(parent(path))
-    if root is None and len(set(dirs)) > 1:
-        from datacopilot.transforms import prefix_image_paths
+    from datacopilot.media import settle_roots
 
-        tables = [prefix_image_paths(t, s, d) for t, d in zip(tables, dirs)]
-    else:
-        root = root or (dirs[0] if dirs else None)
+    tables, root = settle_roots(tables, s, files, root)  # a manifest's recorded root; warns if paths change
     return _assemble(tables, s, root, bad, f"load {len(files)} file(s)", t0)
 
 
@@ -146,12 +144,23 @@ def _from_object(obj, schema, root):
                            "an HF dataset or an Arrow table")
 
 
-def write(ds, path: str, format: str | None = None, **options) -> str:
-    """Write ``ds`` to ``path`` atomically; the format comes from the extension unless given."""
-    from datacopilot.media import rebase_images
+def write(ds, path: str, format: str | None = None, image_paths: str = "keep", **options) -> str:
+    """Write ``ds`` to ``path`` atomically; the format comes from the extension unless given. Returns the path.
+
+    Image paths are written exactly as they are in the rows (``image_paths="keep"``); when they are relative
+    and their root is not the file's directory, a log line names the root to load the file with. Ask for
+    ``"relative"`` (to the file's directory) or ``"absolute"`` to rewrite them; the rewrite is logged.
+
+    >>> dc.write(ds, "out/llava.jsonl")  # doctest: +SKIP
+    'out/llava.jsonl'
+    >>> dc.load("out/llava.jsonl", root="/data/images")  # doctest: +SKIP
+    """
+    from datacopilot.media import image_paths_for, say_image_paths
 
     fmt = format_of(path, format)
-    fmt.write(ds if fmt.embeds_images else rebase_images(ds, parent(path)), path, **options)
+    ds, paths = image_paths_for(ds, parent(path), image_paths, embeds=fmt.embeds_images)
+    fmt.write(ds, path, **options)
+    say_image_paths(path, paths, recorded=False)
     return path
 
 

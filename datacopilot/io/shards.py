@@ -54,18 +54,17 @@ def shard_bounds(table, max_rows: int | None, max_bytes: int | None) -> list[tup
 
 
 def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
-                 max_bytes_per_shard: int | None = None, **options) -> dict:
+                 max_bytes_per_shard: int | None = None, image_paths: str = "keep", **options) -> dict:
     from . import FORMATS, writer_for
 
     if format not in FORMATS:
         raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
     ext = FORMATS[format].extensions[0]
-    from datacopilot.media import rebase_images
+    from datacopilot.media import image_paths_for
 
     fs, d = get_fs(directory)
     fs.makedirs(d, exist_ok=True)
-    if not FORMATS[format].embeds_images:
-        ds = rebase_images(ds, directory if "://" in directory else d)
+    ds, paths = image_paths_for(ds, directory if "://" in directory else d, image_paths, FORMATS[format].embeds_images)
     table = ds.to_arrow()
     write = writer_for(format)
 
@@ -87,7 +86,7 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
         shards = [f.result() for f in tqdm(futures, desc=f"write {format} shards", unit="shard", leave=False,
                                            disable=len(futures) < 8)]
     manifest = {"format": format, "schema": ds.schema.name, "rows": len(ds), "shards": shards,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **paths.manifest()}
     with atomic_open(join(directory, MANIFEST), "wb") as f:
         f.write(json.dumps(manifest, indent=1).encode())
     return manifest

@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 import datacopilot as dc
 from datacopilot import MMDataset
 from datacopilot.errors import InputError
+from datacopilot.media import ImagePathWarning
 
 FORMATS = ["jsonl", "json", "parquet", "arrow"]
 
@@ -118,7 +119,8 @@ def test_glob_directory_and_list(ds, tmp_path):
 def test_files_in_different_directories_get_absolute_paths(ds, tmp_path):
     ds[:3].write(str(tmp_path / "x" / "a.jsonl"))
     ds[3:6].write(str(tmp_path / "y" / "b.jsonl"))
-    both = dc.load([str(tmp_path / "x" / "a.jsonl"), str(tmp_path / "y" / "b.jsonl")])
+    with pytest.warns(ImagePathWarning, match="2 relative image path.*made absolute.*pass root="):
+        both = dc.load([str(tmp_path / "x" / "a.jsonl"), str(tmp_path / "y" / "b.jsonl")])
     assert both[1]["image"]["path"] == str(tmp_path / "x" / "imgs/1.png")
     assert both[4]["image"]["path"] == str(tmp_path / "y" / "imgs/4.png")
 
