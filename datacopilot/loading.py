@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from datacopilot.schemas import Schema, convert_row, detect_schema, row_roles
+from datacopilot.schemas import Image, Json, List, OneOf, Schema, convert_row, detect_schema, row_roles
+from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 from datacopilot.schemas.arrow_build import to_array
 
 from .errors import ConversionError, DataCopilotError, SchemaError, ValidationError
@@ -98,6 +100,10 @@ def load_rows(rows: list, schema: Schema | None, source: str, validate: bool = T
             raise ValidationError([f"{where(i)}: expected an object, got {type(rows[i]).__name__}" for i in bad_rows])
         table = pa.Table.from_pylist(rows) if rows else pa.table({})
         return Loaded(table, Schema.infer(table.schema))
+    if validate and rows:
+        fast = _columnar(rows, schema, where, invalid)
+        if fast is not None:
+            return fast
     good, bad = [], []
     for i, r in enumerate(rows):
         problems = schema.validate_row(r, where(i)) if validate else []
@@ -108,6 +114,78 @@ def load_rows(rows: list, schema: Schema | None, source: str, validate: bool = T
     if bad and invalid == "raise":
         raise ValidationError([m for _, m, _ in bad])
     return Loaded(build_table(good, schema), schema, bad)
+
+
+def _columnar(rows: list, schema: Schema, where: Callable[[int], str], invalid: str) -> Loaded | None:
+    """The fast row path: each column built by Arrow's own inference (a column it cannot type, such as ids that
+    mix strings and integers, by the schema), then conformed and screened as a fast reader's table is. None
+    when a column does not fit as it is (the caller's per-row path then names every problem)."""
+    if not all(isinstance(r, dict) for r in rows):
+        return None
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    arrays = []
+    for k in keys:
+        values = [r.get(k) for r in rows]
+        dtype = schema.field(k).dtype if k in schema.names else None
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            if dtype is not None and not isinstance(dtype, OneOf):
+                return None
+            try:
+                arr = to_array(dtype, [None if v is None or dtype is None else dtype.normalize(v) for v in values])
+            except SchemaError:
+                return None
+        else:
+            if dtype is None and (pa.types.is_floating(arr.type) or pa.types.is_struct(arr.type)
+                                  or pa.types.is_list(arr.type)):
+                arr = to_array(None, values)  # ints beside floats, ragged dicts: kept exactly (JSON values)
+        arrays.append(arr)
+    table = pa.Table.from_arrays(arrays, names=list(keys))
+    try:
+        table = schema.conform(coerce_images(table, schema))
+    except SchemaError:
+        return None
+    return split_invalid(table, schema, where, invalid)
+
+
+def _images_from_strings(arr: pa.Array) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), IMAGE_ARROW_TYPE)
+    arr = arr.cast(pa.string())
+    return pa.StructArray.from_arrays([arr, pa.nulls(len(arr), pa.binary())], fields=list(IMAGE_ARROW_TYPE),
+                                      mask=pc.is_null(arr))
+
+
+def coerce_images(table: pa.Table, schema: Schema) -> pa.Table:
+    """Image columns given as path strings become Image structs; Json columns given as objects become text."""
+    for f in schema.fields:
+        if f.name not in table.column_names:
+            continue
+        i = table.column_names.index(f.name)
+        col = table.column(f.name)
+        dtype = f.dtype
+        if isinstance(dtype, OneOf):
+            alt = dtype.pick_arrow(col.type)
+            dtype = alt[1] if alt is not None else dtype
+        if isinstance(dtype, Image) and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                                           or pa.types.is_null(col.type)):
+            table = table.set_column(i, f.name, _images_from_strings(col))
+        elif isinstance(dtype, List) and isinstance(dtype.inner, Image) and pa.types.is_list(col.type) \
+                and (pa.types.is_string(col.type.value_type) or pa.types.is_null(col.type.value_type)):
+            arr = col.combine_chunks()
+            values = _images_from_strings(arr.values)
+            new = pa.ListArray.from_arrays(arr.offsets, values, mask=pc.is_null(arr))
+            table = table.set_column(i, f.name, new)
+        elif isinstance(f.dtype, Json) and not pa.types.is_string(col.type):
+            text = [None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                    for v in col.to_pylist()]
+            table = table.set_column(i, f.name, pa.array(text, pa.string()))
+    return table
 
 
 def table_problems(table: pa.Table, schema: Schema, source: str = "row",

@@ -224,12 +224,43 @@ def _drops(src: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
+def _compatible(src: pa.DataType, want: pa.DataType) -> bool:
+    """Whether values of ``src`` can be what ``want`` holds without changing kind: text stays text, numbers
+    numbers. Structs, lists and variants are compared child by child; strings are also accepted where an image
+    struct is wanted (a path) and anything where JSON text is."""
+    if pa.types.is_null(src) or isinstance(want, JsonValueType) or isinstance(src, JsonValueType):
+        return True
+    if isinstance(src, pa.ExtensionType):
+        src = src.storage_type
+    if isinstance(want, pa.ExtensionType):
+        want = want.storage_type
+    if pa.types.is_struct(want):
+        if pa.types.is_string(src) or pa.types.is_large_string(src):
+            return True  # an image given as its path; a variant from one of its alternatives is checked below
+        if not pa.types.is_struct(src):
+            return False
+        kids = {want.field(i).name: want.field(i).type for i in range(want.num_fields)}
+        return all(f.name not in kids or _compatible(f.type, kids[f.name]) for f in src)
+    if pa.types.is_list(want) or pa.types.is_large_list(want):
+        return (pa.types.is_list(src) or pa.types.is_large_list(src)) and _compatible(src.value_type, want.value_type)
+    for family in (pa.types.is_integer, pa.types.is_boolean, pa.types.is_binary):
+        if family(want):
+            return family(src) or (family is pa.types.is_binary and pa.types.is_large_binary(src))
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(src) or pa.types.is_integer(src)
+    if pa.types.is_string(want) or pa.types.is_large_string(want):
+        return pa.types.is_string(src) or pa.types.is_large_string(src)
+    return True
+
+
 def conform_array(col: pa.ChunkedArray, dtype: DType, where: str = "") -> pa.ChunkedArray:
     """``col`` cast to :func:`conform_type`; values in shapes Arrow cannot cast (an image as a path string,
     ``meta`` as an object) go through ``dtype.normalize``."""
     want = conform_type(dtype, col.type)
     if col.type == want:
         return col
+    if not isinstance(dtype, Json) and not _compatible(col.type, want):  # numbers where text is wanted: no quiet cast
+        raise SchemaError(f"{where}: type {col.type} does not hold {want}")
     if not _needs_encoding(want) and not _needs_encoding(col.type) and not _drops(col.type, want):
         try:
             return col.cast(want)

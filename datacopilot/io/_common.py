@@ -9,21 +9,11 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datacopilot.loading import Loaded, split_invalid
+from datacopilot.loading import Loaded, coerce_images, split_invalid
 from datacopilot.schemas import Image, Json, List, OneOf, Schema
 from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 
 SCHEMA_KEY = b"datacopilot.schema"
-
-
-def _images_from_strings(arr: pa.Array) -> pa.Array:
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_null(arr.type):
-        return pa.nulls(len(arr), IMAGE_ARROW_TYPE)
-    arr = arr.cast(pa.string())
-    return pa.StructArray.from_arrays([arr, pa.nulls(len(arr), pa.binary())], fields=list(IMAGE_ARROW_TYPE),
-                                      mask=pc.is_null(arr))
 
 
 def file_arrow_schema(schema: Schema) -> pa.Schema:
@@ -42,31 +32,7 @@ def file_arrow_schema(schema: Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def coerce(table: pa.Table, schema: Schema) -> pa.Table:
-    """Image columns given as path strings become Image structs; Json columns given as objects become text."""
-    for f in schema.fields:
-        if f.name not in table.column_names:
-            continue
-        i = table.column_names.index(f.name)
-        col = table.column(f.name)
-        dtype = f.dtype
-        if isinstance(dtype, OneOf):
-            alt = dtype.pick_arrow(col.type)
-            dtype = alt[1] if alt is not None else dtype
-        if isinstance(dtype, Image) and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-                                           or pa.types.is_null(col.type)):
-            table = table.set_column(i, f.name, _images_from_strings(col))
-        elif isinstance(dtype, List) and isinstance(dtype.inner, Image) and pa.types.is_list(col.type) \
-                and (pa.types.is_string(col.type.value_type) or pa.types.is_null(col.type.value_type)):
-            arr = col.combine_chunks()
-            values = _images_from_strings(arr.values)
-            new = pa.ListArray.from_arrays(arr.offsets, values, mask=pc.is_null(arr))
-            table = table.set_column(i, f.name, new)
-        elif isinstance(f.dtype, Json) and not pa.types.is_string(col.type):
-            text = [None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-                    for v in col.to_pylist()]
-            table = table.set_column(i, f.name, pa.array(text, pa.string()))
-    return table
+coerce = coerce_images  # the readers' name for it
 
 
 def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, where=None) -> Loaded:
