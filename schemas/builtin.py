@@ -87,10 +87,12 @@ def _mix_from(c: dict) -> dict:
 
 _MIX_IMAGE = Struct((Field("id", ID, required=False), Field("url", String())))
 # SCHEMA.MIX allows a null value (``anyOf: [string, null]``); SCHEMA.MM does not
-_TURN_MIX = Struct((Field("from", String(("user", "assistant"))), Field("value", String(), required=False)))
+_TURN_MIX = Struct((Field("from", String(("user", "assistant"))),
+                    Field("value", String(), required=False, null_key=True)))
 MIX = Schema(
     "MIX",
-    [_id(), Field("images", List(_MIX_IMAGE), required=False), Field("conversations", List(_TURN_MIX)), _meta()],
+    [_id(), Field("images", List(_MIX_IMAGE), required=False, null_key=True), Field("conversations", List(_TURN_MIX)),
+     _meta()],
     _mix_to, _mix_from, doc="DataCopilot SCHEMA.MIX: several images by id and url, user/assistant turns",
 )
 

@@ -293,12 +293,15 @@ def _describe(d: DType) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    """A named field; ``required`` fields must be present and not null."""
+    """A named field; ``required`` fields must be present and not null. Writers of JSON leave a null optional
+    field out, as files in the wild do, unless ``null_key`` says the format keeps the key (SCHEMA.MIX's
+    ``images: null``)."""
 
     name: str
     dtype: DType
     required: bool = True
     doc: str = ""
+    null_key: bool = False
 
 
 @dataclass(frozen=True)

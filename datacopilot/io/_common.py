@@ -110,7 +110,7 @@ def jsonable(row: dict, schema: Schema) -> dict:
     named = {f.name: f for f in schema.fields}
     for k, v in row.items():
         f = named.get(k)
-        if v is None and (f is None or not f.required):
+        if v is None and (f is None or not (f.required or f.null_key)):
             continue
         out[k] = _json_of(f.dtype if f is not None else None, v)
     return out
@@ -133,7 +133,7 @@ def _json_of(dtype, v):
     if isinstance(dtype, Struct) and isinstance(v, dict):
         named = {f.name: f for f in dtype.fields}
         return {k: _json_of(named[k].dtype if k in named else None, x) for k, x in v.items()
-                if x is not None or (k in named and named[k].required)}
+                if x is not None or (k in named and (named[k].required or named[k].null_key))}
     if isinstance(v, (bytes, bytearray)):
         return {"bytes_base64": base64.b64encode(v).decode()}
     if isinstance(v, dict):

@@ -289,8 +289,6 @@ def test_mm_converted_to_mix_passes_the_original_mix_validator(tmp_path):
     assert [schema_errors(r, DATACOPILOT_MIX) for r in rows] == [[]] * len(fx.rows)
 
 
-@pytest.mark.xfail(strict=True, reason="io bug: jsonable() leaves out a null `images` and a null turn `value`, "
-                                       "which SCHEMA.MIX requires as keys (null allowed)")
 @pytest.mark.parametrize("make", [rf.datacopilot_mix_text_only, rf.datacopilot_mix])
 def test_datacopilot_mix_null_images_and_values_are_written_as_null(make, tmp_path):
     fx = make(tmp_path)
