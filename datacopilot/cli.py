@@ -5,6 +5,7 @@
     datacopilot validate data.jsonl --schema MM
     datacopilot convert data.jsonl out.parquet --to MIX
     datacopilot convert data.jsonl shards/ --shards --format arrow
+    datacopilot verify shards/
     datacopilot demo --out demo/ --rows 400
     datacopilot train sft.yaml [--resume]
 
@@ -211,6 +212,27 @@ def validate(path: str, schema: str | None, images: bool) -> None:
                    f"{ds.schema.name}")
         click.get_current_context().exit(1)
     click.echo(f"{path}: all {total} rows valid, schema {ds.schema.name}")
+
+
+@main.command()
+@click.argument("directory")
+@click.option("--partial", is_flag=True, help="Check an output whose write did not finish (what it finished).")
+def verify(directory: str, partial: bool) -> None:
+    """Check every file DIRECTORY's manifest.json lists against its recorded size and sha256.
+
+    Prints one line per missing or changed file and exits with 1, or OK with the counts. A directory without a
+    manifest, or whose write did not finish, is an error (exit code 2).
+    """
+    from datacopilot.io.shards import verify_problems
+
+    manifest, problems = verify_problems(directory, partial=partial)
+    for p in problems:
+        click.echo(p)
+    files = len(manifest["shards"]) + len(manifest.get("quarantine", []))
+    if problems:
+        click.echo(f"{directory}: {len(problems)} of {files} file(s) do not match the manifest", err=True)
+        click.get_current_context().exit(1)
+    click.echo(f"{directory}: OK, {files} file(s), {manifest['rows']} rows: sizes and sha256 match the manifest")
 
 
 @main.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -22,16 +23,19 @@ import pyarrow.json as pajson
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord, format_history
-from datacopilot.io import EXTENSIONS, FORMATS, format_of, writer_for
+from datacopilot.io import EXTENSIONS, FORMATS, format_of
 from datacopilot.io._common import file_arrow_schema, finish, parse_json_records
-from datacopilot.io._fs import atomic_open, expand, get_fs, join, local_path
-from datacopilot.io.shards import MANIFEST, _sha256
+from datacopilot.io._fs import (MANIFEST, atomic_open, check_entries, expand, file_sha256, get_fs, is_complete, join,
+                                local_path, read_json)
+from datacopilot.io.outputs import Staged
+from datacopilot.io.shards import write_part
 from datacopilot.loading import load_rows
 from datacopilot.media import file_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
 
 BLOCK_BYTES = 16 << 20
+log = logging.getLogger("datacopilot")
 MEMORY = "<memory>"
 
 
@@ -217,37 +221,74 @@ def _where(data: bytes, path: str, line0: int):
 
 
 # -- output --------------------------------------------------------------------------------------------------
-def _shard_name(unit: int, k: int, ext: str) -> str:
-    return f"part-{unit:05d}-{k:04d}{ext}"
-
-
 class ShardSink:
-    """Writes output tables as shards (at most ``max_rows`` rows each) and, when input units end, their
-    quarantine shard and the manifest (atomically, last), which lists the finished units. Shards are named by
-    segment (units finished together), so a segment run again after a crash rewrites the same files."""
+    """Writes a pipeline's output tables as shards (at most ``max_rows`` rows each) into the staging area of a
+    new generation of ``out_dir`` (:mod:`datacopilot.io.outputs`): when input units end, their quarantine shard
+    and the staged manifest (atomically), which lists the finished units; when the last ends, it publishes the
+    output in one atomic step. Shards are named by generation and segment (units finished together), so a
+    segment run again after a crash rewrites the same files.
 
-    def __init__(self, out_dir: str, format: str, max_rows: int | None, units: list[str], resume: bool):
+    With ``resume`` it continues the newest staged run, after checking that it was written for the same inputs
+    and plan (``fingerprint``) and that its manifest describes the staged files; a published output of the same
+    plan whose files check out is a finished run (``finished``: nothing to write).
+    """
+
+    def __init__(self, out_dir: str, format: str, max_rows: int | None, units: list[str], resume: bool,
+                 fingerprint: str | None = None):
         if format not in FORMATS:
             raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
         if max_rows is not None and max_rows < 1:
             raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
         self.dir, self.format, self.max_rows, self.units = out_dir, format, max_rows, units
-        self.ext = FORMATS[format].extensions[0]
-        fs, d = get_fs(out_dir)
-        fs.makedirs(d, exist_ok=True)
+        self.ext, self.fingerprint, self.finished = FORMATS[format].extensions[0], fingerprint, False
         self.manifest = {"format": format, "schema": None, "rows": 0, "shards": [], "quarantine": [],
-                         "pipeline": {"units": units, "done": [], "segments": 0, "records": [], "state": {},
-                                      "complete": False}}
-        old = read_manifest(out_dir)
-        if old is not None and not resume:
-            _clear(out_dir, old)  # a fresh run: the files of the previous one go (the manifest is rewritten)
-            old = None
-        if old is not None and "pipeline" in old:
-            if old["pipeline"]["units"] != units:
-                raise InputError(f"{out_dir}: cannot resume: its manifest was written for other inputs "
-                                 f"({len(old['pipeline']['units'])} unit(s), now {len(units)})")
-            self.manifest = old
+                         "pipeline": {"units": units, "fingerprint": fingerprint, "done": [], "segments": 0,
+                                      "records": [], "state": {}, "complete": False}}
+        self.run = self._resumed() if resume else None
+        if self.run is None and not self.finished:
+            self.run = Staged.fresh(out_dir)
         self.begin()
+
+    def _same_plan(self, m: dict, where: str) -> None:
+        p = m.get("pipeline", {})
+        if p.get("units") != self.units:
+            raise InputError(f"{where}: cannot resume: its manifest was written for other inputs "
+                             f"({len(p.get('units', []))} unit(s), now {len(self.units)})")
+        if p.get("fingerprint") not in (None, self.fingerprint):
+            raise InputError(f"{where}: cannot resume: its manifest was written by another plan (operators, "
+                             "their parameters, the error policy, the format or the shard size differ); write "
+                             "again without resume=True")
+
+    def _resumed(self) -> Staged | None:
+        """The staged run to continue, or None (``finished`` set when the published output is this run's)."""
+        staged = Staged.staged(self.dir)
+        if staged is not None:
+            run, m = staged
+            self._same_plan(m, run.stage)
+            stage = run.stage.rstrip("/").rsplit("/", 1)[-1]
+            problems = check_entries(self.dir, m, stage)
+            problems += [f"{join(run.stage, n)}: listed in the manifest but missing"
+                         for n in m.get("pipeline", {}).get("state", {}).get("seen", {}).values()
+                         if not get_fs(join(run.stage, n))[0].exists(get_fs(join(run.stage, n))[1])]
+            if problems:
+                raise InputError(f"{self.dir}: cannot resume: the staged manifest does not describe the files "
+                                 f"present ({'; '.join(problems)}); write again without resume=True")
+            self.manifest = m
+            if m.get("complete"):  # killed while publishing: finish that
+                self.manifest, self.finished = run.publish(m), True
+                return None
+            return run
+        published = read_manifest(self.dir)
+        if published is not None and "pipeline" in published:
+            self._same_plan(published, self.dir)
+            if is_complete(published):
+                problems = check_entries(self.dir, published)
+                if not problems:
+                    self.manifest, self.finished = published, True
+                    return None
+                log.warning("%s: the published output does not match its manifest (%s): writing it again",
+                            self.dir, "; ".join(problems))
+        return None
 
     @property
     def done(self) -> set[str]:
@@ -259,7 +300,13 @@ class ShardSink:
 
     @property
     def state(self) -> dict:
+        """The run state of the finished segments (dedup seen-sets), named relative to :attr:`stage`."""
         return self.manifest["pipeline"]["state"]
+
+    @property
+    def stage(self) -> str:
+        """The staging directory, where a run keeps its state files next to the staged shards."""
+        return self.run.stage
 
     def begin(self) -> None:
         self.pending, self.pending_q, self.buf, self.k, self.schema = [], [], [], 0, None
@@ -275,29 +322,37 @@ class ShardSink:
             rest = whole.slice(self.max_rows)
             self.buf = [rest] if rest.num_rows else []
 
+    def shard_name(self, k: int, quarantine: bool = False) -> str:
+        """The name of the current segment's ``k``-th shard (or of its quarantine shard)."""
+        if quarantine:
+            return f"quarantine/part-{self.run.tag}-{self.segment:05d}.arrow"
+        return f"part-{self.run.tag}-{self.segment:05d}-{k:04d}{self.ext}"
+
+    def first_row(self) -> int:
+        """The output's row number of the next shard's first row."""
+        return self.manifest["rows"] + sum(e["rows"] for e in self.pending)
+
     def _shard(self, table: pa.Table, schema, root, quarantine: bool = False) -> None:
         from datacopilot.dataset import MMDataset
         from datacopilot.media import keep_image_paths
 
-        seg = self.segment
         if quarantine:
-            name, fmt = f"quarantine/part-{seg:05d}.arrow", "arrow"
+            name, fmt, first = self.shard_name(0, quarantine=True), "arrow", 0
             ds = MMDataset(table, Schema.infer(table.schema, "QUARANTINE"), root=root)
-            fs, d = get_fs(join(self.dir, "quarantine"))
-            fs.makedirs(d, exist_ok=True)
         else:
-            name, fmt = f"part-{seg:05d}-{self.k:04d}{self.ext}", self.format
+            name, fmt, first = self.shard_name(self.k), self.format, self.first_row()
             self.k += 1
             ds = MMDataset(table, schema, root=root)
-        path = join(self.dir, name)
-        writer_for(fmt)(ds if FORMATS[fmt].embeds_images else keep_image_paths(ds, self.manifest), path)
-        digest, size = _sha256(path)
+        path = self.run.path(name)
+        write_part(fmt, ds if FORMATS[fmt].embeds_images else keep_image_paths(ds, self.manifest), path, first)
+        digest, size = file_sha256(path)
         entry = {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
         (self.pending_q if quarantine else self.pending).append(entry)
 
     def end_units(self, units: tuple, schema, root, quarantine: pa.Table | None, records: list[OpRecord],
                   state: dict) -> None:
-        """Flush the segment's rows and quarantine, then record its units as finished (atomically)."""
+        """Flush the segment's rows and quarantine, then record its units as finished in the staged manifest
+        (atomically); after the last unit, publish the output."""
         if self.buf:
             self._shard(pa.concat_tables(self.buf, promote_options="permissive"), self.schema, root)
         if quarantine is not None and quarantine.num_rows:
@@ -313,26 +368,29 @@ class ShardSink:
         p["records"], p["state"] = [r.as_dict() for r in records], state
         p["complete"] = len(set(p["done"])) == len(self.units)
         m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with atomic_open(join(self.dir, MANIFEST), "wb") as f:
-            f.write(json.dumps(m, indent=1).encode())
+        if p["complete"]:
+            p["state"] = {}  # the state files stay in the staging area, which publishing removes
+            self.manifest = self.run.publish(m)
+        else:
+            m["complete"] = False
+            self.run.save(m)
         self.begin()
 
 
-def _clear(out_dir: str, manifest: dict) -> None:
-    names = [s["file"] for s in manifest.get("shards", []) + manifest.get("quarantine", [])]
-    names += list(manifest.get("pipeline", {}).get("state", {}).get("seen", {}).values())
-    for name in names:
-        fs, p = get_fs(join(out_dir, name))
-        if fs.exists(p):
-            fs.rm(p)
-
-
 def read_manifest(out_dir: str) -> dict | None:
-    fs, p = get_fs(join(out_dir, MANIFEST))
-    if not fs.exists(p):
-        return None
-    with fs.open(p, "r") as f:
-        return json.load(f)
+    """The published manifest of ``out_dir`` (what ``load`` reads), or None."""
+    return read_json(join(out_dir, MANIFEST))
+
+
+def plan_fingerprint(plan, format: str, max_rows: int | None) -> str:
+    """A digest of what decides a written output's rows and shards: the operators with their parameters, the
+    error policy, the format and the shard size; a run is resumed only by a plan with the same fingerprint."""
+    import hashlib
+
+    spec = {"ops": [{"name": op.name, **op.params()} for op in plan.ops], "on_error": plan.on_error,
+            "format": format, "max_rows_per_shard": max_rows}
+    text = json.dumps(spec, sort_keys=True, default=lambda o: getattr(o, "__qualname__", type(o).__name__))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def records_from(dicts: list[dict]) -> list[OpRecord]:
@@ -371,8 +429,9 @@ def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bo
                  max_rows_per_shard: int | None = 100_000) -> dict:
     """Run ``plan`` in memory on ``executor`` and write the whole result as one segment (``resume`` skips only
     a finished run)."""
-    sink = ShardSink(out_dir, format, max_rows_per_shard, plan.source.units(), resume)
-    if sink.manifest["pipeline"]["complete"]:
+    sink = ShardSink(out_dir, format, max_rows_per_shard, plan.source.units(), resume,
+                     plan_fingerprint(plan, format, max_rows_per_shard))
+    if sink.finished:
         return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
     result = executor.run(plan)
     root = plan.source.root

@@ -147,6 +147,25 @@ def test_convert_to_shards_writes_a_manifest(runner, good, tmp_path):
     assert [r["id"] for r in dc.load(str(out))] == ["0", "1", "2"]
 
 
+def test_verify_prints_ok_or_each_bad_file(runner, good, tmp_path):
+    out = tmp_path / "shards"
+    man = dc.load(str(good)).write_shards(str(out), max_rows_per_shard=1)
+    res = runner.invoke(main, ["verify", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "OK, 3 file(s), 3 rows" in res.output
+    first, last = (out / man["shards"][i]["file"] for i in (0, 2))
+    first.write_bytes(first.read_bytes()[:-1])
+    last.unlink()
+    res = runner.invoke(main, ["verify", str(out)])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.startswith(str(out) + "/part-")]
+    assert len(lines) == 2 and "checksum mismatch" in lines[0] and str(first) in lines[0]
+    assert str(last) in lines[1] and "missing" in lines[1]
+    assert "2 of 3 file(s) do not match" in res.output
+    res = runner.invoke(main, ["verify", str(tmp_path)])
+    assert res.exit_code == 2 and "no manifest.json" in res.output
+
+
 def test_convert_rejects_an_unknown_format(runner, good, tmp_path):
     res = runner.invoke(main, ["convert", str(good), str(tmp_path / "o.x"), "--format", "xml"])
     assert res.exit_code == 2

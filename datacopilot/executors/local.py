@@ -152,7 +152,8 @@ class Run:
         return pa.concat_tables(q, promote_options="permissive") if q else None
 
     def save_state(self, out_dir: str, seg: int) -> dict:
-        """Write the dedup seen-sets next to the output (new files per segment); their names."""
+        """Write the dedup seen-sets into ``out_dir`` (a write's staging area; new files per segment); their
+        names."""
         from datacopilot.io._fs import atomic_open, get_fs, join
 
         names = {}
@@ -276,35 +277,39 @@ class LocalExecutor(Executor):
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
               max_rows_per_shard: int | None = 100_000) -> dict:
-        from datacopilot.pipeline_io import ShardSink, make_report, with_invalid
+        from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
 
         run = Run(plan, plan.prepared_ops())
         units = plan.source.units()
-        sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume)
-        if sink.done:
-            run.restore(out_dir, sink.state, sink.manifest["pipeline"]["records"])
+        sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume,
+                         plan_fingerprint(plan, format, max_rows_per_shard))
+        if sink.finished:
+            return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]),
+                               show=self.progress is not False)
+        if sink.done:  # resumed: the state of the finished segments lives in the staging area
+            run.restore(sink.stage, sink.state, sink.manifest["pipeline"]["records"])
         sink.begin()
         root = plan.source.root
         taken = 0  # invalid input rows already written to the quarantine
         for item in self.stream(plan, run, sink.done):
             if isinstance(item, End):
-                old = dict(sink.state.get("seen", {}))
+                old, stage = dict(sink.state.get("seen", {})), sink.stage
                 bad, taken = plan.source.bad[taken:], len(plan.source.bad)
                 sink.end_units(item.units, plan.source.schema, root, with_invalid(run.take_quarantine(), bad),
-                               [a.record() for a in run.acc], run.save_state(out_dir, sink.segment))
-                _remove(out_dir, old.values())
+                               [a.record() for a in run.acc], run.save_state(stage, sink.segment))
+                _remove(stage, old.values())
             else:
                 sink.add(item, plan.output_schema(item), root)
         return make_report(out_dir, sink.manifest, [a.record() for a in run.acc], len(plan.source.bad),
                            show=self.progress is not False)
 
 
-def _remove(out_dir: str, names) -> None:
-    """Seen-sets of earlier segments, no longer referred to by the manifest."""
+def _remove(stage: str, names) -> None:
+    """Seen-sets of earlier segments, no longer referred to by the staged manifest."""
     from datacopilot.io._fs import get_fs, join
 
     for name in names:
-        fs, p = get_fs(join(out_dir, name))
+        fs, p = get_fs(join(stage, name))
         if fs.exists(p):
             fs.rm(p)
 

@@ -1,6 +1,7 @@
 """Writing a pipeline's output on Ray: each shard is written by a Ray task from the output blocks it spans, so
-rows never pass through the driver; the driver tallies the accounting, then writes the quarantine shard, the
-manifest (through :class:`datacopilot.pipeline_io.ShardSink`, as the local executor's write does) and the report.
+rows never pass through the driver, into the staging area of the output; the driver tallies the accounting, then
+writes the quarantine shard and publishes the output with its manifest (through
+:class:`datacopilot.pipeline_io.ShardSink`, as the local executor's write does), and writes the report.
 
 Shards have the boundaries the default ``Executor.write`` gives them: ``max_rows_per_shard`` rows each, in order.
 
@@ -17,18 +18,19 @@ from datacopilot.schemas.arrow_build import concat_tables
 from . import ray_stages as st
 
 
-def write_shard(path: str, name: str, fmt: str, schema, root, out_dir: str, skip: int, n: int, *blocks: pa.Table):
-    """A Ray task: rows ``skip .. skip + n`` of the live rows of ``blocks``, written as one shard at ``path``;
-    returns its manifest entry."""
+def write_shard(path: str, name: str, fmt: str, schema, root, first_row: int, skip: int, n: int,
+                *blocks: pa.Table):
+    """A Ray task: rows ``skip .. skip + n`` of the live rows of ``blocks``, written as one shard at ``path`` (a
+    staged path; ``first_row`` is the output's row number of its first row); returns its manifest entry."""
     from datacopilot.dataset import MMDataset
-    from datacopilot.io import writer_for
-    from datacopilot.pipeline_io import _sha256
+    from datacopilot.io._fs import file_sha256
+    from datacopilot.io.shards import write_part
 
     live = [st.split(b)[0] for b in blocks]
     table = concat_tables([t for t in live if t.num_rows]).slice(skip, n)
     ds = MMDataset(table, schema, root=root)
-    writer_for(fmt)(ds, path)  # image paths kept as they are; the manifest records the root
-    digest, size = _sha256(path)
+    write_part(fmt, ds, path, first_row)  # image paths kept as they are; the manifest records the root
+    digest, size = file_sha256(path)
     return {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
 
 
@@ -41,15 +43,14 @@ def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
 def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None) -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
     from datacopilot.io import FORMATS
-    from datacopilot.io._fs import join
     from datacopilot.media import record_root
-    from datacopilot.pipeline_io import ShardSink, make_report, records_from, with_invalid
+    from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
 
     from .ray import _get, account, execute
 
     src = plan.source
-    sink = ShardSink(out_dir, format, max_rows, src.units(), resume)
-    if sink.manifest["pipeline"]["complete"]:
+    sink = ShardSink(out_dir, format, max_rows, src.units(), resume, plan_fingerprint(plan, format, max_rows))
+    if sink.finished:
         return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
     data = src.dataset.to_arrow() if src.dataset is not None else src
     ray, refs, ops, root, seconds = execute(data, plan.prepared_ops(), plan.on_error, root=src.root,
@@ -70,8 +71,8 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
     for k, start in enumerate(range(0, total, step)):
         end = min(start + step, total)
         span = [i for i in range(len(refs)) if bounds[i] < end and bounds[i + 1] > start and counts[i]]
-        name = f"part-{sink.segment:05d}-{k:04d}{sink.ext}"
-        tasks.append(write.remote(join(out_dir, name), name, format, schema, root, out_dir,
+        name = sink.shard_name(k)
+        tasks.append(write.remote(sink.run.path(name), name, format, schema, root, start,
                                   int(start - bounds[span[0]]), end - start, *[refs[i] for i in span]))
     sink.pending, sink.schema, sink.k = _get(ray, tasks), schema, len(tasks)
     record_root(sink.manifest, root if not FORMATS[format].embeds_images else None)

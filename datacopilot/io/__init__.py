@@ -66,7 +66,7 @@ def writer_for(format: str):
 
 
 def load(paths, schema: "Schema | str | None" = None, format: str | None = None, invalid: str = "raise",
-         root: str | None = None, progress: bool | None = None):
+         root: str | None = None, progress: bool | None = None, partial: bool = False, verify: bool = False):
     """Load files into an :class:`~datacopilot.MMDataset`.
 
     Parameters
@@ -83,6 +83,10 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
     root: where relative image paths resolve (LLaVA's ``--image_folder``); by default the ``root`` a
         directory's manifest records, else the files' directory. Files from several directories without
         ``root`` get absolute image paths, with an ImagePathWarning.
+    partial: read an output directory whose write did not finish (its manifest says so, or a write was
+        interrupted before it published): the part it finished. Refused with an InputError by default.
+    verify: check the size and sha256 of every file a directory's manifest lists before reading (an InputError
+        names each file that differs).
 
     Example
     -------
@@ -96,7 +100,8 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         label = f"<{type(paths).__name__}>"
         loaded = split_invalid(obj.to_arrow(), obj.schema, lambda i: f"{label} row {i}", invalid)
         return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
-    files = expand(paths, EXTENSIONS) if format is None else expand(paths, FORMATS[format].extensions)
+    exts = EXTENSIONS if format is None else FORMATS[format].extensions
+    files = expand(paths, exts, partial=partial, verify=verify)
     tables, bad = [], []
     for path in tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
                      leave=False):

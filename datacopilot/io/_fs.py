@@ -44,10 +44,16 @@ def _full(fs, p: str, like: str) -> str:
     return p if p.startswith(proto + "://") else f"{proto}://{p.lstrip('/') if proto != 'memory' else p}"
 
 
-def expand(paths, extensions: tuple[str, ...]) -> list[str]:
+def expand(paths, extensions: tuple[str, ...], partial: bool = False, verify: bool = False) -> list[str]:
     """Expand a path, glob, directory or list into files (sorted within each glob or directory).
 
-    A directory with a manifest yields the shards the manifest lists, in its order.
+    A directory with a manifest yields exactly the shards the manifest lists, in its order (see
+    :func:`output_files` for ``partial`` and ``verify``); one without lists its files of ``extensions``, skipping
+    hidden files and folders and what img2dataset writes beside its shards.
+
+    >>> expand("/nonexistent.jsonl", (".jsonl",))
+    Traceback (most recent call last):
+    datacopilot.errors.InputError: /nonexistent.jsonl: no such file
     """
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
@@ -64,20 +70,23 @@ def expand(paths, extensions: tuple[str, ...]) -> list[str]:
                 raise InputError(f"{item}: no files match")
             out += [_full(fs, f, item) for f in found if not fs.isdir(f)]
         elif fs.isdir(p):
-            man = join(item, MANIFEST)
-            if fs.exists(get_fs(man)[1]):
-                import json
-
-                with fs.open(get_fs(man)[1], "r") as f:
-                    manifest = json.load(f)
-                out += [join(item, s["file"]) for s in manifest["shards"]]
+            listed = output_files(item, partial=partial, verify=verify)
+            if listed is not None:
+                out += listed
                 continue
-            found = sorted(f for f in fs.find(p) if f.endswith(extensions) and not os.path.basename(f).startswith("."))
+            if verify:
+                raise InputError(f"{item}: verify=True needs a {MANIFEST} to check the files against; this "
+                                 "directory has none")
+            base = p.rstrip("/") + "/"
+            found = sorted(f for f in fs.find(p) if f.endswith(extensions)
+                           and not any(c.startswith(".") for c in f[len(base):].split("/")))  # hidden: skipped
             found = [f for f in found if f not in img2dataset_sidecars(found)]
             if not found:
                 raise InputError(f"{item}: directory holds no files with extensions {list(extensions)}")
             out += [_full(fs, f, item) for f in found]
         elif fs.exists(p):
+            if verify:
+                raise InputError(f"{item}: verify=True checks a directory with a {MANIFEST}; give the directory")
             out.append(item)
         else:
             raise InputError(f"{item}: no such file")
@@ -201,3 +210,130 @@ def local_path(path: str) -> str | None:
     """The local filesystem path of ``path`` if it is local, else None."""
     fs, p = get_fs(path)
     return p if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else None
+
+
+# -- outputs: the read side (the write side is datacopilot.io.outputs) -----------------------------------------
+# An output directory holds ``manifest.json`` (the single file that names the files of the published output)
+# and those files; a write in progress stages its files under ``.staging-gNNNN/`` (with a manifest of its own
+# that says ``complete: false``), and publishes by moving them in and replacing ``manifest.json`` last.
+STAGING = ".staging-"
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of a file, read in 1 MiB chunks."""
+    fs, p = get_fs(path)
+    h, n = hashlib.sha256(), 0
+    with fs.open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file's contents, or None when it does not exist; an unreadable one is an InputError."""
+    import json
+
+    fs, p = get_fs(path)
+    try:
+        with fs.open(p, "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e}); a manifest is written whole or not at all, so this file "
+                         "was not written by datacopilot") from e
+
+
+def is_complete(manifest: dict) -> bool:
+    """Whether a manifest describes a finished write (manifests older than the ``complete`` key: a pipeline's
+    says so under ``pipeline``, a ``write_shards`` one is complete)."""
+    return bool(manifest.get("complete", True)) and bool(manifest.get("pipeline", {}).get("complete", True))
+
+
+def staging_dirs(directory: str) -> list[str]:
+    """The staging directories of ``directory`` (``.staging-gNNNN``), oldest generation first."""
+    fs, p = get_fs(directory)
+    try:
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(STAGING))
+
+
+def locate(directory: str, stage: str | None, name: str) -> str:
+    """Where a listed file is: in the staging directory ``stage`` (while a write is staged) or, once moved
+    there by the publishing step, in ``directory`` itself."""
+    if stage is not None:
+        staged = join(join(directory, stage), name)
+        fs, p = get_fs(staged)
+        if fs.exists(p):
+            return staged
+    return join(directory, name)
+
+
+def check_entries(directory: str, manifest: dict, stage: str | None = None, hashes: bool = True) -> list[str]:
+    """One problem per listed file (shards and quarantine) that is missing, of another size than recorded or,
+    with ``hashes``, of another sha256; [] when the manifest describes the files present."""
+    problems = []
+    for s in manifest.get("shards", []) + manifest.get("quarantine", []):
+        path = locate(directory, stage, s["file"])
+        fs, p = get_fs(path)
+        if not fs.exists(p):
+            problems.append(f"{path}: listed in the manifest but missing")
+            continue
+        digest, size = file_sha256(path) if hashes else (s.get("sha256"), int(fs.size(p) or 0))
+        if size != s.get("bytes") or digest != s.get("sha256"):
+            problems.append(f"{path}: checksum mismatch (manifest says {s.get('bytes')} bytes, "
+                            f"{str(s.get('sha256'))[:12]}…; file has {size} bytes, {str(digest)[:12]}…)")
+    return problems
+
+
+def _progress(m: dict) -> str:
+    p = m.get("pipeline", {})
+    done = f"{len(set(p.get('done', [])))} of {len(p.get('units', []))} input(s) done, " if p else ""
+    return f"{done}{m.get('rows', 0)} row(s) written"
+
+
+def output_files(directory: str, partial: bool = False, verify: bool = False) -> list[str] | None:
+    """The files of the output in ``directory``, exactly as its ``manifest.json`` lists them (nothing else of the
+    directory), or None when it has neither a manifest nor a staged write (a plain folder).
+
+    An incomplete output is refused with an InputError that says so: a manifest that says the write did not
+    finish, or no manifest but a write that was interrupted before it published. ``partial=True`` reads the
+    finished part of the newest unfinished write instead (or the published output when there is none).
+    ``verify=True`` checks every listed file's size and sha256 first; an InputError names each bad file.
+
+    >>> output_files("/nonexistent") is None
+    True
+    """
+    published = read_json(join(directory, MANIFEST))
+    stages = staging_dirs(directory)
+    staged = None
+    for stage in reversed(stages):  # the newest staged write that got as far as recording its progress
+        m = read_json(join(join(directory, stage), MANIFEST))
+        if m is not None:
+            staged = (stage, m)
+            break
+    if partial and staged is not None:
+        stage, manifest = staged
+    elif published is not None:
+        stage, manifest = None, published
+        if not is_complete(manifest) and not partial:
+            raise InputError(f"{directory}: incomplete output: its {MANIFEST} says the write did not finish "
+                             f"({_progress(manifest)}); resume the write (resume=True), or pass partial=True to "
+                             "read what it finished")
+    elif staged is not None:
+        raise InputError(f"{directory}: incomplete output: a write was interrupted before it published "
+                         f"({_progress(staged[1])}, staged in {staged[0]}/); resume it (resume=True), or pass "
+                         "partial=True to read what it finished")
+    elif stages:
+        raise InputError(f"{directory}: no output: a write was interrupted before it published anything (its "
+                         f"unfinished files are in {stages[-1]}/); write it again")
+    else:
+        return None
+    if verify:
+        problems = check_entries(directory, manifest, stage)
+        if problems:
+            raise InputError(f"{directory}: {len(problems)} file(s) do not match the manifest: " + "; ".join(problems))
+    return [locate(directory, stage, s["file"]) for s in manifest["shards"]]

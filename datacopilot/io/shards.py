@@ -1,10 +1,9 @@
-"""Sharded output with a manifest: ``part-00000.<ext>`` files plus ``manifest.json`` (rows, bytes and sha256
-per shard), each shard written atomically and the manifest last, so a manifest means a complete write."""
+"""Sharded output with a manifest: ``part-gNNNN-00000.<ext>`` files plus ``manifest.json`` (rows, bytes and
+sha256 per shard). The shards are staged and published in one atomic step (:mod:`datacopilot.io.outputs`), so a
+write killed at any moment leaves the previous output or the new one, never a mix."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,17 +12,21 @@ from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 
-from ._fs import MANIFEST, atomic_open, get_fs, hashed_writes, join
+from ._fs import MANIFEST, check_entries, file_sha256, get_fs, hashed_writes, is_complete, join, read_json
+from .outputs import Staged
 
 
-def _sha256(path: str) -> tuple[str, int]:
-    fs, p = get_fs(path)
-    h, n = hashlib.sha256(), 0
-    with fs.open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+def write_part(format: str, ds, path: str, first_row: int = 0, **options) -> None:
+    """Write one shard of an output; ``first_row`` is the output's row number of its first row (a webdataset
+    shard numbers its ``__key__``s from it, so keys are unique across the shards of one output).
+
+    >>> write_part("webdataset", ds[100:200], "out/part-00001.tar", first_row=100)  # doctest: +SKIP
+    """
+    from . import writer_for
+
+    if format == "webdataset":
+        options = {"key_offset": first_row, **options}
+    writer_for(format)(ds, path, **options)
 
 
 def shard_bounds(table, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
@@ -55,7 +58,15 @@ def shard_bounds(table, max_rows: int | None, max_bytes: int | None) -> list[tup
 
 def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
                  max_bytes_per_shard: int | None = None, image_paths: str = "keep", **options) -> dict:
-    from . import FORMATS, writer_for
+    """Write ``ds`` to ``directory`` as shards of at most ``max_rows_per_shard`` rows (and ``max_bytes_per_shard``
+    bytes of Arrow data) with a ``manifest.json``; returns the manifest. The shards are staged and published
+    atomically: until the write ends, ``directory`` holds its previous output unchanged.
+
+    >>> man = dc.write_shards(ds, "out/", format="parquet", max_rows_per_shard=50_000)  # doctest: +SKIP
+    >>> dc.load("out/").to_list() == ds.to_list()  # doctest: +SKIP
+    True
+    """
+    from . import FORMATS
 
     if format not in FORMATS:
         raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
@@ -63,23 +74,22 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
     from datacopilot.media import image_paths_for
 
     fs, d = get_fs(directory)
-    fs.makedirs(d, exist_ok=True)
     ds, paths = image_paths_for(ds, directory if "://" in directory else d, image_paths, FORMATS[format].embeds_images)
     table = ds.to_arrow()
-    write = writer_for(format)
+    bounds = shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)
+    run = Staged.fresh(directory)
 
     def one(i: int, a: int, b: int) -> dict:
-        name = f"part-{i:05d}{ext}"
-        path = join(directory, name)
+        name = f"part-{run.tag}-{i:05d}{ext}"
+        path = run.path(name)
         with hashed_writes() as files:
-            write(ds[a:b], path, **options)
+            write_part(format, ds[a:b], path, first_row=a, **options)
         if len(files) == 1 and files[0].sequential:  # hashed on the way out: no second read of the file
             digest, size = files[0].sha256.hexdigest(), files[0].size
         else:  # a writer that seeks (h5) or writes otherwise
-            digest, size = _sha256(path)
+            digest, size = file_sha256(path)
         return {"file": name, "rows": b - a, "bytes": size, "sha256": digest}
 
-    bounds = shard_bounds(table, max_rows_per_shard, max_bytes_per_shard)
     # shards are independent: Arrow's writers and compressors release the GIL, so threads overlap them
     with ThreadPoolExecutor(max_workers=min(len(bounds), os.cpu_count() or 1, 8)) as pool:
         futures = [pool.submit(one, i, a, b) for i, (a, b) in enumerate(bounds)]
@@ -87,24 +97,32 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
                                            disable=len(futures) < 8)]
     manifest = {"format": format, "schema": ds.schema.name, "rows": len(ds), "shards": shards,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **paths.manifest()}
-    with atomic_open(join(directory, MANIFEST), "wb") as f:
-        f.write(json.dumps(manifest, indent=1).encode())
-    return manifest
+    return run.publish(manifest)
 
 
-def verify_shards(directory: str) -> dict:
-    """Check every shard of a manifest against its size and sha256; raise InputError naming the first bad one."""
-    fs, p = get_fs(join(directory, MANIFEST))
-    if not fs.exists(p):
-        raise InputError(f"{directory}: no {MANIFEST} (an incomplete or foreign write)")
-    with fs.open(p, "r") as f:
-        manifest = json.load(f)
-    for s in manifest["shards"]:
-        path = join(directory, s["file"])
-        if not get_fs(path)[0].exists(get_fs(path)[1]):
-            raise InputError(f"{path}: listed in the manifest but missing")
-        digest, size = _sha256(path)
-        if size != s["bytes"] or digest != s["sha256"]:
-            raise InputError(f"{path}: checksum mismatch (manifest says {s['bytes']} bytes, {s['sha256'][:12]}…; "
-                             f"file has {size} bytes, {digest[:12]}…)")
+def verify_problems(directory: str, partial: bool = False) -> tuple[dict, list[str]]:
+    """(the manifest, one problem per listed file that is missing or whose size or sha256 differs); an
+    InputError when ``directory`` has no manifest, or an incomplete one without ``partial``."""
+    manifest = read_json(join(directory, MANIFEST))
+    if manifest is None:
+        from ._fs import output_files
+
+        output_files(directory, partial=partial)  # says why when a write was interrupted
+        raise InputError(f"{directory}: no {MANIFEST} (not an output written by datacopilot)")
+    if not is_complete(manifest) and not partial:
+        raise InputError(f"{directory}: incomplete output: its {MANIFEST} says the write did not finish; pass "
+                         "partial=True to check what it finished")
+    return manifest, check_entries(directory, manifest)
+
+
+def verify_shards(directory: str, partial: bool = False) -> dict:
+    """Check every file of an output's manifest against its size and sha256; the manifest, or an InputError
+    naming every bad file.
+
+    >>> dc.verify_shards("out/")["rows"]  # doctest: +SKIP
+    1000
+    """
+    manifest, problems = verify_problems(directory, partial)
+    if problems:
+        raise InputError(f"{directory}: {len(problems)} file(s) do not match the manifest: " + "; ".join(problems))
     return manifest

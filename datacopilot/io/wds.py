@@ -411,10 +411,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_wds(ds, path: str) -> None:
+def write_wds(ds, path: str, key_offset: int = 0) -> None:
     """Write ``ds`` to one WebDataset tar, atomically: ``KEY.json`` per row plus its images as members.
 
-    Images stored only as paths are read from disk (relative to ``ds.root``).
+    Images stored only as paths are read from disk (relative to ``ds.root``). Keys number the rows from
+    ``key_offset`` (a sharded writer gives each shard its first row's number, so keys are unique in an output).
 
     Example
     -------
@@ -426,7 +427,7 @@ def write_wds(ds, path: str) -> None:
         i = 0
         for batch in ds.to_arrow().to_batches(max_chunksize=1024):
             for row in batch.to_pylist():
-                key = f"{i:06d}"
+                key = f"{i + key_offset:06d}"
                 js, members = _sample(row, schema, slots, ds.root, i)
                 _add(tar, f"{key}.json", json.dumps(js, ensure_ascii=False).encode())
                 for ext, data in members:

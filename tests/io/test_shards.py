@@ -1,5 +1,6 @@
 """Sharded writes with a manifest: shard sizes by rows and by bytes, manifest contents, corruption
-detection, and loading a shard directory back in order."""
+detection, loading a shard directory back in order, and what a directory with a manifest reads: exactly the files
+it lists, never an unfinished write unless asked. (Writes killed with -9: test_kill_matrix.py.)"""
 
 import hashlib
 import json
@@ -31,8 +32,9 @@ def test_by_rows(ds, tmp_path, fmt):
     man = ds.write_shards(str(tmp_path / "out"), format=fmt, max_rows_per_shard=300)
     assert [s["rows"] for s in man["shards"]] == [300, 300, 300, 100]
     ext = {"arrow": ".arrow", "parquet": ".parquet", "jsonl": ".jsonl"}[fmt]
-    assert [s["file"] for s in man["shards"]] == [f"part-{i:05d}{ext}" for i in range(4)]
+    assert [s["file"] for s in man["shards"]] == [f"part-g0001-{i:05d}{ext}" for i in range(4)]
     assert man["rows"] == 1000 and man["schema"] == "MM" and man["format"] == fmt
+    assert man["complete"] is True and man["generation"] == 1
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk == man
     for s in man["shards"]:
@@ -128,3 +130,99 @@ def test_empty_and_bad_limits(ds, tmp_path):
         ds.write_shards(str(tmp_path / "x"), max_bytes_per_shard=-1)
     with pytest.raises(DataCopilotError):
         ds.write_shards(str(tmp_path / "x"), format="csv")
+
+
+def test_a_new_write_replaces_the_old_generation_whole(ds, tmp_path):
+    d = tmp_path / "g"
+    ds[:500].write_shards(str(d), max_rows_per_shard=100)
+    man = ds.write_shards(str(d), format="parquet", max_rows_per_shard=400)
+    assert man["generation"] == 2
+    assert sorted(os.listdir(d)) == ["manifest.json", "part-g0002-00000.parquet", "part-g0002-00001.parquet",
+                                     "part-g0002-00002.parquet"]
+    assert dc.load(str(d)).to_list() == ds.to_list()
+
+
+def test_load_reads_exactly_the_files_the_manifest_lists(ds, tmp_path):
+    d = tmp_path / "m"
+    ds[:300].write_shards(str(d), max_rows_per_shard=100)
+    ds[300:350].write_shards(str(tmp_path / "other"))
+    stray = next((tmp_path / "other").glob("part-*.arrow"))
+    os.rename(stray, d / "part-zzzz-00000.arrow")  # a file the manifest does not name: not part of the output
+    (d / "notes.jsonl").write_text('{"id": "x", "caption": "not data"}\n')
+    assert ids(dc.load(str(d))) == ids(ds[:300])
+
+
+def test_an_unfinished_write_is_invisible_and_then_refused(ds, tmp_path):
+    d = tmp_path / "u"
+    ds[:200].write_shards(str(d), max_rows_per_shard=100)
+    stage = d / ".staging-g0002"  # what a write killed before its publishing step leaves
+    stage.mkdir()
+    (stage / "part-g0002-00000.arrow").write_bytes((d / "part-g0001-00000.arrow").read_bytes())
+    assert ids(dc.load(str(d))) == ids(ds[:200])  # the previous output, unchanged
+    (d / "manifest.json").unlink()
+    with pytest.raises(InputError, match="interrupted before it published anything"):
+        dc.load(str(d))
+    for f in d.glob("part-*"):
+        f.unlink()
+    with pytest.raises(InputError, match="interrupted"):  # hidden staging files are never listed as data
+        dc.load(str(d))
+    again = ds[:50].write_shards(str(d))  # a new write clears what the interrupted one left
+    assert again["generation"] == 3 and sorted(os.listdir(d)) == ["manifest.json", "part-g0003-00000.arrow"]
+
+
+def test_an_incomplete_manifest_is_refused_unless_partial(ds, tmp_path):
+    d = tmp_path / "p"
+    man = ds.write_shards(str(d), max_rows_per_shard=400)
+    (d / "manifest.json").write_text(json.dumps({**man, "complete": False}))
+    with pytest.raises(InputError) as ei:
+        dc.load(str(d))
+    assert "incomplete output" in str(ei.value) and "partial=True" in str(ei.value)
+    assert len(dc.load(str(d), partial=True)) == 1000
+    legacy = {**man, "pipeline": {"units": ["a", "b"], "done": ["a"], "complete": False}}
+    del legacy["complete"]
+    (d / "manifest.json").write_text(json.dumps(legacy))
+    with pytest.raises(InputError, match="1 of 2 input"):
+        dc.load(str(d))
+    with pytest.raises(InputError, match="incomplete"):
+        dc.verify_shards(str(d))
+
+
+def test_load_verify_checks_sizes_and_hashes(ds, tmp_path):
+    d = tmp_path / "h"
+    man = ds.write_shards(str(d), max_rows_per_shard=250)
+    assert dc.load(str(d), verify=True).to_list() == ds.to_list()
+    bad = d / man["shards"][2]["file"]
+    data = bytearray(bad.read_bytes())
+    data[-40] ^= 0x01
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError) as ei:
+        dc.load(str(d), verify=True)
+    assert str(bad) in str(ei.value) and "checksum mismatch" in str(ei.value)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.jsonl").write_text('{"id": "a", "caption": "x"}\n')
+    with pytest.raises(InputError, match="needs a manifest.json"):
+        dc.load(str(plain), verify=True)
+
+
+def test_hidden_folders_are_not_listed(tmp_path):
+    d = tmp_path / "plain"
+    (d / ".cache").mkdir(parents=True)
+    (d / "a.jsonl").write_text('{"id": "a", "caption": "x"}\n')
+    (d / ".cache" / "b.jsonl").write_text('{"id": "b", "caption": "y"}\n')
+    assert ids(dc.load(str(d), schema="CAPTION")) == ["a"]
+
+
+def test_webdataset_keys_are_unique_across_shards(tmp_path):
+    import tarfile
+
+    rows = [{"id": f"c{i}", "image": {"path": f"i/{i}.png", "bytes": b"\x89PNG" + bytes([i])}, "caption": f"t{i}"}
+            for i in range(25)]
+    d = MMDataset.from_rows(rows, schema="CAPTION")
+    man = d.write_shards(str(tmp_path / "w"), format="webdataset", max_rows_per_shard=10)
+    keys = []
+    for s in man["shards"]:
+        with tarfile.open(tmp_path / "w" / s["file"]) as t:
+            keys += sorted({m.name.split(".", 1)[0] for m in t.getmembers()})
+    assert len(keys) == 25 and len(set(keys)) == 25 and keys[10] == "000010"
+    assert ids(dc.load(str(tmp_path / "w"))) == [f"c{i}" for i in range(25)]

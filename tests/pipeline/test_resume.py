@@ -45,8 +45,12 @@ def test_kill_9_then_resume_equals_uninterrupted(files, tmp_path):
     dc.pipeline(files, schema="MM", batch_size=16).apply(_ops()).write(str(whole), max_rows_per_shard=25)
     died = _run(files, crashed, resume=False, kill=True)
     assert died.returncode == -signal.SIGKILL, died.stderr
-    manifest = json.loads((crashed / "manifest.json").read_text())
-    assert manifest["pipeline"]["done"] == files[:2]  # r130 is in the third file
+    assert not (crashed / "manifest.json").exists()  # nothing published: the finished part is staged
+    staged = json.loads((crashed / ".staging-g0001" / "manifest.json").read_text())
+    assert staged["pipeline"]["done"] == files[:2] and staged["complete"] is False  # r130 is in the third file
+    with pytest.raises(InputError, match="incomplete output"):
+        dc.load(str(crashed))
+    assert len(dc.load(str(crashed), partial=True)) == staged["rows"] > 0
     done = _run(files, crashed, resume=True, kill=False)
     assert done.returncode == 0, done.stderr
     a, b = dc.load(str(whole)), dc.load(str(crashed))
@@ -100,7 +104,8 @@ def test_fresh_write_replaces_previous_output(files, tmp_path):
     dc.pipeline(files, schema="MM").write(out, max_rows_per_shard=10)
     dc.pipeline(files[:1], schema="MM").write(out, max_rows_per_shard=100)
     shards = sorted(f for f in os.listdir(out) if f.startswith("part-"))
-    assert shards == ["part-00000-0000.arrow"] and len(dc.load(out)) == 60
+    assert shards == ["part-g0002-00000-0000.arrow"] and len(dc.load(out)) == 60
+    assert sorted(os.listdir(out)) == ["manifest.json", "part-g0002-00000-0000.arrow", "report.json"]
 
 
 def test_kill_9_before_a_shuffle_then_resume(files, tmp_path):
@@ -115,8 +120,9 @@ def test_kill_9_before_a_shuffle_then_resume(files, tmp_path):
     died = subprocess.run(args + ["0"], env={**env, "DC_KILL": "1"}, capture_output=True, text=True, timeout=120,
                           check=False)
     assert died.returncode == -signal.SIGKILL, died.stderr
-    manifest = crashed / "manifest.json"  # (none yet: the first input had not ended)
-    assert not manifest.exists() or json.loads(manifest.read_text())["pipeline"]["done"] == []
+    assert not (crashed / "manifest.json").exists()
+    staged = crashed / ".staging-g0001" / "manifest.json"  # (none yet: the first input had not ended)
+    assert not staged.exists() or json.loads(staged.read_text())["pipeline"]["done"] == []
     done = subprocess.run(args + ["1"], env={**env, "DC_KILL": "0"}, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stderr
