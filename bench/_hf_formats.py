@@ -25,7 +25,7 @@ import time
 def _load(fmt: str, path: str, cache: str):
     import datasets
 
-    if fmt in ("jsonl", "json"):
+    if fmt in ("jsonl", "jsonl-int-ids", "json"):
         return datasets.load_dataset("json", data_files=path, split="train", cache_dir=cache)
     if fmt == "parquet":
         return datasets.Dataset.from_parquet(path, cache_dir=cache)

@@ -5,24 +5,30 @@ The rows: ``--rows`` LLaVA-style MM rows built here with a fixed seed (``{"id": 
 turn, answers lognormal in words). Images are paths only; only webdataset, whose writer stores the image bytes,
 gets tiny embedded PNGs (8 distinct 4x4 images).
 
-Per format, datacopilot writes the file once (timed) and everyone reads that same file:
+Per format, datacopilot writes the file (timed, ``ds.write(path)``) and every side reads that same file;
+datacopilot loads with ``dc.load(path, schema="MM")``. The baselines:
 
-| format | datacopilot | baselines (load) | baselines (write) |
-|---|---|---|---|
-| jsonl | ``dc.load(p, schema="MM")`` | ``pyarrow.json.read_json``, ``pl.read_ndjson``, HF ``load_dataset("json")`` | ``pl.write_ndjson``, HF ``to_json`` |
-| json (one array) | same | ``pl.read_json``, HF ``load_dataset("json")`` | ``pl.write_json``, HF ``to_json(lines=False)`` |
-| h5 (DataCopilot's) | same | ``h5py`` + ``json.loads`` per row (DataCopilot's ``from_h5``) | |
-| parquet | same | ``pl.read_parquet``, HF ``Dataset.from_parquet`` | ``pl.write_parquet``, HF ``to_parquet`` |
-| Arrow IPC | same | ``pl.read_ipc`` | ``pl.write_ipc`` |
-| webdataset | same | HF ``load_dataset("webdataset")`` | |
-| HF ``save_to_disk`` | ``dc.load(datasets.load_from_disk(d))`` | HF ``load_from_disk`` | HF ``save_to_disk`` |
-| polars DataFrame | ``dc.load(df, schema="MM")`` / ``ds.to_polars()`` | HF ``Dataset.from_polars`` | HF ``to_polars`` |
+- jsonl: ``pyarrow.json.read_json``, ``pl.read_ndjson``, HF ``load_dataset("json")``; writes ``pl.write_ndjson``,
+  HF ``to_json``. Also the same rows with one id in 7 an int, as LLaVA-1.5's mix665k mixes them (written by
+  ``json.dumps``, loads only);
+- json (one array): ``pl.read_json``, HF ``load_dataset("json")``; writes ``pl.write_json``, HF
+  ``to_json(lines=False)``;
+- h5 (DataCopilot's layout): ``h5py`` + one ``json.loads`` per row, as DataCopilot's ``from_h5``;
+- parquet: ``pl.read_parquet``, HF ``Dataset.from_parquet``; writes ``pl.write_parquet``, HF ``to_parquet``;
+- Arrow IPC: ``pl.read_ipc``; writes ``pl.write_ipc``;
+- webdataset: HF ``load_dataset("webdataset")``;
+- HF ``save_to_disk``: datacopilot ``dc.load(datasets.load_from_disk(d))`` (and ``ds.to_hf().save_to_disk``)
+  vs HF ``load_from_disk`` (and ``save_to_disk``);
+- a polars DataFrame: ``dc.load(df)`` / ``ds.to_polars()`` vs HF ``Dataset.from_polars`` / ``to_polars``.
+
+polars writes the frame it reads from the jsonl (it cannot write the all-null binary ``image.bytes`` as JSON).
 
 datacopilot's loads validate every row (MM schema); the baselines do no validation. HF datasets runs in its own
 virtual environment (``bench/_data/hf-venv``, as ``bench/pipeline.py``), as a server process timing one request
 at a time (``bench/_hf_formats.py``), each load with an empty cache directory. Every figure is the best of
-``--repeat`` runs (runs over 3 s once); datacopilot and the baselines take turns, in a rotating order. Targets: every format loads at
->= 1x the fastest baseline that reads it, and jsonl at >= 0.8x ``pyarrow.json.read_json`` on the same file.
+``--repeat`` runs (a run over 3 s is not repeated); datacopilot and the baselines take turns, in a rotating
+order. Targets: every format loads at >= 1x the fastest baseline that reads it, and jsonl at >= 0.8x
+``pyarrow.json.read_json`` on the same file.
 
     python bench/formats.py                    # 100,000 rows, best of 3; writes bench/RESULTS_formats.md
     python bench/formats.py --quick            # 2,000 rows, once: a smoke run (no results file)
@@ -52,10 +58,13 @@ from engine import log, machine  # noqa: E402
 SEED = 20250110
 HF_VENV = os.path.join(HERE, "_data", "hf-venv")
 HF_INSTALL = f"python -m venv {HF_VENV} && {HF_VENV}/bin/pip install 'datasets<3' pyarrow datasketch polars pillow"
-FORMATS = ("jsonl", "json", "h5", "parquet", "arrow", "webdataset", "hf", "polars")
-FILE = {"jsonl": "rows.jsonl", "json": "rows.json", "h5": "rows.h5", "parquet": "rows.parquet",
-        "arrow": "rows.arrow", "webdataset": "rows.tar", "hf": "rows_hf", "polars": "rows_polars.arrow"}
-LABEL = {"arrow": "Arrow IPC", "hf": "HF save_to_disk", "polars": "polars DataFrame"}
+INT_ID_EVERY = 7  # jsonl-int-ids: every 7th id an int, as LLaVA-1.5's mix665k mixes them (15% there)
+FORMATS = ("jsonl", "jsonl-int-ids", "json", "h5", "parquet", "arrow", "webdataset", "hf", "polars")
+FILE = {"jsonl": "rows.jsonl", "jsonl-int-ids": "rows_int_ids.jsonl", "json": "rows.json", "h5": "rows.h5",
+        "parquet": "rows.parquet", "arrow": "rows.arrow", "webdataset": "rows.tar", "hf": "rows_hf",
+        "polars": "rows_polars.arrow"}
+LABEL = {"jsonl-int-ids": f"jsonl, 1 id in {INT_ID_EVERY} an int (mix665k)", "arrow": "Arrow IPC",
+         "hf": "HF save_to_disk", "polars": "polars DataFrame"}
 JSONL_VS_PYARROW = 0.8  # the jsonl target against pyarrow.json.read_json
 SLOW = 3.0  # seconds: a run longer than this is not repeated
 
@@ -74,7 +83,8 @@ def make_rows(n: int, seed: int = SEED) -> list[dict]:
     True
     """
     rng = np.random.default_rng(seed)
-    vocab = sorted({"".join(rng.choice(SYLLABLES, k)) for k in rng.integers(1, 4, 6000)}) + ["café", "Zürich", "东京"]
+    vocab = sorted({"".join(rng.choice(SYLLABLES, k)) for k in rng.integers(1, 4, 6000)})
+    vocab += ["café", "Zürich", "东京"]
     p = 1.0 / np.arange(1, len(vocab) + 1)
     words = np.array(vocab, dtype=object)[rng.choice(len(vocab), 3_000_000, p=p / p.sum())]
     pairs = rng.integers(1, 4, n)  # 1-3 exchanges: 2-6 turns
@@ -216,6 +226,9 @@ def plan(work: str, n: int, ds, ds_img, hf: HF) -> tuple[dict, dict]:
         "jsonl": {"datacopilot": clock(lambda: dc.load(p["jsonl"], schema="MM"), n),
                   "pyarrow.json.read_json": clock(lambda: pajson.read_json(p["jsonl"]), n),
                   "polars read_ndjson": clock(lambda: pl.read_ndjson(p["jsonl"]), n)},
+        "jsonl-int-ids": {"datacopilot": clock(lambda: dc.load(p["jsonl-int-ids"], schema="MM"), n),
+                          "pyarrow.json.read_json": clock(lambda: pajson.read_json(p["jsonl-int-ids"]), n),
+                          "polars read_ndjson": clock(lambda: pl.read_ndjson(p["jsonl-int-ids"]), n)},
         "json": {"datacopilot": clock(lambda: dc.load(p["json"], schema="MM"), n),
                  "polars read_json": clock(lambda: pl.read_json(p["json"]), n)},
         "h5": {"datacopilot": clock(lambda: dc.load(p["h5"], schema="MM"), n),
@@ -232,19 +245,22 @@ def plan(work: str, n: int, ds, ds_img, hf: HF) -> tuple[dict, dict]:
         "jsonl": {"datacopilot": wrap(dc_write("jsonl", ds)), "polars write_ndjson": polars_write(
             "write_ndjson", "pl.jsonl")},
         "json": {"datacopilot": wrap(dc_write("json", ds)), "polars write_json": polars_write("write_json", "pl.json")},
+        "jsonl-int-ids": {},  # the file is written by the bench (json.dumps), as people have it
         "h5": {"datacopilot": wrap(dc_write("h5", ds))},
         "parquet": {"datacopilot": wrap(dc_write("parquet", ds)),
                     "polars write_parquet": polars_write("write_parquet", "pl.parquet")},
-        "arrow": {"datacopilot": wrap(dc_write("arrow", ds)), "polars write_ipc": polars_write("write_ipc", "pl.arrow")},
+        "arrow": {"datacopilot": wrap(dc_write("arrow", ds)),
+                  "polars write_ipc": polars_write("write_ipc", "pl.arrow")},
         "webdataset": {"datacopilot": wrap(dc_write("webdataset", ds_img))},
         "hf": {"datacopilot": wrap(save_hf)},
         "polars": {"datacopilot": clock(lambda: ds.to_polars(), n)},
     }
     if hf.proc is not None:
         src = p["parquet"]
-        for fmt, name in (("jsonl", "load_dataset('json')"), ("json", "load_dataset('json')"),
-                          ("parquet", "from_parquet"), ("webdataset", "load_dataset('webdataset')"),
-                          ("hf", "load_from_disk"), ("polars", "from_polars")):
+        for fmt, name in (("jsonl", "load_dataset('json')"), ("jsonl-int-ids", "load_dataset('json')"),
+                          ("json", "load_dataset('json')"), ("parquet", "from_parquet"),
+                          ("webdataset", "load_dataset('webdataset')"), ("hf", "load_from_disk"),
+                          ("polars", "from_polars")):
             loads[fmt]["HF " + name] = hf.timed({"op": "load", "fmt": fmt, "path": p[fmt]}, n)
         for fmt, name in (("jsonl", "to_json"), ("json", "to_json(lines=False)"), ("parquet", "to_parquet"),
                           ("hf", "save_to_disk"), ("polars", "to_polars")):
@@ -257,7 +273,7 @@ def measure(sides: dict, best: dict, turn: int) -> None:
     """Run every side once, in an order rotated by ``turn``; keep each side's best seconds in ``best``. A side
     that took more than :data:`SLOW` seconds (or failed) is not run again: one run is figure enough."""
     names = list(sides)
-    k = turn % len(names)
+    k = turn % max(len(names), 1)
     for name in names[k:] + names[:k]:
         if turn and (name in best and (best[name] is None or best[name] > SLOW)):
             continue
@@ -287,6 +303,9 @@ def run(n: int, repeat: int, work: str, formats: tuple[str, ...]) -> tuple[dict,
     src = os.path.join(work, "source.jsonl")
     with open(src, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    with open(os.path.join(work, FILE["jsonl-int-ids"]), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({**r, "id": k} if k % INT_ID_EVERY == 0 else r, ensure_ascii=False) + "\n"
+                     for k, r in enumerate(rows))
     pngs = tiny_pngs()
     ds = dc.load(src, schema="MM")
     ds_img = dc.MMDataset.from_rows([{**r, "image": {"path": r["image"], "bytes": pngs[i % len(pngs)]}}
@@ -329,7 +348,7 @@ def load_table(n: int, best: dict) -> tuple[list[list[str]], bool]:
     for fmt, sides in best.items():
         dcs = sides.get("datacopilot")
         base = {k: v for k, v in sides.items() if k != "datacopilot"}
-        shown = "; ".join(f"{k} {rate(n, v)}" + (f" ({v / dcs:.2f}x)" if v and dcs else "")
+        shown = "; ".join(f"{k} {rate(n, v) if v else 'fails'}" + (f" ({v / dcs:.2f}x)" if v and dcs else "")
                           for k, v in base.items()) or "none reads it"
         rivals = {k: v for k, v in base.items() if v and not k.startswith("pyarrow")}
         verdict = []
@@ -349,6 +368,8 @@ def load_table(n: int, best: dict) -> tuple[list[list[str]], bool]:
 def write_table(n: int, best: dict) -> list[list[str]]:
     out = []
     for fmt, sides in best.items():
+        if not sides:
+            continue
         dcs = sides.get("datacopilot")
         base = "; ".join(f"{k} {rate(n, v)}" + (f" ({v / dcs:.2f}x)" if v and dcs else "")
                          for k, v in sides.items() if k != "datacopilot")
@@ -395,7 +416,11 @@ def profile(fmt: str, n: int, work: str, top: int = 30) -> None:
     ds = dc.MMDataset.from_rows(rows, "MM")
     path = os.path.join(work, FILE[fmt])
     clear(path)
-    if fmt == "hf":
+    if fmt == "jsonl-int-ids":
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({**r, "id": k} if k % INT_ID_EVERY == 0 else r, ensure_ascii=False) + "\n"
+                         for k, r in enumerate(rows))
+    elif fmt == "hf":
         ds.to_hf().save_to_disk(path)
     elif fmt == "polars":
         path = ds.to_polars()

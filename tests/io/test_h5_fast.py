@@ -23,7 +23,8 @@ def _turns(q, a, **extra):
 SHAPES = {
     "llava": [{"id": f"{i:07d}", "image": f"images/{i % 3:03d}/{i:07d}.jpg",
                "conversations": _turns("<image>\nWhat is shown?", f"A cat, number {i}.")} for i in range(50)],
-    "text only and unicode": [{"id": "a", "conversations": _turns("大家好", "你好，世界 🌍 — ünïcode \\ \"q\"")},
+    "text only and unicode": [
+        {"id": "a", "conversations": _turns("大家好", "你好，世界 🌍 — ünïcode \\ \"q\"")},
                               {"id": "b", "image": "x.jpg", "conversations": _turns("<image>", "")}],
     "extra keys at every level": [
         {"id": "a", "image": "a.jpg", "source": {"k": [1, 2], "name": "coco"},
