@@ -15,6 +15,7 @@ from datacopilot.schemas import Image, Json, List, OneOf, Schema, convert_row, d
 from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 from datacopilot.schemas.arrow_build import to_array
 
+from .lossless import floats_may_hide_ints
 from .errors import ConversionError, DataCopilotError, SchemaError, ValidationError
 
 INVALID_POLICIES = ("raise", "quarantine")
@@ -129,16 +130,24 @@ def _columnar(rows: list, schema: Schema, where: Callable[[int], str], invalid: 
     for k in keys:
         values = [r.get(k) for r in rows]
         dtype = schema.field(k).dtype if k in schema.names else None
+        if isinstance(dtype, Json):  # as its text: Arrow's inference would give a dict every key of the others
+            try:
+                arrays.append(pa.array([dtype.normalize(v) for v in values], pa.string()))
+            except (TypeError, ValueError):
+                return None
+            continue
         try:
             arr = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
             if dtype is not None and not isinstance(dtype, OneOf):
                 return None
             try:
-                arr = to_array(dtype, [None if v is None or dtype is None else dtype.normalize(v) for v in values])
+                arr = to_array(dtype, [v if v is None or dtype is None else dtype.normalize(v) for v in values])
             except SchemaError:
                 return None
         else:
+            if dtype is not None and floats_may_hide_ints(pa.table({k: arr}), schema):
+                return None  # a turn's 0 beside a 0.5 would come back as 0.0: the per-row path keeps it
             if dtype is None and (pa.types.is_floating(arr.type) or pa.types.is_struct(arr.type)
                                   or pa.types.is_list(arr.type)):
                 arr = to_array(None, values)  # ints beside floats, ragged dicts: kept exactly (JSON values)

@@ -73,15 +73,15 @@ class JsonValueScalar(pa.ExtensionScalar):
 class JsonValueType(pa.ExtensionType):
     """Any JSON value, stored as compact JSON text."""
 
-    def __init__(self):
-        super().__init__(pa.string(), JSON_NAME)
+    def __init__(self, storage: pa.DataType = pa.string()):
+        super().__init__(storage, JSON_NAME)  # another text type when an engine hands it back (polars: views)
 
     def __arrow_ext_serialize__(self) -> bytes:
         return b""
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
-        return cls()
+        return cls(storage_type)  # the storage the data has: a fixed pa.string() would misread other buffers
 
     def __arrow_ext_scalar_class__(self):
         return JsonValueScalar

@@ -30,6 +30,7 @@ from datacopilot.loading import Loaded, load_rows
 from datacopilot.schemas import BUILTIN, Json, Schema
 
 from ._fs import atomic_open, get_fs, join, local_path, read_bytes
+from datacopilot.lossless import json_parse_may_lose
 from ._common import file_arrow_schema, finish, parse_json_records
 from .jsonl import iter_json_rows
 
@@ -136,6 +137,8 @@ def _fast(path: str, lines: pa.Buffer, rows: int, schema: Schema | None, invalid
     json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
     if table.num_rows != rows or json_fields & set(table.column_names):
         return None
+    if json_parse_may_lose(table, schema):
+        return None  # a 0 beside a 0.5 would come back as 0.0; a list of nulls would be invalid
     try:
         return finish(table, schema, path, invalid, lambda i: f"{path}: row {i}")
     except SchemaError:

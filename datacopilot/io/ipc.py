@@ -12,6 +12,7 @@ from datacopilot.schemas import Schema
 
 from ._common import finish, with_schema_metadata
 from ._fs import atomic_open, local_path, read_bytes
+from .hf_features import decode_json_features
 
 
 def read_ipc(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
@@ -25,7 +26,7 @@ def read_ipc(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded
             table = ipc.open_stream(source).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a readable Arrow IPC file (truncated or another format?): {e}") from e
-    return finish(table, schema, path, invalid)
+    return finish(decode_json_features(table, path), schema, path, invalid)  # HF arrow files too
 
 
 def write_ipc(ds, path: str, compression: str | None = None) -> None:

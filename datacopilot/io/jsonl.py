@@ -21,6 +21,7 @@ from datacopilot.schemas import Json, Schema
 
 from ._common import file_arrow_schema, finish, jsonable, parse_json_records
 from ._fs import atomic_open, local_path, read_bytes
+from datacopilot.lossless import json_parse_may_lose
 from .screen import raise_flaws, screen_document, screened
 
 
@@ -52,6 +53,8 @@ def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None
     json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
     if json_fields & set(table.column_names):
         return None  # free-form JSON fields keep their exact shape only through the row path
+    if json_parse_may_lose(table, schema):
+        return None  # a 0 beside a 0.5 would come back as 0.0; a list of nulls would be invalid
     try:
         return finish(table, schema, path, invalid, _Lines(path, data))
     except SchemaError:

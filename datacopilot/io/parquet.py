@@ -14,6 +14,8 @@ from datacopilot.schemas import Schema
 
 from ._common import finish, with_schema_metadata
 from ._fs import atomic_open, get_fs, local_path
+from .hf_features import decode_json_features
+from datacopilot.lossless import fill_empty_structs
 
 DICT_SAMPLE = 1_000  # rows of each column looked at to decide on dictionary encoding
 DICT_MAX_DISTINCT = 0.25  # dictionary-encode a column when fewer than this share of its sampled values differ
@@ -36,7 +38,7 @@ def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Lo
             table = pq.read_table(p, filesystem=fs)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable parquet file: {e}") from e
-    return finish(table, schema, path, invalid)
+    return finish(decode_json_features(table, path), schema, path, invalid)
 
 
 def write_parquet(ds, path: str, compression: str = "snappy", use_dictionary: bool | list[str] | None = None,
@@ -47,7 +49,7 @@ def write_parquet(ds, path: str, compression: str = "snappy", use_dictionary: bo
 
     >>> write_parquet(ds, "out.parquet")  # doctest: +SKIP
     """
-    table = with_schema_metadata(ds.to_arrow(), ds.schema)
+    table = with_schema_metadata(fill_empty_structs(ds.to_arrow()), ds.schema)  # parquet holds no struct<>
     if use_dictionary is None:
         use_dictionary = dictionary_columns(table)
     options.setdefault("row_group_size", row_group_rows(table, ROW_GROUP_BYTES))

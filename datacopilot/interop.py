@@ -1,0 +1,99 @@
+"""Arrow tables to and from the engines that hold them (Hugging Face datasets, polars), losslessly.
+
+- HF datasets 2.x has no feature for an Arrow extension type, so a column that holds one (a variant id that is a
+  string in some rows and an integer in others, a JSON value of mixed shapes) goes to HF as its storage (a struct
+  with one child per alternative; never stringified) and its real type is recorded in the table's
+  ``huggingface`` schema metadata under ``datacopilot.types``; :func:`from_hf_table` puts the type back.
+- polars hands extension columns back over its own storage types (string views, large lists): :func:`from_polars_table`
+  casts them back to the plain types the schemas use.
+
+>>> import pyarrow as pa
+>>> from datacopilot.schemas.variant import variant_array
+>>> t = pa.table({"id": variant_array({"str": pa.array(["a", None]), "int": pa.array([None, 7])})})
+>>> from_hf_table(to_hf_table(t)).column("id").to_pylist()
+['a', 7]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pyarrow as pa
+
+from datacopilot.schemas.variant import JsonValueType, VariantType, has_extension, storage_of, unwrap, wrap
+
+HF_KEY = b"huggingface"
+TYPES_KEY = "datacopilot.types"
+
+
+def to_hf_table(table: pa.Table) -> pa.Table:
+    """``table`` with every column that holds an extension type replaced by its storage (zero-copy), the
+    columns' real types recorded in the ``huggingface`` schema metadata (HF rewrites every other key), under
+    ``datacopilot.types`` as an Arrow IPC schema in base64."""
+    typed = [f for f in table.schema if has_extension(f.type)]
+    if not typed:
+        return table
+    cols = [unwrap(c) if has_extension(f.type) else c for f, c in zip(table.schema, table.columns)]
+    meta = dict(table.schema.metadata or {})
+    hf = _hf_meta(meta)
+    hf[TYPES_KEY] = base64.b64encode(pa.schema(typed).serialize().to_pybytes()).decode()
+    meta[HF_KEY] = json.dumps(hf)
+    return pa.Table.from_arrays(cols, names=table.column_names).replace_schema_metadata(meta)
+
+
+def _hf_meta(meta: dict) -> dict:
+    try:
+        out = json.loads(meta.get(HF_KEY) or "{}")
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def from_hf_table(table: pa.Table) -> pa.Table:
+    """The inverse of :func:`to_hf_table`: columns recorded in ``datacopilot.types`` get their type back when
+    their storage still matches it (a column HF work has since changed is left as it is)."""
+    meta = dict(table.schema.metadata or {})
+    hf = _hf_meta(meta)
+    if TYPES_KEY not in hf:
+        return table
+    raw = base64.b64decode(hf.pop(TYPES_KEY))
+    types = {f.name: f.type for f in pa.ipc.read_schema(pa.py_buffer(raw))}
+    cols = []
+    for name, col in zip(table.column_names, table.columns):
+        t = types.get(name)
+        cols.append(wrap(col, t) if t is not None and col.type == storage_of(t) else col)
+    meta[HF_KEY] = json.dumps(hf)
+    return pa.Table.from_arrays(cols, names=table.column_names).replace_schema_metadata(meta)
+
+
+def plain(t: pa.DataType) -> pa.DataType:
+    """``t`` with large and view string, binary and list types replaced by the plain ones at every depth,
+    extension types included (their storage made plain too)."""
+    if isinstance(t, JsonValueType):
+        return JsonValueType()
+    if isinstance(t, VariantType):
+        return VariantType(plain(t.storage_type))
+    if pa.types.is_large_string(t) or t == pa.string_view():
+        return pa.string()
+    if pa.types.is_large_binary(t) or t == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return pa.list_(plain(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, plain(f.type), f.nullable) for f in t])
+    return t
+
+
+def from_polars_table(table: pa.Table) -> pa.Table:
+    """A table polars handed back (``df.to_arrow()``) with the plain types the schemas use."""
+    cols = []
+    for f, col in zip(table.schema, table.columns):
+        want = plain(f.type)
+        if want == f.type:
+            cols.append(col)
+        elif has_extension(f.type):
+            cols.append(wrap(unwrap(col).cast(storage_of(want)), want))
+        else:
+            cols.append(col.cast(want))
+    return pa.Table.from_arrays(cols, names=table.column_names)
