@@ -280,7 +280,7 @@ class ShardSink:
             return run
         published = read_manifest(self.dir)
         if published is not None and "pipeline" in published:
-            self._same_plan(published, self.dir)
+            self._same_plan(published, f"{self.dir} (its published output; no run of this plan is staged)")
             if is_complete(published):
                 problems = check_entries(self.dir, published)
                 if not problems:
