@@ -292,10 +292,13 @@ def concat_tables(tables: list, schema=None) -> pa.Table:
         names.update(dict.fromkeys(t.column_names))
     arrays = []
     for name in names:
-        types = {t.schema.field(name).type for t in tables if name in t.column_names}
+        types = []  # a list: extension types (a variant) are not hashable
+        for t in tables:
+            if name in t.column_names and t.schema.field(name).type not in types:
+                types.append(t.schema.field(name).type)
         parts = [t.column(name) if name in t.column_names else None for t in tables]
         if len(types) == 1:
-            ty = types.pop()
+            ty = types[0]
             chunks = [ch for c, t in zip(parts, tables)
                       for ch in (c.chunks if c is not None else [pa.nulls(t.num_rows, ty)])]
             arrays.append(pa.chunked_array(chunks, type=ty))

@@ -16,6 +16,7 @@ from datacopilot.loading import check_invalid_policy, quarantine_table, split_in
 from datacopilot.schemas import Schema, get_schema
 
 from ._fs import expand, parent
+from .detect_files import read_files
 from .shards import verify_shards, write_shards
 
 
@@ -102,13 +103,11 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
     exts = EXTENSIONS if format is None else FORMATS[format].extensions
     files = expand(paths, exts, partial=partial, verify=verify)
-    tables, bad = [], []
-    for path in tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
-                     leave=False):
-        loaded = format_of(path, format).read(path, s, invalid=invalid)
-        s = loaded.schema
-        tables.append(loaded.table)
-        bad += loaded.bad
+    shown = tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
+                 leave=False)
+    loads, s = read_files(shown, s, lambda p, sch, invalid: format_of(p, format).read(p, sch, invalid=invalid),
+                          invalid)  # the schema detected on every non-empty file; files that disagree raise
+    tables, bad = [ld.table for ld in loads], [b for ld in loads for b in ld.bad]
     from datacopilot.media import settle_roots
 
     tables, root = settle_roots(tables, s, files, root)  # a manifest's recorded root; warns if paths change
