@@ -140,13 +140,16 @@ def _parse(path: str, samples: dict, invalid: str) -> tuple[list, list[str], lis
     return rows, keys, broken
 
 
-def _image_value(json_value, member: tuple[str, bytes] | None):
+def _image_value(json_value, member: tuple[str, bytes] | None, given: bool = False):
+    """The image value of a member: the JSON's path and extra keys (``width``) plus the member's bytes. The path
+    is the member's name only when the JSON did not give this image (``given``): a null it gave stays null."""
     if member is None:
         return json_value
     name, data = member
     v = Image().normalize(json_value) if json_value is not None else None
-    path = v.get("path") if isinstance(v, dict) else None
-    return {"path": path if path is not None else name, "bytes": data}
+    v = v if isinstance(v, dict) else {}
+    path = v.get("path")
+    return {**v, "path": name if path is None and not given else path, "bytes": data}
 
 
 def _slot_of(ext: str, slots) -> tuple[str, int | None] | None:
@@ -196,12 +199,13 @@ def _embed(row, members: dict, slots, where: str, schema_name: str) -> str | Non
         if None in got:  # KEY.png: one image
             if len(got) > 1 or isinstance(row.get(name), list):
                 return f"{where}: {name}: member {got[None][0]!r} is one image, but {name} is a list"
-            row[name] = _image_value(row.get(name), got[None])
+            row[name] = _image_value(row.get(name), got[None], given=name in row)
             continue
         current = row.get(name)
         current = list(current) if isinstance(current, list) else []
+        given = len(current)
         current += [None] * (max(got) + 1 - len(current))
-        row[name] = [_image_value(v, got.get(i)) for i, v in enumerate(current)]
+        row[name] = [_image_value(v, got.get(i), given=i < given) for i, v in enumerate(current)]
     return None
 
 
@@ -390,7 +394,7 @@ def _sample(row: dict, schema: Schema, slots, root, i: int) -> tuple[dict, list[
         pre = _slot_prefix(slots, name)
         if kind == "one" or (kind == "either" and not isinstance(v, list)):
             p, data, ext = _image_member(v, root, f"row {i}: {name}")
-            row[name] = p
+            row[name] = _json_image(v, p)
             members.append((f"{pre}{ext}", data))
             continue
         paths = []
@@ -399,10 +403,17 @@ def _sample(row: dict, schema: Schema, slots, root, i: int) -> tuple[dict, list[
                 paths.append(None)
                 continue
             p, data, ext = _image_member(x, root, f"row {i}: {name}[{j}]")
-            paths.append(p)
+            paths.append(_json_image(x, p))
             members.append((f"{pre}{j}.{ext}", data))
         row[name] = paths
     return _jsonable(row, schema), members
+
+
+def _json_image(value, path):
+    """An image as its ``.json`` holds it: the path and any extra keys (``width``); the bytes go in a member."""
+    if not isinstance(value, dict):
+        return path
+    return {"path": path, **{k: v for k, v in value.items() if k not in ("path", "bytes")}}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -107,8 +107,6 @@ def test_real_files_write_back_losslessly(fx, ext):
     assert back.to_list() == ds.to_list()
 
 
-@pytest.mark.xfail(strict=True, reason="io bug: an embedded image with a null path reads back from a tar with "
-                                       "the member name as its path ('000000.0.png')")
 def test_embedded_images_without_a_path_write_back_through_webdataset_unchanged(tmp_path):
     fx = rf.the_cauldron(tmp_path)
     ds = datacopilot.load(fx.path)
