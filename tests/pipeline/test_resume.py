@@ -130,3 +130,31 @@ def test_kill_9_before_a_shuffle_then_resume(files, tmp_path):
     assert a.to_arrow().equals(b.to_arrow())
     assert b.to_arrow().column("id").to_pylist() != sorted(b.to_arrow().column("id").to_pylist())
     dc.verify_shards(str(crashed))
+
+
+def _killed_run(files, out) -> dict:
+    died = _run(files, out, resume=False, kill=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    return json.loads((out / ".staging-g0001" / "manifest.json").read_text())
+
+
+def test_resume_refuses_another_plan_and_staged_files_that_do_not_match(files, tmp_path):
+    out = tmp_path / "o"
+    staged = _killed_run(files, out)
+    other = [create("clean_whitespace"), KillAt(id="r130"), create("filter_turns", min_turns=3),
+             create("dedup_exact")]
+    with pytest.raises(InputError, match="another plan"):
+        dc.pipeline(files, schema="MM", batch_size=16).apply(other).write(str(out), max_rows_per_shard=25,
+                                                                          resume=True)
+    with pytest.raises(InputError, match="another plan"):  # the shard size is part of the plan
+        dc.pipeline(files, schema="MM", batch_size=16).apply(_ops()).write(str(out), max_rows_per_shard=24,
+                                                                           resume=True)
+    shard = out / ".staging-g0001" / staged["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(InputError) as ei:
+        dc.pipeline(files, schema="MM", batch_size=16).apply(_ops()).write(str(out), max_rows_per_shard=25,
+                                                                           resume=True)
+    assert "does not describe the files present" in str(ei.value) and str(shard) in str(ei.value)
+    report = dc.pipeline(files, schema="MM", batch_size=16).apply(_ops()).write(str(out), max_rows_per_shard=25)
+    assert report["rows"] == len(dc.load(str(out), verify=True))  # a fresh write replaces the staged run
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
