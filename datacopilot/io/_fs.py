@@ -220,7 +220,11 @@ STAGING = ".staging-"
 
 
 def file_sha256(path: str) -> tuple[str, int]:
-    """(sha256 hex digest, size in bytes) of a file, read in 1 MiB chunks."""
+    """(sha256 hex digest, size in bytes) of a file, read in 1 MiB chunks.
+
+    >>> file_sha256("out/part-g0001-00000.arrow")  # doctest: +SKIP
+    ('9f86d081884c7d65...', 1048576)
+    """
     fs, p = get_fs(path)
     h, n = hashlib.sha256(), 0
     with fs.open(p, "rb") as f:
@@ -247,7 +251,11 @@ def read_json(path: str) -> dict | None:
 
 def is_complete(manifest: dict) -> bool:
     """Whether a manifest describes a finished write (manifests older than the ``complete`` key: a pipeline's
-    says so under ``pipeline``, a ``write_shards`` one is complete)."""
+    says so under ``pipeline``, a ``write_shards`` one is complete).
+
+    >>> is_complete({"shards": []}), is_complete({"complete": False}), is_complete({"pipeline": {"complete": False}})
+    (True, False, False)
+    """
     return bool(manifest.get("complete", True)) and bool(manifest.get("pipeline", {}).get("complete", True))
 
 
@@ -274,7 +282,11 @@ def locate(directory: str, stage: str | None, name: str) -> str:
 
 def check_entries(directory: str, manifest: dict, stage: str | None = None, hashes: bool = True) -> list[str]:
     """One problem per listed file (shards and quarantine) that is missing, of another size than recorded or,
-    with ``hashes``, of another sha256; [] when the manifest describes the files present."""
+    with ``hashes``, of another sha256; [] when the manifest describes the files present.
+
+    >>> check_entries("out/", read_json("out/manifest.json"))  # doctest: +SKIP
+    []
+    """
     problems = []
     for s in manifest.get("shards", []) + manifest.get("quarantine", []):
         path = locate(directory, stage, s["file"])

@@ -102,7 +102,10 @@ def write_shards(ds, directory: str, format: str = "arrow", max_rows_per_shard: 
 
 def verify_problems(directory: str, partial: bool = False) -> tuple[dict, list[str]]:
     """(the manifest, one problem per listed file that is missing or whose size or sha256 differs); an
-    InputError when ``directory`` has no manifest, or an incomplete one without ``partial``."""
+    InputError when ``directory`` has no manifest, or an incomplete one without ``partial``.
+
+    >>> manifest, problems = verify_problems("out/")  # doctest: +SKIP
+    """
     manifest = read_json(join(directory, MANIFEST))
     if manifest is None:
         from ._fs import output_files
