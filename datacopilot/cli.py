@@ -2,7 +2,7 @@
 
     datacopilot info data.jsonl
     datacopilot head data.jsonl -n 3
-    datacopilot validate data.jsonl --schema MM
+    datacopilot validate data/llava.json --images --root images/
     datacopilot convert data.jsonl out.parquet --to MIX
     datacopilot convert data.jsonl shards/ --shards --format arrow
     datacopilot verify shards/
@@ -48,6 +48,12 @@ def _schema_option(f):
                         help=f"Schema to read with ({', '.join(SCHEMAS)}); detected from the columns if omitted.")(f)
 
 
+def _root_option(f):
+    return click.option("--root", "root", default=None, metavar="DIR",
+                        help="Where relative image paths resolve (LLaVA's --image_folder); by default the root a "
+                             "manifest records, else the data file's directory.")(f)
+
+
 def _files(path: str) -> list[str]:
     from datacopilot.io import EXTENSIONS
     from datacopilot.io._fs import expand
@@ -73,10 +79,10 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _load(path: str, schema: str | None, invalid: str = "quarantine"):
+def _load(path: str, schema: str | None, invalid: str = "quarantine", root: str | None = None):
     import datacopilot
 
-    return datacopilot.load(path, schema=schema, invalid=invalid)
+    return datacopilot.load(path, schema=schema, invalid=invalid, root=root)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,41 +166,65 @@ def head(path: str, n: int, schema: str | None) -> None:
                    "(arrow for --shards).")
 @click.option("--shards", is_flag=True, help="Write DST as a directory of shards with a manifest.json.")
 @click.option("--max-rows-per-shard", default=100_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--image-paths", "image_paths", default="keep", show_default=True,
+              type=click.Choice(["keep", "relative", "absolute"]),
+              help="Write image paths as they are (their root is recorded in a manifest, or printed), relative "
+                   "to DST's directory, or absolute.")
 @_schema_option
+@_root_option
 def convert(src: str, dst: str, to: str | None, fmt: str | None, shards: bool, max_rows_per_shard: int,
-            schema: str | None) -> None:
+            image_paths: str, schema: str | None, root: str | None) -> None:
     """Read SRC, optionally convert it to another schema, and write DST (a file, or shards with --shards).
 
-    Invalid rows stop the conversion with every problem listed (run `datacopilot validate SRC`).
+    Invalid rows stop the conversion with every problem listed (run `datacopilot validate SRC`). Image paths
+    are written as they are unless --image-paths says otherwise; the output says what was done with them.
     """
     from datacopilot.io import FORMATS
 
     if fmt is not None and fmt not in FORMATS:
         raise click.BadParameter(f"expected one of {sorted(FORMATS)}, got {fmt!r}", param_hint="--format")
-    ds = _load(src, schema, invalid="raise")
+    ds = _load(src, schema, invalid="raise", root=root)
     if to is not None:
         ds = ds.convert(to)
     if shards:
-        manifest = ds.write_shards(dst, format=fmt or "arrow", max_rows_per_shard=max_rows_per_shard)
+        manifest = ds.write_shards(dst, format=fmt or "arrow", max_rows_per_shard=max_rows_per_shard,
+                                   image_paths=image_paths)
         click.echo(f"wrote {len(ds)} rows (schema {ds.schema.name}) in {len(manifest['shards'])} "
                    f"{manifest['format']} shard(s) to {dst} with {os.path.join(dst, 'manifest.json')}")
+        click.echo(_said_paths(manifest["image_paths"]["rewritten"], manifest.get("root"), image_paths, True))
     else:
-        ds.write(dst, format=fmt)
+        from datacopilot.io import format_of
+        from datacopilot.media import image_paths_for
+
+        info = image_paths_for(ds, os.path.dirname(os.path.abspath(dst)), image_paths,
+                               format_of(dst, fmt).embeds_images)[1]
+        ds.write(dst, format=fmt, image_paths=image_paths)
         click.echo(f"wrote {len(ds)} rows (schema {ds.schema.name}) to {dst}")
+        click.echo(_said_paths(info.rewritten, info.root, image_paths, False))
+
+
+def _said_paths(rewritten: int, root: str | None, mode: str, recorded: bool) -> str:
+    if rewritten:
+        return f"image paths: {rewritten} rewritten ({mode})"
+    if root:
+        where = "recorded in the manifest" if recorded else f"load it with --root {root}"
+        return f"image paths: kept as they are, relative to {root} ({where})"
+    return "image paths: kept as they are"
 
 
 @main.command()
 @click.argument("path")
 @_schema_option
 @click.option("--images", is_flag=True, help="Also check that every image referred to by path exists.")
-def validate(path: str, schema: str | None, images: bool) -> None:
+@_root_option
+def validate(path: str, schema: str | None, images: bool, root: str | None) -> None:
     """Check every row of PATH against its schema; print each problem with its file and line.
 
     Lines no parser may read (invalid UTF-8, nesting deeper than 512, lines over 256 MiB) are reported with
     their file and line too. With --images, also check that every image a row refers to by path exists. Exits
     with 0 when all rows are valid, 1 otherwise.
     """
-    ds = _load(path, schema)
+    ds = _load(path, schema, root=root)
     problems = ds.validate()  # what loading quarantined (broken JSON, invalid UTF-8, deep nesting ...), then rows
     quarantined = len(ds.quarantine) if ds.quarantine is not None else 0
     total = len(ds) + quarantined
@@ -253,7 +283,8 @@ def demo(out: str, rows: int, seed: int) -> None:
 @click.option("--max-steps", "max_steps", default=None, type=click.IntRange(min=1),
               help="Override the config's max_steps.")
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar; print a log line per step.")
-def train(config: str, resume: bool, max_steps: int | None, no_progress: bool) -> None:
+@_root_option
+def train(config: str, resume: bool, max_steps: int | None, no_progress: bool, root: str | None) -> None:
     """Supervised fine-tuning as configured in the YAML file CONFIG (see the README's Training section).
 
     Tokenizes and packs the data, trains with AdamW, writes checkpoints, log.jsonl, loss.png and the final model
@@ -266,6 +297,8 @@ def train(config: str, resume: bool, max_steps: int | None, no_progress: bool) -
         cfg.max_steps = max_steps
     if no_progress:
         cfg.progress = False
+    if root is not None:
+        cfg.root = os.path.abspath(root)
     sft(cfg.check(), resume=resume, echo=click.echo)
 
 

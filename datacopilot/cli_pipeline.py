@@ -25,15 +25,25 @@ import click
 @click.option("--out", "out", default=None, metavar="DIR", help="Output directory (overrides the spec's output.dir).")
 @click.option("--workers", "workers", default=None, type=click.IntRange(min=1),
               help="Local executor: number of workers (threads).")
-def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int | None) -> None:
+@click.option("--root", "root", default=None, metavar="DIR",
+              help="Where relative image paths resolve (overrides the spec's source.root).")
+def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int | None, root: str | None) -> None:
     """Run the pipeline described in the YAML (or JSON) file SPEC and write its output shards.
 
     Prints the per-operator report (rows in / out / dropped by reason / failed) and saves it as report.json
     next to the output.
     """
-    from datacopilot.pipeline import Pipeline
+    import os
 
-    pipe = Pipeline.from_yaml(spec)
+    from datacopilot.pipeline import Pipeline
+    from datacopilot.pipeline_spec import read_spec
+
+    raw = read_spec(spec)
+    if root is not None and isinstance(raw, dict):
+        src = raw.get("source")
+        src = dict(src) if isinstance(src, dict) else {"paths": src}
+        raw = {**raw, "source": {**src, "root": os.path.abspath(root)}}
+    pipe = Pipeline.from_spec(raw, os.path.dirname(os.path.abspath(spec)))
     options: dict = {}
     executor = None
     if ray is not None:
@@ -68,12 +78,14 @@ def ops(kind: str | None, as_json: bool) -> None:
 @click.option("--out", "out", default="describe", show_default=True, metavar="DIR",
               help="Where the histograms, index.html and stats.json go.")
 @click.option("--schema", "schema", default=None, metavar="NAME", help="Schema to read with; detected if omitted.")
-def describe(path: str, out: str, schema: str | None) -> None:
+@click.option("--root", "root", default=None, metavar="DIR",
+              help="Where relative image paths resolve (LLaVA's --image_folder).")
+def describe(path: str, out: str, schema: str | None, root: str | None) -> None:
     """Statistics of the dataset at PATH (turns, lengths, images, languages) as PNG histograms and a page."""
     import datacopilot
     from datacopilot.operators.report import describe as run_describe
 
-    ds = datacopilot.load(path, schema=schema, invalid="quarantine")
+    ds = datacopilot.load(path, schema=schema, invalid="quarantine", root=root)
     stats = run_describe(ds, out)
     click.echo(f"{stats.get('rows', len(ds))} rows described -> {out}/index.html")
     for name, m in stats["metrics"].items():

@@ -27,7 +27,9 @@ class MMDataset:
     ----------
     table: the rows, as an Arrow table (it may be memory-mapped from Arrow IPC files).
     schema: a Schema or a built-in schema's name; detected from the columns when None.
-    root: where relative image paths are resolved (a directory or an fsspec URL prefix).
+    root: where relative image paths are resolved (a directory or an fsspec URL prefix; LLaVA's
+        ``--image_folder``). Image filters, dedup by image, ``embed_images``, training and writers all use it;
+        writers keep the paths as they are unless asked (``image_paths=``).
 
     Example
     -------
@@ -167,6 +169,11 @@ class MMDataset:
         roots = {p.root for p in parts}
         root = self.root
         if len(roots) > 1:
+            from .media import warn_absolute
+
+            rooted = [p for p in parts if p.root]  # a part without a root keeps its paths
+            warn_absolute([p._table for p in rooted], self._schema, [p.root for p in rooted], "datasets",
+                          "give them one root to keep the paths as they are")
             parts = [p.with_absolute_paths() for p in parts]
             root = None
         table = concat_tables([p._table for p in parts], self._schema)
@@ -536,19 +543,33 @@ class MMDataset:
         for start in range(0, len(self), size):
             yield from self._table.slice(start, size).combine_chunks().to_batches() or []
 
-    def write(self, path: str, format: str | None = None, **options) -> str:
-        """Write to one file (format from the extension, or ``format``); atomic. Returns the path."""
+    def write(self, path: str, format: str | None = None, image_paths: str = "keep", **options) -> str:
+        """Write to one file (format from the extension, or ``format``); atomic. Returns the path.
+
+        Image paths are written as they are (``image_paths="keep"``; a log line names their root when the file
+        cannot record it), or rewritten ``"relative"`` to the file's directory or ``"absolute"`` (logged).
+
+        >>> ds.write("out/llava.parquet", image_paths="relative")  # doctest: +SKIP
+        """
         from .io import write
 
-        return write(self, path, format=format, **options)
+        return write(self, path, format=format, image_paths=image_paths, **options)
 
     def write_shards(self, directory: str, format: str = "arrow", max_rows_per_shard: int | None = 100_000,
-                     max_bytes_per_shard: int | None = None, **options) -> dict:
-        """Write shards plus a ``manifest.json`` (rows, bytes, sha256 per shard). Returns the manifest."""
+                     max_bytes_per_shard: int | None = None, image_paths: str = "keep", **options) -> dict:
+        """Write shards plus a ``manifest.json`` (rows, bytes, sha256 per shard). Returns the manifest.
+
+        Image paths are kept as they are by default and the manifest records their ``root``, which ``load``
+        uses; ``image_paths="relative"`` or ``"absolute"`` rewrites them, and the manifest's ``image_paths``
+        says how many were rewritten.
+
+        >>> ds.write_shards("shards/")["root"]  # doctest: +SKIP
+        '/data/llava/images'
+        """
         from .io import write_shards
 
         return write_shards(self, directory, format=format, max_rows_per_shard=max_rows_per_shard,
-                            max_bytes_per_shard=max_bytes_per_shard, **options)
+                            max_bytes_per_shard=max_bytes_per_shard, image_paths=image_paths, **options)
 
 
 def merge_quarantines(parts: list) -> "MMDataset | None":

@@ -244,14 +244,22 @@ def settle_roots(tables: list, schema, files: list[str], root: str | None):
     roots = file_roots(files)
     if len(set(roots)) == 1:
         return tables, roots[0]
-    n = sum(count_relative_paths(t, schema) for t in tables)
-    if n:
-        shown = sorted(set(roots))
-        warnings.warn(f"{n} relative image path(s) made absolute: the files resolve against {len(shown)} "
-                      f"directories ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
-                      "one root; pass root= to keep the paths as they are", ImagePathWarning, stacklevel=3)
+    if warn_absolute(tables, schema, roots, "files"):
         tables = [prefix_image_paths(t, schema, r) for t, r in zip(tables, roots)]
     return tables, None
+
+
+def warn_absolute(tables: list, schema, roots: list[str], what: str,
+                  hint: str = "pass root= to keep the paths as they are") -> int:
+    """Warn (ImagePathWarning) that the relative image paths of ``tables``, under several ``roots``, are made
+    absolute; returns how many there are (no warning when none)."""
+    n = sum(count_relative_paths(t, schema) for t in tables)
+    if n:
+        shown = sorted({str(r) for r in roots})
+        warnings.warn(f"{n} relative image path(s) made absolute: the {what} resolve against {len(shown)} "
+                      f"directories ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
+                      f"one root; {hint}", ImagePathWarning, stacklevel=4)
+    return n
 
 
 def keep_image_paths(ds, manifest: dict):

@@ -6,6 +6,7 @@ Example YAML (every key but ``data``, ``model``, ``tokenizer`` and ``output_dir`
       - {path: captions/, ratio: 0.7}
       - {path: vqa.jsonl, ratio: 0.3}
     schema: MM
+    root: images/               # where relative image paths resolve (LLaVA's --image_folder)
     model: tiny-vlm/            # a model directory (save_pretrained layout)
     model_type: vlm             # lm | vlm
     tokenizer: tokenizer/
@@ -63,6 +64,7 @@ class SFTConfig:
     tokenizer: str | None = None
     output_dir: str | None = None
     schema: str | None = None
+    root: str | None = None  # the image root of every data entry (LLaVA's --image_folder)
     model_type: str = "lm"
     max_length: int = 512
     batch_size: int = 4
@@ -135,7 +137,7 @@ class SFTConfig:
         def fix(p):
             return p if not isinstance(p, str) or "://" in p or os.path.isabs(p) else os.path.join(base, p)
 
-        for key in ("model", "tokenizer", "output_dir", "cache_dir"):
+        for key in ("model", "tokenizer", "output_dir", "cache_dir", "root"):
             setattr(self, key, fix(getattr(self, key)))
         if isinstance(self.data, str):
             self.data = fix(self.data)
@@ -150,7 +152,7 @@ class SFTConfig:
         for key in REQUIRED:
             if getattr(self, key) in (None, "", []):
                 raise InputError(f"{src}: {key}: required key is missing")
-        for key in ("model", "tokenizer", "output_dir", "schema", "system", "cache_dir"):
+        for key in ("model", "tokenizer", "output_dir", "schema", "system", "cache_dir", "root"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise InputError(f"{src}: {key}: expected a string, got {value!r}")

@@ -39,7 +39,8 @@ def load_data(cfg: SFTConfig):
 
     parts = []
     for path, ratio in cfg.data:
-        ds = path if isinstance(path, MMDataset) else datacopilot.load(path, schema=cfg.schema, invalid="raise")
+        ds = path if isinstance(path, MMDataset) else datacopilot.load(path, schema=cfg.schema, invalid="raise",
+                                                                          root=cfg.root)
         if len(ds) == 0:
             raise InputError(f"{cfg.source}: data: {path if isinstance(path, str) else 'dataset'} has no rows")
         parts.append((ds, ratio))
