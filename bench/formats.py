@@ -394,10 +394,14 @@ def report(n: int, loads: dict, writes: dict, info: dict, command: str, results:
     log("all load targets pass" if ok else "some load targets FAIL")
     if results:
         m = machine()
+        commit = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip() or "?"
         with open(results, "w", encoding="utf-8") as f:
-            f.write(f"# Format benchmark\n\n`{command}` on {time.strftime('%Y-%m-%d %H:%M')}, {m['nproc']} CPUs "
+            f.write(f"# Format benchmark\n\n`{command}` at commit {commit} on {time.strftime('%Y-%m-%d %H:%M')}, "
+                    f"{m['nproc']} CPUs "
                     f"({m['cpu']}), python {m['python']}, pyarrow {m['pyarrow']}, polars {m['polars']}, "
-                    f"datasets {info.get('datasets')} (own venv), best of {info['repeat']}; "
+                    f"datasets {info.get('datasets')} (own venv), best of {info['repeat']} (runs over {SLOW:g} s: "
+                    f"one); "
                     f"{info['jsonl_mb']:.0f} MB of jsonl; file sizes (MB): "
                     + ", ".join(f"{k} {v:.0f}" for k, v in info["sizes_mb"].items()) + ".\n\n" + text + "\n")
         log(f"wrote {results}")
