@@ -257,7 +257,7 @@ def warn_absolute(tables: list, schema, roots: list[str], what: str,
     if n:
         shown = sorted({str(r) for r in roots})
         warnings.warn(f"{n} relative image path(s) made absolute: the {what} resolve against {len(shown)} "
-                      f"directories ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
+                      f"root(s) ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
                       f"one root; {hint}", ImagePathWarning, stacklevel=4)
     return n
 

@@ -119,7 +119,7 @@ def test_files_from_several_directories_warn_or_keep_with_a_root(llava):
         kept = dc.load(files, root=llava["images"])  # one root for both: nothing changes, no warning
     want = [llava["paths"][i] for i in (0, 2, 3)]
     assert _paths(kept) == want and kept.image(1).size == (10, 6)
-    with pytest.warns(ImagePathWarning, match=r"2 relative image path\(s\) made absolute.*2 directories"):
+    with pytest.warns(ImagePathWarning, match=r"2 relative image path\(s\) made absolute.*2 root\(s\)"):
         both = dc.load(files)
     assert both.root is None and _paths(both)[:2] == [os.path.join(str(tmp / "a"), want[0]),
                                                        os.path.join(str(tmp / "b"), want[1])]
