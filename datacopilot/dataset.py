@@ -82,18 +82,17 @@ class MMDataset:
         >>> MMDataset.from_hf(ds.to_hf()).to_list() == ds.to_list()  # doctest: +SKIP
         True
         """
-        from .interop import from_hf_table
+        from .interop import from_hf
         from .io.hf_features import decode_json_features
 
-        table = hf_dataset.data.table
-        if getattr(hf_dataset, "_indices", None) is not None:  # after select / filter / shuffle: only those rows
-            rows = hf_dataset.with_format("arrow")[:]
-            table = rows.replace_schema_metadata(table.schema.metadata)
-        return cls(decode_json_features(from_hf_table(table)), schema, root=root)
+        return cls(decode_json_features(from_hf(hf_dataset)), schema, root=root)
 
     @classmethod
     def from_pandas(cls, df, schema: "Schema | str | None" = None, root: str | None = None) -> "MMDataset":
-        return cls(pa.Table.from_pandas(df, preserve_index=False), schema, root=root)
+        """Build a dataset from a pandas DataFrame; an object column of mixed str / int ids keeps each id's type."""
+        from .interop import from_pandas_table
+
+        return cls(from_pandas_table(df), schema, root=root)
 
     def _new(self, table: pa.Table, record: OpRecord | None = None, schema: Schema | None = None,
              quarantine: "MMDataset | None" = None) -> "MMDataset":
@@ -250,9 +249,9 @@ class MMDataset:
             from .errors import MissingDependencyError
 
             raise MissingDependencyError("datasets", "hf") from e
-        from .interop import to_hf_table
+        from .interop import to_hf
 
-        return datasets.Dataset(to_hf_table(self._table))
+        return to_hf(self._table)
 
     def to_list(self) -> list[dict]:
         return self._table.to_pylist()

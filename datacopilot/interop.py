@@ -97,3 +97,75 @@ def from_polars_table(table: pa.Table) -> pa.Table:
         else:
             cols.append(col.cast(want))
     return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def from_pandas_table(df) -> pa.Table:
+    """A pandas DataFrame as an Arrow table, the index left out. An ``object`` column Arrow cannot type as one
+    (ids that are strings in some rows and integers in others) is built value by value with each value's own
+    type kept (a JSON-value column; a schema's conform makes it its variant), never stringified.
+
+    >>> import pandas as pd
+    >>> from_pandas_table(pd.DataFrame({"id": ["a", 7]})).column("id").to_pylist()
+    ['a', 7]
+    """
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    from datacopilot.schemas.arrow_build import to_array
+
+    arrays, names = [], []
+    for name in df.columns:
+        col = df[name]
+        try:
+            arr = pa.Array.from_pandas(col)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            values = [None if _is_missing(v) else v for v in col.tolist()]
+            arr = to_array(None, values, f"column {name!r}")
+        arrays.append(arr)
+        names.append(str(name))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _is_missing(v) -> bool:
+    """pandas' missing markers (None, NaN, NA, NaT) in an object column."""
+    if v is None:
+        return True
+    try:
+        import pandas as pd
+
+        return v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+    except ImportError:  # pragma: no cover - a DataFrame came from somewhere
+        return isinstance(v, float) and v != v
+
+
+DESCRIPTION_MARK = "datacopilot.types:"  # how the types travel through save_to_disk, which rewrites the metadata
+
+
+def to_hf(table: pa.Table):
+    """A ``datasets.Dataset`` over :func:`to_hf_table` of ``table``. ``save_to_disk`` rewrites the Arrow files'
+    ``huggingface`` metadata from the features, so the recorded types also go in the dataset's
+    ``info.description`` (the one free-form field HF keeps in ``dataset_info.json``), where :func:`from_hf`
+    finds them after ``load_from_disk``."""
+    import datasets
+
+    hf_table = to_hf_table(table)
+    types = _hf_meta(dict(hf_table.schema.metadata or {})).get(TYPES_KEY)
+    info = datasets.DatasetInfo(description=DESCRIPTION_MARK + types) if types else None
+    return datasets.Dataset(hf_table, info=info)
+
+
+def from_hf(hf_dataset) -> pa.Table:
+    """The Arrow table of a ``datasets.Dataset`` (zero-copy; only the selected rows after select / filter /
+    shuffle) with the types :func:`to_hf` recorded put back, from the table's metadata or, after
+    ``save_to_disk`` / ``load_from_disk``, from ``info.description``."""
+    table = hf_dataset.data.table
+    meta = dict(table.schema.metadata or {})
+    if getattr(hf_dataset, "_indices", None) is not None:  # after select / filter / shuffle: only those rows
+        table = hf_dataset.with_format("arrow")[:]
+    description = getattr(hf_dataset.info, "description", "") or ""
+    hf = _hf_meta(meta)
+    if TYPES_KEY not in hf and description.startswith(DESCRIPTION_MARK):
+        hf[TYPES_KEY] = description[len(DESCRIPTION_MARK):].strip()
+        meta[HF_KEY] = json.dumps(hf)
+    return from_hf_table(table.replace_schema_metadata(meta))
