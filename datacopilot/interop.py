@@ -163,9 +163,19 @@ def from_hf(hf_dataset) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     if getattr(hf_dataset, "_indices", None) is not None:  # after select / filter / shuffle: only those rows
         table = hf_dataset.with_format("arrow")[:]
+    table = table.replace_schema_metadata(meta)
     description = getattr(hf_dataset.info, "description", "") or ""
+    if description.startswith(DESCRIPTION_MARK):
+        table = with_types_record(table, description[len(DESCRIPTION_MARK):].strip())
+    return from_hf_table(table)
+
+
+def with_types_record(table: pa.Table, record: str) -> pa.Table:
+    """``table`` with ``record`` (a :data:`TYPES_KEY` value) in its ``huggingface`` metadata unless it has one."""
+    meta = dict(table.schema.metadata or {})
     hf = _hf_meta(meta)
-    if TYPES_KEY not in hf and description.startswith(DESCRIPTION_MARK):
-        hf[TYPES_KEY] = description[len(DESCRIPTION_MARK):].strip()
-        meta[HF_KEY] = json.dumps(hf)
-    return from_hf_table(table.replace_schema_metadata(meta))
+    if TYPES_KEY in hf:
+        return table
+    hf[TYPES_KEY] = record
+    meta[HF_KEY] = json.dumps(hf)
+    return table.replace_schema_metadata(meta)

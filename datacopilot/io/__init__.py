@@ -101,6 +101,11 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
         label = f"<{type(paths).__name__}>"
         loaded = split_invalid(obj.to_arrow(), obj.schema, lambda i: f"{label} row {i}", invalid)
         return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
+    from .hf_disk import is_hf_disk, read_hf_disk
+
+    if format is None and is_hf_disk(paths):  # HF save_to_disk: its Arrow files memory-mapped
+        loaded = read_hf_disk(str(paths), s, invalid)
+        return _assemble([loaded.table], loaded.schema, root, loaded.bad, "load 1 save_to_disk directory", t0)
     exts = EXTENSIONS if format is None else FORMATS[format].extensions
     files = expand(paths, exts, partial=partial, verify=verify)
     shown = tqdm(files, desc="load", unit="file", disable=not (progress or (progress is None and len(files) > 20)),
