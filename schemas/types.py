@@ -12,8 +12,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def bool_mask(x) -> np.ndarray:
+    """A boolean Arrow array or chunked array (nulls as given by the caller's fill) as one numpy mask."""
+    if isinstance(x, pa.ChunkedArray):
+        return np.concatenate([c.to_numpy(zero_copy_only=False) for c in x.chunks]).astype(bool) \
+            if x.num_chunks else np.zeros(0, bool)
+    return np.asarray(x, dtype=bool)
+
+
+def list_parents(arr) -> np.ndarray:
+    """The row each value of ``pc.list_flatten(arr)`` comes from, for an array or a chunked array whole (a null
+    list holds no values)."""
+    lens = int_values(pc.list_value_length(arr).fill_null(0))
+    return np.repeat(np.arange(len(arr)), lens)
+
+
+def int_values(x) -> np.ndarray:
+    if isinstance(x, pa.ChunkedArray):
+        return np.concatenate([c.to_numpy() for c in x.chunks]) if x.num_chunks else np.zeros(0, np.int64)
+    return x.to_numpy()
+
+
 class DType:
-    """Base of all field types."""
+    """Base of all field types. ``bad_mask`` takes an array or a chunked array whole (one call per column, not
+    per chunk: HF's Arrow files come in 1,000-row batches)."""
 
     is_image = False  # the Image media type sets it (types.py cannot import image.py: it imports us)
 
@@ -54,8 +76,8 @@ class String(DType):
     def bad_mask(self, arr):
         if self.choices is None:
             return None
-        ok = pc.is_in(arr, value_set=pa.array(self.choices, pa.string()))
-        return ~np.asarray(ok.fill_null(True), dtype=bool)
+        ok = pc.is_in(arr, value_set=pa.array(self.choices, arr.type))
+        return ~bool_mask(ok.fill_null(True))
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,7 @@ class Int(DType):
     def bad_mask(self, arr):
         if self.minimum is None or not pa.types.is_integer(arr.type):
             return None
-        return np.asarray(pc.less(arr, self.minimum).fill_null(False), dtype=bool)
+        return bool_mask(pc.less(arr, self.minimum).fill_null(False))
 
 
 @dataclass(frozen=True)
@@ -142,20 +164,17 @@ class List(DType):
         return [self.inner.normalize(v) for v in value]
 
     def bad_mask(self, arr):
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
         n = len(arr)
-        values = arr.flatten()
-        parents = np.asarray(pc.list_parent_indices(arr))
-        bad_vals = np.asarray(values.is_null(), dtype=bool)
+        values = pc.list_flatten(arr)
+        bad_vals = bool_mask(values.is_null())
         inner = self.inner.bad_mask(values)
         if inner is not None:
             bad_vals = bad_vals | inner
         mask = np.zeros(n, dtype=bool)
         if bad_vals.any():
-            mask[np.unique(parents[bad_vals])] = True
+            mask[np.unique(list_parents(arr)[bad_vals])] = True
         if self.length is not None:
-            lens = np.asarray(pc.list_value_length(arr).fill_null(self.length))
+            lens = int_values(pc.list_value_length(arr).fill_null(self.length))
             mask |= lens != self.length
         return mask
 
@@ -240,8 +259,9 @@ class OneOf(DType):
     def bad_mask(self, arr):
         from .variant import is_variant
 
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
+        if isinstance(arr, pa.ChunkedArray) and is_variant(arr.type):  # chunk by chunk (extension storage)
+            parts = [self.bad_mask(c) for c in arr.chunks]
+            return np.concatenate(parts) if parts else np.zeros(0, bool)
         if is_variant(arr.type):
             storage = arr.storage
             mask = np.zeros(len(arr), dtype=bool)
@@ -335,20 +355,18 @@ class Struct(DType):
         return out
 
     def bad_mask(self, arr):
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
         mask = np.zeros(len(arr), dtype=bool)
-        names = {arr.type.field(i).name for i in range(arr.type.num_fields)}
+        names = [arr.type.field(i).name for i in range(arr.type.num_fields)]
         for f in self.fields:
             if f.name not in names:
                 if f.required:
                     mask[:] = True
                 continue
-            child = arr.field(f.name)
+            child = pc.struct_field(arr, [names.index(f.name)])
             if f.required:
-                mask |= np.asarray(child.is_null(), dtype=bool)
+                mask |= bool_mask(child.is_null())
             sub = f.dtype.bad_mask(child)
             if sub is not None:
                 mask |= sub
         # a null struct hides its children: do not flag it here (the parent decides)
-        return mask & np.asarray(arr.is_valid(), dtype=bool)
+        return mask & bool_mask(arr.is_valid())
