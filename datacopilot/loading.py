@@ -253,32 +253,37 @@ def empty_image_rows(table: pa.Table) -> "np.ndarray":
     import numpy as np
 
     mask = np.zeros(table.num_rows, dtype=bool)
-    for col in table.columns:
-        start = 0
-        for chunk in col.chunks:
-            mask[start + _empty_images(chunk)] = True
-            start += len(chunk)
+    for col in table.columns:  # each column whole: a few Arrow calls per column, not per chunk
+        mask[_empty_images(col)] = True
     return mask
 
 
-def _empty_images(arr: pa.Array) -> "np.ndarray":
+def _empty_images(arr) -> "np.ndarray":
+    """Rows of an array or chunked array holding an image with neither path nor bytes."""
     import numpy as np
-    import pyarrow.compute as pc
+
+    from datacopilot.schemas.types import bool_mask, list_parents
 
     t = arr.type
     if isinstance(t, pa.ExtensionType):
-        return _empty_images(arr.storage)
+        chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+        found, start = [], 0
+        for c in chunks:
+            found.append(_empty_images(c.storage) + start)
+            start += len(c)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        inner = _empty_images(arr.flatten())
-        return np.unique(pc.list_parent_indices(arr).to_numpy()[inner]) if len(inner) else inner
+        inner = _empty_images(pc.list_flatten(arr))
+        return np.unique(list_parents(arr)[inner]) if len(inner) else inner
     if not pa.types.is_struct(t):
         return np.zeros(0, np.int64)
     names = [t.field(i).name for i in range(t.num_fields)]
-    children = dict(zip(names, arr.flatten()))
-    if "path" in children and "bytes" in children:
-        empty = pc.and_(arr.is_valid(), pc.and_(children["path"].is_null(), children["bytes"].is_null()))
-        return np.flatnonzero(empty.to_numpy(zero_copy_only=False))
-    found = [_empty_images(c) for c in children.values()]
+    if "path" in names and "bytes" in names:
+        path = pc.struct_field(arr, [names.index("path")])
+        data = pc.struct_field(arr, [names.index("bytes")])
+        empty = pc.and_(arr.is_valid(), pc.and_(path.is_null(), data.is_null()))
+        return np.flatnonzero(bool_mask(empty))
+    found = [_empty_images(pc.struct_field(arr, [i])) for i in range(len(names))]
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
 

@@ -91,3 +91,22 @@ def test_parquet_loads_the_same_rows_and_types_and_names_bad_rows(tmp_path):
     with pytest.raises(dc.errors.ValidationError) as e:
         dc.load(str(tmp_path / "bad.parquet"), schema="MM")
     assert "bad.parquet" in str(e.value) and "row 1" in str(e.value) and "from" in str(e.value)
+
+
+def test_an_empty_image_past_the_first_chunk_is_named_with_its_row(tmp_path):
+    """HF writes 1,000-row batches: the screen runs over the chunks whole and still points at the right row."""
+    rows = [{"id": str(i), "image": {"path": f"{i}.jpg", "bytes": None}, "conversations": TURNS}
+            for i in range(2500)]
+    rows[1733]["image"] = {"path": None, "bytes": None}
+    rows[2101]["conversations"] = [{"from": "human", "value": None}]
+    d = str(tmp_path / "hf")
+    datasets.Dataset.from_list(rows).save_to_disk(d)
+    from datacopilot.io.hf_disk import hf_disk_table
+
+    assert hf_disk_table(d).column("id").num_chunks > 1
+    q = dc.load(d, schema="MM", invalid="quarantine")
+    assert len(q) == 2498
+    where = q.quarantine.to_arrow().column("_source").to_pylist()
+    assert where == [f"{d}: row 1733", f"{d}: row 2101"]
+    errors = q.quarantine.to_arrow().column("_error").to_pylist()
+    assert "image" in errors[0] and "conversations[0].value" in errors[1]
