@@ -14,10 +14,11 @@ import pyarrow.compute as pc
 
 def bool_mask(x) -> np.ndarray:
     """A boolean Arrow array or chunked array (nulls as given by the caller's fill) as one numpy mask."""
+    if not pc.any(x).as_py():  # the common case, nothing flagged: no conversion
+        return np.zeros(len(x), dtype=bool)
     if isinstance(x, pa.ChunkedArray):
-        return np.concatenate([c.to_numpy(zero_copy_only=False) for c in x.chunks]).astype(bool) \
-            if x.num_chunks else np.zeros(0, bool)
-    return np.asarray(x, dtype=bool)
+        x = pa.concat_arrays(x.chunks) if x.num_chunks else pa.array([], pa.bool_())
+    return x.fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def list_parents(arr) -> np.ndarray:
