@@ -7,7 +7,10 @@ unchanged. Ids are strings or non-negative integers and stay what they were.
 
 from __future__ import annotations
 
-from datacopilot.errors import SchemaError
+import itertools
+import re
+
+from datacopilot.errors import ConversionError, SchemaError
 
 from .canonical import (IMAGE_TOKEN, canon, extras, fail, from_turns, map_roles, no_more, one_image, part_text,
                         text_only)
@@ -66,34 +69,119 @@ MM = Schema(
 
 
 # -- MIX: DataCopilot SCHEMA.MIX ----------------------------------------------------------------------------
+# Its text refers to image N as ``<image>N</image>`` (paddlemix/datacopilot/core/__init__.py MODILATY_TOKENS); the
+# canonical sample has one ``<image>`` per image in reading order. Files holding bare ``<image>`` placeholders
+# instead (older writers, LLaVA habits) read as the canonical placeholders they are; a row that mixes the two
+# forms is refused, since which image a bare one means would be a guess.
+MIX_REF = re.compile(r"<image>(\d+)</image>")
+_MIX_ROLES = {"user": "user", "assistant": "assistant"}
+
+
+def _mix_error(why: str):
+    raise ConversionError(f"cannot read MIX as a conversation without loss: {why}")
+
+
 def _mix_to(r: dict) -> dict:
     imgs = r.get("images") or []
+    turns, refs, bare = [], [], 0
+    for t, turn in enumerate(r["conversations"]):
+        value = turn.get("value")
+        if value is not None and IMAGE_TOKEN in value:
+            found = MIX_REF.findall(value)
+            value = MIX_REF.sub(IMAGE_TOKEN, value) if found else value
+            refs += [(t, int(n)) for n in found]
+            bare += value.count(IMAGE_TOKEN) - len(found)
+            turn = {**turn, "value": value}
+        turns.append(turn)
+    if refs and bare:
+        _mix_error(f"conversations hold {len(refs)} <image>N</image> reference(s) and {bare} bare {IMAGE_TOKEN!r} "
+                   f"placeholder(s); which image a bare one is would be a guess")
+    ids = [i.get("id") for i in imgs]
+    if refs:
+        imgs, ids = _referenced(imgs, ids, refs)
     images = [{"path": i["url"], **extras(i, ("id", "url"))} for i in imgs]
-    msgs = from_turns(r["conversations"], {"user": "user", "assistant": "assistant"}, "from", "value")
-    return canon(r.get("id"), images, msgs, r.get("meta"), [i.get("id") for i in imgs])
+    msgs = from_turns(turns, _MIX_ROLES, "from", "value")
+    numbered = ids == list(range(len(ids)))  # 0, 1, ... in placeholder order: what MIX assigns, nothing to keep
+    return canon(r.get("id"), images, msgs, r.get("meta"), None if numbered else ids)
+
+
+def _referenced(imgs: list, ids: list, refs: list) -> tuple[list, list]:
+    """The images in the order the text refers to them (an image referred to twice comes twice)."""
+    index = {}
+    for k, iid in enumerate(ids):
+        if iid is not None and index.setdefault(iid, k) != k:
+            _mix_error(f"images[{k}] repeats id {iid!r} of images[{index[iid]}]")
+    for t, n in refs:
+        if n not in index:
+            _mix_error(f"conversations[{t}] refers to <image>{n}</image>, but no image has id {n} "
+                       f"(image ids: {ids})")
+    referred = {n for _, n in refs}
+    unused = [iid for iid in ids if iid not in referred]
+    if unused:
+        _mix_error(f"image id(s) {unused} are not referred to by any <image>N</image>, so they have no place "
+                   f"among the conversation's placeholders")
+    return [imgs[index[n]] for _, n in refs], [n for _, n in refs]
 
 
 def _mix_from(c: dict) -> dict:
     no_more(c, "MIX", allowed=("meta", "image_ids", "image_extras"))
+    ids = _mix_ids(c.get("image_ids") or [None] * len(c["images"]))
     images = []
-    for i, (img, iid) in enumerate(zip(c["images"], c["image_ids"])):
+    for i, (img, iid) in enumerate(zip(c["images"], ids)):
         if img.get("bytes") is not None:
             fail("MIX", f"images[{i}] carries bytes; MIX refers to images by url only")
         images.append({"id": iid, "url": img["path"], **extras(img, ("path", "bytes"))})
-    roles = {"user": "user", "assistant": "assistant"}
-    convs = map_roles(text_only(c, "MIX", keep=_turn_keys(c)), roles, "MIX", "from", "value")
-    return {"id": c.get("id"), "images": images, "conversations": convs, "meta": c.get("meta")}
+    msgs = text_only(c, "MIX", keep=_turn_keys(c), nullable=True)
+    n_refs = sum(m["content"].count(IMAGE_TOKEN) for m in msgs if m["content"] is not None)
+    if n_refs:  # placeholders become <image>N</image>; without any, the images keep their order (it is the meaning)
+        if n_refs != len(ids):
+            fail("MIX", f"{n_refs} {IMAGE_TOKEN!r} placeholder(s) for {len(ids)} image(s); which <image>N</image> "
+                        f"each is would be a guess")
+        refs = iter(ids)
+        for m in msgs:
+            if m["content"] is not None and IMAGE_TOKEN in m["content"]:
+                m["content"] = _PLACEHOLDER.sub(lambda _: f"<image>{next(refs)}</image>", m["content"])
+        images = _by_id(images)
+    convs = map_roles(msgs, _MIX_ROLES, "MIX", "from", "value")
+    return {"id": c.get("id"), "images": images or None,  # SCHEMA.MIX: null or a non-empty list
+            "conversations": convs, "meta": c.get("meta")}
 
 
-_MIX_IMAGE = Struct((Field("id", ID, required=False), Field("url", String())))
+def _by_id(images: list[dict]) -> list[dict]:
+    """One record per id, in id order (the text says where each goes); an image placed twice is listed once."""
+    records: dict[int, dict] = {}
+    for i, rec in enumerate(images):
+        if records.setdefault(rec["id"], rec) != rec:
+            fail("MIX", f"images[{i}] has id {rec['id']}, which another image has: {records[rec['id']]!r}"[:300])
+    return [records[k] for k in sorted(records)]
+
+
+_PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN))
+
+
+def _mix_ids(ids: list) -> list[int]:
+    """MIX image ids: integers >= 0 (the N of ``<image>N</image>``); an image without one gets the smallest
+    integer no other image has, in order."""
+    for i, iid in enumerate(ids):
+        if iid is not None and (isinstance(iid, bool) or not isinstance(iid, int) or iid < 0):
+            fail("MIX", f"images[{i}] has id {iid!r}; MIX image ids are integers >= 0 (its text refers to image N "
+                        f"as <image>N</image>)")
+    taken = set(ids)
+    free = (n for n in itertools.count() if n not in taken)
+    return [iid if iid is not None else next(free) for iid in ids]
+
+
+_MIX_IMAGE = Struct((Field("id", Int(minimum=0), required=False), Field("url", String())))
 # SCHEMA.MIX allows a null value (``anyOf: [string, null]``); SCHEMA.MM does not
-_TURN_MIX = Struct((Field("from", String(("user", "assistant"))),
+_TURN_MIX = Struct((Field("from", String(tuple(_MIX_ROLES))),
                     Field("value", String(), required=False, null_key=True)))
 MIX = Schema(
     "MIX",
     [_id(), Field("images", List(_MIX_IMAGE), required=False, null_key=True), Field("conversations", List(_TURN_MIX)),
      _meta()],
-    _mix_to, _mix_from, doc="DataCopilot SCHEMA.MIX: several images by id and url, user/assistant turns",
+    _mix_to, _mix_from,
+    doc="DataCopilot SCHEMA.MIX: several images by integer id and url, referred to as <image>N</image>; "
+        "user/assistant turns whose value may be null",
 )
 
 

@@ -4,11 +4,15 @@ A canonical sample is a dict::
 
     {"id": str | int | None,
      "images": [{"path", "bytes", ...extra keys}],       # in order; zero or more
-     "image_ids": [str | int | None],                    # one per image (MIX carries ids)
+     "image_ids": [str | int | None],                    # one per image (MIX's ids, MESSAGES image `id` keys)
      "messages": [{"role": "system" | "user" | "assistant" | "tool_call" | "tool",
                    "content": str | [part], ...extra keys}],
      "meta": json text | None,
      ...any other key a schema carries (``videos``, ``tools``)}
+
+Each ``<image>`` placeholder in the text (or ``{"type": "image"}`` part) stands for the next image of ``images``.
+Image ids are all None when they tell nothing: a MIX row whose images are numbered 0, 1, ... in placeholder order
+(MIX's ``<image>N</image>`` references are rewritten to placeholders, see :mod:`datacopilot.schemas.builtin`).
 
 A part is ``{"type": "text", "text": str}`` or ``{"type": "image"}`` (the next image of ``images``), plus any
 extra keys. ``tool_call`` is an assistant turn that calls a tool (ShareGPT's ``function_call``), ``tool`` the tool's
@@ -63,11 +67,15 @@ def part_text(content) -> str:
     return "\n".join(out)
 
 
-def text_only(c: dict, target: str, keep: tuple[str, ...] = ()) -> list[dict]:
-    """The messages with parts rendered as text; raises when a part or a turn's extra key would be lost."""
+def text_only(c: dict, target: str, keep: tuple[str, ...] = (), nullable: bool = False) -> list[dict]:
+    """The messages with parts rendered as text; raises when a part or a turn's extra key would be lost, or when
+    a turn has no content (null: an OpenAI tool-calling turn, a MIX turn) and ``target``'s turns are not
+    ``nullable``."""
     out = []
     for i, m in enumerate(c["messages"]):
         content = m.get("content")
+        if content is None and not nullable:
+            fail(target, f"messages[{i}] has no content (null); {target}'s turns hold text")
         if isinstance(content, list):
             for p in content:
                 lost = extras(p, ("type", "text"))

@@ -6,7 +6,6 @@ PaddleMIX's own validators."""
 from __future__ import annotations
 
 import json
-import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,6 +15,7 @@ from datacopilot.errors import ConversionError
 from datacopilot.schemas import BUILTIN, MESSAGES, convert_row
 
 from tests.fixtures import real_formats as rf
+from tests.fixtures.datacopilot_rules import DATACOPILOT_MIX, DATACOPILOT_MM, original_errors, schema_errors
 
 FIXTURES = {g.__name__: g for g in rf.ALL}
 
@@ -153,77 +153,7 @@ def test_mix_image_ids_survive_a_trip_through_messages(tmp_path):
 
 
 # -- PaddleMIX DataCopilot's own validators ------------------------------------------------------------------
-# The rules of SCHEMA.MM and SCHEMA.MIX in PaddlePaddle/PaddleMIX paddlemix/datacopilot/core/schema.py (commit
-# 6afaf05), written out as JSON Schema draft 2020-12 (which the original validates with ``jsonschema``).
-_ID = {"anyOf": [{"type": "string", "pattern": r"\S{1,}"}, {"type": "integer", "minimum": 0}]}
-DATACOPILOT_MM = {
-    "type": "object", "required": ["id", "image", "conversations"],
-    "properties": {
-        "id": _ID,
-        "image": {"type": "string", "pattern": r"\.(jpg|jpeg|png|JPG|JPEG|PNG)$"},
-        "conversations": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["from", "value"],
-            "properties": {"from": {"type": "string", "enum": ["human", "gpt"]},
-                           "value": {"type": "string", "pattern": r"\S{1,}"}}}},
-        "meta": {"type": "object", "required": ["width", "height", "is_valid"],
-                 "properties": {"width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
-                                "is_valid": {"type": "boolean"}}},
-    },
-}
-DATACOPILOT_MIX = {
-    "type": "object", "required": ["id", "images", "conversations"],
-    "properties": {
-        "id": _ID,
-        "images": {"anyOf": [{"type": "null"}, {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["id", "url"],
-            "properties": {"id": {"type": "integer", "minimum": 0},
-                           "url": {"type": "string", "pattern": r"\.(jpg|jpeg|png|webp|JPG|JPEG|PNG)$"},
-                           "heigh": {"type": "integer", "minimum": 0}, "width": {"type": "integer", "minimum": 0}}}}]},
-        "conversations": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["from", "value"],
-            "properties": {"from": {"type": "string", "enum": ["user", "assistant"]},
-                           "value": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}},
-    },
-}
-_TYPES = {"object": dict, "array": list, "string": str, "null": type(None), "boolean": bool}
-
-
-def _is(value, name: str) -> bool:
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[name])
-
-
-def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
-    """The keywords the two schemas use (type, enum, pattern as a search, minimum, minItems, items, properties,
-    required, anyOf), checked as JSON Schema does; [] when ``value`` is valid."""
-    out = []
-    if "anyOf" in schema:
-        if all(schema_errors(value, s, where) for s in schema["anyOf"]):
-            out.append(f"{where}: matches none of anyOf")
-        return out
-    types = schema.get("type")
-    if types is not None and not any(_is(value, t) for t in ([types] if isinstance(types, str) else types)):
-        return [f"{where}: not of type {types}: {value!r}"[:200]]
-    if "enum" in schema and value not in schema["enum"]:
-        out.append(f"{where}: {value!r} not in {schema['enum']}")
-    if "pattern" in schema and isinstance(value, str) and not re.search(schema["pattern"], value):
-        out.append(f"{where}: {value!r} does not match {schema['pattern']}"[:200])
-    if "minimum" in schema and _is(value, "integer") and value < schema["minimum"]:
-        out.append(f"{where}: {value} < {schema['minimum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            out.append(f"{where}: fewer than {schema['minItems']} items")
-        for i, v in enumerate(value):
-            out += schema_errors(v, schema.get("items", {}), f"{where}[{i}]")
-    if isinstance(value, dict):
-        out += [f"{where}: '{k}' is a required property" for k in schema.get("required", []) if k not in value]
-        for k, s in schema.get("properties", {}).items():
-            if k in value:
-                out += schema_errors(value[k], s, f"{where}.{k}")
-    return out
-
-
+# their rules: tests/fixtures/datacopilot_rules.py (SCHEMA.MM and SCHEMA.MIX of paddlemix/datacopilot/core/schema.py)
 def _written(ds, path: str) -> list[dict]:
     out = ds.write(path)
     if path.endswith(".jsonl"):
@@ -234,6 +164,7 @@ def _written(ds, path: str) -> list[dict]:
 def test_the_checker_applies_the_original_rules():
     good = {"id": 0, "image": "a.PNG", "conversations": [{"from": "human", "value": " x "}]}
     assert schema_errors(good, DATACOPILOT_MM) == []
+    assert schema_errors({**good, "id": 3.0}, DATACOPILOT_MM) == []  # JSON Schema: 3.0 is an integer
     assert schema_errors({**good, "id": -1}, DATACOPILOT_MM)
     assert schema_errors({**good, "id": True}, DATACOPILOT_MM)
     assert schema_errors({**good, "image": "a.gif"}, DATACOPILOT_MM)
@@ -244,6 +175,8 @@ def test_the_checker_applies_the_original_rules():
     assert schema_errors(mix, DATACOPILOT_MIX) == []
     assert schema_errors({**mix, "images": []}, DATACOPILOT_MIX)
     assert schema_errors({**mix, "images": [{"id": "0", "url": "a.jpg"}]}, DATACOPILOT_MIX)
+    assert schema_errors({**mix, "images": [{"id": 0, "url": "a.jpg", "heigh": -1}]}, DATACOPILOT_MIX)
+    assert schema_errors({**mix, "images": [{"id": 0, "url": "a.jpg", "height": -1}]}, DATACOPILOT_MIX)
     assert schema_errors({k: v for k, v in mix.items() if k != "images"}, DATACOPILOT_MIX)
 
 
@@ -261,34 +194,49 @@ def test_the_checker_agrees_with_jsonschema_on_the_fixtures(tmp_path):
 @pytest.mark.parametrize("ext", ["json", "jsonl"])
 def test_datacopilot_mm_files_pass_the_original_validator_before_and_after(make, ext, tmp_path):
     fx = make(tmp_path)
-    assert all(schema_errors(r, DATACOPILOT_MM) == [] for r in fx.rows)
+    assert [original_errors(r, "MM") for r in fx.rows] == [[]] * len(fx.rows)
     written = _written(datacopilot.load(fx.path), str(tmp_path / f"out.{ext}"))
-    assert [schema_errors(r, DATACOPILOT_MM) for r in written] == [[]] * len(fx.rows)
+    assert [original_errors(r, "MM") for r in written] == [[]] * len(fx.rows)
     assert written == fx.rows
 
 
+@pytest.mark.parametrize("make", [rf.datacopilot_mix, rf.datacopilot_mix_text_only])
 @pytest.mark.parametrize("ext", ["json", "jsonl"])
-def test_datacopilot_mix_files_pass_the_original_validator_before_and_after(ext, tmp_path):
-    fx = rf.datacopilot_mix(tmp_path)
-    assert all(schema_errors(r, DATACOPILOT_MIX) == [] for r in fx.rows)
+def test_datacopilot_mix_files_pass_the_original_validator_before_and_after(make, ext, tmp_path):
+    """Null images and null values are written as null (SCHEMA.MIX requires both keys)."""
+    fx = make(tmp_path)
+    assert [original_errors(r, "MIX") for r in fx.rows] == [[]] * len(fx.rows)
     written = _written(datacopilot.load(fx.path), str(tmp_path / f"out.{ext}"))
-    no_nulls = [i for i, r in enumerate(fx.rows) if all(t["value"] is not None for t in r["conversations"])]
-    assert no_nulls  # rows with a null value: see the xfail below
-    assert [schema_errors(written[i], DATACOPILOT_MIX) for i in no_nulls] == [[]] * len(no_nulls)
-    assert [written[i] for i in no_nulls] == [fx.rows[i] for i in no_nulls]
+    assert [original_errors(r, "MIX") for r in written] == [[]] * len(fx.rows)
+    assert written == fx.rows
 
 
-@pytest.mark.xfail(strict=True, reason="MM -> MIX leaves image ids null (written without `id`, which SCHEMA.MIX "
-                                       "requires) and keeps `<image>` where the original writes `<image>0</image>`")
-def test_mm_converted_to_mix_passes_the_original_mix_validator(tmp_path):
+def test_mm_converted_to_mix_passes_the_original_mix_validator_and_converts_back(tmp_path):
+    """MM -> MIX numbers the image 0 and writes its placeholder as ``<image>0</image>`` where ``<image>`` was
+    (the original's ``_convert_mm_mix`` does the same, and also adds one to every later human turn, which would
+    show the image again); MIX -> MM gives the file's rows back."""
     fx = rf.datacopilot_mm_json(tmp_path)
     mix = datacopilot.load(fx.path).convert("MIX")
-    rows = _written(mix.drop("meta") if "meta" in mix.columns else mix, str(tmp_path / "mix.json"))
-    assert [schema_errors(r, DATACOPILOT_MIX) for r in rows] == [[]] * len(fx.rows)
+    rows = _written(mix, str(tmp_path / "mix.json"))
+    assert [original_errors(r, "MIX") for r in rows] == [[]] * len(fx.rows)
+    assert [r["images"] for r in rows] == [[{"id": 0, "url": r["image"]}] for r in fx.rows]
+    for got, given in zip(rows, fx.rows):
+        assert [t["value"] for t in got["conversations"]] == [
+            t["value"].replace("<image>", "<image>0</image>") for t in given["conversations"]]
+        assert got.get("meta") == given.get("meta")  # MIX rows may carry other keys: the original allows them
+    back = _written(datacopilot.load(str(tmp_path / "mix.json")).convert("MM"), str(tmp_path / "mm.json"))
+    assert back == fx.rows
 
 
-@pytest.mark.parametrize("make", [rf.datacopilot_mix_text_only, rf.datacopilot_mix])
-def test_datacopilot_mix_null_images_and_values_are_written_as_null(make, tmp_path):
-    fx = make(tmp_path)
-    written = _written(datacopilot.load(fx.path), str(tmp_path / "out.json"))
-    assert [schema_errors(r, DATACOPILOT_MIX) for r in written] == [[]] * len(fx.rows)
+def test_mix_rows_mm_cannot_hold_raise_naming_the_row_and_what_would_be_lost(tmp_path):
+    fx = rf.datacopilot_mix(tmp_path)
+    with pytest.raises(ConversionError) as ei:
+        datacopilot.load(fx.path).convert("MM")
+    msg = str(ei.value)
+    assert "2 row(s) cannot be converted from MIX to MM" in msg
+    assert "row 0: cannot convert to MM without loss: images[0] has keys ['heigh', 'width']" in msg
+    assert "row 1: cannot convert to MM without loss: images[1] has keys ['width']" in msg
+    row = {"id": 1, "images": None, "conversations": [{"from": "user", "value": "Hi"}, {"from": "assistant",
+                                                                                         "value": None}]}
+    with pytest.raises(ConversionError, match=r"to MM without loss: messages\[1\] has no content \(null\)"):
+        convert_row(row, "MIX", "MM")

@@ -205,8 +205,9 @@ def test_interoperates_with_the_webdataset_package(tmp_path, images):
 
 
 def test_mix_rows_refer_to_images_by_url(tmp_path, images):
-    rows = [{"id": "x", "images": [{"id": "i0", "url": "img0.png"}, {"id": "i1", "url": "img1.png"}],
-             "conversations": [{"from": "user", "value": "<image>"}, {"from": "assistant", "value": "two"}]}]
+    rows = [{"id": "x", "images": [{"id": 0, "url": "img0.png"}, {"id": 1, "url": "img1.png"}],
+             "conversations": [{"from": "user", "value": "<image>0</image><image>1</image>"},
+                               {"from": "assistant", "value": "two"}]}]
     ds = MMDataset.from_rows(rows, schema="MIX", root=str(tmp_path))
     out = str(tmp_path / "mix.tar")
     write_wds(ds, out)

@@ -46,7 +46,10 @@ def specs(draw, a: str, b: str):
                            "bytes": draw(blobs) if kind != "path" else None})
         else:
             images.append({"path": draw(names), "bytes": None})
-    ids = [draw(st.one_of(st.none(), names)) for _ in images] if ca["ids"] and cb["ids"] else [None] * n_img
+    # MIX image ids: integers >= 0, one per image (SCHEMA.MIX requires them); None: numbered 0, 1, ... on the way in
+    ids = [None] * n_img
+    if ca["ids"] and cb["ids"]:
+        ids = draw(st.one_of(st.just(ids), st.lists(st.integers(0, 9), min_size=n_img, max_size=n_img, unique=True)))
     shapes = {ca["shape"], cb["shape"]}
     if "caption" in shapes:
         msgs = [("user", IMAGE_TOKEN if images else ""), ("assistant", draw(text))]
@@ -74,8 +77,10 @@ def build(schema: str, spec: dict, as_str: bool) -> dict:
         return {"id": spec["id"], "image": img, "conversations": [{"from": mm[r], "value": c} for r, c in spec["messages"]],
                 **extra}
     if schema == "MIX":
-        return {"id": spec["id"], "images": [{"id": i, "url": x["path"]} for i, x in zip(spec["ids"], spec["images"])],
-                "conversations": [{"from": r, "value": c} for r, c in spec["messages"]], **extra}
+        ids = spec["ids"] if any(i is not None for i in spec["ids"]) else list(range(len(spec["images"])))
+        images = [{"id": i, "url": x["path"]} for i, x in zip(ids, spec["images"])]
+        return {"id": spec["id"], "images": images or None,
+                "conversations": [{"from": r, "value": mix_refs(c, ids)} for r, c in spec["messages"]], **extra}
     if schema == "PAIRS":
         ms = spec["messages"]
         return {"id": spec["id"], "image": img, "conversations": [[ms[i][1], ms[i + 1][1]] for i in range(0, len(ms), 2)]}
@@ -85,6 +90,12 @@ def build(schema: str, spec: dict, as_str: bool) -> dict:
     if schema == "CAPTION":
         return {"id": spec["id"], "image": img, "caption": spec["messages"][1][1]}
     raise AssertionError(schema)
+
+
+def mix_refs(text: str, ids: list) -> str:
+    """MIX's text: the k-th ``<image>`` placeholder as ``<image>ids[k]</image>``."""
+    parts = text.split(IMAGE_TOKEN)
+    return parts[0] + "".join(f"<image>{i}</image>{p}" for i, p in zip(ids, parts[1:]))
 
 
 def stored(schema: str, row: dict) -> dict:
@@ -137,8 +148,8 @@ def test_any_row_converts_losslessly_or_raises(a, b, data):
 LOSSY = [
     ("MESSAGES", {"messages": [{"role": "user", "content": "<image><image>"}], "images": ["a.png", "b.png"]},
      "PAIRS", "2 images"),
-    ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "SHAREGPT", "image ids"),
-    ("MIX", {"images": [{"id": "x", "url": "a.png"}], "conversations": []}, "MM", "image ids"),
+    ("MIX", {"images": [{"id": 4, "url": "a.png"}], "conversations": []}, "SHAREGPT", "image ids"),
+    ("MIX", {"images": [{"id": 4, "url": "a.png"}], "conversations": []}, "MM", "image ids"),
     ("MM", {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "meta": {"k": 1}},
      "PAIRS", "meta"),
     ("MM", {"image": ["a.png", "b.png"], "conversations": [{"from": "human", "value": "<image>"},

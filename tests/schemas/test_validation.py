@@ -171,7 +171,9 @@ def test_text_only_rows_in_every_schema(name, tmp_path):
     (CAPTION, {"image": "a.png"}, "caption: missing required field"),
     (MM, {"image": 3, "conversations": []}, "image: expected an image path or {path, bytes}"
      " or a list of images, got int 3"),
-    (MIX, {"images": [{"id": "1"}], "conversations": []}, "images[0].url: missing required field"),
+    (MIX, {"images": [{"id": 1}], "conversations": []}, "images[0].url: missing required field"),
+    (MIX, {"images": [{"id": "1", "url": "a.png"}], "conversations": []},
+     "images[0].id: expected an integer, got str '1'"),
 ])
 def test_field_paths(schema, row, expect):
     assert schema.validate_row(row, where="f.jsonl:3") == [f"f.jsonl:3: {expect}"]
