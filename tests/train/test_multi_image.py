@@ -223,3 +223,16 @@ def test_sft_trains_a_tiny_vlm_on_multi_image_rows(tmp_path):
     before, after = load_vlm(vlm_dir), load_vlm(res["model_dir"])
     w0, w1 = before.vision.patchify.weight.numpy(), after.vision.patchify.weight.numpy()
     assert np.abs(w1 - w0).max() > 1e-5   # the images reached the vision encoder
+
+
+def test_mix_image_references_encode_as_placeholders_in_the_order_the_text_names_them(tpl):
+    """SCHEMA.MIX refers to image N as ``<image>N</image>``: its row encodes as the MM row whose image list is in
+    the text's order, with no ``</image>`` or digits of the reference left in the tokens."""
+    mix = {"id": 1, "images": [{"id": 0, "url": "a.png"}, {"id": 1, "url": "b.png"}],
+           "conversations": [{"from": "user", "value": "<image>1</image>\nlook and<image>0</image>"},
+                             {"from": "assistant", "value": "yo"}]}
+    same = {"id": 1, "image": ["b.png", "a.png"], "conversations": [
+        {"from": "human", "value": "<image>\nlook and<image>"}, {"from": "gpt", "value": "yo"}]}
+    enc = tpl.encode(mix, "MIX")
+    assert enc == tpl.encode(same, "MM")
+    assert enc["n_images"] == 2 and len(enc["image_offsets"]) == 2
