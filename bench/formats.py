@@ -17,7 +17,7 @@ datacopilot loads with ``dc.load(path, schema="MM")``. The baselines:
 - parquet: ``pl.read_parquet``, HF ``Dataset.from_parquet``; writes ``pl.write_parquet``, HF ``to_parquet``;
 - Arrow IPC: ``pl.read_ipc``; writes ``pl.write_ipc``;
 - webdataset: HF ``load_dataset("webdataset")``;
-- HF ``save_to_disk``: datacopilot ``dc.load(datasets.load_from_disk(d))`` (and ``ds.to_hf().save_to_disk``)
+- HF ``save_to_disk``: datacopilot ``dc.load(d)`` (the directory, memory-mapped) (and ``ds.to_hf().save_to_disk``)
   vs HF ``load_from_disk`` (and ``save_to_disk``);
 - a polars DataFrame: ``dc.load(df)`` / ``ds.to_polars()`` vs HF ``Dataset.from_polars`` / ``to_polars``.
 
@@ -187,7 +187,6 @@ def clear(path: str) -> None:
 def plan(work: str, n: int, ds, ds_img, hf: HF) -> tuple[dict, dict]:
     """{format: {side: fn}} for loads and for writes; a side's fn returns its seconds. Datacopilot's writes
     come first in each repeat, so every load reads a file written in the same repeat."""
-    import datasets
     import polars as pl
     import pyarrow.json as pajson
 
@@ -238,7 +237,7 @@ def plan(work: str, n: int, ds, ds_img, hf: HF) -> tuple[dict, dict]:
         "arrow": {"datacopilot": clock(lambda: dc.load(p["arrow"], schema="MM"), n),
                   "polars read_ipc": clock(lambda: pl.read_ipc(p["arrow"]), n)},
         "webdataset": {"datacopilot": clock(lambda: dc.load(p["webdataset"], schema="MM"), n)},
-        "hf": {"datacopilot": clock(lambda: dc.load(datasets.load_from_disk(p["hf"]), schema="MM"), n)},
+        "hf": {"datacopilot": clock(lambda: dc.load(p["hf"], schema="MM"), n)},
         "polars": {"datacopilot": clock(lambda: dc.load(df, schema="MM"), n)},
     }
     writes = {
@@ -432,10 +431,7 @@ def profile(fmt: str, n: int, work: str, top: int = 30) -> None:
         ds.write(path)
 
     def load():
-        import datasets
-
-        src = datasets.load_from_disk(path) if fmt == "hf" else path
-        return dc.load(src, schema="MM")
+        return dc.load(path, schema="MM")
 
     load()
     prof = cProfile.Profile()
