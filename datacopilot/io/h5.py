@@ -18,7 +18,6 @@ is the chunk of rows, ``j`` counts the files one chunk spilled into when it pass
 from __future__ import annotations
 
 import io
-import json
 
 import h5py
 import numpy as np
@@ -32,7 +31,7 @@ from datacopilot.schemas import BUILTIN, Json, Schema
 from ._fs import atomic_open, get_fs, join, local_path, read_bytes
 from datacopilot.lossless import json_parse_may_lose
 from ._common import file_arrow_schema, finish, parse_json_records
-from .jsonl import iter_json_rows
+from .json_write import encode_rows, iter_json_rows
 
 SCHEMA_ATTR = "datacopilot.schema"
 MAX_BYTES = 100 * 1000 * 1000  # DataCopilot's default size cap per file
@@ -171,7 +170,7 @@ def read_h5(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
 
 # -- writing --------------------------------------------------------------------------------------------
 def _encode_rows(ds) -> list[bytes]:
-    return [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in iter_json_rows(ds)]
+    return encode_rows(list(iter_json_rows(ds)))
 
 
 def _h5_bytes(encoded: list[bytes], schema_name: str | None) -> bytes:

@@ -1,4 +1,4 @@
-"""JSON Lines and JSON (an array of objects) readers and writers.
+"""JSON Lines and JSON (an array of objects) readers (the writers are in ``json_write``).
 
 Reading jsonl takes Arrow's multithreaded C++ parser first; if a file does not fit that path (a broken
 line, a value of another type, free-form ``meta``), it is read again line by line in Python, which names
@@ -7,7 +7,6 @@ the file and line of every problem.
 
 from __future__ import annotations
 
-import base64
 import json
 import mmap
 import os
@@ -19,10 +18,13 @@ from datacopilot.errors import InputError, SchemaError
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
 from datacopilot.schemas import Json, Schema
 
-from ._common import file_arrow_schema, finish, jsonable, parse_json_records
-from ._fs import atomic_open, local_path, read_bytes
+from ._common import file_arrow_schema, finish, parse_json_records
+from ._fs import local_path, read_bytes
 from datacopilot.lossless import json_parse_may_lose
 from .screen import raise_flaws, screen_document, screened
+
+# io's format table finds the writers of both formats here
+from .json_write import write_json, write_jsonl  # noqa: F401
 
 
 class _Lines:
@@ -121,31 +123,3 @@ def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loade
     if not isinstance(rows, list):
         raise InputError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
     return load_rows(rows, schema, path, where=lambda i: f"{path}: row {i}", invalid=invalid)
-
-
-def _jsonable(row: dict, schema: Schema) -> dict:
-    return jsonable(row, schema)
-
-
-def iter_json_rows(ds):
-    schema = ds.schema
-    for batch in ds.to_arrow().to_batches(max_chunksize=4096):
-        for row in batch.to_pylist():
-            yield _jsonable(row, schema)
-
-
-def write_jsonl(ds, path: str) -> None:
-    with atomic_open(path, "wb") as f:
-        buf = []
-        for row in iter_json_rows(ds):
-            buf.append(json.dumps(row, ensure_ascii=False))
-            if len(buf) >= 4096:
-                f.write(("\n".join(buf) + "\n").encode())
-                buf = []
-        if buf:
-            f.write(("\n".join(buf) + "\n").encode())
-
-
-def write_json(ds, path: str) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(json.dumps(list(iter_json_rows(ds)), ensure_ascii=False, indent=1).encode())

@@ -43,9 +43,8 @@ from datacopilot.errors import InputError
 from datacopilot.loading import Loaded, guess_schema, load_rows
 from datacopilot.schemas import CAPTION, Image, List, Schema, read_image_bytes
 
-from ._common import raise_broken
+from ._common import jsonable, raise_broken
 from ._fs import atomic_open, get_fs
-from .jsonl import _jsonable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "text", "caption")
@@ -406,7 +405,7 @@ def _sample(row: dict, schema: Schema, slots, root, i: int) -> tuple[dict, list[
             paths.append(_json_image(x, p))
             members.append((f"{pre}{j}.{ext}", data))
         row[name] = paths
-    return _jsonable(row, schema), members
+    return jsonable(row, schema), members
 
 
 def _json_image(value, path):

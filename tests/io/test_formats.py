@@ -184,9 +184,9 @@ def big_ds(n=9000):
 
 
 def test_atomic_jsonl_failure_mid_write(tmp_path, monkeypatch):
-    from datacopilot.io import jsonl
+    from datacopilot.io import json_write
 
-    real, calls = jsonl._jsonable, []
+    real, calls = json_write.jsonable, []
 
     def failing(row, schema):
         calls.append(1)
@@ -194,7 +194,7 @@ def test_atomic_jsonl_failure_mid_write(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(row, schema)
 
-    monkeypatch.setattr(jsonl, "_jsonable", failing)
+    monkeypatch.setattr(json_write, "jsonable", failing)
     target = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError, match="disk on fire"):
         big_ds().write(str(target))
