@@ -2,6 +2,7 @@
 generic top-level package such as ``models`` or ``kernels``."""
 
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -39,10 +40,23 @@ def test_wheel_layout(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def _venv_seeing_our_packages(env_dir: Path) -> Path:
+    """A fresh virtual environment that sees the running interpreter's installed packages (its dependencies) but
+    not its ``.pth`` files, so the editable install of this checkout does not shadow the wheel. The running
+    interpreter may itself be in a virtual environment: ``system_site_packages`` would give the base
+    interpreter's packages instead."""
+    venv.create(env_dir, system_site_packages=False, with_pip=True)
+    py = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
+    Path(purelib, "_running_env.pth").write_text("".join(p + "\n" for p in ours))
+    return py
+
+
 def test_regular_install_imports(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
-    py = env_dir / "bin" / "python"
+    py = _venv_seeing_our_packages(env_dir)
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     code = ("import datacopilot, datacopilot.schemas as s, datacopilot.kernels, datacopilot.io;"
             "print(datacopilot.__file__); print(s.MM.name)")
