@@ -7,7 +7,6 @@ the file and line of every problem.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 
@@ -21,9 +20,10 @@ from datacopilot.schemas import Json, Schema
 from ._common import file_arrow_schema, finish, parse_json_records
 from ._fs import local_path, read_bytes
 from datacopilot.lossless import json_parse_may_lose
-from .screen import raise_flaws, screen_document, screened
+from .screen import screened
 
-# io's format table finds the writers of both formats here
+# io's format table finds the writers of both formats here, and the JSON array reader
+from .json_array import read_json  # noqa: F401
 from .json_write import write_json, write_jsonl  # noqa: F401
 
 
@@ -99,27 +99,3 @@ def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Load
     loaded = load_rows(rows, schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
     loaded.bad = flawed + broken + loaded.bad
     return loaded
-
-
-def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
-    """Rows of a JSON file holding one array of objects (or one object). Nesting deeper than
-    ``screen.MAX_DEPTH`` and invalid UTF-8 are an InputError naming the line (a JSON document cannot be read
-    around them), whatever ``invalid`` says.
-
-    >>> read_json("llava_v1_5_mix665k.json", None).table.num_rows  # doctest: +SKIP
-    665298
-    """
-    check_invalid_policy(invalid)
-    data = read_bytes(path)
-    flaws = screen_document(data, path)
-    if flaws:
-        raise_flaws([(None, f.message, None) for f in flaws])
-    try:
-        rows = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}:{getattr(e, 'lineno', '?')}: invalid JSON: {getattr(e, 'msg', e)}") from e
-    if isinstance(rows, dict):
-        rows = [rows]
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
-    return load_rows(rows, schema, path, where=lambda i: f"{path}: row {i}", invalid=invalid)

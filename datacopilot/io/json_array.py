@@ -1,0 +1,404 @@
+"""The JSON array reader: a ``.json`` file holding one array of objects (LLaVA's ``llava_v1_5_mix665k.json``).
+
+A vectorized scan (:func:`split_array`) finds the array's elements without parsing them: the positions of quotes
+and brackets (blockwise, in cache), the quotes that open or close strings (not escaped), and the nesting depth of
+the brackets outside strings. It checks the structure around the elements (only whitespace and one comma between
+two of them) and measures each element's depth and UTF-8, so a bad element is located, with its row (index in
+the array) and line, before any parser sees it. The elements then go, one a line, through Arrow's multithreaded
+JSON parser with the schema's Arrow schema and the vectorized validation, as JSON Lines do.
+
+When Arrow's parser cannot take the rows (values of another type, ids that mix strings and integers, free-form
+``meta``) each element is parsed on its own (orjson, the standard library where orjson refuses NaN or long
+integers) and loaded as Python rows. When the scan cannot vouch for the structure (not an array of objects, not
+valid JSON) the whole document is parsed, after the depth and UTF-8 screen: invalid JSON is one InputError naming
+the file, line and column.
+
+>>> split_array(b'[{"a": "[{"}, \\n {"b": [1]}]').starts.tolist()
+[1, 16]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from datacopilot.errors import InputError, SchemaError
+from datacopilot.lossless import json_parse_may_lose
+from datacopilot.loading import Loaded, check_invalid_policy, load_rows
+from datacopilot.schemas import Json, Schema
+
+from ._common import file_arrow_schema, finish
+from ._fs import local_path, read_bytes
+from .screen import QUARANTINE_TEXT_BYTES, raise_flaws, screen_document, screen_lines
+
+_BLOCK = 1 << 18  # bytes scanned at a time (stays in cache)
+_WS = b" \t\r\n"
+_COLUMN = re.compile(r"column (\d+)")
+_NESTED = re.compile(r"nested (\d+) levels")
+
+
+@dataclass
+class Elements:
+    """The elements of a JSON array of objects: element ``i`` starts at its ``{``, ``data[starts[i]]``, and ends
+    before ``ends[i]`` (the comma after it, or the array's ``]``); ``commas`` are the separators, ``newlines``
+    every newline of the data (all outside strings, or the file is not JSON) and ``brackets`` the positions of the
+    array's ``[`` and ``]``. ``checked``: found by the full scan (else by lines, the parser confirms the split)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    commas: np.ndarray
+    newlines: np.ndarray
+    brackets: tuple[int, int]
+    checked: bool
+
+
+def split_array(data) -> Elements | None:
+    """The elements of ``data`` when it is one JSON array whose elements all are objects (their insides are not
+    checked: the parser does that), else None. Brackets and commas inside strings do not count.
+
+    >>> e = split_array(b'[\\n  {"id": "a,}"},\\n  {"id": 2}\\n]')
+    >>> [bytes(b'[\\n  {"id": "a,}"},\\n  {"id": 2}\\n]'[s:t]) for s, t in zip(e.starts, e.ends)]
+    [b'{"id": "a,}"}', b'{"id": 2}\\n']
+    >>> split_array(b'[{"a": 1} {"a": 2}]') is None  # no comma between the elements
+    True
+    """
+    a = np.frombuffer(data, np.uint8)
+    pos = _structural(a, True)
+    c = a[pos]
+    quote = c == 0x22
+    real = quote.copy()
+    escaped = _escaped_quotes(a, pos[quote])
+    if len(escaped):
+        real[np.flatnonzero(quote)[escaped]] = False
+    inside = (np.cumsum(real, dtype=np.int64) & 1).astype(bool)
+    newline = c == 0x0A
+    if (newline & inside).any():
+        return None  # a raw newline in a string: not JSON
+    bracket = ~(quote | newline | inside | (c == 0x5C) | (c == 0x7C))
+    bpos, bc = pos[bracket], c[bracket]
+    if len(bpos) < 2 or bc[0] != 0x5B or bc[-1] != 0x5D:
+        return None
+    opens = (bc | 0x20) == 0x7B
+    depth = np.cumsum(np.where(opens, 1, -1), dtype=np.int32)
+    if depth[-1] != 0 or depth[:-1].min() < 1:
+        return None
+    first = np.flatnonzero(opens & (depth == 2))
+    last = np.flatnonzero(~opens & (depth == 1))
+    if len(first) != len(last) or (bc[first] != 0x7B).any() or (bc[last] != 0x7D).any():
+        return None
+    starts, closes = bpos[first], bpos[last] + 1
+    lo, hi = int(bpos[0]), int(bpos[-1])
+    edges = [bytes(data[:lo]), bytes(data[hi + 1:])]
+    edges += [bytes(data[lo + 1:starts[0]]), bytes(data[closes[-1]:hi])] if len(starts) else [bytes(data[lo + 1:hi])]
+    if any(e.strip(_WS) for e in edges):
+        return None
+    commas = _separators(a, closes[:-1], starts[1:])
+    if commas is None:
+        return None
+    ends = np.append(commas, hi) if len(starts) else commas
+    return Elements(starts, ends, commas, pos[newline], (lo, hi), True)
+
+
+def split_lines(data) -> Elements | None:
+    """The elements of ``data`` by its lines, when it is laid out as JSON writers lay out an array of objects:
+    each element after the first starting on a line of its own (``{`` after the first element's indentation, or
+    none), the line before ending with the comma (datacopilot's writer, ``json.dump(rows, f, indent=4)``).
+    None when the lines do not show that. The split is a guess the parser confirms (each element one object).
+
+    >>> split_lines(b'[\\n  {"id": "a",\\n   "t": [\\n    {"v": 1},\\n    {"v": 2}]},\\n  {"id": 3}\\n]').starts
+    array([ 4, 58])
+    """
+    a = np.frombuffer(data, np.uint8)
+    n = len(a)
+    nl = _structural(a, False)
+    lo, hi = _first_nonspace(data, 0, 1), _first_nonspace(data, n - 1, -1)
+    if len(nl) < 2 or lo < 0 or hi <= lo or a[lo] != 0x5B or a[hi] != 0x5D:
+        return None
+    brace0 = _first_nonspace(data, lo + 1, 1)
+    if brace0 < 0 or a[brace0] != 0x7B:
+        return None
+    ends = nl - (a[np.maximum(nl - 1, 0)] == 0x0D)  # each line's end, before any \r
+    comma = a[np.maximum(ends - 1, 0)] == 0x2C
+    comma[ends == 0] = False
+    cand = np.flatnonzero(comma) + 1  # the lines (numbered from 0) after a line ending with a comma
+    line_start = nl[cand - 1] + 1
+    column = brace0 - (int(nl[nl < brace0][-1]) + 1 if (nl < brace0).any() else 0)
+    for level in dict.fromkeys((column, 0)):  # the first element's indentation; 0 when it follows the [
+        at = line_start + level
+        pick = at < n
+        pick[pick] = a[at[pick]] == 0x7B
+        for k in range(level):
+            pick[pick] = a[line_start[pick] + k] == 0x20
+        if pick.any():
+            break
+    else:
+        return None
+    starts = np.concatenate([[brace0], line_start[pick] + level]).astype(np.int64)
+    commas = ends[cand[pick] - 1] - 1
+    if len(commas) and commas[0] < brace0:
+        return None
+    return Elements(starts, np.append(commas, hi), commas, nl, (lo, hi), False)
+
+
+def _first_nonspace(data, at: int, step: int) -> int:
+    """The position of the first byte that is not JSON whitespace from ``at`` on (``step`` 1) or back (-1);
+    -1 if none."""
+    n = len(data)
+    while 0 <= at < n:
+        window = bytes(data[at:at + 4096]) if step > 0 else bytes(data[max(0, at - 4095):at + 1])
+        kept = window.lstrip(_WS) if step > 0 else window.rstrip(_WS)
+        if kept:
+            return at + len(window) - len(kept) if step > 0 else at - (len(window) - len(kept))
+        at += step * len(window)
+    return -1
+
+
+def _structural(a: np.ndarray, syntax: bool) -> np.ndarray:
+    """Positions of every newline of ``a`` and with ``syntax`` every quote, bracket, backslash and ``|``, block
+    by block in cache."""
+    out = []
+    tmp, flags, more = np.empty(_BLOCK, np.uint8), np.empty(_BLOCK, bool), np.empty(_BLOCK, bool)
+    for s in range(0, len(a), _BLOCK):
+        blk = a[s:s + _BLOCK]
+        k = len(blk)
+        t, f, m = tmp[:k], flags[:k], more[:k]
+        np.equal(blk, 0x0A, out=f)
+        if syntax:
+            np.bitwise_or(blk, 0x20, out=t)  # [ \ ] -> { | }
+            np.subtract(t, 0x7B, out=t)  # { | } -> 0 1 2, everything else above
+            np.less_equal(t, 2, out=m)
+            f |= m
+            np.equal(blk, 0x22, out=m)
+            f |= m
+        out.append(np.flatnonzero(f) + s)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _escaped_quotes(a: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+    """Indices into ``quotes`` of the quotes escaped by an odd run of backslashes."""
+    run = np.zeros(len(quotes), np.int64)
+    open_ = quotes > 0
+    k = 1
+    while open_.any():
+        idx = np.flatnonzero(open_)
+        back = quotes[idx] - k
+        hit = a[back] == 0x5C
+        run[idx[hit]] += 1
+        open_[idx[~hit]] = False
+        open_[idx[hit]] = back[hit] > 0
+        k += 1
+    return np.flatnonzero(run & 1)
+
+
+def _separators(a: np.ndarray, after: np.ndarray, before: np.ndarray) -> np.ndarray | None:
+    """The comma between each element's end and the next one's start; None unless each gap is whitespace
+    around exactly one comma."""
+    if not len(after):
+        return np.zeros(0, np.int64)
+    lengths = before - after
+    if lengths.min() < 1:
+        return None
+    offsets = np.cumsum(lengths) - lengths
+    idx = np.arange(int(lengths.sum())) + np.repeat(after - offsets, lengths)
+    g = a[idx]
+    comma = g == 0x2C
+    if not (comma | (g == 0x20) | (g == 0x0A) | (g == 0x0D) | (g == 0x09)).all():
+        return None
+    if (np.add.reduceat(comma, offsets) != 1).any():
+        return None
+    return idx[comma]
+
+
+# -- the reader ---------------------------------------------------------------------------------------------
+class _Where:
+    """``where(i)`` for element ``i`` of the array: ``path: row i (line n)``, lines counted only when asked."""
+
+    def __init__(self, path: str, elements: Elements):
+        self.path, self.elements, self.newlines = path, elements, elements.newlines
+
+    def line(self, pos: int) -> int:
+        return 1 + int(np.searchsorted(self.newlines, pos))
+
+    def column(self, pos: int) -> int:
+        k = int(np.searchsorted(self.newlines, pos))
+        return pos - (int(self.newlines[k - 1]) + 1 if k else 0) + 1
+
+    def __call__(self, i: int) -> str:
+        return f"{self.path}: row {i} (line {self.line(int(self.elements.starts[i]))})"
+
+
+def _text(data, start: int, end: int) -> str:
+    stop = min(end, start + QUARANTINE_TEXT_BYTES)
+    text = bytes(data[start:stop]).decode("utf-8", "backslashreplace")
+    return text if stop == end else text + f" ... ({end - stop} more bytes not kept)"
+
+
+def _one_a_line(data, elements: Elements) -> bytearray:
+    """A copy of the data as JSON Lines, byte for byte, element ``i`` on line ``i + 1``: newlines become tabs
+    (whitespace between values; in a string, where a newline has no place either, the parser refuses a tab),
+    the array's brackets spaces, and the separating commas newlines."""
+    out = bytearray(data)
+    view = np.frombuffer(out, np.uint8)
+    view[elements.newlines] = 0x09
+    view[list(elements.brackets)] = 0x20
+    view[elements.commas] = 0x0A
+    return out
+
+
+def _flaws(lines: bytearray, path: str, where: _Where) -> dict[int, str]:
+    """{element: message} for every element too deep, too long or holding invalid UTF-8 (``screen``'s checks on
+    the one-a-line copy), each message naming the file's line and column, and the row. The depth counted is the
+    document's (the array's level included)."""
+    out = {}
+    for f in screen_lines(lines, path):
+        row, rest = f.line - 1, f.message[len(f"{path}:{f.line}: "):]
+        col = _COLUMN.search(rest)
+        at = f.start + int(col[1]) - 1 if col else int(where.elements.starts[row])
+        rest = _COLUMN.sub(f"column {where.column(at)}", rest, 1)
+        rest = _NESTED.sub(lambda m: f"nested {int(m[1]) + 1} levels", rest, 1)
+        out[row] = f"{path}:{where.line(at)}: {rest} (row {row})"
+    return out
+
+
+def _arrow(lines: bytearray, kept: np.ndarray, path: str, schema: Schema | None, invalid: str,
+           where: _Where) -> Loaded | None:
+    """The rows by Arrow's parser and the vectorized validation; None when they need the row path."""
+    opts = pajson.ParseOptions(newlines_in_values=False)
+    if schema is not None:
+        opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
+    try:
+        table = pajson.read_json(pa.BufferReader(pa.py_buffer(lines)), parse_options=opts,
+                                 read_options=pajson.ReadOptions(block_size=16 << 20))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if table.num_rows != len(kept):
+        return None
+    json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
+    if json_fields & set(table.column_names) or json_parse_may_lose(table, schema):
+        return None  # free-form JSON keeps its exact shape, a 0 beside a 0.5 its type, only through the row path
+    try:
+        return finish(table, schema, path, invalid, lambda i: where(int(kept[i])))
+    except SchemaError:
+        return None
+
+
+def _loads(raw):
+    """One JSON value: orjson, or the standard library where orjson refuses (NaN, infinity, long integers)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+class _Broken(Exception):
+    """An element that does not parse (``at``: its position in the file)."""
+
+    def __init__(self, row: int, at: int, msg: str):
+        super().__init__(msg)
+        self.row, self.at, self.msg = row, at, msg
+
+
+def _rows(data, elements: Elements, kept: np.ndarray) -> list:
+    """Each kept element parsed on its own; _Broken for the first that does not parse as one object."""
+    rows = []
+    for i in kept.tolist():
+        s, e = int(elements.starts[i]), int(elements.ends[i])
+        raw = data[s:e]
+        try:
+            rows.append(_loads(raw))
+        except json.JSONDecodeError as err:
+            at = s + len(err.doc[:err.pos].encode("utf-8", "surrogatepass")) if isinstance(err.doc, str) else s + err.pos
+            raise _Broken(i, at, err.msg) from err
+    return rows
+
+
+def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
+    """The rows of the elements; None when a split by lines is not confirmed (the full scan decides)."""
+    where = _Where(path, elements)
+    lines = _one_a_line(data, elements)
+    flawed = _flaws(lines, path, where)
+    if flawed and not elements.checked:
+        return None
+    bad = [(where(i), m, _text(data, int(elements.starts[i]), int(elements.ends[i]))) for i, m in flawed.items()]
+    if bad and invalid == "raise":
+        more = f"\n... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise InputError(f"{len(bad)} unreadable JSON array element(s):\n" + "\n".join(m for _, m, _ in bad[:20])
+                         + more)
+    view = np.frombuffer(lines, np.uint8)
+    for i in flawed:
+        view[elements.starts[i]:elements.ends[i]] = 0x20
+    kept = np.setdiff1d(np.arange(len(elements.starts)), np.fromiter(flawed, np.int64, len(flawed)))
+    loaded = _arrow(lines, kept, path, schema, invalid, where) if len(kept) else None
+    if loaded is None:
+        try:
+            rows = _rows(data, elements, kept)
+        except _Broken as e:
+            if not elements.checked:
+                return None
+            raise InputError(f"{path}:{where.line(e.at)}: invalid JSON at column {where.column(e.at)} (row "
+                             f"{e.row}): {e.msg}") from e
+        loaded = load_rows(rows, schema, path, where=lambda i: where(int(kept[i])), invalid=invalid)
+    loaded.bad = bad + loaded.bad
+    return loaded
+
+
+def _file_bytes(path: str):
+    """The file's bytes: memory-mapped when local."""
+    local = local_path(path)
+    if local is None:
+        return read_bytes(path)
+    try:
+        with open(local, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{path}: is a directory, not a json file") from e
+
+
+def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
+    """Rows of a JSON file holding one array of objects (or one object).
+
+    An element nested deeper than ``screen.MAX_DEPTH``, holding invalid UTF-8 or failing validation is named
+    by its row (index in the array), line and field: an InputError (or ValidationError) with
+    ``invalid="raise"``, a quarantined row with ``invalid="quarantine"``. A file that is not valid JSON is one
+    InputError naming its line and column.
+
+    >>> read_json("llava_v1_5_mix665k.json", None).table.num_rows  # doctest: +SKIP
+    665298
+    """
+    check_invalid_policy(invalid)
+    data = _file_bytes(path)
+    for split in (split_lines, split_array):
+        elements = split(data) if len(data) else None
+        loaded = _load(data, elements, path, schema, invalid) if elements is not None else None
+        if loaded is not None:
+            return loaded
+    return _document(bytes(data), path, schema, invalid)
+
+
+def _document(data: bytes, path: str, schema: Schema | None, invalid: str) -> Loaded:
+    """The whole document parsed at once (one object, an array of other values, or not JSON at all): nesting
+    too deep and invalid UTF-8 are an InputError naming the line, as invalid JSON is."""
+    flaws = screen_document(data, path)
+    if flaws:
+        raise_flaws([(None, f.message, None) for f in flaws])
+    try:
+        rows = _loads(data)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: invalid JSON at column {e.colno}: {e.msg}") from e
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise InputError(f"{path}: invalid JSON: {e}") from e
+    if isinstance(rows, dict):
+        rows = [rows]
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
+    return load_rows(rows, schema, path, where=lambda i: f"{path}: row {i}", invalid=invalid)
