@@ -33,7 +33,9 @@ import pyarrow.json as pajson
 from datacopilot.errors import InputError, SchemaError
 from datacopilot.lossless import json_parse_may_lose
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
-from datacopilot.schemas import Json, Schema
+from datacopilot.schemas import Json, OneOf, Schema
+from datacopilot.schemas.types import Int, String
+from datacopilot.schemas.variant import variant_array
 
 from ._common import file_arrow_schema, finish
 from ._fs import local_path, read_bytes
@@ -125,12 +127,18 @@ def split_lines(data) -> Elements | None:
     brace0 = _first_nonspace(data, lo + 1, 1)
     if brace0 < 0 or a[brace0] != 0x7B:
         return None
-    ends = nl - (a[np.maximum(nl - 1, 0)] == 0x0D)  # each line's end, before any \r
-    comma = a[np.maximum(ends - 1, 0)] == 0x2C
+    ends = nl  # each line's end, before any \r (a newline at 0 is the first line's: no comma before it)
+    tail = a[np.maximum(nl - 1, 0)]
+    cr = tail == 0x0D
+    if cr.any():
+        ends = nl - cr
+        tail = a[np.maximum(ends - 1, 0)]
+    comma = tail == 0x2C
     comma[ends == 0] = False
     cand = np.flatnonzero(comma) + 1  # the lines (numbered from 0) after a line ending with a comma
     line_start = nl[cand - 1] + 1
-    column = brace0 - (int(nl[nl < brace0][-1]) + 1 if (nl < brace0).any() else 0)
+    k = int(np.searchsorted(nl, brace0))
+    column = brace0 - (int(nl[k - 1]) + 1 if k else 0)
     for level in dict.fromkeys((column, 0)):  # the first element's indentation; 0 when it follows the [
         at = line_start + level
         pick = at < n
@@ -269,8 +277,9 @@ def _flaws(lines: bytearray, path: str, where: _Where) -> dict[int, str]:
 
 
 def _arrow(lines: bytearray, kept: np.ndarray, path: str, schema: Schema | None, invalid: str,
-           where: _Where) -> Loaded | None:
-    """The rows by Arrow's parser and the vectorized validation; None when they need the row path."""
+           where: _Where, apart: dict | None = None) -> Loaded | None:
+    """The rows by Arrow's parser and the vectorized validation, with the ``apart`` columns (name: array) put
+    first; None when they need the row path."""
     opts = pajson.ParseOptions(newlines_in_values=False)
     if schema is not None:
         opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
@@ -284,18 +293,107 @@ def _arrow(lines: bytearray, kept: np.ndarray, path: str, schema: Schema | None,
     json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
     if json_fields & set(table.column_names) or json_parse_may_lose(table, schema):
         return None  # free-form JSON keeps its exact shape, a 0 beside a 0.5 its type, only through the row path
+    for k, (name, arr) in enumerate((apart or {}).items()):
+        if name in table.column_names:
+            return None  # the key twice in an element
+        table = table.add_column(k, name, arr)
     try:
         return finish(table, schema, path, invalid, lambda i: where(int(kept[i])))
     except SchemaError:
         return None
 
 
+# the first key of an element, up to its value
+_FIRST_KEY = re.compile(rb'\{\s*"([A-Za-z_][A-Za-z0-9_]*)"\s*:\s*')
+_ID_BYTES = 64  # longest first value (quotes and the comma after it included) _ids_apart takes
+_ID_ROWS = 1 << 16  # elements looked at a time
+
+
+def _ids_apart(lines: bytearray, elements: Elements, kept: np.ndarray, schema: Schema | None):
+    """``{name: array}`` for a field whose rows mix strings and integers (ids, as LLaVA's mix665k mixes them)
+    when it is the first key of every kept element, at the same offset (the layout of writers), its value a
+    string with no escape or a plain integer and a comma after it; each such key and value blanked out of
+    ``lines`` (Arrow's parser takes a column of one type only). None when the elements do not show that."""
+    if schema is None or not len(kept):
+        return None
+    tags = {f.name: {type(d): tag for tag, d in f.dtype.alternatives} for f in schema.fields
+            if isinstance(f.dtype, OneOf) and {type(d) for _, d in f.dtype.alternatives} == {String, Int}}
+    starts = elements.starts[kept]
+    m = _FIRST_KEY.match(lines, int(starts[0]))
+    if not tags or m is None or m[1].decode() not in tags:
+        return None
+    name, prefix = m[1].decode(), np.frombuffer(bytes(lines[m.start():m.end()]), np.uint8)
+    a = np.frombuffer(lines, np.uint8)
+    if int(starts[-1]) + len(prefix) + _ID_BYTES > len(a):
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(a, len(prefix) + _ID_BYTES)
+    parts = []
+    for lo in range(0, len(starts), _ID_ROWS):
+        at = starts[lo:lo + _ID_ROWS]
+        win = windows[at]
+        if not (win[:, :len(prefix)] == prefix).all():
+            return None
+        part = _values(win[:, len(prefix):])
+        if part is None:
+            return None
+        parts.append((at + len(prefix), *part))
+    blank_lo = np.concatenate([at - len(prefix) + 1 for at, *_ in parts])
+    blank_hi = np.concatenate([at + ends + 1 for at, _, _, ends in parts])  # through the comma
+    lengths = blank_hi - blank_lo
+    a[np.repeat(blank_lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))] = 0x20
+    strs = pa.concat_arrays([p[1] for p in parts])
+    ints = pa.concat_arrays([p[2] for p in parts])
+    if strs.null_count == 0 or ints.null_count == 0:
+        return {name: strs if ints.null_count else ints}
+    return {name: variant_array({tags[name][String]: strs, tags[name][Int]: ints})}
+
+
+def _values(v: np.ndarray):
+    """(strings, integers, end) from the first bytes of each row's value: a string with no escape or control
+    character, or an integer of at most 18 digits (no sign, no leading zero), then a comma at ``end``; None if
+    any row holds something else."""
+    n, width = v.shape
+    cols = np.arange(width)
+    text = v[:, 0] == 0x22
+    close = np.argmax(v[:, 1:] == 0x22, axis=1) + 1  # the closing quote (1 where there is none)
+    digit = (v >= 0x30) & (v <= 0x39)
+    ndig = np.argmin(digit, axis=1)  # digits before the first other byte
+    end = np.where(text, close + 1, ndig)
+    inside = (cols >= 1) & (cols < close[:, None]) & text[:, None]
+    if ((close == 1) & text & (v[:, 1] != 0x22)).any():
+        return None  # no closing quote
+    if (((v < 0x20) | (v == 0x5C)) & inside).any():
+        return None
+    number = ~text
+    if ((ndig < 1) | (ndig > 18) | ((v[:, 0] == 0x30) & (ndig > 1)))[number].any():
+        return None
+    if (end >= width).any() or (v[np.arange(n), np.minimum(end, width - 1)] != 0x2C).any():
+        return None
+    lengths = np.where(text, close - 1, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    valid = pa.array(text).buffers()[1]
+    strs = pa.Array.from_buffers(pa.string(), n, [valid, pa.py_buffer(offsets), pa.py_buffer(v[inside].tobytes())])
+    value = np.zeros(n, np.int64)
+    rows = np.flatnonzero(number)
+    for k in range(18):  # Horner's rule over the digits, the rows that still have one
+        rows = rows[ndig[rows] > k]
+        if not len(rows):
+            break
+        value[rows] = value[rows] * 10 + (v[rows, k].astype(np.int64) - 0x30)
+    ints = pa.array(value, pa.int64(), mask=text)
+    return strs, ints, end
+
+
 def _loads(raw):
     """One JSON value: orjson, or the standard library where orjson refuses (NaN, infinity, long integers)."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        first = e
+    try:
         return json.loads(raw)
+    except json.JSONDecodeError:
+        raise first from None  # orjson's message says more ("number with leading zero is not allowed")
 
 
 class _Broken(Exception):
@@ -337,6 +435,9 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
         view[elements.starts[i]:elements.ends[i]] = 0x20
     kept = np.setdiff1d(np.arange(len(elements.starts)), np.fromiter(flawed, np.int64, len(flawed)))
     loaded = _arrow(lines, kept, path, schema, invalid, where) if len(kept) else None
+    if loaded is None:
+        apart = _ids_apart(lines, elements, kept, schema)
+        loaded = _arrow(lines, kept, path, schema, invalid, where, apart) if apart else None
     if loaded is None:
         try:
             rows = _rows(data, elements, kept)

@@ -176,3 +176,38 @@ def test_the_row_path_names_the_broken_element_by_row(tmp_path):
     line = text[:text.index(" x")].count("\n") + 1
     with pytest.raises(InputError, match=rf"b.json:{line}: invalid JSON at column \d+ \(row 3\)"):
         dc.load(str(path), schema="MM")
+
+
+@pytest.mark.parametrize("layout", ["indent4", "one-a-line", "one-line"])
+def test_mixed_ids_load_as_one_variant_column_or_by_rows_when_the_layout_does_not_show_them(tmp_path, layout):
+    rows = [_row(i, id=i * 1000) if i % 3 == 0 else _row(i) for i in range(12)]
+    rows[4]["id"] = "x" * 80  # longer than the byte-level split takes
+    rows[5]["id"] = 'with \\"escape\\"'
+    for case in ("plain", "long", "escaped", "id-not-first"):
+        got = [dict(r) for r in rows]
+        if case != "long":
+            got[4] = _row(4)
+        if case != "escaped":
+            got[5] = _row(5)
+        if case == "id-not-first":
+            got = [{"image": r["image"], "id": r["id"], "conversations": r["conversations"]} for r in got]
+        path = tmp_path / f"{case}.json"
+        path.write_text(LAYOUTS[layout](got))
+        table = dc.load(str(path), schema="MM").to_arrow()
+        assert table.column("id").to_pylist() == [r["id"] for r in got], case
+        assert table.column("id").type.extension_name == "datacopilot.variant"
+
+
+def test_integer_ids_not_json_or_negative_are_named_by_row(tmp_path):
+    rows = [_row(i, id=i) if i % 2 else _row(i) for i in range(6)]
+    text = json.dumps(rows, indent=4)
+    (tmp_path / "zero.json").write_text(text.replace('"id": 3,', '"id": 03,'))
+    with pytest.raises(InputError, match=r"zero.json:\d+: invalid JSON at column 15 \(row 3\)"):
+        dc.load(str(tmp_path / "zero.json"), schema="MM")
+    neg = text.replace('"id": 3,', '"id": -3,')
+    (tmp_path / "neg.json").write_text(neg)
+    line = neg.split("\n").index('        "id": -3,')  # the line before it, 1-based: the element's {
+    ds = dc.load(str(tmp_path / "neg.json"), schema="MM", invalid="quarantine")
+    assert ds.to_arrow().column("id").to_pylist() == ["0000", 1, "0002", "0004", 5]
+    (err,) = ds.quarantine.to_arrow().column("_error").to_pylist()
+    assert err.startswith(f"{tmp_path / 'neg.json'}: row 3 (line {line}): id: expected an integer >= 0, got -3")
