@@ -1,17 +1,25 @@
 """The JSON array reader: a ``.json`` file holding one array of objects (LLaVA's ``llava_v1_5_mix665k.json``).
 
-A vectorized scan (:func:`split_array`) finds the array's elements without parsing them: the positions of quotes
-and brackets (blockwise, in cache), the quotes that open or close strings (not escaped), and the nesting depth of
-the brackets outside strings. It checks the structure around the elements (only whitespace and one comma between
-two of them) and measures each element's depth and UTF-8, so a bad element is located, with its row (index in
-the array) and line, before any parser sees it. The elements then go, one a line, through Arrow's multithreaded
-JSON parser with the schema's Arrow schema and the vectorized validation, as JSON Lines do.
+The elements are found without parsing them, then go, one a line, through Arrow's multithreaded JSON parser with
+the schema's Arrow schema and the vectorized validation, as JSON Lines do:
 
-When Arrow's parser cannot take the rows (values of another type, ids that mix strings and integers, free-form
-``meta``) each element is parsed on its own (orjson, the standard library where orjson refuses NaN or long
-integers) and loaded as Python rows. When the scan cannot vouch for the structure (not an array of objects, not
-valid JSON) the whole document is parsed, after the depth and UTF-8 screen: invalid JSON is one InputError naming
-the file, line and column.
+- :func:`split_lines` guesses them from the lines as writers lay arrays out (datacopilot's one element a line,
+  ``json.dump(rows, f, indent=4)``): a line ending with a comma, then ``{`` at the first element's indentation.
+  The guess costs a scan for newlines; the parser confirms it (each piece must be exactly one object);
+- :func:`split_array`, when the lines do not show the elements (one line, odd layouts) or the guess fails: a
+  vectorized scan of the quotes and brackets (blockwise, in cache) that skips strings (escaped quotes included),
+  follows the nesting depth and checks that only whitespace and one comma lie between two elements.
+
+The one-a-line copy is byte for byte the file (newlines become tabs, which a string cannot hold either; the
+separating commas newlines), so ``screen.screen_lines`` checks each element's depth, length and UTF-8 before any
+parser sees it, and every message names the element's row (index in the array) and the file's line and column.
+A bad element is quarantined with ``invalid="quarantine"``, the other rows load.
+
+Ids that mix strings and integers (mix665k's) are read at the byte level when they are each element's first key
+and put back as one variant column. Rows Arrow's parser cannot take otherwise (values of another type, free-form
+``meta``) are parsed element by element (orjson; the standard library for NaN and long integers) and loaded as
+Python rows. A file whose structure neither split vouches for (one object, an array of other values, not JSON)
+is parsed whole after the depth and UTF-8 screen: invalid JSON is one InputError naming the line and column.
 
 >>> split_array(b'[{"a": "[{"}, \\n {"b": [1]}]').starts.tolist()
 [1, 16]
@@ -20,9 +28,9 @@ the file, line and column.
 from __future__ import annotations
 
 import json
-import re
 import mmap
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -433,7 +441,9 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
     view = np.frombuffer(lines, np.uint8)
     for i in flawed:
         view[elements.starts[i]:elements.ends[i]] = 0x20
-    kept = np.setdiff1d(np.arange(len(elements.starts)), np.fromiter(flawed, np.int64, len(flawed)))
+    kept = np.arange(len(elements.starts))
+    if flawed:
+        kept = np.setdiff1d(kept, np.fromiter(flawed, np.int64, len(flawed)))
     loaded = _arrow(lines, kept, path, schema, invalid, where) if len(kept) else None
     if loaded is None:
         apart = _ids_apart(lines, elements, kept, schema)
