@@ -393,15 +393,33 @@ def _values(v: np.ndarray):
 
 
 def _loads(raw):
-    """One JSON value: orjson, or the standard library where orjson refuses (NaN, infinity, long integers)."""
+    """One JSON value: orjson, or the standard library where orjson refuses (NaN, infinity, long integers);
+    _LoneSurrogate when the value holds an escaped lone surrogate (text no UTF-8 file or Arrow column holds)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         first = e
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
         raise first from None  # orjson's message says more ("number with leading zero is not allowed")
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        m = _LONE.search(bytes(raw))
+        raise _LoneSurrogate(m.start() if m else 0, m[0].decode() if m else "\\u") from None
+    return value
+
+
+# an escaped surrogate that is not half of a pair
+_LONE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                   rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+class _LoneSurrogate(Exception):
+    def __init__(self, at: int, escape: str):
+        super().__init__(escape)
+        self.at, self.escape = at, escape
 
 
 class _Broken(Exception):
@@ -412,18 +430,26 @@ class _Broken(Exception):
         self.row, self.at, self.msg = row, at, msg
 
 
-def _rows(data, elements: Elements, kept: np.ndarray) -> list:
-    """Each kept element parsed on its own; _Broken for the first that does not parse as one object."""
-    rows = []
+def _rows(data, elements: Elements, kept: np.ndarray) -> tuple[list, list[int], dict[int, tuple[int, str]]]:
+    """Each kept element parsed on its own: the rows, their elements, and {element: (position, escape)} for
+    those holding an escaped lone surrogate; _Broken for the first that does not parse."""
+    rows, good, lone = [], [], {}
     for i in kept.tolist():
         s, e = int(elements.starts[i]), int(elements.ends[i])
-        raw = data[s:e]
         try:
-            rows.append(_loads(raw))
+            rows.append(_loads(data[s:e]))
+            good.append(i)
+        except _LoneSurrogate as err:
+            lone[i] = (s + err.at, err.escape)
         except json.JSONDecodeError as err:
             at = s + len(err.doc[:err.pos].encode("utf-8", "surrogatepass")) if isinstance(err.doc, str) else s + err.pos
             raise _Broken(i, at, err.msg) from err
-    return rows
+    return rows, good, lone
+
+
+def _raise_unreadable(bad: list) -> None:
+    more = f"\n... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise InputError(f"{len(bad)} unreadable JSON array element(s):\n" + "\n".join(m for _, m, _ in bad[:20]) + more)
 
 
 def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
@@ -435,9 +461,7 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
         return None
     bad = [(where(i), m, _text(data, int(elements.starts[i]), int(elements.ends[i]))) for i, m in flawed.items()]
     if bad and invalid == "raise":
-        more = f"\n... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise InputError(f"{len(bad)} unreadable JSON array element(s):\n" + "\n".join(m for _, m, _ in bad[:20])
-                         + more)
+        _raise_unreadable(bad)
     view = np.frombuffer(lines, np.uint8)
     for i in flawed:
         view[elements.starts[i]:elements.ends[i]] = 0x20
@@ -450,12 +474,19 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
         loaded = _arrow(lines, kept, path, schema, invalid, where, apart) if apart else None
     if loaded is None:
         try:
-            rows = _rows(data, elements, kept)
+            rows, good, lone = _rows(data, elements, kept)
         except _Broken as e:
             if not elements.checked:
                 return None
             raise InputError(f"{path}:{where.line(e.at)}: invalid JSON at column {where.column(e.at)} (row "
                              f"{e.row}): {e.msg}") from e
+        if lone:
+            bad += [(where(i), f"{path}:{where.line(at)}: escaped lone surrogate {esc} at column {where.column(at)}: "
+                               f"not unicode text (row {i})", _text(data, int(elements.starts[i]), int(elements.ends[i])))
+                    for i, (at, esc) in lone.items()]
+            if invalid == "raise":
+                _raise_unreadable(bad)
+        kept = np.array(good, np.int64)
         loaded = load_rows(rows, schema, path, where=lambda i: where(int(kept[i])), invalid=invalid)
     loaded.bad = bad + loaded.bad
     return loaded
@@ -508,6 +539,10 @@ def _document(data: bytes, path: str, schema: Schema | None, invalid: str) -> Lo
         raise InputError(f"{path}:{e.lineno}: invalid JSON at column {e.colno}: {e.msg}") from e
     except (UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{path}: invalid JSON: {e}") from e
+    except _LoneSurrogate as e:
+        line, column = data.count(b"\n", 0, e.at) + 1, e.at - data.rfind(b"\n", 0, e.at)
+        raise InputError(f"{path}:{line}: escaped lone surrogate {e.escape} at column {column}: not unicode "
+                         f"text") from None
     if isinstance(rows, dict):
         rows = [rows]
     if not isinstance(rows, list):

@@ -98,7 +98,7 @@ def _bad_file(tmp_path, layout: str = "indent4"):
     return path, text
 
 
-@pytest.mark.parametrize("layout", ["indent4", "one-line", "one-a-line"])
+@pytest.mark.parametrize("layout", ["indent4", "one-line", "one-a-line", "nested-at-top-indent", "indent2-crlf"])
 def test_quarantine_keeps_every_good_element_and_names_each_bad_one(tmp_path, layout):
     path, text = _bad_file(tmp_path, layout)
     ds = dc.load(str(path), schema="MM", invalid="quarantine")
@@ -211,3 +211,22 @@ def test_integer_ids_not_json_or_negative_are_named_by_row(tmp_path):
     assert ds.to_arrow().column("id").to_pylist() == ["0000", 1, "0002", "0004", 5]
     (err,) = ds.quarantine.to_arrow().column("_error").to_pylist()
     assert err.startswith(f"{tmp_path / 'neg.json'}: row 3 (line {line}): id: expected an integer >= 0, got -3")
+
+
+def test_an_escaped_lone_surrogate_is_a_bad_element_not_a_crash(tmp_path):
+    rows = [_row(i) for i in range(5)]
+    text = json.dumps(rows, indent=2).replace('"id": "0002"', '"id": "0002\\ud800"')
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    line = text[:text.index("\\ud800")].count("\n") + 1
+    ds = dc.load(str(path), schema="MM", invalid="quarantine")
+    assert ds.to_arrow().column("id").to_pylist() == ["0000", "0001", "0003", "0004"]
+    (err,) = ds.quarantine.to_arrow().column("_error").to_pylist()
+    assert err == f"{path}:{line}: escaped lone surrogate \\ud800 at column 16: not unicode text (row 2)"
+    with pytest.raises(InputError, match=r"escaped lone surrogate \\ud800 at column 16: not unicode text \(row 2\)"):
+        dc.load(str(path), schema="MM")
+    (tmp_path / "one.json").write_text('{"id": "a\\udc00b"}')  # one object: the whole document
+    with pytest.raises(InputError, match=r"one.json:1: escaped lone surrogate \\udc00 at column 10"):
+        dc.load(str(tmp_path / "one.json"))
+    (tmp_path / "pair.json").write_text('[{"id": "a\\ud83d\\ude00"}]')  # a pair is text
+    assert dc.load(str(tmp_path / "pair.json")).to_arrow().column("id").to_pylist() == ["a\U0001f600"]
