@@ -128,40 +128,46 @@ def split_lines(data) -> Elements | None:
     """
     a = np.frombuffer(data, np.uint8)
     n = len(a)
-    nl = _structural(a, False)
     lo, hi = _first_nonspace(data, 0, 1), _first_nonspace(data, n - 1, -1)
-    if len(nl) < 2 or lo < 0 or hi <= lo or a[lo] != 0x5B or a[hi] != 0x5D:
+    if lo < 0 or hi <= lo or a[lo] != 0x5B or a[hi] != 0x5D:
         return None
     brace0 = _first_nonspace(data, lo + 1, 1)
     if brace0 < 0 or a[brace0] != 0x7B:
         return None
-    ends = nl  # each line's end, before any \r (a newline at 0 is the first line's: no comma before it)
-    tail = a[np.maximum(nl - 1, 0)]
-    cr = tail == 0x0D
-    if cr.any():
-        ends = nl - cr
-        tail = a[np.maximum(ends - 1, 0)]
-    comma = tail == 0x2C
-    comma[ends == 0] = False
-    cand = np.flatnonzero(comma) + 1  # the lines (numbered from 0) after a line ending with a comma
-    line_start = nl[cand - 1] + 1
-    k = int(np.searchsorted(nl, brace0))
-    column = brace0 - (int(nl[k - 1]) + 1 if k else 0)
-    for level in dict.fromkeys((column, 0)):  # the first element's indentation; 0 when it follows the [
-        at = line_start + level
-        pick = at < n
-        pick[pick] = a[at[pick]] == 0x7B
-        for k in range(level):
-            pick[pick] = a[line_start[pick] + k] == 0x20
-        if pick.any():
+    levels = tuple(dict.fromkeys((brace0 - data.rfind(b"\n", 0, brace0) - 1, 0)))  # the first element's, or 0
+    newlines, found = [], {level: ([], []) for level in levels}
+    flags = np.empty(_BLOCK, bool)
+    for s in range(0, n, _BLOCK):  # block by block, in cache
+        blk = a[s:s + _BLOCK]
+        f = flags[:len(blk)]
+        np.equal(blk, 0x0A, out=f)
+        nl = np.flatnonzero(f) + s
+        newlines.append(nl)
+        end = nl - 1  # the byte before each newline, then before a \r
+        end = end[end >= 0]
+        end = end - (a[end] == 0x0D)
+        end = end[end >= 0]
+        comma = end[a[end] == 0x2C]  # the lines ending with a comma
+        for level, (starts, commas) in found.items():
+            at = comma + 1 + (a[comma + 1] == 0x0D)  # the newline after the comma
+            at = at + 1 + level
+            ok = at < n
+            pick, at = comma[ok], at[ok]
+            ok = a[at] == 0x7B
+            for k in range(1, level + 1):
+                ok &= a[at - k] == 0x20
+            starts.append(at[ok])
+            commas.append(pick[ok])
+    for level in levels:
+        starts, commas = (np.concatenate(x) for x in found[level])
+        if len(starts):
             break
     else:
         return None
-    starts = np.concatenate([[brace0], line_start[pick] + level]).astype(np.int64)
-    commas = ends[cand[pick] - 1] - 1
-    if len(commas) and commas[0] < brace0:
+    if commas[0] < brace0:
         return None
-    return Elements(starts, np.append(commas, hi), commas, nl, (lo, hi), False)
+    return Elements(np.concatenate([[brace0], starts]).astype(np.int64), np.append(commas, hi), commas,
+                    np.concatenate(newlines), (lo, hi), False)
 
 
 def _first_nonspace(data, at: int, step: int) -> int:
