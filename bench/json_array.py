@@ -27,8 +27,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from formats import HF, INT_ID_EVERY, clock, make_rows, measure, rate  # noqa: E402
 from engine import log, machine  # noqa: E402
+from formats import HF, INT_ID_EVERY, clock, make_rows, measure, rate  # noqa: E402
 
 FILES = ("written", "indent", "indent-int-ids")
 

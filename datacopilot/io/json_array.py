@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from datacopilot.errors import InputError, SchemaError
-from datacopilot.lossless import json_parse_may_lose
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
+from datacopilot.lossless import json_parse_may_lose
 from datacopilot.schemas import Json, OneOf, Schema
 from datacopilot.schemas.types import Int, String
 from datacopilot.schemas.variant import variant_array
@@ -448,7 +448,8 @@ def _rows(data, elements: Elements, kept: np.ndarray) -> tuple[list, list[int], 
         except _LoneSurrogate as err:
             lone[i] = (s + err.at, err.escape)
         except json.JSONDecodeError as err:
-            at = s + len(err.doc[:err.pos].encode("utf-8", "surrogatepass")) if isinstance(err.doc, str) else s + err.pos
+            before = err.doc[:err.pos]
+            at = s + (len(before.encode("utf-8", "surrogatepass")) if isinstance(before, str) else err.pos)
             raise _Broken(i, at, err.msg) from err
     return rows, good, lone
 
@@ -486,12 +487,12 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
                 return None
             raise InputError(f"{path}:{where.line(e.at)}: invalid JSON at column {where.column(e.at)} (row "
                              f"{e.row}): {e.msg}") from e
-        if lone:
-            bad += [(where(i), f"{path}:{where.line(at)}: escaped lone surrogate {esc} at column {where.column(at)}: "
-                               f"not unicode text (row {i})", _text(data, int(elements.starts[i]), int(elements.ends[i])))
-                    for i, (at, esc) in lone.items()]
-            if invalid == "raise":
-                _raise_unreadable(bad)
+        for i, (at, esc) in lone.items():
+            msg = f"{path}:{where.line(at)}: escaped lone surrogate {esc} at column {where.column(at)}"
+            bad.append((where(i), f"{msg}: not unicode text (row {i})",
+                        _text(data, int(elements.starts[i]), int(elements.ends[i]))))
+        if lone and invalid == "raise":
+            _raise_unreadable(bad)
         kept = np.array(good, np.int64)
         loaded = load_rows(rows, schema, path, where=lambda i: where(int(kept[i])), invalid=invalid)
     loaded.bad = bad + loaded.bad

@@ -14,8 +14,8 @@ from datacopilot.io.json_array import split_array, split_lines
 
 
 def _row(i: int, **kw) -> dict:
-    r = {"id": f"{i:04d}", "image": f"images/{i}.jpg",
-         "conversations": [{"from": "human", "value": f"<image>\nwhat is {i}?"}, {"from": "gpt", "value": f"it is {i}."}]}
+    turns = [{"from": "human", "value": f"<image>\nwhat is {i}?"}, {"from": "gpt", "value": f"it is {i}."}]
+    r = {"id": f"{i:04d}", "image": f"images/{i}.jpg", "conversations": turns}
     r.update(kw)
     return r
 
