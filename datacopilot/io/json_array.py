@@ -324,14 +324,17 @@ _ID_ROWS = 1 << 16  # elements looked at a time
 
 
 def _ids_apart(lines: bytearray, elements: Elements, kept: np.ndarray, schema: Schema | None):
-    """``{name: array}`` for a field whose rows mix strings and integers (ids, as LLaVA's mix665k mixes them)
-    when it is the first key of every kept element, at the same offset (the layout of writers), its value a
+    """``{name: array}`` for a field whose rows mix strings and integers (ids, as LLaVA's mix665k mixes them;
+    with no schema, ``id``) when it is the first key of every kept element, at the same offset (the layout of writers), its value a
     string with no escape or a plain integer and a comma after it; each such key and value blanked out of
     ``lines`` (Arrow's parser takes a column of one type only). None when the elements do not show that."""
-    if schema is None or not len(kept):
+    if not len(kept):
         return None
-    tags = {f.name: {type(d): tag for tag, d in f.dtype.alternatives} for f in schema.fields
-            if isinstance(f.dtype, OneOf) and {type(d) for _, d in f.dtype.alternatives} == {String, Int}}
+    if schema is None:  # the built-in schemas' ids
+        tags = {"id": {String: "str", Int: "int"}}
+    else:
+        tags = {f.name: {type(d): tag for tag, d in f.dtype.alternatives} for f in schema.fields
+                if isinstance(f.dtype, OneOf) and {type(d) for _, d in f.dtype.alternatives} == {String, Int}}
     starts = elements.starts[kept]
     m = _FIRST_KEY.match(lines, int(starts[0]))
     if not tags or m is None or m[1].decode() not in tags:

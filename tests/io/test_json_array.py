@@ -230,3 +230,13 @@ def test_an_escaped_lone_surrogate_is_a_bad_element_not_a_crash(tmp_path):
         dc.load(str(tmp_path / "one.json"))
     (tmp_path / "pair.json").write_text('[{"id": "a\\ud83d\\ude00"}]')  # a pair is text
     assert dc.load(str(tmp_path / "pair.json")).to_arrow().column("id").to_pylist() == ["a\U0001f600"]
+
+
+def test_mixed_ids_with_no_schema_detect_the_same_table(tmp_path):
+    rows = [_row(i, id=i) if i % 4 == 0 else _row(i) for i in range(10)]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(rows, indent=4))
+    detected, named = dc.load(str(path)), dc.load(str(path), schema="MM")
+    assert detected.schema.name == "MM"
+    assert detected.to_arrow().equals(named.to_arrow())
+    assert detected.to_arrow().column("id").to_pylist() == [r["id"] for r in rows]
