@@ -235,7 +235,7 @@ def screen(table: pa.Table, schema: Schema) -> "np.ndarray":
                 mask[:] = True
             continue
         col = table.column(f.name)
-        if f.required:
+        if f.required and col.null_count:
             mask |= bool_mask(col.is_null())
         sub = f.dtype.bad_mask(col)
         if sub is not None:
@@ -254,8 +254,22 @@ def empty_image_rows(table: pa.Table) -> "np.ndarray":
 
     mask = np.zeros(table.num_rows, dtype=bool)
     for col in table.columns:  # each column whole: a few Arrow calls per column, not per chunk
-        mask[_empty_images(col)] = True
+        if _may_hold_images(col.type):
+            mask[_empty_images(col)] = True
     return mask
+
+
+def _may_hold_images(t: pa.DataType) -> bool:
+    """Whether a type has a struct with ``path`` and ``bytes`` anywhere inside (decided from the type alone, so
+    a column of text or turns costs nothing)."""
+    if isinstance(t, pa.ExtensionType):
+        return _may_hold_images(t.storage_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _may_hold_images(t.value_type)
+    if not pa.types.is_struct(t):
+        return False
+    names = {t.field(i).name for i in range(t.num_fields)}
+    return {"path", "bytes"} <= names or any(_may_hold_images(t.field(i).type) for i in range(t.num_fields))
 
 
 def _empty_images(arr) -> "np.ndarray":
@@ -281,6 +295,8 @@ def _empty_images(arr) -> "np.ndarray":
     if "path" in names and "bytes" in names:
         path = pc.struct_field(arr, [names.index("path")])
         data = pc.struct_field(arr, [names.index("bytes")])
+        if not path.null_count or not data.null_count:  # every image has one of them: nothing to look at
+            return np.zeros(0, np.int64)
         empty = pc.and_(arr.is_valid(), pc.and_(path.is_null(), data.is_null()))
         return np.flatnonzero(bool_mask(empty))
     found = [_empty_images(pc.struct_field(arr, [i])) for i in range(len(names))]

@@ -115,6 +115,8 @@ class Schema:
         image records) that the schema does not name. Raises :class:`SchemaError` naming the column when
         a required column is missing or a column cannot be cast.
         """
+        if self._conforms(table):
+            return table
         cols, names = [], []
         for f in self.fields:
             want = f.dtype.arrow()
@@ -137,6 +139,19 @@ class Schema:
                 cols.append(table.column(name))
                 names.append(name)
         return pa.Table.from_arrays(cols, names=names)
+
+    def _conforms(self, table: pa.Table) -> bool:
+        """Whether ``table`` already is what :meth:`conform` makes of it (the schema's columns first, in order,
+        each of the type it would be cast to): a table conformed once costs a look at its types the next time."""
+        from .arrow_build import conform_type
+
+        names = table.column_names
+        if names[:len(self.fields)] != self.names or table.schema.metadata:
+            return False  # (conform's table carries no schema metadata and only nullable fields)
+        if not all(f.nullable for f in table.schema):
+            return False
+        return all(table.schema.field(i).type == conform_type(f.dtype, table.schema.field(i).type)
+                   for i, f in enumerate(self.fields))
 
     def bad_rows(self, table: pa.Table) -> np.ndarray:
         """Vectorized screen of a conformed table: a mask of rows that may be invalid (no false negatives

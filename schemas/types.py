@@ -21,6 +21,12 @@ def bool_mask(x) -> np.ndarray:
     return x.fill_null(False).to_numpy(zero_copy_only=False)
 
 
+def null_mask(x) -> np.ndarray | None:
+    """The nulls of an array or chunked array as a numpy mask; None when it holds none (Arrow counts them when
+    it builds the array: no pass over the values)."""
+    return bool_mask(x.is_null()) if x.null_count else None
+
+
 def list_parents(arr) -> np.ndarray:
     """The row each value of ``pc.list_flatten(arr)`` comes from, for an array or a chunked array whole (a null
     list holds no values)."""
@@ -77,8 +83,29 @@ class String(DType):
     def bad_mask(self, arr):
         if self.choices is None:
             return None
-        ok = pc.is_in(arr, value_set=pa.array(self.choices, arr.type))
+        ok = choice_mask(arr, self.choices)
+        if pc.all(ok).as_py() is not False:  # every value one of the choices (nulls are the caller's): no mask
+            return None
         return ~bool_mask(ok.fill_null(True))
+
+
+EQUAL_CHOICES = 4  # up to this many choices, one ``pc.equal`` each beats ``pc.is_in``'s hash set
+
+
+def choice_mask(arr, choices: tuple[str, ...]):
+    """Whether each string of ``arr`` (an array or a chunked array, whole) is one of ``choices`` (null for null):
+    a few ``pc.equal`` (each a byte comparison, no hashing) for a few choices, as roles are.
+
+    >>> choice_mask(pa.array(["human", "bot", None]), ("human", "gpt")).to_pylist()
+    [True, False, None]
+    """
+    if len(choices) > EQUAL_CHOICES or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        ok = pc.is_in(arr, value_set=pa.array(choices, arr.type))
+        return pc.if_else(arr.is_valid(), ok, None) if arr.null_count else ok
+    ok = pc.equal(arr, choices[0])
+    for c in choices[1:]:
+        ok = pc.or_(ok, pc.equal(arr, c))
+    return ok
 
 
 @dataclass(frozen=True)
@@ -167,12 +194,12 @@ class List(DType):
     def bad_mask(self, arr):
         n = len(arr)
         values = pc.list_flatten(arr)
-        bad_vals = bool_mask(values.is_null())
+        bad_vals = null_mask(values)
         inner = self.inner.bad_mask(values)
         if inner is not None:
-            bad_vals = bad_vals | inner
+            bad_vals = inner if bad_vals is None else bad_vals | inner
         mask = np.zeros(n, dtype=bool)
-        if bad_vals.any():
+        if bad_vals is not None and bad_vals.any():
             mask[np.unique(list_parents(arr)[bad_vals])] = True
         if self.length is not None:
             lens = int_values(pc.list_value_length(arr).fill_null(self.length))
@@ -364,10 +391,10 @@ class Struct(DType):
                     mask[:] = True
                 continue
             child = pc.struct_field(arr, [names.index(f.name)])
-            if f.required:
+            if f.required and child.null_count:
                 mask |= bool_mask(child.is_null())
             sub = f.dtype.bad_mask(child)
             if sub is not None:
                 mask |= sub
         # a null struct hides its children: do not flag it here (the parent decides)
-        return mask & bool_mask(arr.is_valid())
+        return mask & bool_mask(arr.is_valid()) if arr.null_count else mask
