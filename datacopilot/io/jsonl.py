@@ -20,6 +20,7 @@ from datacopilot.schemas import Json, Schema
 from ._common import file_arrow_schema, finish, parse_json_records
 from ._fs import local_path, read_bytes
 from datacopilot.lossless import json_parse_may_lose
+from .jsonl_ids import parse_mixed_ids
 from .screen import screened
 
 # io's format table finds the writers of both formats here, and the JSON array reader
@@ -42,16 +43,27 @@ class _Lines:
         return f"{self.path}:{self.numbers[i]}"
 
 
-def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
-    """Arrow's multithreaded parser over the (screened) bytes; None when the file needs the row path."""
+def _parse(data, schema: Schema | None) -> pa.Table | None:
+    """Arrow's multithreaded parser over the (screened) bytes; None when it refuses them."""
     opts = pajson.ParseOptions(newlines_in_values=False)
     if schema is not None:
         opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
     read = pajson.ReadOptions(block_size=16 << 20)
     try:
-        table = pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
+        return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
+
+
+def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
+    """The table of Arrow's parser (ids that mix strings and integers read apart, :mod:`.jsonl_ids`),
+    validated; None when the file needs the row path."""
+    table = _parse(data, schema)
+    if table is None:
+        mixed = parse_mixed_ids(data, schema, lambda d: _parse(d, schema))
+        if mixed is None:
+            return None
+        table, schema = mixed
     json_fields = {f.name for f in schema.fields if isinstance(f.dtype, Json)} if schema is not None else {"meta"}
     if json_fields & set(table.column_names):
         return None  # free-form JSON fields keep their exact shape only through the row path
