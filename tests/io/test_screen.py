@@ -270,3 +270,85 @@ def test_screen_finds_nothing_in_clean_data_and_counts_lines_from_line0():
     flaws = screen_lines(data + b'{"a": "\xfe"}\n', "x.jsonl", line0=501, offset=1000)
     assert [(f.line, f.message) for f in flaws] == [
         (601, f"x.jsonl:601: invalid utf-8 at byte offset {1000 + len(data) + 7} (column 8)")]
+
+
+# -- escaped lone surrogates --------------------------------------------------------------------------------------
+def _lone_line(k: int, escape: str = "\\ud800") -> bytes:
+    """Row k with ``escape`` (six ASCII characters) inside its answer."""
+    return json.dumps(_row(k)).encode().replace(b"A cat", b"A c" + escape.encode() + b"at")
+
+
+def test_an_escaped_lone_surrogate_is_an_error_naming_file_line_field_and_column(tmp_path):
+    path = tmp_path / "lone.jsonl"
+    line = _lone_line(23)
+    _write(path, 40, {23: line, 31: _lone_line(31, "\\uDC00")})
+    with pytest.raises(InputError) as e:
+        dc.load(str(path), schema="MM")
+    col = line.index(b"\\ud800") + 1
+    assert f"{path}:23: conversations[1].value: escaped lone surrogate \\ud800 at column {col}: not unicode text" \
+        in str(e.value)
+    assert f"{path}:31: conversations[1].value: escaped lone surrogate \\uDC00" in str(e.value)
+    ds = dc.load(str(path), schema="MM", invalid="quarantine")
+    assert len(ds) == 38 and ds[22]["id"] == f"{24:09d}"
+    q = ds.quarantine.to_arrow().to_pylist()
+    assert [r["_source"] for r in q] == [f"{path}:23", f"{path}:31"]
+    assert "\\ud800" in q[0]["_row"]
+    for r in ds.to_list():  # every loaded string encodes
+        json.dumps(r, ensure_ascii=False).encode("utf-8")
+
+
+def test_escaped_pairs_load_as_the_character_and_escaped_backslashes_as_text(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [_row(0, note="\U0001F600 smile"), _row(1, note="C:\\ud800\\x"), _row(2, note="\\\ud83d\ude00")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ensure_ascii: the emoji as \ud83d\ude00
+    assert b"\\ud83d\\ude00" in path.read_bytes() and b"\\\\ud800" in path.read_bytes()
+    assert screen.lone_surrogates(path.read_bytes(), str(path)) == []
+    got = dc.load(str(path)).to_list()
+    assert [r["note"] for r in got] == ["\U0001F600 smile", "C:\\ud800\\x", "\\\U0001F600"]
+
+
+def test_a_lone_half_after_an_escaped_backslash_or_a_reversed_pair_is_found():
+    data = (b'{"a": "\\\\\\ud800"}\n'  # an escaped backslash, then a real \ud800
+            b'{"a": "\\\\ud83d\\ude00"}\n'  # the text \ud83d, then a lone low half
+            b'{"\\udc00\\ud83d": 1}\n'  # reversed: two lone halves, in a key
+            b'{"a": "\\uD83D\\uDE00", "b": "\\ud800"}\n')
+    flaws = screen.lone_surrogates(data, "x.jsonl", line0=10)
+    assert [(f.line, f.message.split(": ")[1]) for f in flaws] == [(10, "a"), (11, "a"), (12, "key \\udc00\\ud83d"),
+                                                                   (13, "b")]
+    assert "and 1 more on this line" in flaws[2].message
+    assert screen.lone_surrogates(b'{"a": "\\\\ud800 \\u00e9 \\ud7ff \\ue000"}\n', "x.jsonl") == []
+
+
+def test_pipeline_source_screens_lone_surrogates_with_file_line_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline_io, "BLOCK_BYTES", 4096)
+    path = tmp_path / "src.jsonl"
+    _write(path, 200, {150: _lone_line(150)})
+    with pytest.raises(InputError, match=rf"{path}:150: conversations\[1\].value: escaped lone surrogate"):
+        _source_rows(path, "raise")
+    ids, bad = _source_rows(path, "quarantine")
+    assert len(ids) == 199 and f"{150:09d}" not in ids and [w for w, _, _ in bad] == [f"{path}:150"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["\ud800", "\udfff", "\U0001F600", "\\ud800"])),
+                min_size=1, max_size=12))
+def test_the_screen_flags_a_line_exactly_when_its_text_cannot_be_utf8(texts):
+    lines = [json.dumps({"id": str(i), "t": t}).encode() for i, t in enumerate(texts)]
+    flagged = {f.line for f in screen.lone_surrogates(b"\n".join(lines) + b"\n", "x.jsonl")}
+    bad = set()
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.add(i + 1)
+    assert flagged == bad
+
+
+def test_a_line_with_invalid_utf8_and_a_lone_surrogate_is_one_flaw_with_both_reasons(tmp_path):
+    path = tmp_path / "both.jsonl"
+    both = _lone_line(4).replace(b"table", b"ta\xffble")
+    _write(path, 6, {4: both, 5: _lone_line(5)})
+    ds = dc.load(str(path), invalid="quarantine")
+    q = ds.quarantine.to_arrow().to_pylist()
+    assert [r["_source"] for r in q] == [f"{path}:4", f"{path}:5"] and len(ds) == 4
+    assert "invalid utf-8" in q[0]["_error"] and "; conversations[1].value: escaped lone surrogate" in q[0]["_error"]
