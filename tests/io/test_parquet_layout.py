@@ -40,3 +40,21 @@ def test_row_group_size_given_wins(tmp_path):
     _ds(1_000).write(path, row_group_size=300)
     meta = pq.ParquetFile(path).metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [300, 300, 300, 100]
+
+
+def test_files_are_lz4_by_default_and_read_back_by_arrow_and_polars(tmp_path):
+    import polars as pl
+
+    ds = _ds(500)
+    path = str(tmp_path / "c.parquet")
+    ds.write(path)
+    meta = pq.ParquetFile(path).metadata
+    codecs = {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+              for c in range(meta.num_columns)}
+    assert codecs == {"LZ4"}  # Arrow's name for parquet's LZ4_RAW codec (the Hadoop framing is LZ4_HADOOP)
+    assert pq.read_table(path).column("id").to_pylist() == [f"{i:05d}" for i in range(500)]
+    assert pl.read_parquet(path)["conversations"].to_list() == ds.to_arrow().column("conversations").to_pylist()
+    snappy = str(tmp_path / "d.parquet")
+    ds.write(snappy, compression="snappy")
+    assert pq.ParquetFile(snappy).metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert datacopilot.load(snappy, schema="MM").to_arrow().equals(ds.to_arrow())
