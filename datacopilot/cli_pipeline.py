@@ -27,11 +27,15 @@ import click
               help="Local executor: number of workers (threads).")
 @click.option("--root", "root", default=None, metavar="DIR",
               help="Where relative image paths resolve (overrides the spec's source.root).")
-def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int | None, root: str | None) -> None:
+@click.option("--image-paths", "image_paths", default=None, type=click.Choice(["keep", "relative", "absolute"]),
+              help="Keep image paths as they are (the default; the manifest records their root) or rewrite them "
+                   "relative to the output or absolute (overrides the spec's output.image_paths).")
+def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int | None, root: str | None,
+        image_paths: str | None) -> None:
     """Run the pipeline described in the YAML (or JSON) file SPEC and write its output shards.
 
     Prints the per-operator report (rows in / out / dropped by reason / failed) and saves it as report.json
-    next to the output.
+    next to the output, and what was done to image paths.
     """
     import os
 
@@ -52,7 +56,16 @@ def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int 
             options["address"] = ray
     elif workers is not None:
         executor, options = "local", {"num_workers": workers}
-    pipe.write(out, executor=executor, resume=resume, **options)
+    report = pipe.write(out, executor=executor, resume=resume, image_paths=image_paths, **options)
+    from datacopilot.media import image_paths_of
+    from datacopilot.pipeline_io import read_manifest
+
+    manifest = read_manifest(report["output"]) or {}
+    info = image_paths_of(manifest)
+    if info.rewritten:
+        click.echo(f"image paths: {info.rewritten} rewritten ({info.mode})")
+    elif info.root:
+        click.echo(f"image paths: kept as they are, relative to {info.root} (recorded in the manifest)")
 
 
 @click.command()

@@ -255,11 +255,38 @@ def warn_absolute(tables: list, schema, roots: list[str], what: str,
     absolute; returns how many there are (no warning when none)."""
     n = sum(count_relative_paths(t, schema) for t in tables)
     if n:
-        shown = sorted({str(r) for r in roots})
-        warnings.warn(f"{n} relative image path(s) made absolute: the {what} resolve against {len(shown)} "
-                      f"root(s) ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}) and a dataset has "
-                      f"one root; {hint}", ImagePathWarning, stacklevel=4)
+        warn_roots(roots, what, f"{n} relative image path(s) made absolute", hint, stacklevel=5)
     return n
+
+
+def warn_roots(roots: list[str], what: str, done: str, hint: str = "pass root= to keep the paths as they are",
+               stacklevel: int = 4) -> None:
+    """The ImagePathWarning of :func:`warn_absolute`: ``done`` (what happens to the paths) because ``what``
+    resolve against several ``roots``. A pipeline source gives it when it is built, before reading a row."""
+    shown = sorted({str(r) for r in roots})
+    warnings.warn(f"{done}: the {what} resolve against {len(shown)} root(s) ({', '.join(shown[:3])}"
+                  f"{', ...' if len(shown) > 3 else ''}) and a dataset has one root; {hint}", ImagePathWarning,
+                  stacklevel=stacklevel)
+
+
+def add_image_paths(manifest: dict, info: ImagePaths) -> None:
+    """Add what one shard's writer did with its image paths (:func:`image_paths_for`) to an output's
+    ``manifest``: the mode, the rewritten paths summed over the shards, and the ``root`` kept paths resolve
+    against.
+
+    >>> m = {}; add_image_paths(m, ImagePaths("relative", None, 2)); add_image_paths(m, ImagePaths("relative", None, 1))
+    >>> m
+    {'image_paths': {'mode': 'relative', 'rewritten': 3}}
+    """
+    before = manifest.get("image_paths") or {}
+    n = info.rewritten + (before.get("rewritten", 0) if before.get("mode") == info.mode else 0)
+    manifest.update(ImagePaths(info.mode, info.root, n).manifest())
+
+
+def image_paths_of(manifest: dict) -> ImagePaths:
+    """What an output's manifest says its writer did with image paths (``keep`` when it says nothing)."""
+    p = manifest.get("image_paths") or {}
+    return ImagePaths(p.get("mode", "keep"), manifest.get("root"), int(p.get("rewritten", 0)))
 
 
 def keep_image_paths(ds, manifest: dict):

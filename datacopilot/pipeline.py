@@ -131,14 +131,22 @@ class Pipeline:
                          quarantine=merge_quarantines(parts))
 
     def write(self, out_dir: str | None = None, format: str | None = None, executor: str | Any | None = None,
-              resume: bool = False, max_rows_per_shard: int | None = None, **options: Any) -> dict:
+              resume: bool = False, max_rows_per_shard: int | None = None, image_paths: str | None = None,
+              **options: Any) -> dict:
         """Stream the output to shards under ``out_dir`` (with ``manifest.json``, ``report.json`` and failed
         rows under ``quarantine/``); returns the report. ``resume=True`` skips the input files a previous,
         interrupted run finished. Unset arguments come from the spec's ``output`` / ``executor`` sections.
 
+        Image paths are kept as they are (``image_paths="keep"``, the default) and the manifest records the
+        ``root`` they resolve against, which ``load`` of the output uses; ``"relative"`` (to ``out_dir``) or
+        ``"absolute"`` rewrites them, shard by shard, and the manifest's ``image_paths`` and a log line say how
+        many. A run is resumed only with the ``image_paths`` it was started with.
+
         >>> report = pipe.write("out/", format="arrow", resume=True)  # doctest: +SKIP
+        >>> report = pipe.write("out/", image_paths="relative")  # doctest: +SKIP
         """
         from datacopilot.executors import get_executor
+        from datacopilot.media import check_image_paths
 
         out = self.output
         out_dir = out_dir or out.get("dir")
@@ -148,9 +156,10 @@ class Pipeline:
         if executor is None and not options:
             options = {k: v for k, v in self.executor.items() if k != "name"}
         rows = max_rows_per_shard if max_rows_per_shard is not None else out.get("max_rows_per_shard", 100_000)
+        paths = check_image_paths(image_paths if image_paths is not None else out.get("image_paths", "keep"))
         self.source.bad.clear()
         return get_executor(ex, **options).write(self, os.fspath(out_dir), format=format or out.get("format", "arrow"),
-                                                 resume=resume, max_rows_per_shard=rows)
+                                                 resume=resume, max_rows_per_shard=rows, image_paths=paths)
 
     # -- specs ----------------------------------------------------------------------------------------------
     def to_spec(self) -> dict:

@@ -30,9 +30,10 @@ from datacopilot.io._fs import (MANIFEST, atomic_open, check_entries, expand, fi
 from datacopilot.io.outputs import Staged
 from datacopilot.io.shards import write_part
 from datacopilot.loading import load_rows
-from datacopilot.media import file_roots
+from datacopilot.media import file_roots, warn_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
+from datacopilot.transforms import image_columns
 
 BLOCK_BYTES = 16 << 20
 log = logging.getLogger("datacopilot")
@@ -51,6 +52,9 @@ class Source:
         if root is None and paths:
             dirs = set(file_roots(paths))  # a manifest's recorded root, else the files' directory
             root = dirs.pop() if len(dirs) == 1 else None
+            if root is None and (schema is None or image_columns(schema)):  # as dc.load warns, before reading
+                warn_roots(sorted(dirs), "files", "relative image paths are made absolute, each against its "
+                           "file's root", stacklevel=5)
         self.root = root
         self.bad: list = []  # invalid input rows: (where, message, raw)
 
@@ -234,16 +238,21 @@ class ShardSink:
     """
 
     def __init__(self, out_dir: str, format: str, max_rows: int | None, units: list[str], resume: bool,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, image_paths: str = "keep"):
+        from datacopilot.media import check_image_paths
+
+        check_image_paths(image_paths)
         if format not in FORMATS:
             raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
         if max_rows is not None and max_rows < 1:
             raise DataCopilotError(f"`max_rows_per_shard` must be positive, got {max_rows!r}")
         self.dir, self.format, self.max_rows, self.units = out_dir, format, max_rows, units
         self.ext, self.fingerprint, self.finished = FORMATS[format].extensions[0], fingerprint, False
+        self.image_paths = image_paths
         self.manifest = {"format": format, "schema": None, "rows": 0, "shards": [], "quarantine": [],
-                         "pipeline": {"units": units, "fingerprint": fingerprint, "done": [], "segments": 0,
-                                      "records": [], "state": {}, "complete": False}}
+                         "image_paths": {"mode": image_paths, "rewritten": 0},
+                         "pipeline": {"units": units, "fingerprint": fingerprint, "image_paths": image_paths,
+                                      "done": [], "segments": 0, "records": [], "state": {}, "complete": False}}
         self.run = self._resumed() if resume else None
         if self.run is None and not self.finished:
             self.run = Staged.fresh(out_dir)
@@ -254,6 +263,10 @@ class ShardSink:
         if p.get("units") != self.units:
             raise InputError(f"{where}: cannot resume: its manifest was written for other inputs "
                              f"({len(p.get('units', []))} unit(s), now {len(self.units)})")
+        if p.get("image_paths", "keep") != self.image_paths:
+            raise InputError(f"{where}: cannot resume: its shards were written with image_paths="
+                             f"{p.get('image_paths', 'keep')!r}, now image_paths={self.image_paths!r}; resume with "
+                             f"image_paths={p.get('image_paths', 'keep')!r}, or write again without resume=True")
         if p.get("fingerprint") not in (None, self.fingerprint):
             raise InputError(f"{where}: cannot resume: its manifest was written by another plan (operators, "
                              "their parameters, the error policy, the format or the shard size differ); write "
@@ -334,7 +347,7 @@ class ShardSink:
 
     def _shard(self, table: pa.Table, schema, root, quarantine: bool = False) -> None:
         from datacopilot.dataset import MMDataset
-        from datacopilot.media import keep_image_paths
+        from datacopilot.media import add_image_paths, image_paths_for
 
         if quarantine:
             name, fmt, first = self.shard_name(0, quarantine=True), "arrow", 0
@@ -344,7 +357,10 @@ class ShardSink:
             self.k += 1
             ds = MMDataset(table, schema, root=root)
         path = self.run.path(name)
-        write_part(fmt, ds if FORMATS[fmt].embeds_images else keep_image_paths(ds, self.manifest), path, first)
+        # paths relative to the output directory itself (where the shard is published), not the staging area
+        ds, info = image_paths_for(ds, self.dir, self.image_paths, FORMATS[fmt].embeds_images)
+        add_image_paths(self.manifest, info)
+        write_part(fmt, ds, path, first)
         digest, size = file_sha256(path)
         entry = {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
         (self.pending_q if quarantine else self.pending).append(entry)
@@ -369,8 +385,11 @@ class ShardSink:
         p["complete"] = len(set(p["done"])) == len(self.units)
         m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if p["complete"]:
+            from datacopilot.media import image_paths_of, say_image_paths
+
             p["state"] = {}  # the state files stay in the staging area, which publishing removes
             self.manifest = self.run.publish(m)
+            say_image_paths(self.dir, image_paths_of(self.manifest), recorded=True)
         else:
             m["complete"] = False
             self.run.save(m)
@@ -382,13 +401,16 @@ def read_manifest(out_dir: str) -> dict | None:
     return read_json(join(out_dir, MANIFEST))
 
 
-def plan_fingerprint(plan, format: str, max_rows: int | None) -> str:
+def plan_fingerprint(plan, format: str, max_rows: int | None, image_paths: str = "keep") -> str:
     """A digest of what decides a written output's rows and shards: the operators with their parameters, the
-    error policy, the format and the shard size; a run is resumed only by a plan with the same fingerprint."""
+    error policy, the format, the shard size and what is done to image paths; a run is resumed only by a plan
+    with the same fingerprint. (``image_paths="keep"`` adds nothing: runs staged before it existed resume.)"""
     import hashlib
 
     spec = {"ops": [{"name": op.name, **op.params()} for op in plan.ops], "on_error": plan.on_error,
             "format": format, "max_rows_per_shard": max_rows}
+    if image_paths != "keep":
+        spec["image_paths"] = image_paths
     text = json.dumps(spec, sort_keys=True, default=lambda o: getattr(o, "__qualname__", type(o).__name__))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -426,11 +448,11 @@ def with_invalid(quarantine: pa.Table | None, bad: list) -> pa.Table | None:
 
 
 def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bool = False,
-                 max_rows_per_shard: int | None = 100_000) -> dict:
+                 max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
     """Run ``plan`` in memory on ``executor`` and write the whole result as one segment (``resume`` skips only
     a finished run)."""
     sink = ShardSink(out_dir, format, max_rows_per_shard, plan.source.units(), resume,
-                     plan_fingerprint(plan, format, max_rows_per_shard))
+                     plan_fingerprint(plan, format, max_rows_per_shard, image_paths), image_paths)
     if sink.finished:
         return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
     result = executor.run(plan)

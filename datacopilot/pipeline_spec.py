@@ -8,7 +8,7 @@
     ops:
       - clean_whitespace                          # an operator with its defaults
       - {name: filter_turns, min_turns: 2}
-    output: {dir: clean/, format: arrow, max_rows_per_shard: 100000}
+    output: {dir: clean/, format: arrow, max_rows_per_shard: 100000, image_paths: keep}  # keep | relative | absolute
     executor: {name: local, num_workers: 2}       # optional
 
 Relative paths (source paths, root, output dir, and a model operator's ``model.path``, ``model.tokenizer`` and
@@ -29,9 +29,10 @@ import json
 import os
 
 from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.media import IMAGE_PATHS
 
 SOURCE_KEYS = ("paths", "format", "schema", "root")
-OUTPUT_KEYS = ("dir", "format", "max_rows_per_shard")
+OUTPUT_KEYS = ("dir", "format", "max_rows_per_shard", "image_paths")
 TOP_KEYS = ("source", "schema", "on_error", "batch_size", "ops", "output", "executor")
 
 
@@ -113,6 +114,9 @@ def from_spec(spec: dict, base_dir: str | None = None):
     _unknown("pipeline spec: output", output, OUTPUT_KEYS)
     if output.get("dir"):
         output["dir"] = _resolve(output["dir"], base_dir)
+    if "image_paths" in output and output["image_paths"] not in IMAGE_PATHS:
+        raise DataCopilotError(f"pipeline spec: output: `image_paths` must be one of {', '.join(IMAGE_PATHS)} (what "
+                               f"the writer does with image paths), got {output['image_paths']!r}")
     executor = spec.get("executor") or {}
     if isinstance(executor, str):
         executor = {"name": executor}

@@ -56,13 +56,13 @@ class Executor:
         raise NotImplementedError
 
     def write(self, plan: Pipeline, out_dir: str, format: str = "arrow", resume: bool = False,
-              max_rows_per_shard: int | None = 100_000) -> dict:
+              max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
         """Write the output of ``plan`` to shards under ``out_dir`` with ``manifest.json`` and ``report.json``;
-        returns the report (a dict)."""
+        returns the report (a dict). ``image_paths`` as in ``MMDataset.write_shards``."""
         from datacopilot.pipeline_io import write_result
 
         return write_result(plan, self, out_dir, format=format, resume=resume,
-                            max_rows_per_shard=max_rows_per_shard)
+                            max_rows_per_shard=max_rows_per_shard, image_paths=image_paths)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -276,13 +276,13 @@ class LocalExecutor(Executor):
         return ExecResult(table, [a.record() for a in run.acc], run.take_quarantine())
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
-              max_rows_per_shard: int | None = 100_000) -> dict:
+              max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
         from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
 
         run = Run(plan, plan.prepared_ops())
         units = plan.source.units()
         sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume,
-                         plan_fingerprint(plan, format, max_rows_per_shard))
+                         plan_fingerprint(plan, format, max_rows_per_shard, image_paths), image_paths)
         if sink.finished:
             return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]),
                                show=self.progress is not False)

@@ -384,14 +384,15 @@ class RayExecutor(Executor):
         return ExecResult(table, records, quarantine)
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
-              max_rows_per_shard: int | None = 100_000) -> dict:
+              max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
         """Like :meth:`Executor.write`, with the shards written by Ray tasks in parallel (the driver gathers only
         the accounting); ``resume`` skips only a finished run."""
         from .ray_write import write_on_ray
 
         if out_dir.startswith("memory://"):  # workers cannot see the driver's in-memory filesystem
-            return super().write(plan, out_dir, format=format, resume=resume, max_rows_per_shard=max_rows_per_shard)
-        return write_on_ray(self, plan, out_dir, format, resume, max_rows_per_shard)
+            return super().write(plan, out_dir, format=format, resume=resume, max_rows_per_shard=max_rows_per_shard,
+                                 image_paths=image_paths)
+        return write_on_ray(self, plan, out_dir, format, resume, max_rows_per_shard, image_paths)
 
     def __repr__(self) -> str:
         return f"RayExecutor({self.options})"

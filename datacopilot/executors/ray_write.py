@@ -10,6 +10,8 @@ Shards have the boundaries the default ``Executor.write`` gives them: ``max_rows
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 
@@ -19,19 +21,23 @@ from . import ray_stages as st
 
 
 def write_shard(path: str, name: str, fmt: str, schema, root, first_row: int, skip: int, n: int,
-                *blocks: pa.Table):
+                *blocks: pa.Table, image_paths: str = "keep", out_dir: str = ""):
     """A Ray task: rows ``skip .. skip + n`` of the live rows of ``blocks``, written as one shard at ``path`` (a
-    staged path; ``first_row`` is the output's row number of its first row); returns its manifest entry."""
+    staged path; ``first_row`` is the output's row number of its first row), their image paths kept or rewritten
+    (``image_paths``, against ``root`` and the output directory ``out_dir``) here, in the task; returns its
+    manifest entry and what was done to the image paths (:class:`datacopilot.media.ImagePaths`)."""
     from datacopilot.dataset import MMDataset
+    from datacopilot.io import FORMATS
     from datacopilot.io._fs import file_sha256
     from datacopilot.io.shards import write_part
+    from datacopilot.media import image_paths_for
 
     live = [st.split(b)[0] for b in blocks]
     table = concat_tables([t for t in live if t.num_rows]).slice(skip, n)
-    ds = MMDataset(table, schema, root=root)
-    write_part(fmt, ds, path, first_row)  # image paths kept as they are; the manifest records the root
+    ds, info = image_paths_for(MMDataset(table, schema, root=root), out_dir, image_paths, FORMATS[fmt].embeds_images)
+    write_part(fmt, ds, path, first_row)
     digest, size = file_sha256(path)
-    return {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}
+    return {"file": name, "rows": table.num_rows, "bytes": size, "sha256": digest}, info
 
 
 def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
@@ -40,16 +46,17 @@ def summary(block: pa.Table) -> tuple[pa.Table, int, pa.Schema]:
     return ev, live.num_rows, live.schema
 
 
-def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None) -> dict:
+def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_rows: int | None,
+                 image_paths: str = "keep") -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
-    from datacopilot.io import FORMATS
-    from datacopilot.media import record_root
+    from datacopilot.media import add_image_paths, check_image_paths
     from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
 
     from .ray import _get, account, execute
 
     src = plan.source
-    sink = ShardSink(out_dir, format, max_rows, src.units(), resume, plan_fingerprint(plan, format, max_rows))
+    sink = ShardSink(out_dir, format, max_rows, src.units(), resume,
+                     plan_fingerprint(plan, format, max_rows, check_image_paths(image_paths)), image_paths)
     if sink.finished:
         return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
     data = src.dataset.to_arrow() if src.dataset is not None else src
@@ -67,14 +74,20 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
         like = next(s for (_, n, s) in sums if n)
         schema = plan.output_schema(like.empty_table())
     write = ray.remote(write_shard)
+    # the tasks write and rewrite image paths where the driver means (a worker's cwd is not the driver's)
+    at = lambda p: p if p is None or "://" in p else os.path.abspath(p)
+    where, root_at = at(out_dir), at(root)
     tasks = []
     for k, start in enumerate(range(0, total, step)):
         end = min(start + step, total)
         span = [i for i in range(len(refs)) if bounds[i] < end and bounds[i + 1] > start and counts[i]]
         name = sink.shard_name(k)
-        tasks.append(write.remote(sink.run.path(name), name, format, schema, root, start,
-                                  int(start - bounds[span[0]]), end - start, *[refs[i] for i in span]))
-    sink.pending, sink.schema, sink.k = _get(ray, tasks), schema, len(tasks)
-    record_root(sink.manifest, root if not FORMATS[format].embeds_images else None)
+        tasks.append(write.remote(at(sink.run.path(name)), name, format, schema, root_at, start,
+                                  int(start - bounds[span[0]]), end - start, *[refs[i] for i in span],
+                                  image_paths=image_paths, out_dir=where))
+    written = _get(ray, tasks)
+    sink.pending, sink.schema, sink.k = [entry for entry, _ in written], schema, len(tasks)
+    for _, info in written:  # the manifest records the root of kept paths, or how many were rewritten
+        add_image_paths(sink.manifest, info)
     sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {})
     return make_report(out_dir, sink.manifest, records, len(src.bad))
