@@ -115,8 +115,8 @@ class Schema:
         image records) that the schema does not name. Raises :class:`SchemaError` naming the column when
         a required column is missing or a column cannot be cast.
         """
-        if self._conforms(table):
-            return table
+        if self._conforms(table):  # as conform builds it: no schema metadata
+            return table.replace_schema_metadata(None) if table.schema.metadata else table
         cols, names = [], []
         for f in self.fields:
             want = f.dtype.arrow()
@@ -141,15 +141,14 @@ class Schema:
         return pa.Table.from_arrays(cols, names=names)
 
     def _conforms(self, table: pa.Table) -> bool:
-        """Whether ``table`` already is what :meth:`conform` makes of it (the schema's columns first, in order,
-        each of the type it would be cast to): a table conformed once costs a look at its types the next time."""
+        """Whether ``table`` already is what :meth:`conform` makes of it but for its schema metadata (the
+        schema's columns first, in order, each of the type it would be cast to): a table conformed once, or read
+        from a file of the schema's types, costs a look at its types."""
         from .arrow_build import conform_type
 
         names = table.column_names
-        if names[:len(self.fields)] != self.names or table.schema.metadata:
-            return False  # (conform's table carries no schema metadata and only nullable fields)
-        if not all(f.nullable for f in table.schema):
-            return False
+        if names[:len(self.fields)] != self.names or not all(f.nullable and not f.metadata for f in table.schema):
+            return False  # (conform's table has only nullable fields, without field metadata)
         return all(table.schema.field(i).type == conform_type(f.dtype, table.schema.field(i).type)
                    for i, f in enumerate(self.fields))
 
