@@ -232,3 +232,25 @@ def test_one_root_for_several_directories_keeps_paths_without_a_warning(two_dirs
         text = dc.pipeline(two_dirs["files"], schema="MIX")  # no image path column: nothing to warn about
     assert [p for p in _paths(plan.collect()) if p] == NAMES
     assert text.source.root is None
+
+
+def test_finished_run_resumed_with_another_image_paths_is_refused(tree, executor):
+    out = str(tree["t"] / f"done-{executor}")
+    plan = dc.pipeline(tree["files"], schema="MM", root=tree["images"])
+    plan.write(out, executor=executor, image_paths="absolute")
+    with pytest.raises(InputError, match="image_paths='absolute', now image_paths='keep'"):
+        plan.write(out, executor=executor, resume=True)
+    again = plan.write(out, executor=executor, resume=True, image_paths="absolute")  # the same: nothing to do
+    assert again["rows"] == 6
+    assert json.loads((tree["t"] / f"done-{executor}" / "manifest.json").read_text())["image_paths"]["rewritten"] == 4
+
+
+def test_in_memory_source_rewritten_relative(tree, monkeypatch):
+    ds = dc.load(tree["files"], root=tree["images"])
+    out = tree["t"] / "mem-out"
+    report = ds.lazy().apply(create("clean_whitespace")).write(str(out), format="jsonl", image_paths="relative")
+    assert report["rows"] == 6
+    monkeypatch.chdir(tree["elsewhere"])
+    back = dc.load(str(out))
+    assert [p for p in _paths(back) if p] == [os.path.join("..", "images", n) for n in NAMES]
+    assert _sizes(back) == [SIZES[n] for n in NAMES] and back.root == str(out)
