@@ -83,8 +83,8 @@ class String(DType):
     def bad_mask(self, arr):
         if self.choices is None:
             return None
-        ok = choice_mask(arr, self.choices)
-        if pc.all(ok).as_py() is not False:  # every value one of the choices (nulls are the caller's): no mask
+        ok = choice_mask(arr, self.choices, skip_if_all=True)
+        if ok is None:  # every value one of the choices (nulls are the caller's): no mask
             return None
         return ~bool_mask(ok.fill_null(True))
 
@@ -92,20 +92,34 @@ class String(DType):
 EQUAL_CHOICES = 4  # up to this many choices, one ``pc.equal`` each beats ``pc.is_in``'s hash set
 
 
-def choice_mask(arr, choices: tuple[str, ...]):
+def choice_mask(arr, choices: tuple[str, ...], skip_if_all: bool = False):
     """Whether each string of ``arr`` (an array or a chunked array, whole) is one of ``choices`` (null for null):
-    a few ``pc.equal`` (each a byte comparison, no hashing) for a few choices, as roles are.
+    a few ``pc.equal`` (each a byte comparison, no hashing) for a few choices, as roles are. With
+    ``skip_if_all``, None when every value is one of them (counted from the comparisons: no mask built).
 
     >>> choice_mask(pa.array(["human", "bot", None]), ("human", "gpt")).to_pylist()
     [True, False, None]
+    >>> choice_mask(pa.chunked_array([["human"], ["gpt", None]]), ("human", "gpt"), skip_if_all=True) is None
+    True
     """
+    choices = tuple(dict.fromkeys(choices))  # distinct: each value matches at most one (the count below)
     if len(choices) > EQUAL_CHOICES or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         ok = pc.is_in(arr, value_set=pa.array(choices, arr.type))
-        return pc.if_else(arr.is_valid(), ok, None) if arr.null_count else ok
-    ok = pc.equal(arr, choices[0])
-    for c in choices[1:]:
-        ok = pc.or_(ok, pc.equal(arr, c))
+        ok = pc.if_else(arr.is_valid(), ok, None) if arr.null_count else ok
+        return None if skip_if_all and pc.all(ok).as_py() is not False else ok
+    each = [pc.equal(arr, c) for c in choices]
+    if skip_if_all and sum(_true_count(e) for e in each) == len(arr) - arr.null_count:
+        return None
+    ok = each[0]
+    for e in each[1:]:
+        ok = pc.or_(ok, e)
     return ok
+
+
+def _true_count(x) -> int:
+    """The true values of a boolean array or chunked array (Arrow counts set bits: no numpy conversion)."""
+    chunks = x.chunks if isinstance(x, pa.ChunkedArray) else [x]
+    return sum(c.true_count for c in chunks)
 
 
 @dataclass(frozen=True)

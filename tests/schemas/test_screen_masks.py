@@ -71,3 +71,8 @@ def test_conform_returns_a_conformed_table_as_it_is_and_drops_metadata_otherwise
     with_meta = t.replace_schema_metadata({"k": "v"})
     assert MM.conform(with_meta).schema.metadata is None
     assert MM.conform(with_meta).equals(t)
+
+
+def test_repeated_choices_do_not_let_a_bad_value_pass_the_count():
+    mask = String(("human", "human", "gpt")).bad_mask(pa.chunked_array([["human", "bot"], [None, "gpt"]]))
+    assert mask is not None and mask.tolist() == [False, True, False, False]
