@@ -32,6 +32,7 @@ from datacopilot.errors import InputError
 from ._fs import MANIFEST, STAGING, atomic_open, get_fs, join, read_json, staging_dirs
 
 _TAGGED = re.compile(r"^part-g\d{4,}-")  # the names only a generation of an output gives its files
+_TEMP = re.compile(r"^(manifest|report)\.json\.tmp-[0-9a-f]{8}$")  # atomic_open's, of a rename not done
 
 
 def listed(manifest: dict | None) -> list[str]:
@@ -67,12 +68,7 @@ class Staged:
         gen = max([int((published or {}).get("generation", 0))] + [generation_of(s) for s in stages]) + 1
         for s in stages:
             _rm(join(directory, s), recursive=True)
-        keep = set(listed(published))
-        for sub in ("", "quarantine"):
-            for name in _names(join(directory, sub) if sub else directory):
-                rel = f"{sub}/{name}" if sub else name
-                if _TAGGED.match(name) and rel not in keep:
-                    _rm(join(directory, rel))
+        _remove_unlisted(directory, published)
         run = cls(directory, gen)
         fs.makedirs(get_fs(run.stage)[1], exist_ok=True)
         return run
@@ -118,8 +114,20 @@ class Staged:
         for name in listed(previous):
             if name not in new:
                 _rm(join(self.dir, name))
+        _remove_unlisted(self.dir, manifest)  # what an interrupted publish left (a resumed one finishes it)
         _rm(self.stage, recursive=True)
         return manifest
+
+
+def _remove_unlisted(directory: str, manifest: dict | None) -> None:
+    """Remove the files of generations that ``manifest`` does not list and the temporary files of interrupted
+    renames of the manifest or the report, from ``directory`` and its quarantine folder."""
+    keep = set(listed(manifest))
+    for sub in ("", "quarantine"):
+        for name in _names(join(directory, sub) if sub else directory):
+            rel = f"{sub}/{name}" if sub else name
+            if (_TAGGED.match(name) or _TEMP.match(name)) and rel not in keep:
+                _rm(join(directory, rel))
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -43,11 +43,15 @@ def ops() -> list:
 
 
 def write(job: dict) -> None:
-    """Run one write: ``{"kind": "shards", "out", "n", "tag", "max_rows"}`` or ``{"kind": "pipeline", "out",
-    "files", "max_rows", "resume"}``."""
+    """Run one write: ``{"kind": "shards", "out", "n", "tag", "max_rows"}`` or ``{"kind": "pipeline" | "ray",
+    "out", "files", "max_rows", "resume"}`` (``"ray"``: the pipeline written by the Ray executor; Ray must be
+    running, see :func:`run_ray`)."""
     if job["kind"] == "shards":
         ds = dc.MMDataset.from_rows(rows(job["n"], job.get("tag", "r")), schema="MM")
         ds.write_shards(job["out"], format=job.get("format", "arrow"), max_rows_per_shard=job["max_rows"])
+    elif job["kind"] == "ray":
+        p = dc.pipeline(job["files"], schema="MM", batch_size=8).apply(ops())
+        p.write(job["out"], executor="ray", max_rows_per_shard=job["max_rows"], resume=job.get("resume", False))
     else:
         p = dc.pipeline(job["files"], schema="MM", batch_size=8).apply(ops())
         p.write(job["out"], max_rows_per_shard=job["max_rows"], resume=job.get("resume", False),
@@ -85,3 +89,31 @@ def run(job: dict, kill_at: int | None = None) -> None:
     """The target of a forked process: the write, killed before event ``kill_at``."""
     with events(kill_at):
         write(job)
+
+
+def start_ray(temp_dir: str | None = None) -> None:
+    """A real local Ray for this process (2 CPUs, no dashboard, its files under ``temp_dir``); its workers can
+    import the repository."""
+    import pathlib
+
+    import ray
+
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    # in the environment Ray's processes inherit (a runtime_env would keep the pre-started workers idle)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+
+
+def run_ray(temp_dir: str, steps: list[dict], kill_at: int | None = None) -> None:
+    """The target of a spawned process: a new process group (so the test can kill the Ray processes this driver
+    started with it), a local Ray with its files under ``temp_dir``, then the writes ``steps`` in order, the last
+    killed before its event ``kill_at``. Without a kill, Ray is shut down at the end."""
+    os.setpgrp()
+    start_ray(temp_dir)
+    for job in steps[:-1]:
+        write(job)
+    with events(kill_at):
+        write(steps[-1])
+    import ray
+
+    ray.shutdown()

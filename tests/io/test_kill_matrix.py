@@ -67,6 +67,14 @@ def ops_report(out) -> list:
     return [{k: v for k, v in op.items() if k != "seconds"} for op in ops]
 
 
+def only_listed(out) -> list[str]:
+    """The files a finished output holds: its manifest, report and the files the manifest lists (nothing an
+    interrupted write left: no staging, no file of another generation, no temporary file)."""
+    m = json.loads((out / "manifest.json").read_text())
+    names = {s["file"].split("/")[0] for s in m["shards"] + m["quarantine"]}
+    return sorted(names | {"manifest.json", "report.json"})
+
+
 def check_kills(ctx, tmp_path, job: dict, prepare, old, new, after=None) -> int:
     """Kill ``job`` at each point in a copy of the output that ``prepare(out)`` leaves; check what loads."""
     probe = tmp_path / "probe"
@@ -142,7 +150,9 @@ def test_pipeline_write_killed_anywhere_then_resumed(ctx, tmp_path, inputs, unin
         assert content(out) == new, f"resumed after a kill before event {k}"
         assert ops_report(out) == report
         dc.verify_shards(str(out))
-        assert not [f for f in os.listdir(out) if f.startswith(".staging-")]
+        # a kill before the report's rename leaves its temporary file: the next write removes it
+        left = [f for f in os.listdir(out) if not f.startswith("report.json.tmp-")]
+        assert sorted(left) == only_listed(out), f"resumed after a kill before event {k}"
 
     n = check_kills(ctx, tmp_path, job, prepare, old, new, after=resumed)
     assert n >= 10
