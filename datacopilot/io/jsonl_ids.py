@@ -4,8 +4,8 @@ parser, which takes a column of one type only.
 Before the parse, :func:`quote_int_ids` finds at the byte level every top-level ``"id": <integer>`` and writes
 it as a string carrying a marker, ``"id": "\\u0000<digits>"``; after it, :func:`restore_int_ids` takes the
 marked values of the (now string) column back to integers, so the column becomes the same variant (``str`` and
-``int`` children) the row path builds, every id keeping its type. Nothing else in the line moves, newlines
-included, so the line numbers of messages still hold.
+``int`` children) the row path builds, every id keeping its type. No newline is added or removed, so the
+line numbers of messages still hold.
 
 It stays exact by refusing (None: the caller takes the row path) whatever it cannot vouch for:
 
