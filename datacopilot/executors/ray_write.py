@@ -59,6 +59,8 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
                      plan_fingerprint(plan, format, max_rows, check_image_paths(image_paths)), image_paths)
     if sink.finished:
         return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
+    if sink.done:  # a local run's progress (segments, dedup state): a Ray write is one segment, it starts over
+        sink = ShardSink(out_dir, format, max_rows, src.units(), False, sink.fingerprint, image_paths)
     data = src.dataset.to_arrow() if src.dataset is not None else src
     ray, refs, ops, root, seconds = execute(data, plan.prepared_ops(), plan.on_error, root=src.root,
                                             batch_size=plan.batch_size, options=executor.options)

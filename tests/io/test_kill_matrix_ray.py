@@ -2,7 +2,7 @@
 real local Ray (``ray.init(num_cpus=2, include_dashboard=False)``), the driver killed with -9 on a fresh write, on
 a write over an older output and on resumed writes. After each kill, ``dc.load`` gives the old output, the new
 one, or an InputError (only with no old output), and the resumes give exactly the rows and the accounting of an
-uninterrupted local run.
+uninterrupted local run, also when a killed local run's progress is resumed on Ray.
 
 The Ray tasks write the shards into the staging directory; the driver's events (the renames and removals
 ``tests/io/_kill_jobs.py`` counts) are then: 1 the staged manifest saved, 2..4 the three staged shards moved in,
@@ -106,7 +106,7 @@ def test_ray_write_killed_while_staged_publishing_and_published_then_resumed(tmp
     old = content(tmp_path / "old")
     assert new and old and old != new
     assert len(dc.load(str(whole)).to_list()) == 12 and len(os.listdir(whole)) == 5  # three shards
-    fresh, mid, published = (tmp_path / n for n in ("fresh", "over-mid", "over-published"))
+    fresh, mid, published, partial = (tmp_path / n for n in ("fresh", "over-mid", "over-published", "partial"))
     for out in (mid, published):
         jobs.write({**old_job, "out": str(out)})
     job = {"kind": "ray", "files": inputs[0], "max_rows": 5}
@@ -129,11 +129,24 @@ def test_ray_write_killed_while_staged_publishing_and_published_then_resumed(tmp
     assert content(fresh) is None and len(tagged(fresh, 2)) == 1
     assert content(mid) == old and len(tagged(mid, 2)) == 3
 
-    # then resumed to the end, in one child
-    assert run_all(([{**again, "out": str(out)} for out in (fresh, mid, published)],)) == [0]
-    for out in (fresh, mid, published):
+    # a local run killed once two of its four inputs are staged (its segments and dedup state in staging)
+    local = {"kind": "pipeline", "files": inputs[0], "max_rows": 5}
+    with jobs.events() as log:
+        jobs.write({**local, "out": str(tmp_path / "counted")})
+    saves = [i for i, e in enumerate(log) if e[0] == "mv" and e[2].endswith(".staging-g0001/manifest.json")]
+    p = multiprocessing.get_context("fork").Process(target=jobs.run, args=({**local, "out": str(partial)},
+                                                                            saves[1] + 2))
+    p.start()
+    p.join(120)
+    assert p.exitcode == -signal.SIGKILL and content(partial) is None
+    assert len(dc.load(str(partial), partial=True)) > 0
+
+    # then all resumed to the end on Ray, in one child (the local run's progress written again as one segment)
+    outs = (fresh, mid, published, partial)
+    assert run_all(([{**again, "out": str(out)} for out in outs],)) == [0]
+    for out in outs:
         assert content(out) == new and ops_report(out) == report
         dc.verify_shards(str(out))
-        assert sorted(os.listdir(out)) == only_listed(out) and len(only_listed(out)) == 5, out  # 3 shards
+        assert sorted(os.listdir(out)) == only_listed(out), out
     with pytest.raises(InputError):
         dc.load(str(tmp_path / "missing"))
