@@ -24,7 +24,16 @@ CAPS = {
     "CAPTION": dict(max_images=1, ids=False, bytes=True, meta=False, roles={"user", "assistant"}, shape="caption"),
 }
 
-text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+
+
+def _no_placeholder(s: str) -> str:
+    # placeholders are placed by ``specs`` (none, or one per image); hypothesis also draws the code's own strings
+    while IMAGE_TOKEN in s:
+        s = s.replace(IMAGE_TOKEN, "")
+    return s
+
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12).map(_no_placeholder)
 names = st.text(alphabet="abcdefghij/._-0123456789", min_size=1, max_size=12)
 blobs = st.binary(min_size=1, max_size=16)
 meta = st.dictionaries(st.text(alphabet="abcxyz", min_size=1, max_size=4),
@@ -58,6 +67,9 @@ def specs(draw, a: str, b: str):
     else:
         roles = sorted(ca["roles"] & cb["roles"])
         msgs = draw(st.lists(st.tuples(st.sampled_from(roles), text), max_size=5))
+        if images and msgs and draw(st.booleans()):  # a placeholder per image (or none: the images lead the row)
+            k = draw(st.integers(0, len(msgs) - 1))
+            msgs[k] = (msgs[k][0], IMAGE_TOKEN * n_img + msgs[k][1])
     m = draw(st.one_of(st.none(), meta)) if ca["meta"] and cb["meta"] else None
     return {"id": draw(st.one_of(st.none(), names)), "images": images, "ids": ids, "messages": msgs, "meta": m}
 
