@@ -146,13 +146,16 @@ def to_hf(table: pa.Table):
     """A ``datasets.Dataset`` over :func:`to_hf_table` of ``table``. ``save_to_disk`` rewrites the Arrow files'
     ``huggingface`` metadata from the features, so the recorded types also go in the dataset's
     ``info.description`` (the one free-form field HF keeps in ``dataset_info.json``), where :func:`from_hf`
-    finds them after ``load_from_disk``."""
+    finds them after ``load_from_disk``. The dataset gets a random fingerprint, as HF gives work it cannot hash."""
     import datasets
+    from datasets.fingerprint import generate_random_fingerprint
 
     hf_table = to_hf_table(table)
     types = _hf_meta(dict(hf_table.schema.metadata or {})).get(TYPES_KEY)
     info = datasets.DatasetInfo(description=DESCRIPTION_MARK + types) if types else None
-    return datasets.Dataset(hf_table, info=info)
+    # without a fingerprint HF hashes the table by pickling every buffer (most of a save_to_disk's time); a table
+    # in memory has no cache to find again, so a random one is what HF itself gives non-hashable work
+    return datasets.Dataset(hf_table, info=info, fingerprint=generate_random_fingerprint())
 
 
 def from_hf(hf_dataset) -> pa.Table:

@@ -3,7 +3,6 @@ the schema's storage types, validate, and keep provenance (file and line) for me
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pyarrow as pa
@@ -95,69 +94,3 @@ def raise_broken(broken: list, what: str) -> None:
     if broken:
         more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
         raise InputError(f"{len(broken)} broken {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
-
-
-def jsonable(row: dict, schema: Schema) -> dict:
-    """A stored row as JSON files hold it: images as paths (or ``{path, bytes_base64}`` when they carry bytes,
-    plus any extra keys), Json fields as the objects they encode, bytes anywhere as ``{bytes_base64}``. Optional
-    fields and keys the schema does not name are left out when null (files in the wild leave them out).
-
-    >>> from datacopilot.schemas import MM
-    >>> jsonable({"id": 3, "image": {"path": "a.png", "bytes": None}, "conversations": [], "meta": None}, MM)
-    {'id': 3, 'image': 'a.png', 'conversations': []}
-    """
-    out = {}
-    named = {f.name: f for f in schema.fields}
-    for k, v in row.items():
-        f = named.get(k)
-        if v is None and (f is None or not (f.required or f.null_key)):
-            continue
-        out[k] = _json_of(f.dtype if f is not None else None, v)
-    return out
-
-
-def _json_of(dtype, v):
-    from datacopilot.schemas import Struct
-
-    if v is None:
-        return None
-    if isinstance(dtype, OneOf):
-        alt = dtype.pick(v)
-        return _json_of(alt[1] if alt else None, v)
-    if isinstance(dtype, Image):
-        return _image_json(v)
-    if isinstance(dtype, Json):
-        return _json_text_value(v) if isinstance(v, str) else v
-    if isinstance(dtype, List) and isinstance(v, list):
-        return [_json_of(dtype.inner, x) for x in v]
-    if isinstance(dtype, Struct) and isinstance(v, dict):
-        named = {f.name: f for f in dtype.fields}
-        return {k: _json_of(named[k].dtype if k in named else None, x) for k, x in v.items()
-                if x is not None or (k in named and (named[k].required or named[k].null_key))}
-    if isinstance(v, (bytes, bytearray)):
-        return {"bytes_base64": base64.b64encode(v).decode()}
-    if isinstance(v, dict):
-        return {k: _json_of(None, x) for k, x in v.items() if x is not None}
-    if isinstance(v, list):
-        return [_json_of(None, x) for x in v]
-    return v
-
-
-def _json_text_value(text: str):
-    """A Json field's stored text as the object it encodes; text that is not JSON stays a string (it reads back
-    as the same text)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _image_json(v):
-    if not isinstance(v, dict):
-        return v
-    more = {k: _json_of(None, x) for k, x in v.items() if k not in ("path", "bytes") and x is not None}
-    if v.get("bytes") is not None:
-        return {"path": v.get("path"), "bytes_base64": base64.b64encode(v["bytes"]).decode(), **more}
-    if more:
-        return {"path": v.get("path"), **more}
-    return v.get("path")

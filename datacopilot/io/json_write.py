@@ -1,6 +1,6 @@
 """JSON Lines and JSON (an array of objects) writers.
 
-Rows are turned into JSON values batch by batch (``jsonable``: images as paths or ``{path, bytes_base64}``, Json
+Rows are turned into JSON values batch by batch (``json_rows.compile_rows``: images as paths or ``{path, bytes_base64}``, Json
 fields as the objects they encode, ids as they were) and serialized by orjson, a C serializer that writes UTF-8
 as is (like ``json.dumps(..., ensure_ascii=False)``) and floats in their shortest round-trip form. A batch orjson
 cannot take (NaN or infinity, which it would turn into null; an integer past 64 bits) is serialized by the
@@ -13,16 +13,17 @@ import json
 
 import orjson
 
-from ._common import jsonable
 from ._fs import atomic_open
+from .json_rows import compile_rows
 
 _BATCH = 4096
 
 
 def _batches(ds):
-    schema = ds.schema
-    for batch in ds.to_arrow().to_batches(max_chunksize=_BATCH):
-        yield [jsonable(row, schema) for row in batch.to_pylist()]
+    table = ds.to_arrow()
+    rows = compile_rows(ds.schema, table.schema)
+    for batch in table.to_batches(max_chunksize=_BATCH):
+        yield rows(batch)
 
 
 def iter_json_rows(ds):

@@ -43,7 +43,8 @@ from datacopilot.errors import InputError
 from datacopilot.loading import Loaded, guess_schema, load_rows
 from datacopilot.schemas import CAPTION, Image, List, Schema, read_image_bytes
 
-from ._common import jsonable, raise_broken
+from ._common import raise_broken
+from .json_rows import jsonable
 from ._fs import atomic_open, get_fs
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")

@@ -186,19 +186,24 @@ def big_ds(n=9000):
 def test_atomic_jsonl_failure_mid_write(tmp_path, monkeypatch):
     from datacopilot.io import json_write
 
-    real, calls = json_write.jsonable, []
+    real, calls = json_write.compile_rows, []
 
-    def failing(row, schema):
-        calls.append(1)
-        if len(calls) == 6000:  # after the first 4096 lines reached the file
-            raise RuntimeError("disk on fire")
-        return real(row, schema)
+    def failing(schema, arrow_schema):
+        rows = real(schema, arrow_schema)
 
-    monkeypatch.setattr(json_write, "jsonable", failing)
+        def convert(batch):
+            calls.append(1)
+            if len(calls) == 2:  # after the first 4096 lines reached the file
+                raise RuntimeError("disk on fire")
+            return rows(batch)
+
+        return convert
+
+    monkeypatch.setattr(json_write, "compile_rows", failing)
     target = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError, match="disk on fire"):
         big_ds().write(str(target))
-    assert len(calls) == 6000
+    assert len(calls) == 2
     assert _leftovers(tmp_path) == []
 
 
