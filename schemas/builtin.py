@@ -120,6 +120,10 @@ def _referenced(imgs: list, ids: list, refs: list) -> tuple[list, list]:
     if unused:
         _mix_error(f"image id(s) {unused} are not referred to by any <image>N</image>, so they have no place "
                    f"among the conversation's placeholders")
+    listed = [iid for iid in ids if iid is not None]
+    if listed != sorted(listed):  # written back in id order (the text says where each goes)
+        _mix_error(f"images are listed with ids {listed}, not in id order; the text places them, so the listing "
+                   f"order would be lost")
     return [imgs[index[n]] for _, n in refs], [n for _, n in refs]
 
 

@@ -90,7 +90,8 @@ def build(schema: str, spec: dict, as_str: bool) -> dict:
                 **extra}
     if schema == "MIX":
         ids = spec["ids"] if any(i is not None for i in spec["ids"]) else list(range(len(spec["images"])))
-        images = [{"id": i, "url": x["path"]} for i, x in zip(ids, spec["images"])]
+        # listed in id order (what MIX writes back); the text places them
+        images = sorted(({"id": i, "url": x["path"]} for i, x in zip(ids, spec["images"])), key=lambda x: x["id"])
         return {"id": spec["id"], "images": images or None,
                 "conversations": [{"from": r, "value": mix_refs(c, ids)} for r, c in spec["messages"]], **extra}
     if schema == "PAIRS":
