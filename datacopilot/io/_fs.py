@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import uuid
 from contextvars import ContextVar
@@ -218,6 +219,21 @@ def local_path(path: str) -> str | None:
 # that says ``complete: false``), and publishes by moving them in and replacing ``manifest.json`` last.
 STAGING = ".staging-"
 
+
+
+def mapped_bytes(path: str, kind: str):
+    """A file's bytes, memory-mapped when local (no copy: parsers read straight from the pages); ``kind`` names
+    the format in the error for a directory."""
+    local = local_path(path)
+    if local is None:
+        return read_bytes(path)
+    try:
+        with open(local, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{path}: is a directory, not a {kind} file") from e
 
 def file_sha256(path: str) -> tuple[str, int]:
     """(sha256 hex digest, size in bytes) of a file, read in 1 MiB chunks.

@@ -28,8 +28,6 @@ is parsed whole after the depth and UTF-8 screen: invalid JSON is one InputError
 from __future__ import annotations
 
 import json
-import mmap
-import os
 import re
 from dataclasses import dataclass
 
@@ -46,7 +44,7 @@ from datacopilot.schemas.types import Int, String
 from datacopilot.schemas.variant import variant_array
 
 from ._common import file_arrow_schema, finish
-from ._fs import local_path, read_bytes
+from ._fs import mapped_bytes
 from .screen import QUARANTINE_TEXT_BYTES, raise_flaws, screen_document, screen_lines
 
 _BLOCK = 1 << 18  # bytes scanned at a time (stays in cache)
@@ -502,20 +500,6 @@ def _load(data, elements: Elements, path: str, schema: Schema | None, invalid: s
     return loaded
 
 
-def _file_bytes(path: str):
-    """The file's bytes: memory-mapped when local."""
-    local = local_path(path)
-    if local is None:
-        return read_bytes(path)
-    try:
-        with open(local, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file") from e
-    except IsADirectoryError as e:
-        raise InputError(f"{path}: is a directory, not a json file") from e
-
-
 def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
     """Rows of a JSON file holding one array of objects (or one object).
 
@@ -528,7 +512,7 @@ def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loade
     665298
     """
     check_invalid_policy(invalid)
-    data = _file_bytes(path)
+    data = mapped_bytes(path, "json")
     for split in (split_lines, split_array):
         elements = split(data) if len(data) else None
         loaded = _load(data, elements, path, schema, invalid) if elements is not None else None

@@ -7,18 +7,16 @@ the file and line of every problem.
 
 from __future__ import annotations
 
-import mmap
-import os
 
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from datacopilot.errors import InputError, SchemaError
+from datacopilot.errors import SchemaError
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
 from datacopilot.schemas import Json, Schema
 
 from ._common import file_arrow_schema, finish, parse_json_records
-from ._fs import local_path, read_bytes
+from ._fs import mapped_bytes
 from datacopilot.lossless import json_parse_may_lose
 from .jsonl_ids import parse_mixed_ids
 from .screen import screened
@@ -80,20 +78,6 @@ def _parse_lines(data: bytes, path: str, invalid: str) -> tuple[list, list[int],
     return parse_json_records(records, invalid, "line")
 
 
-def _file_bytes(path: str):
-    """The file's bytes: memory-mapped when local (no copy; Arrow parses straight from the pages)."""
-    local = local_path(path)
-    if local is None:
-        return read_bytes(path)
-    try:
-        with open(local, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file") from e
-    except IsADirectoryError as e:
-        raise InputError(f"{path}: is a directory, not a jsonl file") from e
-
-
 def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
     """Rows of a JSON Lines file. Lines too deep, too long or not UTF-8 are screened out first
     (:mod:`datacopilot.io.screen`): an InputError naming each, or quarantined rows with ``invalid="quarantine"``.
@@ -102,7 +86,7 @@ def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Load
     [('train.jsonl:7', 'train.jsonl:7: invalid utf-8 at byte offset 913 (column 40)', '{"id": "a\\xff", ...}')]
     """
     check_invalid_policy(invalid)
-    data, flawed = screened(_file_bytes(path), path, invalid)
+    data, flawed = screened(mapped_bytes(path, "jsonl"), path, invalid)
     fast = _fast(data, path, schema, invalid)
     if fast is not None:
         fast.bad = flawed + fast.bad

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import datacopilot as dc
 from datacopilot.errors import DataCopilotError
 from datacopilot.io import jsonl_ids
-from datacopilot.io.jsonl import _file_bytes, _parse_lines, read_jsonl
+from datacopilot.io._fs import mapped_bytes
+from datacopilot.io.jsonl import _parse_lines, read_jsonl
 from datacopilot.io.jsonl_ids import quote_int_ids
 from datacopilot.loading import load_rows
 from datacopilot.schemas import MIX, MM
@@ -32,7 +33,7 @@ def _write(path, rows, dumps=json.dumps) -> None:
 def _row_path(path, schema):
     """What the per-line Python path loads from the file (the reference the fast path must equal)."""
     p = str(path)
-    rows, lines, _ = _parse_lines(bytes(_file_bytes(p)), p, "raise")
+    rows, lines, _ = _parse_lines(bytes(mapped_bytes(p, "jsonl")), p, "raise")
     return load_rows(rows, schema, p, where=lambda i: f"{p}:{lines[i]}")
 
 
@@ -40,7 +41,7 @@ def _fast_taken(path, schema) -> bool:
     """Whether the file's ids are read apart and Arrow's parser takes the file (not the row path)."""
     from datacopilot.io.jsonl import _parse
 
-    data = bytes(_file_bytes(str(path)))
+    data = bytes(mapped_bytes(str(path), "jsonl"))
     return jsonl_ids.parse_mixed_ids(data, schema, lambda d: _parse(d, schema)) is not None
 
 
