@@ -36,6 +36,7 @@ from datacopilot.schemas.builtin import get_schema
 from datacopilot.transforms import image_columns
 
 BLOCK_BYTES = 16 << 20
+REPORT = "report.json"
 log = logging.getLogger("datacopilot")
 MEMORY = "<memory>"
 
@@ -296,6 +297,8 @@ class ShardSink:
             self._same_plan(published, f"{self.dir} (its published output; no run of this plan is staged)")
             if is_complete(published):
                 problems = check_entries(self.dir, published)
+                if not published.get("report"):  # published before reports were listed in the manifest
+                    problems.append(f"{join(self.dir, REPORT)}: not listed in the manifest")
                 if not problems:
                     self.manifest, self.finished = published, True
                     return None
@@ -366,9 +369,10 @@ class ShardSink:
         (self.pending_q if quarantine else self.pending).append(entry)
 
     def end_units(self, units: tuple, schema, root, quarantine: pa.Table | None, records: list[OpRecord],
-                  state: dict) -> None:
+                  state: dict, bad: int = 0) -> None:
         """Flush the segment's rows and quarantine, then record its units as finished in the staged manifest
-        (atomically); after the last unit, publish the output."""
+        (atomically); after the last unit, stage the run's report (``bad``: the invalid input rows of the run)
+        and publish the output with it."""
         if self.buf:
             self._shard(pa.concat_tables(self.buf, promote_options="permissive"), self.schema, root)
         if quarantine is not None and quarantine.num_rows:
@@ -388,12 +392,26 @@ class ShardSink:
             from datacopilot.media import image_paths_of, say_image_paths
 
             p["state"] = {}  # the state files stay in the staging area, which publishing removes
+            m["report"] = self._stage_report(m, records, bad)
             self.manifest = self.run.publish(m)
             say_image_paths(self.dir, image_paths_of(self.manifest), recorded=True)
         else:
             m["complete"] = False
             self.run.save(m)
         self.begin()
+
+
+    def _stage_report(self, manifest: dict, records: list[OpRecord], bad: int) -> dict:
+        """Write the run's report into the staging area (published with the shards); its manifest entry."""
+        report = {"output": self.dir, "format": manifest["format"], "rows": manifest["rows"],
+                  "shards": len(manifest["shards"]), "quarantined": sum(s["rows"] for s in manifest["quarantine"]),
+                  "invalid_input_rows": bad, "ops": [r.as_dict() for r in records],
+                  "generation": self.run.generation}
+        path = self.run.path(REPORT)
+        with atomic_open(path, "wb") as f:
+            f.write(json.dumps(report, indent=1).encode())
+        digest, size = file_sha256(path)
+        return {"file": REPORT, "bytes": size, "sha256": digest}
 
 
 def read_manifest(out_dir: str) -> dict | None:
@@ -420,15 +438,15 @@ def records_from(dicts: list[dict]) -> list[OpRecord]:
                      d.get("counts", {})) for d in dicts]
 
 
-def make_report(out_dir: str, manifest: dict, records: list[OpRecord], bad: int = 0, show: bool = True) -> dict:
-    """The run's report (per operator rows in / out / dropped by reason / failed), saved as report.json."""
-    report = {"output": out_dir, "format": manifest["format"], "rows": manifest["rows"],
-              "shards": len(manifest["shards"]), "quarantined": sum(s["rows"] for s in manifest["quarantine"]),
-              "invalid_input_rows": bad, "ops": [r.as_dict() for r in records]}
-    with atomic_open(join(out_dir, "report.json"), "wb") as f:
-        f.write(json.dumps(report, indent=1).encode())
+def make_report(out_dir: str, manifest: dict, show: bool = True) -> dict:
+    """The published run's report (per operator rows in / out / dropped by reason / failed): its report.json,
+    which the publish of ``manifest`` moved in; printed with ``show``."""
+    report = read_json(join(out_dir, REPORT))
+    if report is None or report.get("generation") != manifest.get("generation"):
+        raise InputError(f"{join(out_dir, REPORT)}: missing or not the report of generation "
+                         f"{manifest.get('generation')} of {out_dir}")
     if show:
-        print(format_history(records))
+        print(format_history(records_from(report["ops"])))
         print(f"{report['rows']} rows in {report['shards']} shard(s) -> {out_dir}"
               + (f"; {report['quarantined']} quarantined" if report["quarantined"] else ""))
     return report
@@ -454,7 +472,7 @@ def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bo
     sink = ShardSink(out_dir, format, max_rows_per_shard, plan.source.units(), resume,
                      plan_fingerprint(plan, format, max_rows_per_shard, image_paths), image_paths)
     if sink.finished:
-        return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
+        return make_report(out_dir, sink.manifest)
     result = executor.run(plan)
     root = plan.source.root
     step = max_rows_per_shard or max(result.table.num_rows, 1)
@@ -462,5 +480,5 @@ def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bo
         part = result.table.slice(start, step)
         sink.add(part, plan.output_schema(part), root)
     sink.end_units(tuple(range(len(sink.units))), plan.source.schema, root,
-                   with_invalid(result.quarantine, plan.source.bad), result.records, {})
-    return make_report(out_dir, sink.manifest, result.records, len(plan.source.bad))
+                   with_invalid(result.quarantine, plan.source.bad), result.records, {}, len(plan.source.bad))
+    return make_report(out_dir, sink.manifest)

@@ -277,15 +277,14 @@ class LocalExecutor(Executor):
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
               max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
-        from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
+        from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, with_invalid
 
         run = Run(plan, plan.prepared_ops())
         units = plan.source.units()
         sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume,
                          plan_fingerprint(plan, format, max_rows_per_shard, image_paths), image_paths)
         if sink.finished:
-            return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]),
-                               show=self.progress is not False)
+            return make_report(out_dir, sink.manifest, show=self.progress is not False)
         if sink.done:  # resumed: the state of the finished segments lives in the staging area
             run.restore(sink.stage, sink.state, sink.manifest["pipeline"]["records"])
         sink.begin()
@@ -296,12 +295,11 @@ class LocalExecutor(Executor):
                 old, stage = dict(sink.state.get("seen", {})), sink.stage
                 bad, taken = plan.source.bad[taken:], len(plan.source.bad)
                 sink.end_units(item.units, plan.source.schema, root, with_invalid(run.take_quarantine(), bad),
-                               [a.record() for a in run.acc], run.save_state(stage, sink.segment))
+                               [a.record() for a in run.acc], run.save_state(stage, sink.segment), taken)
                 _remove(stage, old.values())
             else:
                 sink.add(item, plan.output_schema(item), root)
-        return make_report(out_dir, sink.manifest, [a.record() for a in run.acc], len(plan.source.bad),
-                           show=self.progress is not False)
+        return make_report(out_dir, sink.manifest, show=self.progress is not False)
 
 
 def _remove(stage: str, names) -> None:

@@ -1,7 +1,7 @@
 """Writing a pipeline's output on Ray: each shard is written by a Ray task from the output blocks it spans, so
 rows never pass through the driver, into the staging area of the output; the driver tallies the accounting, then
-writes the quarantine shard and publishes the output with its manifest (through
-:class:`datacopilot.pipeline_io.ShardSink`, as the local executor's write does), and writes the report.
+writes the quarantine shard and publishes the output with its manifest and report (through
+:class:`datacopilot.pipeline_io.ShardSink`, as the local executor's write does).
 
 Shards have the boundaries the default ``Executor.write`` gives them: ``max_rows_per_shard`` rows each, in order.
 
@@ -50,7 +50,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
                  image_paths: str = "keep") -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
     from datacopilot.media import add_image_paths, check_image_paths
-    from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, records_from, with_invalid
+    from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, with_invalid
 
     from .ray import _get, account, execute
 
@@ -58,7 +58,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
     sink = ShardSink(out_dir, format, max_rows, src.units(), resume,
                      plan_fingerprint(plan, format, max_rows, check_image_paths(image_paths)), image_paths)
     if sink.finished:
-        return make_report(out_dir, sink.manifest, records_from(sink.manifest["pipeline"]["records"]))
+        return make_report(out_dir, sink.manifest)
     if sink.done:  # a local run's progress (segments, dedup state): a Ray write is one segment, it starts over
         sink = ShardSink(out_dir, format, max_rows, src.units(), False, sink.fingerprint, image_paths)
     data = src.dataset.to_arrow() if src.dataset is not None else src
@@ -91,5 +91,6 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
     sink.pending, sink.schema, sink.k = [entry for entry, _ in written], schema, len(tasks)
     for _, info in written:  # the manifest records the root of kept paths, or how many were rewritten
         add_image_paths(sink.manifest, info)
-    sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {})
-    return make_report(out_dir, sink.manifest, records, len(src.bad))
+    sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {},
+                   len(src.bad))
+    return make_report(out_dir, sink.manifest)

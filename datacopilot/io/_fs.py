@@ -297,14 +297,16 @@ def locate(directory: str, stage: str | None, name: str) -> str:
 
 
 def check_entries(directory: str, manifest: dict, stage: str | None = None, hashes: bool = True) -> list[str]:
-    """One problem per listed file (shards and quarantine) that is missing, of another size than recorded or,
-    with ``hashes``, of another sha256; [] when the manifest describes the files present.
+    """One problem per listed file (shards, quarantine and a pipeline's ``report.json``) that is missing, of
+    another size than recorded or, with ``hashes``, of another sha256; [] when the manifest describes the files
+    present.
 
     >>> check_entries("out/", read_json("out/manifest.json"))  # doctest: +SKIP
     []
     """
     problems = []
-    for s in manifest.get("shards", []) + manifest.get("quarantine", []):
+    report = [manifest["report"]] if manifest.get("report") else []
+    for s in manifest.get("shards", []) + manifest.get("quarantine", []) + report:
         path = locate(directory, stage, s["file"])
         fs, p = get_fs(path)
         if not fs.exists(p):

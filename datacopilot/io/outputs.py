@@ -5,7 +5,10 @@ It writes every file under the hidden staging directory ``<dir>/.staging-gNNNN/`
 generation (``part-gNNNN-00000.arrow``), so they never collide with the files of the published output. Then
 :meth:`Staged.publish` moves them into ``<dir>`` and replaces ``<dir>/manifest.json`` by an atomic rename, last:
 until that rename readers see the previous output, after it the new one, never a mix. The previous output's files
-and the staging directory are removed after the rename.
+and the staging directory are removed after the rename. A pipeline's ``report.json`` is staged too and listed in
+the manifest (``"report"``: file, bytes, sha256; the report holds its generation): it is moved in last, just before
+the manifest, so a publish killed between the two is the one state where the report is not the published output's;
+its staged manifest says so, a resumed run finishes the publish and a fresh write removes that report.
 
 A pipeline run keeps its progress in the staging directory's own ``manifest.json`` (``complete: false``), so an
 interrupted run is resumed from there, and ``datacopilot.load`` of the output directory never reads it unless asked
@@ -40,6 +43,7 @@ def listed(manifest: dict | None) -> list[str]:
     if not manifest:
         return []
     names = [s["file"] for s in manifest.get("shards", []) + manifest.get("quarantine", [])]
+    names += [manifest["report"]["file"]] if manifest.get("report") else []
     return names + list(manifest.get("pipeline", {}).get("state", {}).get("seen", {}).values())
 
 
@@ -69,6 +73,7 @@ class Staged:
         for s in stages:
             _rm(join(directory, s), recursive=True)
         _remove_unlisted(directory, published)
+        _remove_foreign_report(directory, published)
         run = cls(directory, gen)
         fs.makedirs(get_fs(run.stage)[1], exist_ok=True)
         return run
@@ -100,7 +105,8 @@ class Staged:
         manifest = {**manifest, "generation": self.generation, "complete": True}
         self.save(manifest)  # a run killed while moving files in is resumed from this, and finishes the move
         fs, _ = get_fs(self.dir)
-        for name in [s["file"] for s in manifest["shards"] + manifest.get("quarantine", [])]:
+        report = [manifest["report"]["file"]] if manifest.get("report") else []  # last: nearest the rename
+        for name in [s["file"] for s in manifest["shards"] + manifest.get("quarantine", [])] + report:
             src, dst = join(self.stage, name), join(self.dir, name)
             if fs.exists(get_fs(src)[1]):
                 if "/" in name:
@@ -128,6 +134,16 @@ def _remove_unlisted(directory: str, manifest: dict | None) -> None:
             rel = f"{sub}/{name}" if sub else name
             if (_TAGGED.match(name) or _TEMP.match(name)) and rel not in keep:
                 _rm(join(directory, rel))
+
+
+def _remove_foreign_report(directory: str, published: dict | None) -> None:
+    """Remove a ``report.json`` that the published manifest lists with another checksum: one an interrupted
+    publish moved in (it is the unpublished generation's). A report the manifest does not list is kept (outputs
+    written before reports were listed)."""
+    from ._fs import check_entries
+
+    if published and published.get("report") and check_entries(directory, {"report": published["report"]}):
+        _rm(join(directory, published["report"]["file"]))
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -10,6 +10,7 @@ milliseconds), with a hook that sends SIGKILL to the process just before its k-t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -75,12 +76,36 @@ def only_listed(out) -> list[str]:
     return sorted(names | {"manifest.json", "report.json"})
 
 
+def report_of_output(out) -> bool:
+    """Whether the loadable output ``out`` has the report of that output: the manifest lists ``report.json`` by
+    its sha256 and the file matches, of the manifest's generation (True), or the manifest lists none and there is
+    no report (a ``write_shards`` output). The one other state a kill can leave, a publish killed after moving its
+    report in and before replacing the manifest, returns False: ``verify_shards`` refuses it, and the staged
+    manifest (complete) lists that report, so a resume finishes the publish."""
+    m = json.loads((out / "manifest.json").read_text())
+    if not m.get("report"):
+        assert "pipeline" not in m and not (out / "report.json").exists(), "a pipeline output without its report"
+        return True
+    report = json.loads((out / "report.json").read_text())
+    if hashlib.sha256((out / "report.json").read_bytes()).hexdigest() == m["report"]["sha256"]:
+        assert report["generation"] == m["generation"] and report["rows"] == m["rows"]
+        return True
+    with pytest.raises(InputError, match="report.json: checksum mismatch"):
+        dc.verify_shards(str(out))
+    staged = [json.loads((out / s / "manifest.json").read_text()) for s in os.listdir(out)
+              if s.startswith(".staging-") and (out / s / "manifest.json").exists()]
+    assert [s["generation"] for s in staged if s.get("complete")] == [report["generation"]]
+    return False
+
+
 def check_kills(ctx, tmp_path, job: dict, prepare, old, new, after=None) -> int:
-    """Kill ``job`` at each point in a copy of the output that ``prepare(out)`` leaves; check what loads."""
+    """Kill ``job`` at each point in a copy of the output that ``prepare(out)`` leaves; check what loads and
+    that a loadable output's report is its own (at most one kill point, inside the publish, leaves another)."""
     probe = tmp_path / "probe"
     prepare(probe)
     n = count_events({**job, "out": str(probe)})
-    assert content(probe) == new
+    assert content(probe) == new and report_of_output(probe)
+    foreign = []  # the kill points that left a loadable output beside another generation's report
     for k in points(n):
         out = tmp_path / f"k{k}"
         prepare(out)
@@ -91,8 +116,11 @@ def check_kills(ctx, tmp_path, job: dict, prepare, old, new, after=None) -> int:
             assert got is None or got == new, f"kill before event {k} of {n}: {len(got)} rows, a mix"
         else:
             assert got == old or got == new, f"kill before event {k} of {n}: {got and len(got)} rows, a mix"
+        if got is not None and not report_of_output(out):
+            foreign.append(k)
         if after is not None:
             after(out, k)
+    assert len(foreign) <= 1 and (not foreign or points(n) == list(range(1, n + 1))), foreign
     return n
 
 
@@ -150,9 +178,9 @@ def test_pipeline_write_killed_anywhere_then_resumed(ctx, tmp_path, inputs, unin
         assert content(out) == new, f"resumed after a kill before event {k}"
         assert ops_report(out) == report
         dc.verify_shards(str(out))
-        # a kill before the report's rename leaves its temporary file: the next write removes it
-        left = [f for f in os.listdir(out) if not f.startswith("report.json.tmp-")]
-        assert sorted(left) == only_listed(out), f"resumed after a kill before event {k}"
+        assert report_of_output(out), f"resumed after a kill before event {k}"
+        # nothing an interrupted write left: no temporary file of the report or the manifest, no staging
+        assert sorted(os.listdir(out)) == only_listed(out), f"resumed after a kill before event {k}"
 
     n = check_kills(ctx, tmp_path, job, prepare, old, new, after=resumed)
     assert n >= 10
@@ -182,6 +210,7 @@ def test_a_resumed_write_killed_anywhere_still_resumes(ctx, tmp_path, inputs, un
     def resumed(out, k):
         jobs.write({**job, "out": str(out), "resume": True})
         assert content(out) == new and ops_report(out) == report, f"resumed after a kill before event {k}"
+        assert report_of_output(out) and sorted(os.listdir(out)) == only_listed(out), k
 
     n = check_kills(ctx, tmp_path, {**job, "resume": True}, prepare, old, new, after=resumed)
     assert n < len(log)  # the resumed run did not redo the finished inputs

@@ -5,10 +5,12 @@ one, or an InputError (only with no old output), and the resumes give exactly th
 uninterrupted local run, also when a killed local run's progress is resumed on Ray.
 
 The Ray tasks write the shards into the staging directory; the driver's events (the renames and removals
-``tests/io/_kill_jobs.py`` counts) are then: 1 the staged manifest saved, 2..4 the three staged shards moved in,
-5 the manifest replaced (the publish), 6.. the older output's files and the staging directory removed, then the
-report. A resumed run first removes the staging directory of a run that recorded nothing (one event), or finishes
-the publish of one that did (its shards already moved in are no events).
+``tests/io/_kill_jobs.py`` counts) are then: 1 the report staged, 2 the staged manifest saved, 3..5 the three
+staged shards moved in, 6 the report moved in, 7 the manifest replaced (the publish), 8.. the older output's files
+and the staging directory removed. A resumed run first removes the staging directory of a run that recorded
+nothing (one event), or finishes the publish of one that did (its files already moved in are no events). After
+each kill a loadable output's report is its own, except just before the manifest's replacement, where the new
+report is refused by ``verify_shards`` until a resume finishes the publish.
 
 Each child starts a new process group and keeps Ray's files in its own temporary directory; after the child
 ends, its group and every process naming that directory are killed and the directory removed, so no Ray process
@@ -30,7 +32,7 @@ import datacopilot as dc
 from datacopilot.errors import InputError
 
 from . import _kill_jobs as jobs
-from .test_kill_matrix import content, only_listed, ops_report
+from .test_kill_matrix import content, only_listed, ops_report, report_of_output
 
 pytest.importorskip("ray")
 
@@ -114,20 +116,22 @@ def test_ray_write_killed_while_staged_publishing_and_published_then_resumed(tmp
 
     # a fresh write killed once its Ray tasks staged the shards, before anything was recorded; writes over an
     # older output killed with one new shard moved in, and just after the publish
-    codes = run_all(([{**job, "out": str(fresh)}], 1), ([{**job, "out": str(mid)}], 3),
-                    ([{**job, "out": str(published)}], 6))
+    codes = run_all(([{**job, "out": str(fresh)}], 1), ([{**job, "out": str(mid)}], 4),
+                    ([{**job, "out": str(published)}], 8))
     assert codes == [-signal.SIGKILL] * 3
     assert content(fresh) is None and os.listdir(fresh) == [".staging-g0001"]
     assert len(tagged(fresh / ".staging-g0001", 1)) == 3  # the Ray tasks wrote them into staging
     assert content(mid) == old and len(tagged(mid, 2)) == 1
     assert content(published) == new and len(tagged(published, 1)) == 3  # the old files not yet removed
+    assert report_of_output(mid) and report_of_output(published)
 
     # resumed writes killed: the fresh one (run again on Ray) with one shard moved in, the one over the old
-    # output just before its publish
-    codes = run_all(([{**again, "out": str(fresh)}], 4), ([{**again, "out": str(mid)}], 4))
+    # output just before its publish, its report moved in
+    codes = run_all(([{**again, "out": str(fresh)}], 5), ([{**again, "out": str(mid)}], 5))
     assert codes == [-signal.SIGKILL] * 2
     assert content(fresh) is None and len(tagged(fresh, 2)) == 1
     assert content(mid) == old and len(tagged(mid, 2)) == 3
+    assert not report_of_output(mid)  # the one state with another generation's report: verify refuses it
 
     # a local run killed once two of its four inputs are staged (its segments and dedup state in staging)
     local = {"kind": "pipeline", "files": inputs[0], "max_rows": 5}
@@ -147,6 +151,6 @@ def test_ray_write_killed_while_staged_publishing_and_published_then_resumed(tmp
     for out in outs:
         assert content(out) == new and ops_report(out) == report
         dc.verify_shards(str(out))
-        assert sorted(os.listdir(out)) == only_listed(out), out
+        assert report_of_output(out) and sorted(os.listdir(out)) == only_listed(out), out
     with pytest.raises(InputError):
         dc.load(str(tmp_path / "missing"))
