@@ -25,7 +25,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,7 +120,10 @@ def _input(ray, data, batch_size: int, invalid: str):
     if isinstance(data, pa.Table):
         return ray.data.from_arrow(_blocks(data, batch_size))
     read = ray.remote(_read_unit)
-    gens = [read.options(num_returns="streaming").remote(data, u, batch_size, invalid) for u in data.units()]
+    shipped = copy.copy(data)  # the workers read the files and their images where the driver means
+    shipped.root, shipped.paths = at_driver(data.root), [at_driver(u) for u in data.paths]
+    gens = [read.options(num_returns="streaming").remote(shipped, at_driver(u), batch_size, invalid)
+            for u in data.units()]
     refs = []
     for g in gens:
         got = list(g)
@@ -137,6 +142,16 @@ def _get(ray, refs):
         raise
 
 
+def at_driver(path: str | None) -> str | None:
+    """A local path made absolute against the driver's working directory (a Ray worker has its own); a URL
+    or None as it is.
+
+    >>> at_driver("s3://b/x"), at_driver(None), at_driver("/a/b")
+    ('s3://b/x', None, '/a/b')
+    """
+    return path if path is None or "://" in path else os.path.abspath(path)
+
+
 def _check_ops(ops, on_error: str, columns: list[str] | None, root) -> list:
     from datacopilot.operators.base import Evaluator, Operator
     from datacopilot.rowops import POLICIES
@@ -151,8 +166,8 @@ def _check_ops(ops, on_error: str, columns: list[str] | None, root) -> list:
         if columns is not None:
             op.check(columns)
             columns = sorted(set(columns) | set(op.writes))
-        if op.uses_root and op.p.get("root") is None and root:
-            op = op.replace(root=root)
+        if op.uses_root and (op.p.get("root") or root):  # given or filled in, absolute: a worker's cwd is not ours
+            op = op.replace(root=at_driver(op.p.get("root") or root))
         out.append(op)
     return out
 

@@ -10,8 +10,6 @@ Shards have the boundaries the default ``Executor.write`` gives them: ``max_rows
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 
@@ -52,7 +50,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
     from datacopilot.media import add_image_paths, check_image_paths
     from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, with_invalid
 
-    from .ray import _get, account, execute
+    from .ray import _get, account, at_driver, execute
 
     src = plan.source
     sink = ShardSink(out_dir, format, max_rows, src.units(), resume,
@@ -77,7 +75,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
         schema = plan.output_schema(like.empty_table())
     write = ray.remote(write_shard)
     # the tasks write and rewrite image paths where the driver means (a worker's cwd is not the driver's)
-    at = lambda p: p if p is None or "://" in p else os.path.abspath(p)
+    at = at_driver
     where, root_at = at(out_dir), at(root)
     tasks = []
     for k, start in enumerate(range(0, total, step)):

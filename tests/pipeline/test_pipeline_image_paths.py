@@ -254,3 +254,19 @@ def test_in_memory_source_rewritten_relative(tree, monkeypatch):
     back = dc.load(str(out))
     assert [p for p in _paths(back) if p] == [os.path.join("..", "images", n) for n in NAMES]
     assert _sizes(back) == [SIZES[n] for n in NAMES] and back.root == str(out)
+
+
+@pytest.mark.parametrize("inputs", ["relative", "absolute"])
+def test_image_operators_read_through_a_relative_root_from_the_drivers_cwd(tree, executor, monkeypatch, inputs):
+    """An operator that opens the image files (here a size filter) reads them through the relative root the
+    pipeline was given, against the driver's working directory, on Ray too (where the workers have their own),
+    with the input files named relative to it or not; the filter keeps the images at least 5 pixels wide and the
+    text rows, so an image path resolved elsewhere fails."""
+    monkeypatch.chdir(tree["t"])
+    files = [os.path.relpath(f, tree["t"]) for f in tree["files"]] if inputs == "relative" else tree["files"]
+    plan = dc.pipeline(files, schema="MM", root="images", batch_size=2).apply(create("filter_image_size",
+                                                                                      min_width=5))
+    got = plan.collect(executor=executor)
+    assert [r["id"] for r in got] == ["text", "r2", "r3", "text"]
+    report = plan.write("out", executor=executor, max_rows_per_shard=2)
+    assert report["rows"] == 4 and sum(report["ops"][0]["dropped"].values()) == 2 and report["ops"][0]["failed"] == 0
