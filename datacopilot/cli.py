@@ -258,7 +258,7 @@ def verify(directory: str, partial: bool) -> None:
     manifest, problems = verify_problems(directory, partial=partial)
     for p in problems:
         click.echo(p)
-    files = len(manifest["shards"]) + len(manifest.get("quarantine", []))
+    files = len(manifest["shards"]) + len(manifest.get("quarantine", [])) + bool(manifest.get("report"))
     if problems:
         click.echo(f"{directory}: {len(problems)} of {files} file(s) do not match the manifest", err=True)
         click.get_current_context().exit(1)

@@ -158,3 +158,32 @@ def test_resume_refuses_another_plan_and_staged_files_that_do_not_match(files, t
     report = dc.pipeline(files, schema="MM", batch_size=16).apply(_ops()).write(str(out), max_rows_per_shard=25)
     assert report["rows"] == len(dc.load(str(out), verify=True))  # a fresh write replaces the staged run
     assert not [f for f in os.listdir(out) if f.startswith(".")]
+
+
+def test_report_is_listed_checked_by_verify_and_kept_by_a_finished_resume(files, tmp_path):
+    """The report is published with the output: listed in its manifest by sha256, of its generation;
+    ``verify_shards`` and ``datacopilot verify`` refuse a changed report, a resume of the finished run returns
+    the published report (its invalid-row count too) and rewrites the output when the report does not match."""
+    from click.testing import CliRunner
+
+    from datacopilot.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "conversations": 3}\n' + pathlib.Path(files[0]).read_text())
+    out = str(tmp_path / "o")
+    p = dc.pipeline([str(bad), *files[1:]], schema="MM", on_error="quarantine").apply(create("dedup_exact"))
+    first = p.write(out)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["report"]["file"] == "report.json" and first["generation"] == manifest["generation"] == 1
+    assert first["invalid_input_rows"] == 1
+    assert p.write(out, resume=True) == first  # finished: nothing written, the published report
+    assert CliRunner().invoke(main, ["verify", out]).exit_code == 0
+    report = tmp_path / "o" / "report.json"
+    report.write_text(report.read_text().replace('"rows"', '"rows" ', 1))
+    with pytest.raises(InputError, match="report.json: checksum mismatch"):
+        dc.verify_shards(out)
+    res = CliRunner().invoke(main, ["verify", out])
+    assert res.exit_code == 1 and "report.json" in res.output
+    again = p.write(out, resume=True)  # the published output does not match its manifest: written again
+    assert again["generation"] == 2 and {**again, "generation": 1} == {**first, "ops": again["ops"]}
+    dc.verify_shards(out)
