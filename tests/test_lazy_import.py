@@ -47,6 +47,11 @@ def test_a_kernel_loads_no_engine_module(module, tmp_path):
     assert heavy == set()
 
 
+def test_the_hashing_kernel_loads_neither_the_other_kernels_nor_numba(tmp_path):
+    ours, _ = loaded_after("import datacopilot.kernels.hashing, sys; assert 'numba' not in sys.modules", tmp_path)
+    assert ours == {"datacopilot", "datacopilot.kernels", "datacopilot.kernels.hashing"}
+
+
 def test_the_schemas_load_no_engine_module(tmp_path):
     ours, heavy = loaded_after("import datacopilot.schemas", tmp_path)
     assert engine_modules(ours) == set()
