@@ -22,18 +22,31 @@ from .registry import register
 # zero-width and invisible formatting characters, and C0/C1 controls except tab and newline
 _INVISIBLE = r"[\x{200B}-\x{200D}\x{2060}\x{FEFF}\x{00AD}]"
 _CONTROLS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]"
+# anything but tab, line breaks and printable ASCII: the values clean_unicode may change (ASCII text is its own
+# NFC and NFKC form, and holds no invisible, C1 control or mojibake character)
+_UNICODE_NEED = r"[^\t\n\r\x20-\x7E]"
 _MOJIBAKE = re.compile(r"[ÃÂÅ][\u0080-\u00bf]|â€|Ã.")
+
+
+def rewrite_where(texts: pa.Array, need, fn) -> pa.Array:
+    """``fn(texts)``, computed only on the values that need it: ``need`` is a regex (RE2) that matches every
+    value ``fn`` would change (it may match more), or a boolean mask. The values it does not match are returned
+    as they are (``fn`` must leave those unchanged); the others are taken out, rewritten and put back in place.
+    """
+    if isinstance(need, str):
+        need = pc.match_substring_regex(texts, need)
+    need = pc.fill_null(need, False)
+    n = pc.sum(need).as_py() or 0
+    if n == 0:
+        return texts
+    if n == len(texts):
+        return fn(texts)
+    return pc.replace_with_mask(texts, need, fn(pc.filter(texts, need)).cast(texts.type))
 
 
 def _python_strings(texts: pa.Array, needs: pa.Array, fn) -> pa.Array:
     """``texts`` with ``fn`` applied to the strings where ``needs`` is true (the rest untouched)."""
-    idx = pc.indices_nonzero(pc.fill_null(needs, False)).to_numpy()
-    if not len(idx):
-        return texts
-    values = texts.to_pylist()
-    for i in idx:
-        values[i] = fn(values[i])
-    return pa.array(values, type=texts.type)
+    return rewrite_where(texts, needs, lambda sub: pa.array([fn(v) for v in sub.to_pylist()], type=texts.type))
 
 
 # runs of the characters UTF-8 bytes turn into when read as cp1252 / latin-1
@@ -79,6 +92,9 @@ class CleanUnicode(ConversationOp, Mapper):
                          fix_mojibake=check_choice(self, "fix_mojibake", fix_mojibake, (True, False)))
 
     def _texts(self, texts: pa.Array) -> pa.Array:
+        return rewrite_where(texts, _UNICODE_NEED, self._rewrite)
+
+    def _rewrite(self, texts: pa.Array) -> pa.Array:
         texts = pc.replace_substring_regex(texts, _INVISIBLE, "")
         texts = pc.replace_substring_regex(texts, _CONTROLS, "")
         if self.p["fix_mojibake"]:
@@ -94,6 +110,16 @@ class CleanUnicode(ConversationOp, Mapper):
 
     def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
         return replace_texts(self, batch, self._texts)
+
+
+# characters utf8_trim_whitespace may strip at either end (a superset: separators, controls, formatting)
+_EDGE = r"[\p{Z}\p{Cc}\p{Cf}]"
+
+
+def _whitespace_need(max_newlines: int) -> str:
+    """One regex matching every value CleanWhitespace's rewrites change: each rewrite's own trigger in the
+    original text (if none fires, every rewrite sees the original, so each trigger is checked on it)."""
+    return (r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{%d,}|^%s|%s$" % (max_newlines + 1, _EDGE, _EDGE))
 
 
 @register
@@ -112,6 +138,9 @@ class CleanWhitespace(ConversationOp, Mapper):
         super().__init__(max_newlines=check_int(self, "max_newlines", max_newlines, minimum=0))
 
     def _texts(self, texts: pa.Array) -> pa.Array:
+        return rewrite_where(texts, _whitespace_need(self.p["max_newlines"]), self._rewrite)
+
+    def _rewrite(self, texts: pa.Array) -> pa.Array:
         texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")
         texts = pc.replace_substring_regex(texts, r"[ \t\f\v\x{A0}\x{3000}]+", " ")
         texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
@@ -160,7 +189,9 @@ class MaskPII(ConversationOp, Mapper):
 
     def _texts(self, texts: pa.Array) -> pa.Array:
         if self.p["emails"]:
-            texts = pc.replace_substring_regex(texts, _EMAIL, self.p["email_token"].replace("\\", "\\\\"))
+            token = self.p["email_token"].replace("\\", "\\\\")
+            texts = rewrite_where(texts, pc.match_substring(texts, "@"),
+                                  lambda sub: pc.replace_substring_regex(sub, _EMAIL, token))
         if self.p["phones"]:
             need = pc.match_substring_regex(texts, r"\d{2}[ \-)]?\(?\d{2}")
             texts = _python_strings(texts, need, lambda s: _PHONE.sub(self._phone, s))

@@ -1,0 +1,67 @@
+"""The text cleaners rewrite only the values that need it: the result equals rewriting every value.
+
+Each cleaner's ``_rewrite`` is the rewrite of every value (what the operators did before the pre-match); its
+``_texts`` matches first and rewrites the matched values only. The two must agree on any text.
+"""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datacopilot.operators import create
+from datacopilot.operators.clean import rewrite_where
+
+# every kind of whitespace Python or Arrow knows, line breaks, invisible characters, controls, mojibake pieces
+_SPACES = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2005\u200a\u2028\u2029\u202f\u205f\u3000"
+_ODD = "\u200b\u200c\u200d\u2060\ufeff\u00ad\x00\x07\x7f\x9f\u180e" + "ÃÂÅ€â©\u0301" + "e\u0301" + "ﬁ"
+_ALPHABET = st.sampled_from(list(_SPACES + _ODD + "ab@.-+()0123456789") + ["x@y.com", "555 123 4567", "<image>"])
+_TEXT = st.lists(_ALPHABET, max_size=30).map("".join)
+_CLEAN = st.lists(st.sampled_from(["a", "b", "word", " ", ".", "?", "<image>", "\n", "\n\n"]), max_size=20).map(
+    lambda parts: " ".join("".join(parts).split(" ")).strip())
+
+_OPS = [create("clean_whitespace"), create("clean_whitespace", max_newlines=0),
+        create("clean_whitespace", max_newlines=1), create("clean_unicode"),
+        create("clean_unicode", form="NFKC", fix_mojibake=False), create("clean_unicode", form=None),
+        create("mask_pii"), create("mask_pii", phones=False)]
+
+
+def _full(op, texts: pa.Array) -> pa.Array:
+    """Every value rewritten, as before the pre-match (mask_pii's phone step was already selective)."""
+    return op._rewrite(texts) if hasattr(op, "_rewrite") else op._texts(texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_TEXT, _CLEAN, st.none()), max_size=12))
+def test_cleaners_match_rewriting_every_value_on_random_text(values):
+    texts = pa.array(values, pa.string())
+    for op in _OPS:
+        assert op._texts(texts).to_pylist() == _full(op, texts).to_pylist(), (op.name, op.p, values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_CLEAN, min_size=1, max_size=12))
+def test_clean_whitespace_returns_values_that_need_no_change_as_they_are(values):
+    op = create("clean_whitespace")
+    cleaned = op._rewrite(pa.array(values, pa.string()))
+    assert op._texts(cleaned).to_pylist() == op._rewrite(cleaned).to_pylist() == cleaned.to_pylist()
+
+
+def test_whitespace_pre_match_leaves_clean_values_and_rewrites_dirty_ones_in_place():
+    op = create("clean_whitespace")
+    values = ["clean text", " lead", "tab\there", "ok\n\nfine", "three\n\n\n\nbreaks", None, "trail\u3000", "é ok"]
+    out = op._texts(pa.array(values)).to_pylist()
+    assert out == ["clean text", "lead", "tab here", "ok\n\nfine", "three\n\nbreaks", None, "trail", "é ok"]
+
+
+def test_rewrite_where_calls_the_rewrite_only_on_matched_values():
+    seen = []
+
+    def upper(sub):
+        seen.append(sub.to_pylist())
+        return pc.utf8_upper(sub)
+
+    texts = pa.array(["a", "b!", None, "c!", "d"]).slice(1)  # a slice: offsets must not shift the values
+    assert rewrite_where(texts, "!", upper).to_pylist() == ["B!", None, "C!", "d"]
+    assert seen == [["b!", "c!"]]
+    assert rewrite_where(texts, "zzz", upper) is texts
