@@ -11,7 +11,6 @@ parquet and Arrow IPC batch by batch; other formats (json, h5, webdataset) are r
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -19,17 +18,15 @@ import time
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.json as pajson
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord, format_history
 from datacopilot.io import EXTENSIONS, FORMATS, format_of
-from datacopilot.io._common import file_arrow_schema, finish, parse_json_records
+from datacopilot.io._common import finish
 from datacopilot.io._fs import (MANIFEST, atomic_open, check_entries, expand, file_sha256, get_fs, is_complete, join,
                                 local_path, read_json)
 from datacopilot.io.outputs import Staged
 from datacopilot.io.shards import write_part
-from datacopilot.loading import load_rows
 from datacopilot.media import file_roots, warn_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
@@ -172,25 +169,11 @@ class Source:
 
     def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str, offset: int = 0) -> pa.Table:
         from datacopilot.io import screen
+        from datacopilot.io.jsonl import read_lines
 
         data, flawed = screen.screened(data, path, invalid, line0, offset)
         self.bad += flawed
-        opts = pajson.ParseOptions(newlines_in_values=False)
-        if self.schema is not None:
-            opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(self.schema),
-                                       unexpected_field_behavior="infer")
-        try:
-            table = pajson.read_json(io.BytesIO(data), parse_options=opts,
-                                     read_options=pajson.ReadOptions(block_size=BLOCK_BYTES + (1 << 20)))
-            if "meta" not in table.column_names:
-                return self._take(finish(table, self.schema, path, invalid, _where(data, path, line0)))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, DataCopilotError):
-            pass
-        records = ((n, f"{path}:{n}", ln) for n, ln in enumerate(data.split(b"\n"), line0) if ln.strip())
-        rows, lines, broken = parse_json_records(records, invalid, "line")
-        loaded = load_rows(rows, self.schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
-        loaded.bad = broken + loaded.bad
-        return self._take(loaded)
+        return self._take(read_lines(data, path, self.schema, invalid, line0))
 
     def _batched(self, path: str, kind: str, batch_size: int, invalid: str) -> Iterator[pa.Table]:
         local = local_path(path)
@@ -216,13 +199,6 @@ class Source:
         if self.spec is None:
             raise DataCopilotError("a pipeline over an in-memory dataset has no spec; build it from paths")
         return dict(self.spec)
-
-
-def _where(data: bytes, path: str, line0: int):
-    def where(i: int) -> str:
-        numbers = [n for n, ln in enumerate(data.split(b"\n"), line0) if ln.strip()]
-        return f"{path}:{numbers[i]}"
-    return where
 
 
 # -- output --------------------------------------------------------------------------------------------------

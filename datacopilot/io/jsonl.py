@@ -31,13 +31,13 @@ class _Lines:
     needs one (blank lines, and lines the screen emptied, shift them), so a clean load never scans the text in
     Python."""
 
-    def __init__(self, path: str, data):
-        self.path, self.data, self.numbers = path, data, None
+    def __init__(self, path: str, data, line0: int = 1):
+        self.path, self.data, self.line0, self.numbers = path, data, line0, None
 
     def __call__(self, i: int) -> str:
         if self.numbers is None:
             lines = bytes(self.data).split(b"\n")
-            self.numbers = [n + 1 for n, ln in enumerate(lines) if ln.strip()]
+            self.numbers = [n for n, ln in enumerate(lines, self.line0) if ln.strip()]
         return f"{self.path}:{self.numbers[i]}"
 
 
@@ -53,7 +53,7 @@ def _parse(data, schema: Schema | None) -> pa.Table | None:
         return None
 
 
-def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None:
+def _fast(data, path: str, schema: Schema | None, invalid: str, line0: int = 1) -> Loaded | None:
     """The table of Arrow's parser (ids that mix strings and integers read apart, :mod:`.jsonl_ids`),
     validated; None when the file needs the row path."""
     table = _parse(data, schema)
@@ -68,13 +68,13 @@ def _fast(data, path: str, schema: Schema | None, invalid: str) -> Loaded | None
     if json_parse_may_lose(table, schema):
         return None  # a 0 beside a 0.5 would come back as 0.0; a list of nulls would be invalid
     try:
-        return finish(table, schema, path, invalid, _Lines(path, data))
+        return finish(table, schema, path, invalid, _Lines(path, data, line0))
     except SchemaError:
         return None
 
 
-def _parse_lines(data: bytes, path: str, invalid: str) -> tuple[list, list[int], list]:
-    records = ((n, f"{path}:{n}", line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip())
+def _parse_lines(data: bytes, path: str, invalid: str, line0: int = 1) -> tuple[list, list[int], list]:
+    records = ((n, f"{path}:{n}", line) for n, line in enumerate(data.split(b"\n"), line0) if line.strip())
     return parse_json_records(records, invalid, "line")
 
 
@@ -87,11 +87,18 @@ def read_jsonl(path: str, schema: Schema | None, invalid: str = "raise") -> Load
     """
     check_invalid_policy(invalid)
     data, flawed = screened(mapped_bytes(path, "jsonl"), path, invalid)
-    fast = _fast(data, path, schema, invalid)
+    loaded = read_lines(data, path, schema, invalid)
+    loaded.bad = flawed + loaded.bad
+    return loaded
+
+
+def read_lines(data, path: str, schema: Schema | None, invalid: str, line0: int = 1) -> Loaded:
+    """Rows of screened JSON Lines ``data`` (a file, or a block of one whose first line is ``line0``): Arrow's
+    parser and the vectorized validation, or the row path where that cannot keep every value as it is."""
+    fast = _fast(data, path, schema, invalid, line0)
     if fast is not None:
-        fast.bad = flawed + fast.bad
         return fast
-    rows, lines, broken = _parse_lines(bytes(data), path, invalid)
+    rows, lines, broken = _parse_lines(bytes(data), path, invalid, line0)
     loaded = load_rows(rows, schema, path, where=lambda i: f"{path}:{lines[i]}", invalid=invalid)
-    loaded.bad = flawed + broken + loaded.bad
+    loaded.bad = broken + loaded.bad
     return loaded
