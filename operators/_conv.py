@@ -97,10 +97,27 @@ def turns(op: Operator, batch: pa.RecordBatch) -> Turns:
     arr = batch.column(col)
     values = arr.flatten()
     row = pc.list_parent_indices(arr).to_numpy().astype(np.int64)
-    raw_roles = pc.struct_field(values, role_key).to_numpy(zero_copy_only=False)
-    role = np.array([ROLES.get(r, r) for r in raw_roles], dtype=object) if len(raw_roles) else np.zeros(0, object)
+    role = canonical_roles(pc.struct_field(values, role_key))
     text = pc.fill_null(pc.struct_field(values, text_key), "")
     return Turns(col, role_key, text_key, row, role, text, batch.num_rows)
+
+
+def canonical_roles(raw: pa.Array) -> np.ndarray:
+    """The canonical role of each turn (object array; an unknown role as it is, a null as None), mapped once per
+    distinct role: the column is dictionary-encoded and the few distinct values are looked up.
+
+    >>> canonical_roles(pa.array(["human", "gpt", None, "bot", "system"])).tolist()
+    ['user', 'assistant', None, 'bot', 'system']
+    """
+    if not len(raw):
+        return np.zeros(0, object)
+    enc = raw if pa.types.is_dictionary(raw.type) else pc.dictionary_encode(raw)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    names = enc.dictionary.to_pylist() + [None]  # the last entry stands for a null role
+    canon = np.array([ROLES.get(r, r) for r in names], dtype=object)
+    idx = pc.fill_null(enc.indices, len(names) - 1).to_numpy().astype(np.intp)
+    return canon[idx]
 
 
 def turn_counts(op: Operator, batch: pa.RecordBatch) -> np.ndarray:
