@@ -28,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import _gen  # noqa: E402
+import _gen
 
 MATCH = r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{3,}"  # the single match the cleaners are set against
 
@@ -58,7 +58,7 @@ def pl_clean_whitespace(df, max_newlines: int = 2):
     import polars as pl
 
     v = (pl.field("value").str.replace_all(r"\r\n?", "\n").str.replace_all(r"[ \t\f\v\x{A0}\x{3000}]+", " ")
-         .str.replace_all(r" ?\n ?", "\n").str.replace_all(r"\n{%d,}" % (max_newlines + 1), "\n" * max_newlines)
+         .str.replace_all(r" ?\n ?", "\n").str.replace_all(r"\n{" + str(max_newlines + 1) + ",}", "\n" * max_newlines)
          .str.strip_chars())
     return df.with_columns(pl.col("conversations").list.eval(pl.element().struct.with_fields(v)))
 
@@ -87,7 +87,6 @@ def pl_filter_length(df, min_length: int = 1):
 
 def pl_filter_refusals(df):
     import polars as pl
-
     from datacopilot.operators.conversation_filters import REFUSALS
 
     pattern = "(?i)(?:" + "|".join(REFUSALS) + ")"
@@ -105,7 +104,6 @@ def main() -> None:
     import numpy as np
     import polars as pl
     import pyarrow.compute as pc
-
     from datacopilot.operators import create
 
     t0 = time.perf_counter()
@@ -121,7 +119,7 @@ def main() -> None:
     for label, batch in (("gen", gen), ("clean", clean)):
         op = create("clean_whitespace")
         (dc_s, dc_out), (pl_s, pl_out) = side_by_side(
-            [lambda: op.map_batch(batch), lambda: pl_clean_whitespace(frames[label])], args.repeat)
+            [lambda op=op, b=batch: op.map_batch(b), lambda df=frames[label]: pl_clean_whitespace(df)], args.repeat)
         same = dc_out.column("conversations").to_pylist() == pl_out["conversations"].to_list()
         rows.append((f"clean_whitespace ({label})", dc_s, pl_s, same, f"{dc_s / match_s:.2f}x one match"))
     filters = [("filter_turns", create("filter_turns"), pl_filter_turns),
@@ -129,7 +127,7 @@ def main() -> None:
                ("filter_refusals", create("filter_refusals"), pl_filter_refusals)]
     for name, op, pl_fn in filters:
         (dc_s, dc_out), (pl_s, pl_out) = side_by_side(
-            [lambda: op.keep(gen), lambda: pl_fn(frames["gen"])], args.repeat)
+            [lambda op=op: op.keep(gen), lambda fn=pl_fn: fn(frames["gen"])], args.repeat)
         same = bool(np.array_equal(np.asarray(dc_out[0], dtype=bool), pl_out.astype(bool)))
         rows.append((name, dc_s, pl_s, same, f"keeps {int(np.sum(pl_out)):,}"))
 

@@ -119,7 +119,7 @@ _EDGE = r"[\p{Z}\p{Cc}\p{Cf}]"
 def _whitespace_need(max_newlines: int) -> str:
     """One regex matching every value CleanWhitespace's rewrites change: each rewrite's own trigger in the
     original text (if none fires, every rewrite sees the original, so each trigger is checked on it)."""
-    return (r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{%d,}|^%s|%s$" % (max_newlines + 1, _EDGE, _EDGE))
+    return r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{" + str(max_newlines + 1) + ",}|^" + _EDGE + "|" + _EDGE + "$"
 
 
 @register

@@ -6,11 +6,10 @@ Each cleaner's ``_rewrite`` is the rewrite of every value (what the operators di
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from datacopilot.operators import create
 from datacopilot.operators.clean import rewrite_where
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # every kind of whitespace Python or Arrow knows, line breaks, invisible characters, controls, mojibake pieces
 _SPACES = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2005\u200a\u2028\u2029\u202f\u205f\u3000"

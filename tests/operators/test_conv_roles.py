@@ -2,11 +2,10 @@
 
 import numpy as np
 import pyarrow as pa
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from datacopilot.operators import create
 from datacopilot.operators._conv import ROLES, canonical_roles, turns
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 _ROLE = st.one_of(st.sampled_from(list(ROLES) + ["bot", "tool", "", "Human"]), st.none(), st.text(max_size=4))
 
