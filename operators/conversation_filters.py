@@ -149,12 +149,20 @@ class FilterRefusals(ConversationOp, Filter):
 
     def keep(self, batch: pa.RecordBatch):
         t = turns(self, batch)
-        sel = t.select(self.p["role"])
         reasons = np.full(t.n_rows, None, dtype=object)
-        for p in self._patterns:
-            hit = pc.match_substring_regex(t.text, p, ignore_case=True).to_numpy(zero_copy_only=False)
-            rows = t.per_row(hit, sel, "any")
-            reasons[rows & (reasons == None)] = f"refusal or boilerplate: {p}"  # noqa: E711
+        # one match of all patterns over the selected turns; each pattern then runs only on the turns that hit
+        idx = np.flatnonzero(t.select(self.p["role"]))
+        if len(idx) and self._patterns:
+            combined = "|".join(f"(?:{p})" for p in self._patterns)
+            hit = pc.match_substring_regex(t.text.take(idx), combined, ignore_case=True)
+            idx = idx[hit.to_numpy(zero_copy_only=False)]
+        if len(idx):
+            texts = t.text.take(idx)
+            for p in self._patterns:
+                hit = pc.match_substring_regex(texts, p, ignore_case=True).to_numpy(zero_copy_only=False)
+                rows = np.zeros(t.n_rows, dtype=bool)
+                rows[t.row[idx[hit]]] = True
+                reasons[rows & (reasons == None)] = f"refusal or boilerplate: {p}"  # noqa: E711
         keep = reasons == None  # noqa: E711
         return keep, reasons
 
