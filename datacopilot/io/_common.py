@@ -94,3 +94,19 @@ def raise_broken(broken: list, what: str) -> None:
     if broken:
         more = f"\n... and {len(broken) - 20} more" if len(broken) > 20 else ""
         raise InputError(f"{len(broken)} broken {what}(s):\n" + "\n".join(m for _, m, _ in broken[:20]) + more)
+
+
+def arrow_json_lines(data, schema) -> "pa.Table | None":
+    """Arrow's multithreaded JSON Lines parser over ``data`` (the schema's Arrow types where it has them, other
+    keys inferred); None when it refuses the bytes."""
+    import pyarrow.json as pajson
+
+    opts = pajson.ParseOptions(newlines_in_values=False)
+    if schema is not None:
+        opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
+    read = pajson.ReadOptions(block_size=16 << 20)
+    try:
+        return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+

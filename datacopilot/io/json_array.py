@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.json as pajson
 
 from datacopilot.errors import InputError, SchemaError
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
@@ -43,7 +42,7 @@ from datacopilot.schemas import Json, OneOf, Schema
 from datacopilot.schemas.types import Int, String
 from datacopilot.schemas.variant import variant_array
 
-from ._common import file_arrow_schema, finish
+from ._common import arrow_json_lines, finish
 from ._fs import mapped_bytes
 from .screen import QUARANTINE_TEXT_BYTES, raise_flaws, screen_document, screen_lines
 
@@ -292,13 +291,8 @@ def _arrow(lines: bytearray, kept: np.ndarray, path: str, schema: Schema | None,
            where: _Where, apart: dict | None = None) -> Loaded | None:
     """The rows by Arrow's parser and the vectorized validation, with the ``apart`` columns (name: array) put
     first; None when they need the row path."""
-    opts = pajson.ParseOptions(newlines_in_values=False)
-    if schema is not None:
-        opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
-    try:
-        table = pajson.read_json(pa.BufferReader(pa.py_buffer(lines)), parse_options=opts,
-                                 read_options=pajson.ReadOptions(block_size=16 << 20))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    table = arrow_json_lines(lines, schema)
+    if table is None:
         return None
     if table.num_rows != len(kept):
         return None

@@ -8,14 +8,11 @@ the file and line of every problem.
 from __future__ import annotations
 
 
-import pyarrow as pa
-import pyarrow.json as pajson
-
 from datacopilot.errors import SchemaError
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
 from datacopilot.schemas import Json, Schema
 
-from ._common import file_arrow_schema, finish, parse_json_records
+from ._common import arrow_json_lines, finish, parse_json_records
 from ._fs import mapped_bytes
 from datacopilot.lossless import json_parse_may_lose
 from .jsonl_ids import parse_mixed_ids
@@ -41,24 +38,12 @@ class _Lines:
         return f"{self.path}:{self.numbers[i]}"
 
 
-def _parse(data, schema: Schema | None) -> pa.Table | None:
-    """Arrow's multithreaded parser over the (screened) bytes; None when it refuses them."""
-    opts = pajson.ParseOptions(newlines_in_values=False)
-    if schema is not None:
-        opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
-    read = pajson.ReadOptions(block_size=16 << 20)
-    try:
-        return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return None
-
-
 def _fast(data, path: str, schema: Schema | None, invalid: str, line0: int = 1) -> Loaded | None:
     """The table of Arrow's parser (ids that mix strings and integers read apart, :mod:`.jsonl_ids`),
     validated; None when the file needs the row path."""
-    table = _parse(data, schema)
+    table = arrow_json_lines(data, schema)
     if table is None:
-        mixed = parse_mixed_ids(data, schema, lambda d: _parse(d, schema))
+        mixed = parse_mixed_ids(data, schema, lambda d: arrow_json_lines(d, schema))
         if mixed is None:
             return None
         table, schema = mixed

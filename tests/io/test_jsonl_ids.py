@@ -39,10 +39,10 @@ def _row_path(path, schema):
 
 def _fast_taken(path, schema) -> bool:
     """Whether the file's ids are read apart and Arrow's parser takes the file (not the row path)."""
-    from datacopilot.io.jsonl import _parse
+    from datacopilot.io._common import arrow_json_lines
 
     data = bytes(mapped_bytes(str(path), "jsonl"))
-    return jsonl_ids.parse_mixed_ids(data, schema, lambda d: _parse(d, schema)) is not None
+    return jsonl_ids.parse_mixed_ids(data, schema, lambda d: arrow_json_lines(d, schema)) is not None
 
 
 def test_mix665k_ids_keep_their_types_through_the_arrow_path_and_equal_the_row_path(tmp_path):
