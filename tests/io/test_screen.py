@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datacopilot as dc
-from datacopilot import pipeline_io
+from datacopilot import source as pipeline_io
 from datacopilot.cli import main
 from datacopilot.errors import InputError
 from datacopilot.io import screen

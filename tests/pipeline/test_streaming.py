@@ -7,7 +7,7 @@ import pytest
 from datacopilot.operators import Mapper, create
 
 import datacopilot as dc
-import datacopilot.pipeline_io as pio
+import datacopilot.source as pio
 from datacopilot.errors import DataCopilotError
 from datacopilot.executors import get_executor
 
