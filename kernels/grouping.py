@@ -1,5 +1,5 @@
 """Rows into groups by key, each group's sizes adding up to at most a capacity (numba; used by
-``datacopilot.operators.grouping`` for ``merge_same_image``'s ``max_turns``).
+``datacopilot.engine.grouping`` for ``merge_same_image``'s ``max_turns``).
 
 >>> import numpy as np
 >>> capacity_groups(np.array([5, 5, 0, 5, 7, 5, 7], np.uint64), np.array([2, 2, 1, 1, 3, 2, 1]), 4).tolist()

@@ -270,7 +270,7 @@ def _group_output(table, results, failures, op, policy, batch_size, counts) -> t
     """A Grouper's merged rows, and the failures of its merges (rows of ``table``)."""
     from datacopilot.parallel import PIECE_ROWS
 
-    from .grouping import arranged, merge_windows
+    from datacopilot.engine.grouping import arranged, merge_windows
 
     failed = np.zeros(table.num_rows, dtype=bool)
     failed[[f[0] for f in failures]] = True

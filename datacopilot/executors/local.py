@@ -8,7 +8,7 @@ batches, never the dataset.
   spills its input to a temporary Arrow file while it collects signatures, then streams the file back without
   the duplicates. A Grouper (merge, sort, shuffle) spills its input the same way, then reads the rows back in its
   new order through bucket files, one bucket in memory at a time (:mod:`.spill`), and merges a window of groups at
-  a time (:mod:`datacopilot.operators.grouping`). Memory holds the signatures and a bucket, not the rows.
+  a time (:mod:`datacopilot.engine.grouping`). Memory holds the signatures and a bucket, not the rows.
 * Each batch of an operator goes through the same task as ``ds.apply`` (:class:`operators.run._OpTask`), so
   rows and accounting equal ``ds.apply(ops)`` for operators that treat rows independently.
 
@@ -426,7 +426,7 @@ def _group(stream, run: Run, i: int, batch_size: int, show: bool = False) -> Ite
     """A Grouper: spill the input while collecting signatures; then read the rows back in the order the grouper
     arranges, a bucket at a time (:meth:`.spill.Spill.reordered`), and merge their groups a window at a time (a
     progress bar of the rows read back when ``show``)."""
-    from datacopilot.operators.grouping import arranged, merge_windows
+    from datacopilot.engine.grouping import arranged, merge_windows
 
     from .spill import BATCH_ROWS, Spill
 
@@ -458,7 +458,7 @@ def _group(stream, run: Run, i: int, batch_size: int, show: bool = False) -> Ite
 
 def _group_failures(run: Run, i: int, rows: pa.Table, fails: list) -> None:
     """Count (and quarantine, or raise) the rows of the groups whose merge failed."""
-    from datacopilot.operators.grouping import take_rows
+    from datacopilot.engine.grouping import take_rows
 
     a = run.acc[i]
     idx = np.array([r for members, _, _ in fails for r in members], np.int64)

@@ -303,7 +303,7 @@ def _group(ray, ds, op, k: int, policy: str, batch_size: int, block_rows: int):
     holding only the signatures) -> one task per run of about ``block_rows`` output rows takes its rows from the
     blocks that hold them (passed as arguments: Ray fetches them from its object store) and merges its groups.
     The blocks' events travel on in blocks of their own, ahead of the output."""
-    from datacopilot.operators.grouping import arranged, windows
+    from datacopilot.engine.grouping import arranged, windows
 
     refs = list(ds.to_arrow_refs())
     keys = ray.remote(st.dedup_keys)

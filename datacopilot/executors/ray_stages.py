@@ -202,7 +202,7 @@ def group_merge(op, stage: int, policy: str, batch_rows: int, order: np.ndarray,
     """A run of a Grouper's output (groups ``offsets`` over rows ``order``, indices into the rows taken):
     ``sources[j]`` is a block holding some of those rows, ``takes[j]`` their indices among its live rows; the
     rows taken are ``sources[0]``'s, then ``sources[1]``'s, ... Adds the failures and counters of the merges."""
-    from datacopilot.operators.grouping import merge_windows
+    from datacopilot.engine.grouping import merge_windows
 
     pool = pa.concat_tables([split(src)[0].take(pa.array(t)) for src, t in zip(sources, takes)],
                             promote_options="permissive")

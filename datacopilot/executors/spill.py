@@ -73,7 +73,7 @@ class Spill:
                   ) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """The rows in output order (``order`` of all rows, groups ``offsets``, as ``Grouper.arrange`` gives
         them), a bucket of whole groups at a time: ``(rows, the groups' offsets in them)``."""
-        from datacopilot.operators.grouping import take_batch, windows
+        from datacopilot.engine.grouping import take_batch, windows
 
         n = len(order)
         pos = np.empty(n, np.int64)

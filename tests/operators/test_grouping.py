@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from datacopilot.operators import create
-from datacopilot.operators.grouping import group_ids, layout, take_rows, windows
+from datacopilot.engine.grouping import group_ids, layout, take_rows, windows
 
 import datacopilot as dc
 from datacopilot.errors import OperatorError

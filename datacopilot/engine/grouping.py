@@ -1,4 +1,4 @@
-"""How a :class:`~datacopilot.operators.base.Grouper` runs, the same way on every executor.
+"""How a :class:`~datacopilot.engine.kinds.Grouper` runs, the same way on every executor.
 
 1. Its ``signatures`` hook runs over the batches like any other hook (a batch that raises is retried row by row,
    so only the rows that fail are failed); the rows are kept aside (in memory for ``ds.apply``, spilled to a
@@ -13,7 +13,7 @@
    with the error.
 
 >>> import numpy as np
->>> from datacopilot.operators import Grouper
+>>> from datacopilot.engine.kinds import Grouper
 >>> sigs = np.array([[7, 1], [0, 1], [7, 1], [9, 1], [7, 1]], np.uint64)  # key, size
 >>> group_ids(Grouper(), sigs).tolist()
 [0, 1, 0, 3, 0]
@@ -27,6 +27,7 @@ from __future__ import annotations
 import traceback
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,10 @@ from datacopilot.kernels.grouping import capacity_groups
 
 from datacopilot.errors import OperatorError
 
-from .base import Grouper
+from .step import to_table, unwrap
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kinds import Grouper
 
 
 def group_ids(op: Grouper, sigs: np.ndarray) -> np.ndarray:
@@ -140,8 +144,6 @@ def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
     """Groups ``rows[offsets[g]:offsets[g + 1]]`` merged into one row each, in order: ``(rows out, failures as
     (positions in rows, message, traceback), counters)``. A call of ``merge`` that raises is retried group by
     group, so only the groups that fail are failed (all their rows); ``policy="raise"`` stops at the first."""
-    from .run import _to_table, _unwrap
-
     op.ensure_setup()
     sizes = np.diff(offsets)
     multi = np.flatnonzero(sizes > 1)
@@ -154,7 +156,7 @@ def merge_groups(op: Grouper, rows: pa.Table, offsets: np.ndarray, policy: str
         sub = rows.take(np.concatenate([spans[m] for m in groups]))
         sub_offsets = np.concatenate([[0], np.cumsum([len(spans[m]) for m in groups])])
         c: Counter = Counter()
-        out = _to_table(_unwrap(op.merge(sub, sub_offsets), c), op)
+        out = to_table(unwrap(op.merge(sub, sub_offsets), c), op.label)
         if out.num_rows != len(groups):
             raise OperatorError(op.label, None, f"merge() must return {len(groups)} rows, got {out.num_rows}")
         counts.update(c)
