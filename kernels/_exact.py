@@ -36,19 +36,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .minhash import _find
+from .unionfind import find_root
 
 
 @njit(cache=True)
 def _largest_at_most(parent, x):
     """Longest length still present that is <= x (0 if none): a union-find root, with path compression."""
-    return _find(parent, x)
+    return find_root(parent, x)
 
 
 @njit(cache=True)
 def _smallest_at_least(up, x):
     """Shortest length still present that is >= x (the end sentinel if none): a union-find root."""
-    return _find(up, x)
+    return find_root(up, x)
 
 
 @njit(cache=True)

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from .hashing import KeySet, combine, combine_columns, mix64, normalize_text
+from .unionfind import find_root
 
 MERSENNE = np.uint64((1 << 31) - 1)
 EMPTY = np.uint32(0xFFFFFFFF)  # signature of a text without shingles; never a real value (all are < p)
@@ -232,19 +233,6 @@ def lsh_duplicates(keys: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def _find(parent, i):
-    """The root of ``i`` in a union-find forest (``parent[root] == root``), compressing the path to it."""
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:
-        nxt = parent[i]
-        parent[i] = root
-        i = nxt
-    return root
-
-
-@njit(cache=True)
 def _popcount(x):
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -286,7 +274,7 @@ def _cluster(keys, valid, sigs, hamming, threshold, max_scan):
                         continue
                     if hamming and _popcount(np.uint64(near[ii]) ^ np.uint64(near[jj])) > threshold:
                         continue  # a popcount over the bucket-ordered copy is cheaper than two finds
-                    ri, rj = _find(parent, i), _find(parent, j)
+                    ri, rj = find_root(parent, i), find_root(parent, j)
                     if ri != rj and (hamming or _similar(sigs, i, j, hamming, threshold)):
                         if ri < rj:
                             parent[rj] = ri
@@ -295,7 +283,7 @@ def _cluster(keys, valid, sigs, hamming, threshold, max_scan):
             start = end
     roots = np.empty(n, np.int64)
     for i in range(n):
-        roots[i] = _find(parent, i)
+        roots[i] = find_root(parent, i)
     return roots
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from datacopilot.errors import InputError
 
-from .types import DType, _kind, is_image_dtype  # noqa: F401 (is_image_dtype: re-exported)
+from .types import DType, is_image_dtype, type_name  # noqa: F401 (is_image_dtype: re-exported)
 
 IMAGE_ARROW_TYPE = pa.struct([pa.field("path", pa.string()), pa.field("bytes", pa.binary())])
 
@@ -48,15 +48,15 @@ class Image(DType):
     def check(self, value, path, out):
         value = self.normalize(value)
         if not isinstance(value, dict):
-            out.append(f"{path}: expected an image path or {{path, bytes}}, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected an image path or {{path, bytes}}, got {type_name(value)} {value!r}"[:300])
             return
         p, b = value.get("path"), value.get("bytes")
         if p is None and b is None:
             out.append(f"{path}: image has neither path nor bytes")
         if p is not None and not isinstance(p, str):
-            out.append(f"{path}.path: expected a string, got {_kind(p)}")
+            out.append(f"{path}.path: expected a string, got {type_name(p)}")
         if b is not None and not isinstance(b, (bytes, bytearray)):
-            out.append(f"{path}.bytes: expected bytes, got {_kind(b)}")
+            out.append(f"{path}.bytes: expected bytes, got {type_name(b)}")
 
 
 def _b64(text):

@@ -62,7 +62,8 @@ class DType:
         return None
 
 
-def _kind(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The type of ``value`` as error messages name it (``null`` for None)."""
     return type(value).__name__ if value is not None else "null"
 
 
@@ -75,7 +76,7 @@ class String(DType):
 
     def check(self, value, path, out):
         if not isinstance(value, str):
-            out.append(f"{path}: expected a string, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected a string, got {type_name(value)} {value!r}"[:300])
         elif self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             out.append(f"{path}: expected one of {allowed}, got {value!r}")
@@ -131,7 +132,7 @@ class Int(DType):
 
     def check(self, value, path, out):
         if isinstance(value, bool) or not isinstance(value, int):
-            out.append(f"{path}: expected an integer, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected an integer, got {type_name(value)} {value!r}"[:300])
         elif self.minimum is not None and value < self.minimum:
             out.append(f"{path}: expected an integer >= {self.minimum}, got {value!r}")
 
@@ -148,7 +149,7 @@ class Float(DType):
 
     def check(self, value, path, out):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            out.append(f"{path}: expected a number, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected a number, got {type_name(value)} {value!r}"[:300])
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class Bool(DType):
 
     def check(self, value, path, out):
         if not isinstance(value, bool):
-            out.append(f"{path}: expected true or false, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected true or false, got {type_name(value)} {value!r}"[:300])
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class List(DType):
 
     def check(self, value, path, out):
         if not isinstance(value, (list, tuple)):
-            out.append(f"{path}: expected a list, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected a list, got {type_name(value)} {value!r}"[:300])
             return
         if self.length is not None and len(value) != self.length:
             out.append(f"{path}: expected {self.length} items, got {len(value)}")
@@ -290,7 +291,7 @@ class OneOf(DType):
     def check(self, value, path, out):
         alt = self.pick(value)
         if alt is None:
-            out.append(f"{path}: expected {self.describe()}, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{path}: expected {self.describe()}, got {type_name(value)} {value!r}"[:300])
         else:
             alt[1].check(value, path, out)
 
@@ -376,7 +377,7 @@ class Struct(DType):
     def check(self, value, path, out):
         if not isinstance(value, dict):
             where = f"{path}: " if path else ""  # a whole row: the caller's prefix names it
-            out.append(f"{where}expected an object, got {_kind(value)} {value!r}"[:300])
+            out.append(f"{where}expected an object, got {type_name(value)} {value!r}"[:300])
             return
         for f in self.fields:
             v = value.get(f.name)

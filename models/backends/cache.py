@@ -17,7 +17,7 @@ import time
 
 from datacopilot.errors import InputError
 
-from . import Backend, ModelSpec, Request, Response
+from .spec import Backend, ModelSpec, Request, Response
 
 DB_NAME = "responses.sqlite"
 

@@ -31,7 +31,7 @@ from email.utils import parsedate_to_datetime
 
 from datacopilot.errors import InputError, ModelError
 
-from . import Backend, ModelSpec, Request, Response
+from .spec import Backend, ModelSpec, Request, Response
 
 log = logging.getLogger("datacopilot.models.openai")
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from datacopilot.errors import InputError, ModelError
 
-from . import Backend, ModelSpec, Request, Response
+from .spec import Backend, ModelSpec, Request, Response
 
 
 class _Prepared:
