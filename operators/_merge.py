@@ -24,8 +24,7 @@ from datacopilot.kernels.hashing import combine, hash_bytes, hash_strings, mix64
 from datacopilot.schemas import IMAGE_TOKEN
 from datacopilot.schemas.image import as_image_lists
 from datacopilot.schemas.variant import is_variant
-
-from datacopilot.rowops import _as_batch
+from datacopilot.transforms import as_batch
 
 from ._augment import batch_rows, exchanges
 from ._conv import ROLES, conversation_column, turns
@@ -97,7 +96,7 @@ def _layout(op, batch):
 def signatures(op, batch) -> np.ndarray:
     """``(n, 2)`` uint64: a key of the row's images and system turns (0 for a row without an image or without a
     question: it stays alone) and its number of exchanges."""
-    batch = _as_batch(batch) if isinstance(batch, pa.Table) else batch
+    batch = as_batch(batch)
     t, user, prefix, _ = _layout(op, batch)
     n = t.n_rows
     size = np.bincount(t.row[user], minlength=n).astype(np.uint64)
@@ -115,7 +114,7 @@ def merge(op, table: pa.Table, offsets: np.ndarray) -> pa.Table:
     """One row per group (rows ``offsets[g]:offsets[g + 1]``): the first row, with the exchanges of the others
     appended to its conversation without their ``<image>`` placeholders (moved to the first question when it
     has none) and the ids joined with ``+``."""
-    table = _as_batch(table) if isinstance(table, pa.Table) else table
+    table = as_batch(table)
     col, _, text_key = conversation_column(op, table)
     t, user, prefix, starts = _layout(op, table)
     arr = table.column(col)

@@ -41,7 +41,7 @@ from .base import Operator, check_choice, check_int
 from .image_filters import row_images
 
 REJECT_POLICIES = ("keep", "fail")
-_MEMO_SIZE = 8192
+MEMO_SIZE = 8192
 
 
 class Rejected(Exception):
@@ -156,7 +156,7 @@ class ModelOp:
                     if resp.finish_reason != "error":
                         self._memo[k] = resp
                     have[k] = resp
-                while len(self._memo) > _MEMO_SIZE:
+                while len(self._memo) > MEMO_SIZE:
                     self._memo.popitem(last=False)
         return [have[k] for k in keys]
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from datacopilot.errors import DataCopilotError, ModelError
 from datacopilot.schemas import IMAGE_TOKEN
 
-from ._model import _MEMO_SIZE, ModelOp, exchanges, with_image_token
+from ._model import MEMO_SIZE, ModelOp, exchanges, with_image_token
 from .base import Filter, Operator, Outcome, check_choice, check_float
 from .registry import register
 
@@ -151,7 +151,7 @@ class ImageTextAlignmentFilter(ModelOp, Filter):
                     if not isinstance(v, BaseException):
                         self._memo[k] = v
                     have[k] = v
-                while len(self._memo) > _MEMO_SIZE:
+                while len(self._memo) > MEMO_SIZE:
                     self._memo.popitem(last=False)
         return [have[k] for k in keys]
 
