@@ -7,7 +7,7 @@ MESSAGES keeps them in ``messages`` as ``{role, content}``. Roles are read in on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -32,44 +32,102 @@ class ConversationOp:
         Operator.check(self, columns, schema)
 
 
-@dataclass
 class Turns:
-    """The turns of a batch, flattened: ``row[i]`` is the row of turn ``i``."""
+    """The turns of a batch, flattened: turns ``offsets[r]:offsets[r + 1]`` are row ``r``'s.
 
-    column: str
-    role_key: str
-    text_key: str
-    row: np.ndarray  # int64, one per turn
-    role: np.ndarray  # canonical role strings (object), one per turn
-    text: pa.Array  # string, one per turn (nulls as "")
-    n_rows: int
+    ``code`` holds each turn's canonical role as a small integer (:mod:`datacopilot.kernels.text`: USER,
+    ASSISTANT, SYSTEM, OTHER, NULL); ``role`` the canonical role strings (object), ``row`` the row of each turn and
+    ``text`` the turn texts (string, nulls as ``""``). Each is computed on first use, once per batch, so an
+    operator pays only for what it reads.
+    """
+
+    def __init__(self, column: str, role_key: str, text_key: str, values: pa.Array, offsets: np.ndarray,
+                 n_rows: int):
+        self.column, self.role_key, self.text_key = column, role_key, text_key
+        self.values, self.offsets, self.n_rows = values, offsets, n_rows
+
+    @cached_property
+    def raw_roles(self) -> pa.Array:
+        return pc.struct_field(self.values, self.role_key)
+
+    @cached_property
+    def raw_text(self) -> pa.Array:
+        """The turn texts as stored (nulls kept)."""
+        return pc.struct_field(self.values, self.text_key)
+
+    @cached_property
+    def text(self) -> pa.Array:
+        return pc.fill_null(self.raw_text, "")
+
+    @cached_property
+    def row(self) -> np.ndarray:
+        """int64, the row of each turn."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int64), np.diff(self.offsets))
+
+    @cached_property
+    def role(self) -> np.ndarray:
+        return canonical_roles(self.raw_roles)
+
+    @cached_property
+    def code(self) -> np.ndarray:
+        from datacopilot.kernels import text as k
+
+        raw = self.raw_roles
+        if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
+            code = k.role_codes(*k.string_buffers(raw))
+            if raw.null_count:
+                code[~raw.is_valid().to_numpy(zero_copy_only=False)] = k.NULL
+            return code
+        role = self.role
+        code = np.full(len(role), k.OTHER, np.uint8)
+        for name, c in (("user", k.USER), ("assistant", k.ASSISTANT), ("system", k.SYSTEM), (None, k.NULL)):
+            code[np.array([r == name if name else r is None for r in role], dtype=bool)] = c
+        return code
 
     def select(self, role: str) -> np.ndarray:
         """Mask of the turns of ``role`` (``"all"`` for every non-system turn, ``"any"`` for every turn)."""
+        from datacopilot.kernels import text as k
+
         if role == "any":
-            return np.ones(len(self.row), dtype=bool)
+            return np.ones(len(self.values), dtype=bool)
         if role == "all":
-            return self.role != "system"
+            return self.code != k.SYSTEM
+        if role in _CODES:
+            return self.code == getattr(k, _CODES[role])
         return self.role == role
 
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def count(self, turns: np.ndarray) -> np.ndarray:
+        """The number of ``turns`` (a mask) in each row (int64)."""
+        from datacopilot.kernels import text as k
+
+        return k.row_count(self.offsets, np.ascontiguousarray(turns, dtype=bool))
+
+    def text_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, bytes) of the turn texts (:func:`datacopilot.kernels.text.string_buffers`; a null text as
+        ``""``)."""
+        from datacopilot.kernels import text as k
+
+        return k.string_buffers(self.text)
+
     def per_row(self, values: np.ndarray, turns: np.ndarray, how: str, empty: float = 0) -> np.ndarray:
-        """Reduce per-turn ``values`` of the ``turns`` mask to one per row: ``sum``, ``min``, ``max`` or ``any``."""
-        rows, vals = self.row[turns], np.asarray(values)[turns]
+        """Reduce per-turn ``values`` of the ``turns`` mask to one per row: ``sum``, ``min``, ``max`` or ``any``
+        (``empty`` for a row with no such turn; a sum is 0 there)."""
+        from datacopilot.kernels import text as k
+
+        sel = np.ascontiguousarray(turns, dtype=bool)
         if how == "any":
-            out = np.zeros(self.n_rows, dtype=bool)
-            out[rows[vals.astype(bool)]] = True
-            return out
-        out = np.full(self.n_rows, empty if how != "sum" else 0, dtype=np.float64)
+            return k.row_any(self.offsets, np.ascontiguousarray(values, dtype=bool), sel)
+        vals = np.ascontiguousarray(values, dtype=np.float64)
         if how == "sum":
-            np.add.at(out, rows, vals)
-        else:
-            seen = np.zeros(self.n_rows, dtype=bool)
-            seen[rows] = True
-            init = np.inf if how == "min" else -np.inf
-            acc = np.full(self.n_rows, init)
-            (np.minimum if how == "min" else np.maximum).at(acc, rows, vals)
-            out[seen] = acc[seen]
-        return out
+            return k.row_sum(self.offsets, vals, sel)
+        lo, hi = k.row_min_max(self.offsets, vals, sel, float(empty), float(empty))
+        return lo if how == "min" else hi
+
+
+_CODES = {"user": "USER", "assistant": "ASSISTANT", "system": "SYSTEM"}
 
 
 def conversation_column(op: Operator, batch: pa.RecordBatch) -> tuple[str, str, str]:
@@ -95,11 +153,12 @@ def turns(op: Operator, batch: pa.RecordBatch) -> Turns:
     """The flattened turns of ``batch`` (vectorized)."""
     col, role_key, text_key = conversation_column(op, batch)
     arr = batch.column(col)
-    values = arr.flatten()
-    row = pc.list_parent_indices(arr).to_numpy().astype(np.int64)
-    role = canonical_roles(pc.struct_field(values, role_key))
-    text = pc.fill_null(pc.struct_field(values, text_key), "")
-    return Turns(col, role_key, text_key, row, role, text, batch.num_rows)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    values = arr.flatten()  # the turns of the valid rows (a null row's hidden values are left out)
+    offsets = np.zeros(len(arr) + 1, np.int64)
+    np.cumsum(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False), out=offsets[1:])
+    return Turns(col, role_key, text_key, values, offsets, batch.num_rows)
 
 
 def canonical_roles(raw: pa.Array) -> np.ndarray:

@@ -46,7 +46,7 @@ class FilterTurns(ConversationOp, Filter):
 
     def keep(self, batch: pa.RecordBatch):
         t = turns(self, batch)
-        n = t.per_row(np.ones(len(t.row)), t.select("all"), "sum")
+        n = t.count(t.select("all"))
         few = n < self.p["min_turns"]
         many = n > self.p["max_turns"] if self.p["max_turns"] is not None else np.zeros(len(n), dtype=bool)
         keep = ~few & ~many
@@ -70,13 +70,15 @@ class FilterLength(ConversationOp, Filter):
         check_order(self, "min_length", "max_length")
 
     def keep(self, batch: pa.RecordBatch):
+        from datacopilot.kernels import text as k
+
         t = turns(self, batch)
-        if self.p["unit"] == "chars":
-            lengths = pc.utf8_length(t.text)
-        else:
-            lengths = pc.count_substring_regex(t.text, r"\S+")
-        lengths = lengths.to_numpy(zero_copy_only=False).astype(np.float64)
         sel = t.select(self.p["role"])
+        lo, hi = self.p["min_length"], self.p["max_length"]
+        if self.p["unit"] == "chars":  # only the lengths the byte length cannot decide are counted
+            lengths = k.length_proxies(*t.text_buffers(), sel, lo, np.iinfo(np.int64).max if hi is None else hi)
+        else:  # runs of non-space bytes: RE2's \S+ (ASCII whitespace), as pc.count_substring_regex counted
+            lengths = k.word_counts_where(*t.text_buffers(), sel)
         shortest = t.per_row(lengths, sel, "min", empty=np.inf)
         longest = t.per_row(lengths, sel, "max", empty=-np.inf)
         role, unit = self.p["role"], self.p["unit"]

@@ -1,0 +1,246 @@
+"""Compiled loops over the turns of a batch: Arrow string buffers and list offsets in, numpy arrays out.
+
+The per-batch conversation operators call these instead of a regex or a per-turn Python loop where the rule is a
+byte test (a role name, a character count, a run of whitespace). Each loop takes the raw buffers of a string array
+(:func:`string_buffers`: int64 offsets and uint8 bytes) or the int64 offsets of a list column, so each compiles
+once per machine (numba, ``cache=True``).
+
+>>> import pyarrow as pa
+>>> off, data = string_buffers(pa.array(["human", "gpt", "system", "bot"]))
+>>> role_codes(off, data).tolist()  # USER, ASSISTANT, SYSTEM, OTHER
+[0, 1, 2, 3]
+>>> utf8_lengths(*string_buffers(pa.array(["café", ""]))).tolist(), word_counts(*string_buffers(pa.array([" a b\\n"]))).tolist()
+([4, 0], [2])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from numba import njit
+
+USER, ASSISTANT, SYSTEM, OTHER, NULL = 0, 1, 2, 3, 4  # role codes
+
+
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, bytes) of a string / large_string (or binary) array: ``offsets`` int64 of ``len(arr) + 1``, value
+    ``i`` being ``bytes[offsets[i]:offsets[i + 1]]`` (a null's bytes are whatever the buffer holds: mask them)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    bufs = arr.buffers()
+    n = len(arr)
+    if bufs[1] is None:
+        offsets = np.zeros(n + 1, np.int64)
+    else:
+        offsets = np.frombuffer(bufs[1], np.int64 if large else np.int32, n + 1, arr.offset * (8 if large else 4))
+        offsets = offsets.astype(np.int64)
+    data = np.frombuffer(bufs[2], np.uint8) if len(bufs) > 2 and bufs[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def list_offsets(arr: pa.Array) -> np.ndarray:
+    """The int64 offsets of a list / large_list array, starting at 0 (``arr.values`` sliced from the first)."""
+    off = arr.offsets.to_numpy().astype(np.int64)
+    return off - off[0] if len(off) else np.zeros(1, np.int64)
+
+
+_HUMAN, _GPT = np.frombuffer(b"human", np.uint8), np.frombuffer(b"gpt", np.uint8)
+_USER, _ASSISTANT = np.frombuffer(b"user", np.uint8), np.frombuffer(b"assistant", np.uint8)
+_SYSTEM = np.frombuffer(b"system", np.uint8)
+
+
+@njit(cache=True)
+def _is(data, start, word):
+    for k in range(word.shape[0]):
+        if data[start + k] != word[k]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _role_codes(offsets, data, human, gpt, user, assistant, system):
+    n = offsets.shape[0] - 1
+    out = np.full(n, 3, np.uint8)
+    for i in range(n):
+        s = offsets[i]
+        m = offsets[i + 1] - s
+        if m == 3:
+            if _is(data, s, gpt):
+                out[i] = 1
+        elif m == 4:
+            if _is(data, s, user):
+                out[i] = 0
+        elif m == 5:
+            if _is(data, s, human):
+                out[i] = 0
+        elif m == 6:
+            if _is(data, s, system):
+                out[i] = 2
+        elif m == 9:
+            if _is(data, s, assistant):
+                out[i] = 1
+    return out
+
+
+def role_codes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The canonical role of each string as a code (``human``/``user`` USER, ``gpt``/``assistant`` ASSISTANT,
+    ``system`` SYSTEM, anything else OTHER); the caller sets NULL where the role is null."""
+    return _role_codes(offsets, data, _HUMAN, _GPT, _USER, _ASSISTANT, _SYSTEM)
+
+
+@njit(cache=True)
+def utf8_lengths(offsets, data):
+    """Characters of each string (bytes that do not continue a UTF-8 sequence)."""
+    n = offsets.shape[0] - 1
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        c = 0
+        for k in range(offsets[i], offsets[i + 1]):
+            c += (data[k] & 0xC0) != 0x80
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def length_proxies(offsets, data, sel, lo, hi):
+    """For each selected string a length ``v`` that is on the same side of ``lo`` and of ``hi`` as its character
+    count (``v < lo`` iff chars < lo, ``v > hi`` iff chars > hi): the byte length where the bounds decide it (a
+    character takes 1 to 4 bytes), the counted characters otherwise. Unselected strings get 0."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.int64)
+    for i in range(n):
+        if not sel[i]:
+            continue
+        s, e = offsets[i], offsets[i + 1]
+        m = e - s
+        if m < lo or ((m + 3) // 4 >= lo and m <= hi):
+            out[i] = m
+            continue
+        c = 0
+        for k in range(s, e):
+            c += (data[k] & 0xC0) != 0x80
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def word_counts_where(offsets, data, sel):
+    """:func:`word_counts` of the selected strings (0 for the others)."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.int64)
+    for i in range(n):
+        if not sel[i]:
+            continue
+        c = 0
+        prev_space = True
+        for k in range(offsets[i], offsets[i + 1]):
+            b = data[k]
+            space = b == 32 or b == 9 or b == 10 or b == 12 or b == 13
+            if prev_space and not space:
+                c += 1
+            prev_space = space
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def word_counts(offsets, data):
+    """Runs of bytes other than ``\\t \\n \\f \\r`` and space in each string: RE2's ``\\S+`` matches."""
+    n = offsets.shape[0] - 1
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        c = 0
+        prev_space = True
+        for k in range(offsets[i], offsets[i + 1]):
+            b = data[k]
+            space = b == 32 or b == 9 or b == 10 or b == 12 or b == 13
+            if prev_space and not space:
+                c += 1
+            prev_space = space
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def count_literal(offsets, data, needle):
+    """Non-overlapping occurrences of ``needle`` (bytes, not empty) in each string."""
+    n = offsets.shape[0] - 1
+    m = needle.shape[0]
+    first = needle[0]
+    out = np.zeros(n, np.int64)
+    for i in range(n):
+        k, end = offsets[i], offsets[i + 1] - m
+        c = 0
+        while k <= end:
+            if data[k] == first:
+                j = 1
+                while j < m and data[k + j] == needle[j]:
+                    j += 1
+                if j == m:
+                    c += 1
+                    k += m
+                    continue
+            k += 1
+        out[i] = c
+    return out
+
+
+# -- per-row reductions over list offsets: turns ``offsets[r]:offsets[r + 1]`` are row r's; ``sel`` picks turns --
+@njit(cache=True)
+def row_sum(offsets, values, sel):
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.float64)
+    for r in range(n):
+        acc = 0.0
+        for k in range(offsets[r], offsets[r + 1]):
+            if sel[k]:
+                acc += values[k]
+        out[r] = acc
+    return out
+
+
+@njit(cache=True)
+def row_count(offsets, sel):
+    """Selected turns of each row."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.int64)
+    for r in range(n):
+        c = 0
+        for k in range(offsets[r], offsets[r + 1]):
+            c += sel[k]
+        out[r] = c
+    return out
+
+
+@njit(cache=True)
+def row_min_max(offsets, values, sel, empty_min, empty_max):
+    """(min, max) of the selected values of each row; ``empty_min`` / ``empty_max`` where a row selects none."""
+    n = offsets.shape[0] - 1
+    lo = np.full(n, empty_min, np.float64)
+    hi = np.full(n, empty_max, np.float64)
+    for r in range(n):
+        seen = False
+        a, b = 0.0, 0.0
+        for k in range(offsets[r], offsets[r + 1]):
+            if sel[k]:
+                v = values[k]
+                if not seen:
+                    a, b, seen = v, v, True
+                else:
+                    a, b = min(a, v), max(b, v)
+        if seen:
+            lo[r], hi[r] = a, b
+    return lo, hi
+
+
+@njit(cache=True)
+def row_any(offsets, values, sel):
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.bool_)
+    for r in range(n):
+        for k in range(offsets[r], offsets[r + 1]):
+            if sel[k] and values[k]:
+                out[r] = True
+                break
+    return out
