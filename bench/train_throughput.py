@@ -59,7 +59,7 @@ class Trainer:
         from datacopilot.train.build import load_model, make_optimizer
         from datacopilot.train.data import PackedData, make_loader
         from datacopilot.train.loop import Collate, seed_all
-        from datacopilot.train.runner import _Run
+        from datacopilot.train.runner import Run
         from datacopilot.train.schedule import make_scheduler
 
         cfg = SFTConfig(data="synthetic", model=model_dir, tokenizer="-", output_dir=tempfile.mkdtemp(),
@@ -74,8 +74,8 @@ class Trainer:
         model = load_model(cfg)
         scheduler = make_scheduler(cfg)
         self.mode, self.data = mode, data
-        self.run = _Run(cfg, model, make_optimizer(cfg, model, scheduler), scheduler, data,
-                        Collate(max_length, "dense", 0, padded=mode == "padded"), print)
+        self.run = Run(cfg, model, make_optimizer(cfg, model, scheduler), scheduler, data,
+                       Collate(max_length, "dense", 0, padded=mode == "padded"), print)
         self.run._step = 0
         self.loader = iter(make_loader(data, self.run.collate, 0, steps + 1))
         self.timed: list[dict] = []

@@ -56,13 +56,13 @@ def _root_option(f):
 
 def _files(path: str) -> list[str]:
     from datacopilot.io import EXTENSIONS
-    from datacopilot.io._fs import expand
+    from datacopilot.io.fs import expand
 
     return expand(path, EXTENSIONS)
 
 
 def _file_bytes(files: list[str]) -> int:
-    from datacopilot.io._fs import get_fs
+    from datacopilot.io.fs import get_fs
 
     total = 0
     for f in files:

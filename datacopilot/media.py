@@ -1,7 +1,7 @@
 """Image work over whole datasets: embedding image bytes into rows, and the one policy for image paths.
 
 A dataset's ``root`` is where its relative image paths resolve (LLaVA's ``--image_folder``). Writers keep the
-paths as they are unless asked (:func:`image_paths_for`), and loading never rewrites them without a warning
+paths as they are unless asked (:func:`rebase_image_paths`), and loading never rewrites them without a warning
 (:func:`settle_roots`)."""
 
 from __future__ import annotations
@@ -137,13 +137,9 @@ def check_image_paths(mode: str) -> str:
 
 
 def image_paths_for(ds, directory: str, mode: str = "keep", embeds: bool = False):
-    """``(ds, ImagePaths)``: the rows a writer into ``directory`` should write, and what was done to their paths.
-
-    ``"keep"`` (the default) writes every path exactly as it is in the rows; they still resolve against
-    ``ds.root``, which the result names (a manifest records it as ``root``). ``"relative"`` rewrites relative
-    paths to be relative to ``directory``, so the output and its images move as one tree (absolute when either
-    side is a URL); ``"absolute"`` resolves them against the root. Absolute paths, URLs and images that carry
-    their bytes are never changed, and a format that embeds image bytes (``embeds``) needs no rewrite.
+    """``(ds, ImagePaths)``: the rows a writer into ``directory`` should write, and what was done to their paths;
+    :func:`rebase_image_paths` over ``ds``'s table, schema and root, the rows given back as a dataset of ``ds``'s
+    own class (its history and quarantine kept).
 
     >>> from datacopilot import MMDataset
     >>> ds = MMDataset.from_rows([{"id": "1", "image": "coco/x.jpg", "conversations": [
@@ -154,29 +150,47 @@ def image_paths_for(ds, directory: str, mode: str = "keep", embeds: bool = False
     >>> image_paths_for(ds, "/out")[1]
     ImagePaths(mode='keep', root='/img', rewritten=0)
     """
-    from .dataset import MMDataset
+    table, root, info = rebase_image_paths(ds.to_arrow(), ds.schema, ds.root, directory, mode, embeds)
+    if not info.rewritten:
+        return ds, info
+    return type(ds)(table, ds.schema, root=root, history=ds.history(), quarantine=ds.quarantine), info
+
+
+def rebase_image_paths(table: pa.Table, schema, root: str | None, directory: str, mode: str = "keep",
+                       embeds: bool = False) -> tuple[pa.Table, str | None, ImagePaths]:
+    """``(table, root, ImagePaths)``: the rows a writer into ``directory`` should write, the root their relative
+    paths then resolve against, and what was done to their paths.
+
+    ``"keep"`` (the default) writes every path exactly as it is in the rows; they still resolve against
+    ``root``, which the result names (a manifest records it as ``root``). ``"relative"`` rewrites relative
+    paths to be relative to ``directory``, so the output and its images move as one tree (absolute when either
+    side is a URL); ``"absolute"`` resolves them against the root. Absolute paths, URLs and images that carry
+    their bytes are never changed, and a format that embeds image bytes (``embeds``) needs no rewrite.
+
+    >>> from datacopilot.schemas import MM
+    >>> rows = pa.table({"id": ["1"], "image": [{"path": "coco/x.jpg", "bytes": None}]})
+    >>> _, new_root, info = rebase_image_paths(rows, MM, "/img", "/out", "absolute")
+    >>> new_root, info.rewritten
+    (None, 1)
+    """
     from .transforms import prefix_image_paths
 
     check_image_paths(mode)
-    if embeds or not any(c in ds.columns for c in image_columns(ds.schema)):
-        return ds, ImagePaths(mode, None, 0)
-    table = ds.to_arrow()
-    n = count_relative_paths(table, ds.schema)
-    root = _full_root(ds.root)
+    if embeds or not any(c in table.column_names for c in image_columns(schema)):
+        return table, root, ImagePaths(mode, None, 0)
+    n = count_relative_paths(table, schema)
+    full = _full_root(root)
     if mode == "keep" or not n:
-        return ds, ImagePaths(mode, root if n else None, 0)
-    url = "://" in root or "://" in directory
+        return table, root, ImagePaths(mode, full if n else None, 0)
+    url = "://" in full or "://" in directory
     if mode == "relative" and not url:
-        route = os.path.relpath(root, os.path.abspath(directory))
+        route = os.path.relpath(full, os.path.abspath(directory))
         if route == ".":
-            return ds, ImagePaths(mode, None, 0)
-        table, new_root = prefix_image_paths(table, ds.schema, route), directory
-    elif mode == "relative" and root == directory.rstrip("/"):
-        return ds, ImagePaths(mode, None, 0)
-    else:
-        table, new_root = prefix_image_paths(table, ds.schema, root), None
-    out = MMDataset(table, ds.schema, root=new_root, history=ds.history(), quarantine=ds.quarantine)
-    return out, ImagePaths(mode, None, n)
+            return table, root, ImagePaths(mode, None, 0)
+        return prefix_image_paths(table, schema, route), directory, ImagePaths(mode, None, n)
+    if mode == "relative" and full == directory.rstrip("/"):
+        return table, root, ImagePaths(mode, None, 0)
+    return prefix_image_paths(table, schema, full), None, ImagePaths(mode, None, n)
 
 
 def say_image_paths(path: str, info: ImagePaths, recorded: bool) -> None:
@@ -292,7 +306,7 @@ def image_paths_of(manifest: dict) -> ImagePaths:
 def keep_image_paths(ds, manifest: dict):
     """``ds`` unchanged, for a pipeline's shard writer: the paths are kept as they are and ``manifest`` records
     the root they resolve against (``root``), so ``load`` of the output finds the images."""
-    _, info = image_paths_for(ds, "", "keep")
+    _, _, info = rebase_image_paths(ds.to_arrow(), ds.schema, ds.root, "", "keep")
     manifest.update(info.manifest())
     return ds
 

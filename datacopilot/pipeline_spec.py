@@ -68,7 +68,7 @@ def _resolve(path: str, base: str | None) -> str:
 
 
 def _op(entry, i: int, base_dir: str | None = None):
-    from datacopilot.operators import create
+    from datacopilot.operators.registry import create
 
     if isinstance(entry, str):
         entry = {"name": entry}

@@ -17,7 +17,7 @@ import numpy as np
 from datacopilot.errors import InputError
 
 from .config import DATA_ORDER_KEYS, SFTConfig
-from .runner import _Run
+from .runner import Run
 
 
 def _config(config) -> SFTConfig:
@@ -137,7 +137,7 @@ def sft(config, resume: bool = False, echo=print) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = Collate(cfg.max_length, cfg.attention, pad_id,
                       image_token_count=cfg.image_token_count if cfg.model_type == "vlm" else None)
-    run = _Run(cfg, model, optimizer, scheduler, data, collate, echo)
+    run = Run(cfg, model, optimizer, scheduler, data, collate, echo)
     history = run.train(start, history)
     return run.finish(history, tokenizer, device, len(tok))
 

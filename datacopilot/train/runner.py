@@ -10,7 +10,9 @@ import time
 from datacopilot.errors import DataCopilotError
 
 
-class _Run:
+class Run:
+    """One training run's state and its optimizer steps (what :func:`datacopilot.train.sft` drives)."""
+
     def __init__(self, cfg, model, optimizer, scheduler, data, collate, echo):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.data, self.collate, self.echo = data, collate, echo

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from datacopilot.errors import DataCopilotError, InputError, OperatorError
 from datacopilot.history import OpRecord
-from datacopilot.io._fs import atomic_open, get_fs, join
+from datacopilot.io.fs import atomic_open, get_fs, join
 from datacopilot.parallel import run_batches
 
 COLUMNS = ("input_ids", "labels", "length", "image_offsets")
