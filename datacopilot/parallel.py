@@ -298,6 +298,61 @@ def run_batches(
         bar.close()
 
 
+def map_ordered(items: Iterator, task: Callable[[pa.Table, int], Any], *, num_workers: int = 1,
+                mode: str = "thread", passed: Callable[[Any], bool] | None = None) -> Iterator:
+    """``task(table, offset)`` for each table of ``items`` (``offset``: rows given before it), results yielded in
+    input order with at most ``2 * num_workers`` tables in flight, on threads or warm processes (shared-memory
+    slots, as :func:`run_batches`). Items for which ``passed(item)`` is true (markers) are yielded in their place,
+    unchanged. Stopped early, it cancels or waits for what is pending, so no worker still reads a slot."""
+    check_workers(num_workers, mode)
+    passed = passed or (lambda item: False)
+    offsets = itertools.count()
+    seen = [0]
+
+    def offset(t: pa.Table) -> int:
+        off = seen[0]
+        seen[0] += t.num_rows
+        return off
+
+    if num_workers == 1:
+        for item in items:
+            yield item if passed(item) else task(item, offset(item))
+        return
+    with contextlib.ExitStack() as stack:
+        if mode == "process":
+            pool = stack.enter_context(_process_pool(num_workers))
+            slots = stack.enter_context(pool.slots(2 * num_workers + 1))
+            payload = pickle.dumps((list(sys.path), cloudpickle.dumps(task)))
+
+            def submit(t: pa.Table):
+                data = None
+                if slots is not None:
+                    with contextlib.suppress(OSError):  # shared memory full: this table goes by pipe
+                        data = slots.put(next(offsets) % len(slots.paths), t)
+                return pool.ex.submit(_run, payload, data or to_ipc(t), offset(t), None, pool.dir)
+            receive = _imported
+        else:
+            ex = stack.enter_context(ThreadPoolExecutor(max_workers=num_workers))
+            submit = lambda t: ex.submit(task, t, offset(t))  # noqa: E731
+            receive = lambda out: out  # noqa: E731
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append((True, item) if passed(item) else (False, submit(item)))
+                while len(pending) > 2 * num_workers or (pending and pending[0][0]):
+                    marker, x = pending.popleft()
+                    yield x if marker else receive(x.result())
+            while pending:
+                marker, x = pending.popleft()
+                yield x if marker else receive(x.result())
+        finally:
+            running = [x for marker, x in pending if not marker and not x.cancel()]
+            wait_futures(running)
+            for fut in running:
+                if not fut.cancelled() and fut.exception() is None:
+                    _discard(fut.result())
+
+
 def _pump(table: pa.Table, batch_size: int, in_flight: int, submit, receive, take) -> None:
     """Submit slices with at most ``in_flight`` pending and hand their results to ``take`` in order, until it
     says stop. Whatever is still pending at the end (after a stop or an error) is cancelled, or waited for

@@ -62,10 +62,12 @@ class OpAcc:
                         dict(self.counts))
 
     def merge(self, other: "OpAcc") -> None:
-        """Add ``other``'s accounting, of rows that come after this one's (its error's row is shifted)."""
+        """Add ``other``'s accounting, of rows that come after this one's (its error's row is shifted). One that
+        counted no rows in (a barrier's apply step: a grouper's merge of rows held from many batches) names its
+        error's row among the operator's whole input: it is not shifted."""
         if other.error is not None and self.error is None:
             e = other.error
-            self.error = PendingError(self.rows_in + e.row, e.message, e.traceback, e.row_id)
+            self.error = PendingError((self.rows_in if other.rows_in else 0) + e.row, e.message, e.traceback, e.row_id)
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
         self.failed += other.failed
@@ -126,9 +128,10 @@ class Accounting:
         if n:
             self.ops[k].dropped[reason] += n
 
-    def merge(self, other: "Accounting") -> None:
-        """Add a worker's accounting (of the rows that follow the ones counted so far)."""
-        for a, b in zip(self.ops, other.ops):
+    def merge(self, other: "Accounting", first: int = 0) -> None:
+        """Add a worker's accounting of operators ``first, first + 1, ...`` (of the rows that follow the ones
+        counted so far)."""
+        for a, b in zip(self.ops[first:], other.ops):
             a.merge(b)
         self.quarantine.extend(other.quarantine)
 
