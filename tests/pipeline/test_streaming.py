@@ -81,4 +81,4 @@ def test_stream_yields_before_reading_everything(files):
     stream = get_executor("local").stream(plan, run)
     first = next(stream)
     assert isinstance(first, pa.Table) and first.num_rows == 10
-    assert run.acc[0].rows_in == 10  # one batch through, the other 23 not read yet
+    assert run.acc.ops[0].rows_in == 10  # one batch through, the other 23 not read yet
