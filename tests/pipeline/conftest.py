@@ -34,12 +34,4 @@ def ds():
     return dc.MMDataset.from_rows([row(k) for k in range(150)], schema="MM")
 
 
-def same(a, b) -> bool:
-    """Same rows in the same order and the same per-operator accounting (timings aside)."""
-    strip = lambda recs: [(r.op, r.rows_in, r.rows_out, r.dropped, r.failed) for r in recs]
-    ops_a = [r for r in a.history() if not r.op.startswith("load")]
-    ops_b = [r for r in b.history() if not r.op.startswith("load")]
-    return a.to_arrow().equals(b.to_arrow()) and strip(ops_a) == strip(ops_b)
-
-
 from tests.executors._ray import executor, ray_session  # noqa: F401  (H12: "local" / "ray" for each test)

@@ -10,7 +10,9 @@ from datacopilot.errors import DataCopilotError, OperatorError
 from datacopilot.pipeline import Pipeline
 
 from ._ops import FailOn, Twice
-from .conftest import row, same
+from tests._same import assert_same_run
+
+from .conftest import row
 
 
 def chain():
@@ -22,20 +24,20 @@ def chain():
 def test_collect_equals_apply(ds, batch_size):
     out = ds.lazy(batch_size=batch_size).apply(chain()).collect()
     ref = ds.apply(chain())
-    assert same(out, ref)
+    assert_same_run(out, ref)
     assert 0 < len(out) <= 40  # 40 distinct conversations at most
     assert out.history()[1].dropped == {"fewer than 2 turns": 22}
 
 
 def test_near_dedup_and_ops_after_it(ds):
     ops = [create("clean_whitespace"), create("dedup_near_text", threshold=0.9), create("filter_turns", min_turns=2)]
-    assert same(ds.lazy(batch_size=16).apply(ops).collect(), ds.apply(ops))
+    assert_same_run(ds.lazy(batch_size=16).apply(ops).collect(), ds.apply(ops))
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_workers_keep_order_and_accounting(ds, mode):
     out = ds.lazy(batch_size=10).apply(chain()).collect(num_workers=2, mode=mode)
-    assert same(out, ds.apply(chain()))
+    assert_same_run(out, ds.apply(chain()))
 
 
 def test_process_workers_stop_cleanly_on_a_failure_and_run_again(ds):
@@ -49,7 +51,7 @@ def test_process_workers_stop_cleanly_on_a_failure_and_run_again(ds):
     with pytest.raises(OperatorError, match="r20"):
         ds.lazy(batch_size=5).apply(bad).collect(num_workers=2, mode="process")
     out = ds.lazy(batch_size=5).apply(chain()).collect(num_workers=2, mode="process")
-    assert same(out, ds.apply(chain()))
+    assert_same_run(out, ds.apply(chain()))
     shm = _POOLS[2].dir
     if shm is not None:  # results were shipped through it and unlinked once read; only the slots stay
         assert all(name.startswith("in-") for name in os.listdir(shm))
@@ -58,7 +60,7 @@ def test_process_workers_stop_cleanly_on_a_failure_and_run_again(ds):
 def test_augmenter_rows_out(ds):
     out = ds.lazy(batch_size=9).apply([Twice(), create("dedup_exact")]).collect()
     assert out.history()[0].rows_out == 300
-    assert same(out, ds.apply([Twice(), create("dedup_exact")]))
+    assert_same_run(out, ds.apply([Twice(), create("dedup_exact")]))
 
 
 def test_plans_are_immutable(ds):
@@ -75,7 +77,7 @@ def test_failed_rows_like_apply(ds, policy):
     ops = [create("clean_whitespace"), FailOn(bad=("r3", "r77")), create("filter_turns", min_turns=2)]
     out = dc.pipeline(ds, on_error=policy, batch_size=8).apply(ops).collect()
     ref = ds.apply(ops, on_error=policy)
-    assert same(out, ref)
+    assert_same_run(out, ref)
     assert out.history()[1].failed == 2
     if policy == "quarantine":
         q = out.quarantine.to_arrow()
@@ -124,7 +126,7 @@ def test_property_accounting(keys, batch_size, policy):
         dc.MMDataset.from_rows([row(1)], schema="MM")[:0]
     ops = [FailOn(bad=("r5", "r13")), create("filter_turns", min_turns=2), create("dedup_exact")]
     out = dc.pipeline(ds, on_error=policy, batch_size=batch_size).apply(ops).collect()
-    assert same(out, ds.apply(ops, on_error=policy))
+    assert_same_run(out, ds.apply(ops, on_error=policy))
     n = len(ds)
     for r in out.history():
         assert r.rows_in == n == r.rows_out + r.n_dropped + r.failed
