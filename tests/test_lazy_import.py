@@ -14,7 +14,8 @@ import datacopilot
 import datacopilot.kernels
 
 ENGINE = ("datacopilot.dataset", "datacopilot.pipeline", "datacopilot.io", "datacopilot.executors",
-          "datacopilot.operators", "datacopilot.models", "datacopilot.loading", "datacopilot.transforms")
+          "datacopilot.engine", "datacopilot.operators", "datacopilot.models", "datacopilot.loading",
+          "datacopilot.transforms")
 HEAVY = ("paddle", "ray", "torch", "polars", "PIL")
 
 
