@@ -14,20 +14,6 @@ from datacopilot.schemas.image import IMAGE_ARROW_TYPE
 from .errors import DataCopilotError
 
 
-def as_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
-    """``table`` as one record batch (chunks combined), what a batch hook is given; a batch is returned as it is.
-
-    >>> as_batch(pa.concat_tables([pa.table({"a": [1]}), pa.table({"a": [2]})])).num_rows
-    2
-    """
-    if isinstance(table, pa.RecordBatch):
-        return table
-    batches = table.combine_chunks().to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    return pa.RecordBatch.from_pylist([], schema=table.schema) if not batches else pa.concat_batches(batches)
-
-
 def plain_type(t: pa.DataType) -> pa.DataType:
     """Arrow type with large / view variants replaced by the plain ones (what polars hands back)."""
     if pa.types.is_large_string(t) or t == pa.string_view():

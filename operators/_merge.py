@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datacopilot.engine.step import as_batch
 from datacopilot.kernels.hashing import combine, hash_bytes, hash_strings, mix64
 from datacopilot.schemas import IMAGE_TOKEN
 from datacopilot.schemas.image import as_image_lists
 from datacopilot.schemas.variant import is_variant
-from datacopilot.transforms import as_batch
 
 from ._augment import batch_rows, exchanges
 from ._conv import ROLES, conversation_column, turns
