@@ -43,11 +43,16 @@ def normalize_text(values) -> pa.Array:
     >>> normalize_text([" A\\tB\\n\\n c ", None]).to_pylist()
     ['a b c', '']
     """
-    arr = _as_string_array(values)
-    arr = pc.fill_null(arr, "")
-    arr = pc.utf8_lower(arr)
-    arr = pc.replace_substring_regex(arr, r"\s+", " ")
+    arr = pc.utf8_lower(pc.fill_null(_as_string_array(values), ""))
+    # RE2's \s is [\t\n\f\r ]: a run of two or more, or one that is not a space, becomes a space (rewriting
+    # every single space, as r"\s+" does, costs a match per word); only the values holding one are rewritten
+    hit = pc.match_substring_regex(arr, _COLLAPSE)
+    if pc.any(hit).as_py():
+        arr = pc.replace_with_mask(arr, hit, pc.replace_substring_regex(arr.filter(hit), _COLLAPSE, " "))
     return pc.utf8_trim_whitespace(arr)
+
+
+_COLLAPSE = r"[\t\n\f\r ]{2,}|[\t\n\f\r]"
 
 
 def hash_strings(values, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,22 @@ def test_normalize_text_lowercases_collapses_and_strips():
     assert out == ["hello world", "", "é é"]
 
 
+_WS_TEXT = st.lists(st.one_of(st.sampled_from([" ", "  ", "\t", "\n", "\r", "\f", "\v", "\xa0", "\u3000", "\u2003",
+                                              "\r\n", "A", "b", "É", "ς"]), st.text(max_size=4)), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), _WS_TEXT.map("".join)), max_size=20))
+def test_normalize_text_equals_the_regex_over_every_value(values):
+    """Rewriting only the values that hold a whitespace run (or a non-space one) gives what rewriting every
+    run of RE2's \\s with a space gives."""
+    import pyarrow.compute as pc
+
+    arr = pa.array(values, pa.string())
+    want = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(pc.fill_null(arr, "")), r"\s+", " "))
+    assert normalize_text(arr).to_pylist() == want.to_pylist()
+
+
 def test_hash_strings_equal_iff_equal_text():
     h = hash_strings(["a", "b", "a", "", None])
     assert h.dtype == np.uint64 and len(h) == 5

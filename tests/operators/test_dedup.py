@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 from datacopilot.operators import Mapper, create
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 import datacopilot as dc
@@ -215,3 +217,20 @@ def test_pairs_schema_is_refused_with_the_conversion():
     ds = dc.MMDataset.from_rows([{"id": "1", "conversations": [["q", "a"]]}], schema="PAIRS")
     with pytest.raises(OperatorError, match="convert"):
         ds.apply(create("dedup_exact"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.text(alphabet=" \t\n\r\xa0aBé.", max_size=6), max_size=4), min_size=1, max_size=12))
+def test_exact_keys_equal_the_newline_joined_text_normalized(convs):
+    """dedup_exact joins a row's turns with spaces: normalized, the same text (and key) as joined by newlines."""
+    import pyarrow as pa
+    from datacopilot.kernels.hashing import hash_strings, normalize_text
+    from datacopilot.operators.dedup import row_texts
+
+    turn = pa.struct([("from", pa.string()), ("value", pa.string())])
+    rows = [[{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(c)] for c in convs]
+    batch = pa.RecordBatch.from_pydict({"id": [str(i) for i in range(len(rows))],
+                                        "conversations": pa.array(rows, pa.list_(turn))})
+    op = create("dedup_exact")
+    want = hash_strings(normalize_text(row_texts(op, batch, "\n")))
+    assert op.keys(batch).tolist() == want.tolist()
