@@ -4,15 +4,19 @@
   stateless ones as one task per block running them in turn (as the local executor's chain), ones with state
   (those overriding ``setup()``, e.g. a model or a language detector) as actor pools with ``concurrency``,
   ``num_cpus`` and ``num_gpus``; ``setup()`` runs once per actor.
-* A deduplicator is a barrier: tasks compute its keys or signatures per block, the driver decides which rows are
-  duplicates (keeping only keys in memory, as the local executor does), tasks mark them. A grouper too: the driver
-  decides the groups from the signatures, then one task per block merges the groups whose first row is in that
-  block, with the blocks holding their other rows as arguments (Ray fetches them from its object store).
+* Every task runs the engine's runtime (:func:`datacopilot.engine.run_chain`) over its block, ``batch_size`` rows
+  at a time, with a fresh :class:`~datacopilot.engine.Accounting` that travels back in the block
+  (:mod:`.ray_stages`).
+* Deduplicators and groupers are barriers (:mod:`datacopilot.engine.barriers`): the task closing the run before
+  one observes its rows (its keys or signatures go to the driver in block order, its rows stay in the object
+  store); the driver decides (``dedup_drops``, online against the keys seen so far for exact and banded keys;
+  ``group_order``); tasks apply the decision (``apply_drops`` per block; ``merge_rows`` per run of about
+  ``block_rows`` output rows, taking its rows from the blocks that hold them, passed as arguments).
 * Files are read in parallel, one Ray task per input file, with datacopilot's own readers (same rows, same
   validation as the local executor); ``write`` writes the shards in parallel Ray tasks (:mod:`.ray_write`).
-* Accounting is carried in the data (see :mod:`datacopilot.executors.ray_stages`) and tallied at the end, so a
-  task Ray retries after a worker dies never counts twice; the rows and the per-operator records equal
-  ``ds.apply(ops)``'s.
+* The driver merges the blocks' accountings in block order at the end, so a task Ray retries after a worker dies
+  never counts twice, and the rows, the per-operator records, the quarantine and the first failure raised (its
+  row among the operator's input) are the local executor's.
 
 >>> import datacopilot as dc
 >>> from datacopilot.operators import create
@@ -36,10 +40,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from datacopilot.schemas.arrow_build import concat_tables
-
-from datacopilot.errors import DataCopilotError, MissingDependencyError, OperatorError
+from datacopilot.engine import POLICIES, Accounting, Deduplicator, Evaluator, Grouper, Operator, is_barrier
+from datacopilot.errors import DataCopilotError, MissingDependencyError
 from datacopilot.history import OpRecord
+from datacopilot.schemas.arrow_build import concat_tables
 
 from . import ray_stages as st
 from .base import ExecResult, Executor
@@ -86,8 +90,6 @@ class RayOptions:
 
 def stateful(op) -> bool:
     """True when the operator builds state in ``setup()`` (it then runs in an actor pool)."""
-    from datacopilot.operators.base import Operator
-
     return type(op).setup is not Operator.setup
 
 
@@ -153,9 +155,6 @@ def at_driver(path: str | None) -> str | None:
 
 
 def _check_ops(ops, on_error: str, columns: list[str] | None, root) -> list:
-    from datacopilot.operators.base import Evaluator, Operator
-    from datacopilot.rowops import POLICIES
-
     if on_error not in POLICIES:
         raise DataCopilotError(f"`on_error` must be one of {POLICIES}, got {on_error!r}")
     ops = [ops] if isinstance(ops, Operator) else list(ops)
@@ -187,19 +186,18 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
     ray, refs, ops, root, seconds = execute(data, ops, on_error, schema=schema, root=root, batch_size=batch_size,
                                             options=options)
     parts = [st.split(b) for b in _get(ray, refs)]
-    live = [p[0] for p in parts if p[0].num_columns]
-    table = concat_tables(live)
-    records, quarantine = account(pa.concat_tables([p[1] for p in parts]), table.num_rows, ops, on_error, root,
-                                  seconds)
+    table = concat_tables([live for live, _ in parts if live.num_columns])
+    records, quarantine = account(pa.concat_tables([ev for _, ev in parts]), table.num_rows, ops, on_error)
     return table, records, quarantine
 
 
 def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch_size: int = 1024,
             options: RayOptions | None = None):
     """Run the operators; returns ``(ray, refs of the output blocks in order, the operators as run, the image
-    root, seconds)``. The blocks hold the live rows and the event rows (:mod:`ray_stages`)."""
+    root, seconds)``. The blocks hold the live rows and their accounting (:mod:`.ray_stages`); under
+    ``on_error="raise"`` a failure met before a barrier is raised there."""
     from datacopilot.dataset import MMDataset
-    from datacopilot.pipeline_io import Source
+    from datacopilot.source import Source
 
     options = options or RayOptions()
     if isinstance(data, MMDataset):
@@ -222,10 +220,11 @@ def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # no per-dataset INFO lines: the report says what happened
     t0 = time.perf_counter()
+    template = Accounting(ops, on_error)  # each block's is a fresh copy
     try:
         ds = _input(ray, data, max(batch_size, options.block_rows), "raise" if on_error == "raise" else "quarantine")
         for lo, hi in stages(ops, options):
-            ds = _stage(ray, ds, ops[lo:hi], lo, on_error, options, batch_size)
+            ds = _stage(ray, ds, ops[lo:hi], lo, template, options, batch_size)
         refs = list(ds.to_arrow_refs())
     finally:
         ctx.execution_options.preserve_order, ctx.op_resource_reservation_enabled = saved
@@ -246,27 +245,18 @@ def stages(ops: list, options: RayOptions) -> list[tuple[int, int]]:
     out, i = [], 0
     while i < len(ops):
         j = i + 1
-        if not stateful(ops[i]) and not _barrier(ops[i]):
+        if not stateful(ops[i]) and not is_barrier(ops[i]):
             res = options.of(ops[i])
             while j < len(ops) and not stateful(ops[j]) and options.of(ops[j]) == res:
                 j += 1
-                if _barrier(ops[j - 1]):
+                if is_barrier(ops[j - 1]):
                     break
         out.append((i, j))
         i = j
     return out
 
 
-def _barrier(op) -> bool:
-    """A dataset-wide operator: a deduplicator or a grouper (it sees every row before it gives any)."""
-    from datacopilot.operators.base import Deduplicator, Grouper
-
-    return isinstance(op, (Deduplicator, Grouper))
-
-
-def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, batch_size: int):
-    from datacopilot.operators.base import Deduplicator, Grouper
-
+def _stage(ray, ds, ops: list, first: int, template: Accounting, options: RayOptions, batch_size: int):
     res = options.of(ops[0])
     common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True, "num_cpus": res["num_cpus"]}
     if res["num_gpus"]:
@@ -277,50 +267,62 @@ def _stage(ray, ds, ops: list, first: int, policy: str, options: RayOptions, bat
                                    f"connect to a cluster with GPUs")
         common["num_gpus"] = res["num_gpus"]
     if stateful(ops[0]):
-        ds = ds.map_batches(st.StageActor, fn_constructor_args=(ops, first, policy, batch_size),
+        ds = ds.map_batches(st.StageActor, fn_constructor_args=(ops, first, template, batch_size),
                             concurrency=res["concurrency"], **common)
     else:
-        ds = ds.map_batches(st.run_chain, fn_args=(ops, first, policy, batch_size), **common)
+        ds = ds.map_batches(st.run_block, fn_args=(ops, first, template, batch_size), **common)
     if isinstance(ops[-1], Deduplicator):
-        ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1)
+        ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1, template)
     elif isinstance(ops[-1], Grouper):
-        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, policy, batch_size, max(batch_size, options.block_rows))
+        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, template, batch_size, max(batch_size, options.block_rows))
     return ds
 
 
-def _dedup(ray, ds, op, k: int):
-    """The barrier of a deduplicator: keys per block -> duplicates decided on the driver -> marked per block."""
+def _observe(ray, ds, template: Accounting):
+    """A barrier's observed blocks: ``(refs of the blocks, their (payload pieces, live rows) in block order, refs of
+    their event rows)``; under ``on_error="raise"`` a failure met so far is raised here."""
     refs = list(ds.to_arrow_refs())
-    keys = ray.remote(st.dedup_keys)
-    tasks = [keys.remote(r, k) for r in refs]
-    drops = st.decide(op, (_get(ray, t) for t in tasks))  # in block order, as the keys come
-    mark = ray.remote(st.dedup_mark)
-    return ray.data.from_arrow_refs([mark.remote(r, d, k, op.drop_reason) for r, d in zip(refs, drops)])
+    task = ray.remote(st.observed).options(num_returns=2)
+    got = [task.remote(r, template) for r in refs]
+    seen = _get(ray, [m for m, _ in got])
+    events = [e for _, e in got]
+    if any(failed for _, _, failed in seen):
+        st.accounting(pa.concat_tables(_get(ray, events)), template).check()
+    return refs, [(pieces, n) for pieces, n, _ in seen], events
+
+def _dedup(ray, ds, op, k: int, template: Accounting):
+    """The barrier of a deduplicator: keys per block -> duplicates decided on the driver (exact and banded keys
+    block by block against the keys seen so far, holding one block's keys and the set) -> applied per block."""
+    from datacopilot.engine.barriers import SeenKeys, dedup_drops, keys_of
+
+    refs, seen, _ = _observe(ray, ds, template)
+    sizes = [n for _, n in seen]
+    if op.online:
+        keys = SeenKeys()
+        drops = [~keys.keep(keys_of(op, pieces)) for pieces, _ in seen]
+    else:
+        drop = dedup_drops(op, [p for pieces, _ in seen for p in pieces])
+        bounds = np.cumsum([0, *sizes])
+        drops = [drop[bounds[i]:bounds[i + 1]] for i in range(len(refs))]
+    if [len(d) for d in drops] != sizes:
+        raise DataCopilotError(f"{op.label}: {sum(len(d) for d in drops)} keys for {sum(sizes)} rows")
+    apply = ray.remote(st.apply_block)
+    return ray.data.from_arrow_refs([apply.remote(r, op, k, d, template) for r, d in zip(refs, drops)])
 
 
-def _group(ray, ds, op, k: int, policy: str, batch_size: int, block_rows: int):
-    """The barrier of a grouper: signatures per block -> the output order decided on the driver (``op.arrange``,
+def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_rows: int):
+    """The barrier of a grouper: signatures per block -> the output order decided on the driver (``group_order``,
     holding only the signatures) -> one task per run of about ``block_rows`` output rows takes its rows from the
     blocks that hold them (passed as arguments: Ray fetches them from its object store) and merges its groups.
-    The blocks' events travel on in blocks of their own, ahead of the output."""
-    from datacopilot.engine.grouping import arranged, windows
+    The blocks' accountings travel on in blocks of their own, ahead of the output."""
+    from datacopilot.engine.barriers import group_order
+    from datacopilot.engine.grouping import windows
 
-    refs = list(ds.to_arrow_refs())
-    keys = ray.remote(st.dedup_keys)
-    got = _get(ray, [keys.remote(r, k) for r in refs])
-    parts, sizes = [], []
-    for payloads, n in got:
-        mine = [p for ps in payloads for p in ps]
-        if sum(len(p) for p in mine) != n:
-            raise DataCopilotError(f"{op.label}: {sum(len(p) for p in mine)} signatures for {n} rows")
-        parts += mine
-        sizes.append(n)
-    bounds = np.cumsum([0, *sizes])
-    order, offsets = arranged(op, parts, int(bounds[-1]))
-    del parts
-    ev = ray.remote(st.events_of)
-    out = [ev.remote(r, k) for r in refs]
-    merge = ray.remote(st.group_merge)
+    refs, seen, out = _observe(ray, ds, template)
+    bounds = np.cumsum([0, *(n for _, n in seen)])
+    order, offsets = group_order(op, [p for pieces, _ in seen for p in pieces], int(bounds[-1]))
+    del seen
+    merge = ray.remote(st.merge_block)
     for lo, hi in windows(offsets, block_rows):
         rows = order[offsets[lo]:offsets[hi]]
         block = np.searchsorted(bounds, rows, side="right") - 1
@@ -329,46 +331,23 @@ def _group(ray, ds, op, k: int, policy: str, batch_size: int, block_rows: int):
         takes = [rows[pos[block[pos] == c]] - bounds[c] for c in srcs]
         local = np.empty(len(rows), np.int64)
         local[pos] = np.arange(len(rows))
-        out.append(merge.remote(op, k, policy, batch_size, local, offsets[lo:hi + 1] - offsets[lo], takes,
+        held = rows[pos]  # the rows taken, as indices among all the rows held
+        out.append(merge.remote(op, k, template, batch_size, local, offsets[lo:hi + 1] - offsets[lo], held, takes,
                                 *(refs[c] for c in srcs)))
     return ray.data.from_arrow_refs(out)
 
 
-def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root, seconds: float):
-    """One OpRecord per operator and the quarantined rows, from the event rows of a run and its number of output
-    rows; under ``policy="raise"`` the first failure (as ``ds.apply`` would meet it) is raised."""
-    rows_in, dropped, failed, secs, counts = st.tally(ev, len(ops))
-    if policy == "raise" and ev.column(st.ERROR).null_count < ev.num_rows:
-        k, row, i = st.first_failure(ev)
-        failed_row = st.from_ipc(ev.column(st.PAYLOAD)[i].as_py())
-        row_id = failed_row.column("id")[0].as_py() if "id" in failed_row.column_names else None
-        raise OperatorError(ops[k].label, row, ev.column(st.ERROR)[i].as_py(), ev.column(st.TB)[i].as_py(),
-                            row_id=row_id)
-    outs = rows_in[1:] + [rows_out]
-    records = [OpRecord(op.label, rows_in[k], outs[k], dict(dropped[k]), failed[k], secs[k], dict(counts[k]))
-               for k, op in enumerate(ops)]
-    fails = ev.filter(ev.column(st.ERROR).is_valid())
-    return records, (_quarantine(fails, ops, root) if policy == "quarantine" else None)
-
-
-def _quarantine(fails: pa.Table, ops: list, root) -> pa.Table | None:
-    """The failed rows, per operator in order, with ``_op`` and ``_error`` (as the local executor makes them)."""
-    from datacopilot.dataset import MMDataset, merge_quarantines
-    from datacopilot.schemas import Schema
-
-    if not fails.num_rows:
-        return None
-    qs = []
-    for k, op in enumerate(ops):
-        mine = fails.filter(np.asarray(fails.column(st.STAGE).to_pylist()) == k)
-        if not mine.num_rows:
-            continue
-        rows = pa.concat_tables([st.from_ipc(b) for b in mine.column(st.PAYLOAD).to_pylist()],
-                                promote_options="permissive")
-        rows = rows.append_column("_op", pa.array([op.label] * rows.num_rows, pa.string()))
-        rows = rows.append_column("_error", mine.column(st.ERROR).combine_chunks())
-        qs.append(MMDataset(rows, Schema.infer(rows.schema, "QUARANTINE"), root=root))
-    return merge_quarantines(qs).to_arrow()
+def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root=None, seconds: float = 0.0):
+    """One OpRecord per operator and the quarantined rows (None when none), from the event rows of a run's blocks
+    (in block order) and its number of output rows; under ``policy="raise"`` the first failure (the one the local
+    executor meets: the earliest operator's first failed row) is raised. (``root`` and ``seconds`` are not used.)"""
+    acc = st.accounting(ev, Accounting(ops, policy))
+    acc.check()
+    records = acc.records()
+    if records and records[-1].rows_out != rows_out:  # each block's output counted once, or the records lie
+        raise DataCopilotError(f"ray executor: {ops[-1].label} counted {records[-1].rows_out} rows out, the run "
+                               f"gave {rows_out}")
+    return records, acc.take_quarantine() if policy == "quarantine" else None
 
 
 class RayExecutor(Executor):

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from datacopilot.operators import create
 from hypothesis import given, settings
@@ -50,6 +49,13 @@ def same_as_local(ds, ops, on_error="raise", batch_size=6, options=None):
     return table, recs, quarantine, local
 
 
+def same_error(got: OperatorError, want: OperatorError):
+    """The same operator, row (among the operator's input), id and message, raised where the hook raised."""
+    assert (got.op, got.row, got.row_id) == (want.op, want.row, want.row_id)
+    assert str(got).splitlines()[0] == str(want).splitlines()[0]
+    assert got.tb.splitlines()[-3:] == want.tb.splitlines()[-3:]
+
+
 def test_builtin_chain_same_rows_and_accounting(ray_session):
     ds = dc.MMDataset.from_rows(rows(), schema="MM")
     ops = [create("clean_whitespace"), create("filter_turns", min_turns=2),
@@ -77,7 +83,7 @@ def test_failures_quarantine_skip_and_raise(ray_session):
         run_ops_on_ray(ds, ops[1:], "raise", batch_size=6)
     with pytest.raises(OperatorError) as want:
         ds.apply(ops[1:])
-    assert str(got.value) == str(want.value)  # the same row (among the operator's input), id and traceback
+    same_error(got.value, want.value)
 
 
 @settings(max_examples=8, deadline=None)
@@ -157,22 +163,30 @@ def test_blocks_of_several_batches_same_as_local(ray_session, policy):
             ds.apply(ops)
         with pytest.raises(OperatorError) as got:
             run_ops_on_ray(ds, ops, "raise", batch_size=5, options=RayOptions(block_rows=16))
-        assert str(got.value) == str(want.value)
+        same_error(got.value, want.value)
         return
     _, recs, quarantine, local = same_as_local(ds, ops, policy, batch_size=5, options=RayOptions(block_rows=16))
     assert recs[1].failed == 2 and recs[2].n_dropped > 0 and recs[3].n_dropped > 0
     assert quarantine.to_pylist() == local.quarantine.to_arrow().to_pylist()
 
 
-def test_drops_are_one_event_per_operator_and_block(ray_session):
+def test_each_block_carries_one_event_row_with_its_accounting(ray_session):
+    """A block's accounting travels in one event row; merged in block order, it is the local executor's."""
+    from datacopilot.engine import Accounting
     from datacopilot.executors import ray_stages as rs
     from datacopilot.executors.ray import execute
 
     ds = dc.MMDataset.from_rows(rows(60), schema="MM")
-    ops = [create("clean_whitespace"), create("filter_turns", min_turns=2), create("dedup_exact")]
-    ray, refs, _, _, _ = execute(ds.to_arrow(), ops, "skip", batch_size=5, options=RayOptions(block_rows=20))
-    events = pa.concat_tables([rs.split(b)[1] for b in ray.get(refs)])
-    drops = events.filter(pc.is_valid(events.column(rs.REASON)))
-    assert len(refs) == 3 and drops.num_rows <= 2 * len(refs)  # filter_turns and dedup_exact, per block
-    dropped, _ = rs.tally(events, 3)[1:3]
-    assert sum(dropped[1].values()) == 60 // 7 + (60 % 7 > 3)  # every 7th row has one turn
+    ops = [create("clean_whitespace"), create("filter_turns", min_turns=2), FailOn(bad=("r8", "r50")),
+           create("dedup_exact")]
+    ray, refs, ops, _, _ = execute(ds.to_arrow(), ops, "quarantine", batch_size=5, options=RayOptions(block_rows=20))
+    parts = [rs.split(b) for b in ray.get(refs)]
+    assert len(refs) == 3 and [ev.num_rows for _, ev in parts] == [1, 1, 1]
+    assert all(ev.column(rs.PAYLOAD).null_count == 1 for _, ev in parts)  # the dedup's keys cleared once applied
+    accs = [rs.accounting(ev, Accounting(ops, "quarantine")) for _, ev in parts]
+    assert [a.ops[0].rows_in for a in accs] == [20, 20, 20]
+    assert [a.ops[3].rows_out for a in accs] == [live.num_rows for live, _ in parts]
+    local = ds.apply(ops, on_error="quarantine")
+    merged = rs.accounting(pa.concat_tables([ev for _, ev in parts]), Accounting(ops, "quarantine"))
+    assert records(merged.records()) == records(local.history()[len(ds.history()):])
+    assert merged.take_quarantine().to_pylist() == local.quarantine.to_arrow().to_pylist()
