@@ -43,9 +43,6 @@ REGISTRY = "datacopilot.operators.registry"  # the one way core reaches operator
 # import is left out of the cycle check. An entry that no longer matches anything fails the test: remove it.
 KNOWN = {
     # runtime rewrite in progress (the one runtime of issue 11): these files are being rewritten right now
-    ("datacopilot/executors/local.py", "datacopilot.io._fs.atomic_open"),  # -> datacopilot.io.fs
-    ("datacopilot/executors/local.py", "datacopilot.io._fs.get_fs"),
-    ("datacopilot/executors/local.py", "datacopilot.io._fs.join"),
     ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray._get"),
     # ... and the imports that close the dataset -> pipeline -> executors -> dataset cycle, by imported module:
     ("datacopilot/pipeline.py", "datacopilot.dataset"),  # the plan collected builds an MMDataset

@@ -94,7 +94,7 @@ class Run:
     def save_state(self, out_dir: str, seg: int) -> dict:
         """Write the dedup seen-sets into ``out_dir`` (a write's staging area; new files per segment); their
         names."""
-        from datacopilot.io._fs import atomic_open, get_fs, join
+        from datacopilot.io.fs import atomic_open, get_fs, join
 
         names = {}
         for k, v in self.seen.items():
@@ -107,7 +107,7 @@ class Run:
         return {"seen": names}
 
     def restore(self, out_dir: str, state: dict, records: list[dict]) -> None:
-        from datacopilot.io._fs import get_fs, join
+        from datacopilot.io.fs import get_fs, join
 
         for a, d in zip(self.acc.ops, records):
             a.restore(d)
@@ -214,7 +214,7 @@ class LocalExecutor(Executor):
 
 def _remove(stage: str, names) -> None:
     """Seen-sets of earlier segments, no longer referred to by the staged manifest."""
-    from datacopilot.io._fs import get_fs, join
+    from datacopilot.io.fs import get_fs, join
 
     for name in names:
         fs, p = get_fs(join(stage, name))
