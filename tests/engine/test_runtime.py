@@ -126,3 +126,21 @@ def test_filter_columns_written_for_the_batch_are_kept_on_the_rows_that_pass():
     out = Scored().process(table([1, 2, 3]), "raise")
     assert out.table.column("score").to_pylist() == [1.0, 1.5] and out.counts == {"scored": 3}
     assert isinstance(out, StepOut) and out.dropped == {"scored": 1}
+
+
+def test_an_accounting_with_no_rows_in_keeps_its_error_row_on_merge():
+    """A barrier's apply step (a grouper's merge of rows held from many batches) names the row among the whole
+    input: merged after the observed rows, it is not shifted; a worker's accounting of later rows is."""
+    ops = [Double()]
+    whole = Accounting(ops, "raise")
+    run_chain(ops, table([1, 2, 3]), "raise", whole)
+    applied = whole.fresh()
+    applied.fail(0, table([13]), [datacopilot.engine.Failure(0, "ValueError: thirteen")], base=1)
+    whole.merge(applied)
+    assert whole.ops[0].error.row == 1
+    later = Accounting(ops, "raise")
+    run_chain(ops, table([1, 2, 3]), "raise", later)
+    w = later.fresh()
+    run_chain(ops, table([5, 13]), "raise", w)
+    later.merge(w)
+    assert later.ops[0].error.row == 4
