@@ -46,9 +46,8 @@ KNOWN = {
     ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray._get"),
     # ... and the imports that close the dataset -> pipeline -> executors -> dataset cycle, by imported module:
     ("datacopilot/pipeline.py", "datacopilot.dataset"),  # the plan collected builds an MMDataset
-    ("datacopilot/executors/base.py", "datacopilot.executors.local"),  # get_executor by name, in base
-    ("datacopilot/executors/base.py", "datacopilot.executors.ray"),
     ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray"),
+    ("datacopilot/executors/ray.py", "datacopilot.dataset"),  # execute() builds an MMDataset of its input
     ("datacopilot/io/sink.py", "datacopilot.dataset"),  # shard_rows: media.rebase_image_paths takes the table
     ("datacopilot/io/sink.py", "datacopilot.io"),  # FORMATS, from the package that imports shards -> sink
     # being edited by others (the readers): load builds the MMDataset

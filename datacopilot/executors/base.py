@@ -22,11 +22,10 @@ Accounting must equal ``ds.apply(plan.ops)`` on the same rows: same output rows 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
 
-from datacopilot.errors import DataCopilotError
 from datacopilot.history import OpRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,28 +65,3 @@ class Executor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def get_executor(executor: str | Executor = "local", **options: Any) -> Executor:
-    """An executor by name (``"local"`` or ``"ray"``) built with ``options``; an Executor is returned as is.
-
-    >>> get_executor("local").name
-    'local'
-    """
-    if isinstance(executor, Executor):
-        if options:
-            raise DataCopilotError(f"options {sorted(options)} cannot be given with an executor instance")
-        return executor
-    if executor == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor(**options)
-    if executor == "ray":
-        try:
-            from .ray import RayExecutor
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.ray":
-                raise
-            raise DataCopilotError("the ray executor is not available in this installation") from None
-        return RayExecutor(**options)
-    raise DataCopilotError(f"`executor` must be one of {EXECUTORS} or an Executor, got {executor!r}")
