@@ -1,21 +1,27 @@
-"""Operator benchmark: each built-in per-batch cleaner / filter next to the same transform written in polars.
+"""Operator benchmark: every built-in per-batch operator next to the same transform written in polars.
 
-Generates LLaVA-style MM rows once (``bench/_gen.py``, fixed seed) into one Arrow record batch, and for each
-operator times, in one run, sides taking turns (best of ``--repeat``), results checked equal:
+Generates LLaVA-style MM rows once (``bench/_gen.py``, fixed seed; cached as Arrow IPC in ``bench/_data/``) and
+for each operator times, in one run, sides taking turns (best of ``--repeat``), results checked equal:
 
-- datacopilot: the operator's one hook on the batch (``map_batch`` for a cleaner, ``keep`` for a filter);
-- polars: the same transform as polars expressions over ``pl.from_arrow`` of the same batch (converted once,
-  outside the timing).
+- datacopilot on one record batch of all rows, through the operator's one hook as the engine calls it
+  (``op.map_batch(batch)`` for a mapper, ``op.keep(batch)`` for a filter);
+- datacopilot on record batches of the engine's default size (``Pipeline(batch_size=1024)``,
+  ``datacopilot.parallel.PIECE_ROWS``): zero-copy slices of the same table, one hook call each, so the per-batch
+  overhead shows;
+- polars: the same transform as polars expressions over ``pl.from_arrow`` of the same rows (converted once,
+  outside the timing); ``bench/_pl_ops.py`` holds them.
 
-Each cleaner runs on the text as generated ("gen": some turns hold doubled spaces or paragraph breaks) and on
-text it has already cleaned ("clean": nothing to change), and is also set against one regex match over the same
-turn texts (the issue's target: a cleaner on clean text costs at most 1.5x one match).
+Ratio = polars time / datacopilot time (>= 1: datacopilot is at least as fast). Cleaners run on the text as
+generated ("gen": some turns hold doubled spaces or paragraph breaks) and on text the cleaner has already cleaned
+("clean": nothing to change); on clean text each is also set against one regex match over the same turn texts
+(``pc.match_substring_regex``; target: at most 1.5x). The repair operators run on the rows with placeholders and
+roles broken in every 25th row. The image filters run on a tenth of the rows (at most 50,000), each with a small
+embedded PNG: there are no pre-decoded sizes in the image type (``{path, bytes}``), so ``filter_image_size`` and
+``filter_aspect_ratio`` read each image's header (Pillow) on both sides; ``filter_file_size`` needs no decode.
 
-    python bench/operators.py                 # 200,000 rows
-    python bench/operators.py --rows 20000    # quick
-
-This is a start: clean_unicode, mask_pii, filter_empty_turns, filter_repetition, the image filters and repair
-have no polars side yet.
+    python bench/operators.py                    # 100,000 rows (about 2 minutes)
+    python bench/operators.py --rows 1000000     # the issue's size
+    python bench/operators.py --rows 20000 --only filter_turns,clean_whitespace
 """
 
 from __future__ import annotations
@@ -23,14 +29,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import platform
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import _gen
+import _gen  # noqa: E402
+import _pl_ops as P  # noqa: E402
 
 MATCH = r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{3,}"  # the single match the cleaners are set against
+BATCH = 1024  # the engine's default batch size (Pipeline, parallel.PIECE_ROWS)
 
 
 def side_by_side(fns: list, repeat: int) -> list[tuple[float, object]]:
@@ -46,97 +57,202 @@ def side_by_side(fns: list, repeat: int) -> list[tuple[float, object]]:
     return list(zip(best, outs))
 
 
-def batch_of(n: int):
+# -- data -----------------------------------------------------------------------------------------------------
+def rows_table(n: int):
+    """``n`` generated rows as one Arrow table (one chunk), cached in ``bench/_data``."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    path = os.path.join(HERE, "_data", f"operators-v{_gen.VERSION}-{n}.arrow")
+    if os.path.exists(path):
+        return feather.read_table(path, memory_map=False).combine_chunks()
+    table = pa.Table.from_pylist(list(_gen.rows(n))).combine_chunks()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    feather.write_feather(table, path + ".tmp", compression="uncompressed")
+    os.replace(path + ".tmp", path)
+    return table
+
+
+def broken_table(table, every: int = 25):
+    """The rows with repairs to do: in every ``every``-th row the placeholder is dropped (an image row) or doubled
+    (a text-only row gets one, so it has more than its images), and the first question is said twice (two user
+    turns in a row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    idx = list(range(0, table.num_rows, every))
+    conv = table.column("conversations").take(idx).to_pylist()
+    has_image = table.column("image").take(idx).is_valid().to_pylist()
+    for c, img in zip(conv, has_image):
+        first = c[0]
+        first["value"] = first["value"].replace("<image>\n", "") if img else "<image>\n" + first["value"]
+        c.insert(1, dict(first))
+    col = table.column("conversations").combine_chunks()
+    fixed = pa.array(conv, col.type)
+    where = list(range(table.num_rows))
+    for j, i in enumerate(idx):
+        where[i] = table.num_rows + j
+    new = pa.concat_arrays([col, fixed]).take(pa.array(where))
+    out = table.set_column(table.schema.get_field_index("conversations"), "conversations", new)
+    assert pc.sum(pc.list_value_length(new)).as_py() > pc.sum(pc.list_value_length(col)).as_py()
+    return out.combine_chunks()
+
+
+def image_table(n: int):
+    """``n`` rows, each with a small embedded PNG (sizes from 4x4 to 96x96, some banners) and one exchange."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from datacopilot.schemas.image import IMAGE_ARROW_TYPE
+
+    rng = np.random.default_rng(0)
+    sizes = [(w, h) for w in (4, 16, 32, 64, 96) for h in (4, 16, 48, 96)]
+    pngs = []
+    for w, h in sizes:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    pick = rng.integers(0, len(pngs), n)
+    images = pa.array([{"path": f"{i:07d}.png", "bytes": pngs[k]} for i, k in enumerate(pick.tolist())],
+                      IMAGE_ARROW_TYPE)
+    conv = pa.array([[{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A square."}]] * n)
+    return pa.table({"id": pa.array([f"{i:07d}" for i in range(n)]), "image": images, "conversations": conv})
+
+
+# -- cases ----------------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    op: tuple  # (registry name, params)
+    polars: Callable
+    data: str  # "gen", "clean" (the op's own output on gen), "broken", "images"
+    note: str = ""
+
+
+CASES = [
+    Case("clean_whitespace (gen)", ("clean_whitespace", {}), P.clean_whitespace, "gen"),
+    Case("clean_whitespace (clean)", ("clean_whitespace", {}), P.clean_whitespace, "clean"),
+    Case("clean_unicode (gen)", ("clean_unicode", {}), P.clean_unicode, "gen"),
+    Case("clean_unicode (clean)", ("clean_unicode", {}), P.clean_unicode, "clean"),
+    Case("mask_pii (gen)", ("mask_pii", {}), P.mask_pii, "gen"),
+    Case("filter_turns", ("filter_turns", {}), P.filter_turns, "gen"),
+    Case("filter_length (chars)", ("filter_length", {}), P.filter_length, "gen"),
+    Case("filter_length (words)", ("filter_length", {"unit": "words", "min_length": 3}),
+         lambda df: P.filter_length(df, unit="words", min_length=3), "gen"),
+    Case("filter_empty_turns", ("filter_empty_turns", {}), P.filter_empty_turns, "broken"),
+    Case("filter_refusals", ("filter_refusals", {}), P.filter_refusals, "gen"),
+    Case("filter_repetition", ("filter_repetition", {}), P.filter_repetition, "gen"),
+    Case("filter_special_chars", ("filter_special_chars", {}), P.filter_special_chars, "gen"),
+    Case("filter_image_tokens", ("filter_image_tokens", {}), P.filter_image_tokens, "broken"),
+    Case("fix_image_tokens", ("fix_image_tokens", {}), P.fix_image_tokens, "broken"),
+    Case("fix_roles", ("fix_roles", {}), P.fix_roles, "broken"),
+    Case("filter_image_size", ("filter_image_size", {"min_width": 16, "min_height": 16}),
+         lambda df: P.filter_image_size(df, 16, 16), "images", "Pillow header read, both sides"),
+    Case("filter_aspect_ratio", ("filter_aspect_ratio", {}), P.filter_aspect_ratio, "images",
+         "Pillow header read, both sides"),
+    Case("filter_file_size", ("filter_file_size", {"min_bytes": 200}),
+         lambda df: P.filter_file_size(df, 200), "images", "embedded bytes: no read"),
+]
+
+
+def run_op(op, batches):
+    """The hook over each batch, as the engine calls it; results joined (a mask, or the conversations column)."""
+    import numpy as np
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(list(_gen.rows(n))).combine_chunks()
-    return table.to_batches(max_chunksize=n)[0]
+    if op.kind == "filter":
+        masks = []
+        for b in batches:
+            out = op.keep(b)
+            masks.append(np.asarray(out[0] if isinstance(out, tuple) else out, dtype=bool))
+        return np.concatenate(masks)
+    return pa.chunked_array([op.map_batch(b).column("conversations").combine_chunks() for b in batches])
 
 
-# -- the polars sides -------------------------------------------------------------------------------------
-def pl_clean_whitespace(df, max_newlines: int = 2):
+def same(dc_out, pl_out) -> bool:
+    import numpy as np
     import polars as pl
 
-    v = (pl.field("value").str.replace_all(r"\r\n?", "\n").str.replace_all(r"[ \t\f\v\x{A0}\x{3000}]+", " ")
-         .str.replace_all(r" ?\n ?", "\n").str.replace_all(r"\n{" + str(max_newlines + 1) + ",}", "\n" * max_newlines)
-         .str.strip_chars())
-    return df.with_columns(pl.col("conversations").list.eval(pl.element().struct.with_fields(v)))
-
-
-def _assistant(expr):
-    import polars as pl
-
-    return pl.element().filter(pl.element().struct.field("from").is_in(["gpt", "assistant"])).pipe(expr)
-
-
-def pl_filter_turns(df, min_turns: int = 2, max_turns: int | None = None):
-    import polars as pl
-
-    n = pl.col("conversations").list.eval(pl.element().struct.field("from") != "system").list.sum()
-    keep = n >= min_turns if max_turns is None else n.is_between(min_turns, max_turns)
-    return df.select(keep.fill_null(min_turns <= 0)).to_series().to_numpy()
-
-
-def pl_filter_length(df, min_length: int = 1):
-    import polars as pl
-
-    shortest = pl.col("conversations").list.eval(
-        _assistant(lambda e: e.struct.field("value").fill_null("").str.len_chars())).list.min()
-    return df.select((shortest >= min_length).fill_null(True)).to_series().to_numpy()
-
-
-def pl_filter_refusals(df):
-    import polars as pl
-    from datacopilot.operators.conversation_filters import REFUSALS
-
-    pattern = "(?i)(?:" + "|".join(REFUSALS) + ")"
-    hit = pl.col("conversations").list.eval(
-        _assistant(lambda e: e.struct.field("value").fill_null("").str.contains(pattern))).list.any()
-    return df.select(~hit.fill_null(False)).to_series().to_numpy()
+    if isinstance(dc_out, np.ndarray):
+        return bool(np.array_equal(dc_out, np.asarray(pl_out, dtype=bool)))
+    return pl.from_arrow(dc_out.combine_chunks()).equals(pl_out, check_names=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated operator names (default: all)")
     args = ap.parse_args()
 
-    import numpy as np
     import polars as pl
     import pyarrow.compute as pc
+
     from datacopilot.operators import create
 
+    only = {s for s in args.only.split(",") if s}
+    cases = [c for c in CASES if not only or c.op[0] in only]
     t0 = time.perf_counter()
-    gen = batch_of(args.rows)
-    clean = create("clean_whitespace").map_batch(gen).combine_chunks().to_batches()[0]
-    frames = {"gen": pl.from_arrow(gen), "clean": pl.from_arrow(clean)}
-    texts = pc.struct_field(clean.column("conversations").flatten(), "value")
+    tables = {"gen": rows_table(args.rows)}
+    if any(c.data == "broken" for c in cases):
+        tables["broken"] = broken_table(tables["gen"])
+    if any(c.data == "images" for c in cases):
+        tables["images"] = image_table(min(50_000, max(args.rows // 10, 1)))
+    frames, batches = {}, {}
+
+    def prepare(key, table):
+        tables[key], frames[key] = table, pl.from_arrow(table)
+        batches[key] = (table.to_batches(max_chunksize=table.num_rows), table.to_batches(max_chunksize=BATCH))
+
+    for key in list(tables):
+        prepare(key, tables[key])
+    gen = tables["gen"]
+    texts = pc.struct_field(gen.column("conversations").combine_chunks().flatten(), "value")
     print(f"{args.rows:,} rows, {len(texts):,} turns, {pc.sum(pc.binary_length(texts)).as_py() / 1e6:.0f} MB of "
-          f"turn text, made in {time.perf_counter() - t0:.1f} s; best of {args.repeat}\n")
-    (match_s, _), = side_by_side([lambda: pc.match_substring_regex(texts, MATCH)], args.repeat)
+          f"turn text, ready in {time.perf_counter() - t0:.1f} s; best of {args.repeat}; "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, polars {pl.__version__}\n", flush=True)
 
-    rows = []
-    for label, batch in (("gen", gen), ("clean", clean)):
-        op = create("clean_whitespace")
-        (dc_s, dc_out), (pl_s, pl_out) = side_by_side(
-            [lambda op=op, b=batch: op.map_batch(b), lambda df=frames[label]: pl_clean_whitespace(df)], args.repeat)
-        same = dc_out.column("conversations").to_pylist() == pl_out["conversations"].to_list()
-        rows.append((f"clean_whitespace ({label})", dc_s, pl_s, same, f"{dc_s / match_s:.2f}x one match"))
-    filters = [("filter_turns", create("filter_turns"), pl_filter_turns),
-               ("filter_length", create("filter_length"), pl_filter_length),
-               ("filter_refusals", create("filter_refusals"), pl_filter_refusals)]
-    for name, op, pl_fn in filters:
-        (dc_s, dc_out), (pl_s, pl_out) = side_by_side(
-            [lambda op=op: op.keep(gen), lambda fn=pl_fn: fn(frames["gen"])], args.repeat)
-        same = bool(np.array_equal(np.asarray(dc_out[0], dtype=bool), pl_out.astype(bool)))
-        rows.append((name, dc_s, pl_s, same, f"keeps {int(np.sum(pl_out)):,}"))
+    results = []
+    for case in cases:
+        name, params = case.op
+        key = case.data
+        if key == "clean":  # the text this cleaner leaves as it is
+            key = f"clean:{name}"
+            if key not in tables:
+                prepare(key, tables["gen"].set_column(
+                    gen.schema.get_field_index("conversations"), "conversations",
+                    create(name, **params).map_batch(batches["gen"][0][0]).column("conversations")).combine_chunks())
+        one, small = batches[key]
+        op = create(name, **params)
+        run_op(op, small[:4])  # warm: JIT-compiled kernels load, lazy imports happen
+        fns = [lambda: run_op(op, one), lambda: run_op(op, small), lambda: case.polars(frames[key])]
+        (dc1, out1), (dcb, outb), (pls, plo) = side_by_side(fns, args.repeat)
+        ok = same(out1, plo) and same(outb, plo)
+        note = case.note
+        if case.data == "clean":
+            t = pc.struct_field(tables[key].column("conversations").combine_chunks().flatten(), "value")
+            (m, _), = side_by_side([lambda: pc.match_substring_regex(t, MATCH)], args.repeat)
+            note = f"{dc1 / m:.2f}x one regex match ({m * 1000:.0f} ms)"
+        elif op.kind == "filter":
+            note = (note + "; " if note else "") + f"keeps {int(out1.sum()):,} of {len(out1):,}"
+        results.append((case.name, tables[key].num_rows, dc1, dcb, pls, ok, note))
+        print(f"  {case.name}: {dc1 * 1000:.0f} / {dcb * 1000:.0f} / {pls * 1000:.0f} ms", flush=True)
 
-    print(f"one regex match over the turn text: {match_s * 1000:.0f} ms\n")
-    print(f"| {'operator':28s} | {'datacopilot':>11s} | {'polars':>8s} | {'polars/dc':>9s} | same | note")
-    print(f"|{'-' * 30}|{'-' * 13}|{'-' * 10}|{'-' * 11}|------|------")
-    for name, dc_s, pl_s, same, note in rows:
-        print(f"| {name:28s} | {dc_s * 1000:8.0f} ms | {pl_s * 1000:5.0f} ms | {pl_s / dc_s:8.2f}x | "
-              f"{'yes' if same else 'NO':4s} | {note}")
+    print(f"\n`python bench/operators.py --rows {args.rows}` (best of {args.repeat}; ratio = polars / datacopilot)\n")
+    print("| operator | rows | datacopilot, 1 batch | datacopilot, 1024-row batches | polars | ratio (1 batch) | "
+          "ratio (1024-row batches) | same | note |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for name, n, dc1, dcb, pls, ok, note in results:
+        print(f"| {name} | {n:,} | {_ms(dc1)} | {_ms(dcb)} | {_ms(pls)} | {pls / dc1:.2f}x | {pls / dcb:.2f}x | "
+              f"{'yes' if ok else 'NO'} | {note} |")
+    print(f"\nwhole run {time.perf_counter() - t0:.0f} s")
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1000:,.0f} ms" if s >= 0.01 else f"{s * 1000:.1f} ms"
 
 
 if __name__ == "__main__":

@@ -162,28 +162,76 @@ def word_counts(offsets, data):
     return out
 
 
-@njit(cache=True)
-def count_literal(offsets, data, needle):
-    """Non-overlapping occurrences of ``needle`` (bytes, not empty) in each string."""
-    n = offsets.shape[0] - 1
-    m = needle.shape[0]
-    first = needle[0]
-    out = np.zeros(n, np.int64)
-    for i in range(n):
-        k, end = offsets[i], offsets[i + 1] - m
-        c = 0
-        while k <= end:
-            if data[k] == first:
-                j = 1
-                while j < m and data[k + j] == needle[j]:
-                    j += 1
-                if j == m:
-                    c += 1
-                    k += m
-                    continue
-            k += 1
-        out[i] = c
+# -- byte scans: numpy passes over the strings' bytes, then the hits mapped to their strings ------------------
+def strings_at(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The string (index) each byte position falls in."""
+    return np.searchsorted(offsets, positions, side="right") - 1
+
+
+def _region(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, int]:
+    lo = int(offsets[0]) if len(offsets) else 0
+    return data[lo:int(offsets[-1]) if len(offsets) else 0], lo
+
+
+def strings_holding(offsets: np.ndarray, hits: np.ndarray, lo: int = 0) -> np.ndarray:
+    """Bool per string: it holds a byte where ``hits`` (over ``data[lo:]``) is true."""
+    out = np.zeros(len(offsets) - 1, dtype=bool)
+    pos = np.flatnonzero(hits)
+    if len(pos):
+        out[strings_at(offsets, pos + lo)] = True
     return out
+
+
+def has_byte(offsets: np.ndarray, data: np.ndarray, value: int) -> np.ndarray:
+    """Bool per string: it holds the byte ``value``."""
+    region, lo = _region(offsets, data)
+    return strings_holding(offsets, region == value, lo)
+
+
+def has_unprintable(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Bool per string: it holds a byte other than tab, line feed, carriage return and printable ASCII
+    (``0x20``-``0x7E``): RE2's ``[^\\t\\n\\r\\x20-\\x7E]`` on UTF-8 (every byte of a non-ASCII character is >= 0x80)."""
+    region, lo = _region(offsets, data)
+    pos = np.flatnonzero((region - np.uint8(0x20)) > np.uint8(0x5E))  # below 0x20 wraps past 0x7E
+    if len(pos):
+        b = region[pos]
+        pos = pos[(b != 9) & (b != 10) & (b != 13)]
+    out = np.zeros(len(offsets) - 1, dtype=bool)
+    if len(pos):
+        out[strings_at(offsets, pos + lo)] = True
+    return out
+
+
+def has_digit_pair(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Bool per string: two ASCII digits in a row somewhere in it."""
+    region, lo = _region(offsets, data)
+    digit = (region - np.uint8(48)) < np.uint8(10)
+    pos = np.flatnonzero(digit[:-1] & digit[1:])
+    out = np.zeros(len(offsets) - 1, dtype=bool)
+    if len(pos):
+        pos = pos + lo
+        at = strings_at(offsets, pos)
+        out[at[pos + 1 < offsets[at + 1]]] = True  # both digits in the same string
+    return out
+
+
+def count_literal(offsets: np.ndarray, data: np.ndarray, needle: bytes) -> np.ndarray:
+    """Non-overlapping occurrences of ``needle`` in each string, for a needle whose first byte occurs in it only
+    once (``<image>``): then occurrences cannot overlap, and each is found from its first byte."""
+    if not needle or needle[0] in needle[1:]:
+        raise ValueError(f"`needle` must be non-empty with its first byte not repeated, got {needle!r}")
+    region, lo = _region(offsets, data)
+    pos = np.flatnonzero(region == needle[0])
+    for j in range(1, len(needle)):
+        pos = pos[pos + j < len(region)]
+        pos = pos[region[pos + j] == needle[j]]
+    n = len(offsets) - 1
+    if not len(pos):
+        return np.zeros(n, np.int64)
+    pos = pos + lo
+    at = strings_at(offsets, pos)
+    at = at[pos + len(needle) <= offsets[at + 1]]
+    return np.bincount(at, minlength=n).astype(np.int64)
 
 
 # -- per-row reductions over list offsets: turns ``offsets[r]:offsets[r + 1]`` are row r's; ``sel`` picks turns --

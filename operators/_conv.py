@@ -46,18 +46,23 @@ class Turns:
         self.column, self.role_key, self.text_key = column, role_key, text_key
         self.values, self.offsets, self.n_rows = values, offsets, n_rows
 
+    def _field(self, name: str) -> pa.Array:
+        # StructArray.field ignores the struct's own nulls: pc.struct_field where a turn is null
+        return self.values.field(name) if not self.values.null_count else pc.struct_field(self.values, name)
+
     @cached_property
     def raw_roles(self) -> pa.Array:
-        return pc.struct_field(self.values, self.role_key)
+        return self._field(self.role_key)
 
     @cached_property
     def raw_text(self) -> pa.Array:
         """The turn texts as stored (nulls kept)."""
-        return pc.struct_field(self.values, self.text_key)
+        return self._field(self.text_key)
 
     @cached_property
     def text(self) -> pa.Array:
-        return pc.fill_null(self.raw_text, "")
+        raw = self.raw_text
+        return pc.fill_null(raw, "") if raw.null_count else raw
 
     @cached_property
     def row(self) -> np.ndarray:
@@ -155,9 +160,15 @@ def turns(op: Operator, batch: pa.RecordBatch) -> Turns:
     arr = batch.column(col)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    values = arr.flatten()  # the turns of the valid rows (a null row's hidden values are left out)
-    offsets = np.zeros(len(arr) + 1, np.int64)
-    np.cumsum(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False), out=offsets[1:])
+    if arr.null_count:  # the turns of the valid rows (a null row's hidden values are left out)
+        values = arr.flatten()
+        offsets = np.zeros(len(arr) + 1, np.int64)
+        np.cumsum(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False), out=offsets[1:])
+    else:
+        raw = arr.offsets.to_numpy()
+        start = int(raw[0])
+        offsets = raw.astype(np.int64) - start
+        values = arr.values.slice(start, int(offsets[-1]))
     return Turns(col, role_key, text_key, values, offsets, batch.num_rows)
 
 
@@ -193,6 +204,8 @@ def replace_texts(op: Operator, batch: pa.RecordBatch, fn: Callable[[pa.Array], 
     values = arr.values.slice(start, end - start)  # not flatten(): null lists may hide values
     texts = pc.struct_field(values, text_key)
     new_texts = fn(texts)
+    if new_texts is texts:  # nothing changed: the batch as it is
+        return pa.Table.from_batches([batch])
     fields = [values.type.field(i) for i in range(values.type.num_fields)]
     children = [new_texts if f.name == text_key else pc.struct_field(values, f.name) for f in fields]
     new_values = pa.StructArray.from_arrays(children, fields=fields, mask=values.is_null())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,13 +36,30 @@ def rewrite_where(texts: pa.Array, need, fn) -> pa.Array:
     """
     if isinstance(need, str):
         need = pc.match_substring_regex(texts, need)
-    need = pc.fill_null(need, False)
-    n = pc.sum(need).as_py() or 0
+    if isinstance(need, np.ndarray):
+        n = int(need.sum())
+        need = pa.array(need, pa.bool_()) if 0 < n < len(texts) else need
+    else:
+        need = pc.fill_null(need, False)
+        n = pc.sum(need).as_py() or 0
     if n == 0:
         return texts
-    if n == len(texts):
-        return fn(texts)
-    return pc.replace_with_mask(texts, need, fn(pc.filter(texts, need)).cast(texts.type))
+    sub = texts if n == len(texts) else pc.filter(texts, need)
+    out = fn(sub).cast(texts.type)
+    if pc.all(pc.fill_null(pc.equal(sub, out), True)).as_py():  # matched, but nothing to change after all
+        return texts
+    return out if n == len(texts) else pc.replace_with_mask(texts, need, out)
+
+
+def byte_scan(texts: pa.Array, scan) -> np.ndarray:
+    """``scan(offsets, data)`` (a byte scan of :mod:`datacopilot.kernels.text`) over the values of ``texts``; False
+    where a value is null."""
+    from datacopilot.kernels.text import string_buffers
+
+    hit = scan(*string_buffers(texts))
+    if texts.null_count:
+        hit &= texts.is_valid().to_numpy(zero_copy_only=False)
+    return hit
 
 
 def _python_strings(texts: pa.Array, needs: pa.Array, fn) -> pa.Array:
@@ -92,7 +110,9 @@ class CleanUnicode(ConversationOp, Mapper):
                          fix_mojibake=check_choice(self, "fix_mojibake", fix_mojibake, (True, False)))
 
     def _texts(self, texts: pa.Array) -> pa.Array:
-        return rewrite_where(texts, _UNICODE_NEED, self._rewrite)
+        from datacopilot.kernels.text import has_unprintable
+
+        return rewrite_where(texts, byte_scan(texts, has_unprintable), self._rewrite)  # _UNICODE_NEED
 
     def _rewrite(self, texts: pa.Array) -> pa.Array:
         texts = pc.replace_substring_regex(texts, _INVISIBLE, "")
@@ -157,6 +177,7 @@ class CleanWhitespace(ConversationOp, Mapper):
 
 _EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
 # a phone-like number: optional +country code, groups of digits separated by spaces, hyphens or parentheses
+_PHONE_NEED = r"\d{2}[ \-)]?\(?\d{2}"  # matches every value _PHONE may change
 _PHONE = re.compile(r"(?<![\w+])\+?\(?\d{1,4}\)?(?:[ \-]?\(?\d{2,4}\)?){1,5}(?![\w])")
 
 
@@ -188,12 +209,17 @@ class MaskPII(ConversationOp, Mapper):
         return self.p["phone_token"] if self.p["min_phone_digits"] <= digits <= 15 else m.group(0)
 
     def _texts(self, texts: pa.Array) -> pa.Array:
+        from datacopilot.kernels.text import has_byte, has_digit_pair
+
         if self.p["emails"]:
             token = self.p["email_token"].replace("\\", "\\\\")
-            texts = rewrite_where(texts, pc.match_substring(texts, "@"),
+            texts = rewrite_where(texts, byte_scan(texts, lambda o, d: has_byte(o, d, ord("@"))),
                                   lambda sub: pc.replace_substring_regex(sub, _EMAIL, token))
-        if self.p["phones"]:
-            need = pc.match_substring_regex(texts, r"\d{2}[ \-)]?\(?\d{2}")
+        if self.p["phones"]:  # a phone has two digits in a row: the pattern runs only where they are
+            need = byte_scan(texts, has_digit_pair)
+            if need.any():
+                idx = np.flatnonzero(need)
+                need[idx] = pc.match_substring_regex(texts.take(idx), _PHONE_NEED).to_numpy(zero_copy_only=False)
             texts = _python_strings(texts, need, lambda s: _PHONE.sub(self._phone, s))
         return texts
 

@@ -83,8 +83,10 @@ class FilterImageTokens(ConversationOp, Filter):
         super().__init__()
 
     def keep(self, batch: pa.RecordBatch):
+        from datacopilot.kernels.text import count_literal
+
         t = turns(self, batch)
-        per_turn = pc.count_substring(t.text, IMAGE_TOKEN).to_numpy(zero_copy_only=False)
+        per_turn = count_literal(*t.text_buffers(), IMAGE_TOKEN.encode())
         tokens = t.per_row(per_turn, t.select("any"), "sum").astype(np.int64)
         images = image_counts(batch)
         keep = tokens == images

@@ -44,11 +44,20 @@ def test_length_proxies_fall_on_the_same_side_of_both_bounds_as_the_character_co
 
 
 @settings(max_examples=300, deadline=None)
-@given(_TEXTS, _TYPES, st.integers(0, 2), st.sampled_from(["<image>", "a", "ab c", "东"]))
+@given(_TEXTS, _TYPES, st.integers(0, 2), st.sampled_from(["<image>", "a", "ab c", "东", "image>"]))
 def test_count_literal_equals_count_substring(values, type_, start, needle):
     arr, (off, data) = _buffers(values, type_, start)
-    assert k.count_literal(off, data, np.frombuffer(needle.encode(), np.uint8)).tolist() == \
-        pc.count_substring(arr, needle).to_pylist()
+    assert k.count_literal(off, data, needle.encode()).tolist() == pc.count_substring(arr, needle).to_pylist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=8), _TEXT, st.sampled_from(["12", "1 2", "a1", "9@", "@", "\x7f"])),
+                max_size=30), _TYPES, st.integers(0, 2))
+def test_byte_scans_equal_their_regular_expressions(values, type_, start):
+    arr, (off, data) = _buffers(values, type_, start)
+    assert k.has_unprintable(off, data).tolist() == pc.match_substring_regex(arr, r"[^\t\n\r\x20-\x7E]").to_pylist()
+    assert k.has_byte(off, data, ord("@")).tolist() == pc.match_substring(arr, "@").to_pylist()
+    assert k.has_digit_pair(off, data).tolist() == pc.match_substring_regex(arr, r"\d\d").to_pylist()
 
 
 _ROLE = st.one_of(st.sampled_from(list(ROLES) + ["bot", "Human", "gpt ", "", "assistan", "systems"]), st.none())
