@@ -1,11 +1,12 @@
 """Pipeline input: a :class:`Source` reads its input unit by unit (one unit per file) in record batches, so
 memory stays bounded.
 
-Streaming readers: jsonl in line blocks (Arrow's parser per block, the row path for a block it refuses),
-parquet and Arrow IPC batch by batch; other formats (json, h5, webdataset) are read one whole file at a time.
+Each file is read by its format's batch reader (``Format.batches``, in ``datacopilot.io.<module>``): jsonl in
+line blocks, parquet and Arrow IPC batch by batch, h5 in row ranges, webdataset a batch of samples at a time;
+a JSON array file is read whole, then handed out in batches.
 
 >>> src = Source.from_paths("data/*.jsonl", schema="MM")  # doctest: +SKIP
->>> [t.num_rows for t in src.batches(src.units()[0])]  # doctest: +SKIP
+>>> [t.num_rows for t in src.batches(src.units()[0], 1024)]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.errors import DataCopilotError
 from datacopilot.io import EXTENSIONS, FORMATS, format_of
-from datacopilot.io._common import finish
-from datacopilot.io._fs import expand, get_fs, local_path
+from datacopilot.io.fs import expand
 from datacopilot.media import file_roots, warn_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
 from datacopilot.transforms import image_columns
 
-BLOCK_BYTES = 16 << 20
 MEMORY = "<memory>"
+DETECT_ROWS = 50  # rows a reader reads at least at a time while it detects the schema (guess_schema looks at 50)
 
 
 class Source:
@@ -78,29 +78,23 @@ class Source:
 
     def batches(self, unit: str, batch_size: int, invalid: str = "raise") -> Iterator[pa.Table]:
         """Tables of at most ``batch_size`` rows from one unit, validated (invalid rows raise or go to
-        ``self.bad`` with ``invalid="quarantine"``)."""
+        ``self.bad`` with ``invalid="quarantine"``). A file is read by its format's batch reader
+        (:meth:`datacopilot.io.Format.iter_batches`); the schema it detects on the first batch is kept."""
         if self.dataset is not None:
             table = self.dataset.to_arrow()
             for start in range(0, table.num_rows, batch_size):
                 yield table.slice(start, batch_size)
             return
         fmt = format_of(unit, self.format)
-        if fmt.name == "jsonl":
-            blocks = self._jsonl(unit, invalid)
-        elif fmt.name in ("parquet", "arrow"):
-            blocks = self._batched(unit, fmt.name, batch_size, invalid)
-        else:
-            loaded = fmt.read(unit, self.schema, invalid=invalid)
-            blocks = iter([self._take(loaded)])
-        for table in blocks:
-            table = self._rooted(table, unit)
+        rows = batch_size if self.schema is not None else max(batch_size, DETECT_ROWS)
+        for loaded in fmt.iter_batches(unit, self.schema, rows, invalid):
+            self.schema = self.schema or loaded.schema
+            self.bad += loaded.bad
+            if not loaded.table.num_rows:
+                continue
+            table = self._rooted(loaded.table, unit)
             for start in range(0, table.num_rows, batch_size):
                 yield table.slice(start, batch_size)
-
-    def _take(self, loaded) -> pa.Table:
-        self.schema = self.schema or loaded.schema
-        self.bad += loaded.bad
-        return loaded.table
 
     def _rooted(self, table: pa.Table, unit: str) -> pa.Table:
         if self.root is None and self.schema is not None:  # files in several directories: absolute-ize
@@ -108,82 +102,6 @@ class Source:
 
             return prefix_image_paths(table, self.schema, file_roots([unit])[0])
         return table
-
-    def _jsonl(self, path: str, invalid: str) -> Iterator[pa.Table]:
-        """Line blocks of about BLOCK_BYTES, each screened (screen.py) and parsed; a line longer than
-        screen.MAX_LINE_BYTES is never held whole: it raises, or is quarantined by its first bytes."""
-        from datacopilot.io import screen
-
-        fs, p = get_fs(path)
-        line0, offset, rest = 1, 0, b""
-        try:
-            f = fs.open(p, "rb")
-        except FileNotFoundError as e:
-            raise InputError(f"{path}: no such file") from e
-        with f:
-            while True:
-                chunk = f.read(BLOCK_BYTES)
-                data = rest + chunk
-                if chunk:
-                    cut = data.rfind(b"\n") + 1
-                    data, rest = data[:cut], data[cut:]
-                if data.strip():
-                    yield self._jsonl_block(data, path, line0, invalid, offset)
-                line0, offset = line0 + data.count(b"\n"), offset + len(data)
-                if not chunk:
-                    return
-                if len(rest) > screen.MAX_LINE_BYTES:
-                    size, rest = self._skip_long_line(f, rest, path, line0, invalid)
-                    line0, offset = line0 + 1, offset + size + 1
-
-    def _skip_long_line(self, f, head: bytes, path: str, line: int, invalid: str) -> tuple[int, bytes]:
-        """Read past an over-long line, keeping its first bytes for the quarantine: (its size, what follows)."""
-        from datacopilot.io import screen
-
-        size, tail = len(head), b""
-        while True:
-            chunk = f.read(BLOCK_BYTES)
-            nl = chunk.find(b"\n")
-            if not chunk or nl >= 0:
-                size, tail = (size + nl, chunk[nl + 1:]) if nl >= 0 else (size, b"")
-                break
-            size += len(chunk)
-        kept = min(size, screen.QUARANTINE_TEXT_BYTES)
-        bad = [(f"{path}:{line}", f"{path}:{line}: line of {size} bytes; at most {screen.MAX_LINE_BYTES} are read "
-                f"(datacopilot.io.screen.MAX_LINE_BYTES)",
-                head[:kept].decode("utf-8", "backslashreplace") + f" ... ({size - kept} more bytes not kept)")]
-        if invalid == "raise":
-            screen.raise_flaws(bad)
-        self.bad += bad
-        return size, tail
-
-    def _jsonl_block(self, data: bytes, path: str, line0: int, invalid: str, offset: int = 0) -> pa.Table:
-        from datacopilot.io import screen
-        from datacopilot.io.jsonl import read_lines
-
-        data, flawed = screen.screened(data, path, invalid, line0, offset)
-        self.bad += flawed
-        return self._take(read_lines(data, path, self.schema, invalid, line0))
-
-    def _batched(self, path: str, kind: str, batch_size: int, invalid: str) -> Iterator[pa.Table]:
-        local = local_path(path)
-        fs, p = get_fs(path)
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(local or fs.open(p, "rb"))
-            batches = pf.iter_batches(batch_size=batch_size)
-        else:
-            src = pa.memory_map(local, "r") if local else fs.open(p, "rb")
-            try:
-                reader = pa.ipc.open_file(src)
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            except pa.ArrowInvalid:
-                src.seek(0)
-                batches = iter(pa.ipc.open_stream(src))
-        for i, b in enumerate(batches):
-            yield self._take(finish(pa.Table.from_batches([b]), self.schema, path, invalid,
-                                    lambda r, i=i: f"{path}: batch {i} row {r}"))
 
     def to_spec(self) -> dict:
         if self.spec is None:

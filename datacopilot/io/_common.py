@@ -50,6 +50,15 @@ def finish(table: pa.Table, schema: Schema | None, source: str, invalid: str, wh
     return split_invalid(table, schema, where, invalid)
 
 
+def no_rows(schema: Schema | None) -> pa.Table:
+    """An empty table of the schema's columns (no columns without one): a batch that holds only invalid rows.
+
+    >>> no_rows(None).num_rows
+    0
+    """
+    return schema.arrow_schema().empty_table() if schema is not None else pa.table({})
+
+
 def with_schema_metadata(table: pa.Table, schema: Schema, root: str | None = None) -> pa.Table:
     meta = {SCHEMA_KEY: schema.name.encode()}
     return table.replace_schema_metadata(meta)

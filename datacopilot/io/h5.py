@@ -18,6 +18,7 @@ is the chunk of rows, ``j`` counts the files one chunk spilled into when it pass
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import h5py
 import numpy as np
@@ -40,48 +41,80 @@ _UINT32_MAX = 2**32 - 1
 
 
 # -- reading --------------------------------------------------------------------------------------------
+def _datasets(f, path: str):
+    """(dataset, offset, schema name attribute) of an open file; InputError if it is not a DataCopilot file."""
+    missing = [k for k in ("dataset", "offset") if k not in f]
+    if missing:
+        raise InputError(f"{path}: not a DataCopilot h5 file: no {' or '.join(repr(m) for m in missing)} "
+                         f"dataset (found {sorted(f.keys())})")
+    data, offset = f["dataset"], f["offset"]
+    for name, d in (("dataset", data), ("offset", offset)):
+        if d.ndim != 1 or d.dtype.kind not in "ui":
+            raise InputError(f"{path}: {name!r} must be a 1-D integer array, got shape {d.shape} "
+                             f"dtype {d.dtype}")
+    name = f.attrs.get(SCHEMA_ATTR)
+    return data, offset, (name.decode() if isinstance(name, bytes) else name)
+
+
+def _unreadable(path: str, e: Exception) -> InputError:
+    if isinstance(e, FileNotFoundError):
+        return InputError(f"{path}: no such file")
+    return InputError(f"{path}: not a readable h5 file (truncated or corrupt?): {e}")
+
+
+_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError)  # how h5py reports corrupt or truncated files
+
+
 def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(data bytes as uint8, offsets, schema name attribute) of one file; InputError if it is not one."""
     local = local_path(path)
     source = local if local is not None else io.BytesIO(read_bytes(path))
     try:
         with h5py.File(source, "r") as f:
-            missing = [k for k in ("dataset", "offset") if k not in f]
-            if missing:
-                raise InputError(f"{path}: not a DataCopilot h5 file: no {' or '.join(repr(m) for m in missing)} "
-                                 f"dataset (found {sorted(f.keys())})")
-            data, offset = f["dataset"], f["offset"]
-            for name, d in (("dataset", data), ("offset", offset)):
-                if d.ndim != 1 or d.dtype.kind not in "ui":
-                    raise InputError(f"{path}: {name!r} must be a 1-D integer array, got shape {d.shape} "
-                                     f"dtype {d.dtype}")
-            name = f.attrs.get(SCHEMA_ATTR)
-            return np.asarray(data[()]), np.asarray(offset[()], dtype=np.int64), \
-                (name.decode() if isinstance(name, bytes) else name)
+            data, offset, name = _datasets(f, path)
+            return np.asarray(data[()]), np.asarray(offset[()], dtype=np.int64), name
     except InputError:
         raise
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file") from e
-    except (OSError, KeyError, ValueError, RuntimeError) as e:  # how h5py reports corrupt or truncated files
-        raise InputError(f"{path}: not a readable h5 file (truncated or corrupt?): {e}") from e
+    except _H5_ERRORS as e:
+        raise _unreadable(path, e) from e
 
 
 def _check_offsets(path: str, offsets: np.ndarray, size: int) -> None:
-    if len(offsets) == 0:
+    _check_offset_parts(path, len(offsets), size, lambda: [(0, offsets)])
+
+
+def _check_offset_parts(path: str, n: int, size: int, parts) -> None:
+    """The checks of the ``n`` row offsets of a file whose dataset holds ``size`` bytes, in file order: the
+    first is 0, none is out of range, they never go back. ``parts()`` gives (first row, offsets from it) pieces
+    that cover every row, each ending with the next one's first offset (so no step between them is missed)."""
+    if n == 0:
         if size:
             raise InputError(f"{path}: 'offset' is empty but 'dataset' holds {size} bytes")
         return
-    if offsets[0] != 0:
-        raise InputError(f"{path}: row 0: offset must be 0, got {int(offsets[0])} (bytes before it would be lost)")
-    out = np.nonzero((offsets < 0) | (offsets > size))[0]
-    if len(out):
-        i = int(out[0])
-        raise InputError(f"{path}: row {i}: offset {int(offsets[i])} is out of range (dataset holds {size} bytes)")
-    back = np.nonzero(np.diff(offsets) < 0)[0]
-    if len(back):
-        i = int(back[0]) + 1
-        raise InputError(f"{path}: row {i}: offsets are not increasing: {int(offsets[i - 1])} then "
-                         f"{int(offsets[i])}")
+    for _, o in parts():
+        if o[0] != 0:
+            raise InputError(f"{path}: row 0: offset must be 0, got {int(o[0])} (bytes before it would be lost)")
+        break
+    for s, o in parts():
+        out = np.nonzero((o < 0) | (o > size))[0]
+        if len(out):
+            i = int(out[0])
+            raise InputError(f"{path}: row {s + i}: offset {int(o[i])} is out of range (dataset holds {size} "
+                             f"bytes)")
+    for s, o in parts():
+        back = np.nonzero(np.diff(o) < 0)[0]
+        if len(back):
+            i = int(back[0]) + 1
+            raise InputError(f"{path}: row {s + i}: offsets are not increasing: {int(o[i - 1])} then {int(o[i])}")
+
+
+def _parse_rows(path: str, data: np.ndarray, offsets: np.ndarray, invalid: str, row0: int = 0):
+    """(rows, their row numbers, broken (where, message, raw text)) of rows ``row0``... held in ``data``."""
+    raw = data.astype(np.uint8, copy=False).tobytes()
+    ends = np.append(offsets[1:], len(raw))
+    records = ((row0 + i, f"{path}: row {row0 + i}", raw[s:e])
+               for i, (s, e) in enumerate(zip(offsets.tolist(), ends.tolist())))
+    return parse_json_records(records, invalid, "row")
 
 
 def read_h5_rows(path: str, invalid: str = "raise", arrays=None) -> tuple[list, list[int], list, str | None]:
@@ -92,10 +125,7 @@ def read_h5_rows(path: str, invalid: str = "raise", arrays=None) -> tuple[list, 
     """
     data, offsets, name = arrays if arrays is not None else _read_arrays(path)
     _check_offsets(path, offsets, len(data))
-    raw = data.astype(np.uint8, copy=False).tobytes()
-    ends = np.append(offsets[1:], len(raw))
-    records = ((i, f"{path}: row {i}", raw[s:e]) for i, (s, e) in enumerate(zip(offsets.tolist(), ends.tolist())))
-    rows, index, broken = parse_json_records(records, invalid, "row")
+    rows, index, broken = _parse_rows(path, data, offsets, invalid)
     return rows, index, broken, name
 
 
@@ -122,7 +152,8 @@ def json_lines(data: np.ndarray, offsets: np.ndarray) -> pa.Buffer | None:
     return pa.py_buffer(np.insert(data, bounds[1:], 0x0A))
 
 
-def _fast(path: str, lines: pa.Buffer, rows: int, schema: Schema | None, invalid: str) -> Loaded | None:
+def _fast(path: str, lines: pa.Buffer, rows: int, schema: Schema | None, invalid: str,
+          row0: int = 0) -> Loaded | None:
     """Arrow's multithreaded parser over the rows as JSON Lines; None when the file needs the row path (a value
     of another type than the schema's, free-form ``meta``, bytes to decode)."""
     opts = pajson.ParseOptions(newlines_in_values=False)
@@ -139,9 +170,23 @@ def _fast(path: str, lines: pa.Buffer, rows: int, schema: Schema | None, invalid
     if json_parse_may_lose(table, schema):
         return None  # a 0 beside a 0.5 would come back as 0.0; a list of nulls would be invalid
     try:
-        return finish(table, schema, path, invalid, lambda i: f"{path}: row {i}")
+        return finish(table, schema, path, invalid, lambda i: f"{path}: row {row0 + i}")
     except SchemaError:
         return None
+
+
+def _load(path: str, data: np.ndarray, offsets: np.ndarray, schema: Schema | None, invalid: str,
+          row0: int = 0) -> Loaded:
+    """Rows ``row0``... of a file, held in ``data`` from where ``offsets`` (checked, relative to ``data``) say."""
+    data = data.astype(np.uint8, copy=False)
+    lines = json_lines(data, offsets)
+    fast = _fast(path, lines, len(offsets), schema, invalid, row0) if lines is not None else None
+    if fast is not None:
+        return fast
+    rows, index, broken = _parse_rows(path, data, offsets, invalid, row0)
+    loaded = load_rows(rows, schema, path, where=lambda i: f"{path}: row {index[i]}", invalid=invalid)
+    loaded.bad = broken + loaded.bad
+    return loaded
 
 
 def read_h5(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
@@ -157,15 +202,55 @@ def read_h5(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
     _check_offsets(path, offsets, len(data))
     if schema is None and name in BUILTIN:
         schema = BUILTIN[name]
-    data = data.astype(np.uint8, copy=False)
-    lines = json_lines(data, offsets)
-    fast = _fast(path, lines, len(offsets), schema, invalid) if lines is not None else None
-    if fast is not None:
-        return fast
-    rows, index, broken, _ = read_h5_rows(path, invalid, (data, offsets, name))
-    loaded = load_rows(rows, schema, path, where=lambda i: f"{path}: row {index[i]}", invalid=invalid)
-    loaded.bad = broken + loaded.bad
-    return loaded
+    return _load(path, data, offsets, schema, invalid)
+
+
+def iter_h5(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise") -> Iterator[Loaded]:
+    """The rows of one DataCopilot h5 file in batches of at most ``batch_size`` rows, each read as :func:`read_h5`
+    reads a file (the same messages, naming the row in the file). Only the rows of one batch are read from
+    ``dataset`` (h5py slices it) and ``offset`` is read ``batch_size`` entries at a time, so the file is never
+    held whole (a URL is read through fsspec, in the ranges h5py asks for). The offsets are checked first, in
+    slices, as :func:`read_h5` checks them; the schema detected on the first batch reads the others.
+
+    >>> [ld.table.num_rows for ld in iter_h5("train-part-00000_0000.h5", None, 1000)]  # doctest: +SKIP
+    [1000, 1000, 87]
+    """
+    local = local_path(path)
+    try:
+        if local is not None:
+            f = h5py.File(local, "r")
+        else:
+            fs, p = get_fs(path)
+            f = h5py.File(fs.open(p, "rb"), "r")  # h5py reads the ranges it needs through the file object
+    except _H5_ERRORS as e:
+        raise _unreadable(path, e) from e
+    with f:
+        data, offset, name = _datasets(f, path)
+        size, n = _read(path, lambda: (len(data), len(offset)))
+
+        def part(s: int, e: int) -> np.ndarray:
+            return _read(path, lambda: np.asarray(offset[s:e], dtype=np.int64))
+
+        _check_offset_parts(path, n, size, lambda: ((s, part(s, min(s + batch_size + 1, n)))
+                                                       for s in range(0, n, batch_size)))
+        if schema is None and name in BUILTIN:
+            schema = BUILTIN[name]
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            offs = part(s, e + 1 if e < n else e)
+            start, end = int(offs[0]), (int(offs[-1]) if e < n else size)
+            rows = _read(path, lambda: np.asarray(data[start:end]))
+            loaded = _load(path, rows, offs[:e - s] - start, schema, invalid, s)
+            schema = schema or loaded.schema
+            yield loaded
+
+
+def _read(path: str, get):
+    """``get()``, with h5py's errors for a corrupt or truncated file as an InputError naming ``path``."""
+    try:
+        return get()
+    except _H5_ERRORS as e:
+        raise _unreadable(path, e) from e
 
 
 # -- writing --------------------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ def json_feature_columns(schema: pa.Schema) -> list[str]:
             if isinstance(feat, dict) and feat.get("_type") == "Json" and name in schema.names]
 
 
-def decode_json_features(table: pa.Table, source: str = "table") -> pa.Table:
+def decode_json_features(table: pa.Table, source: str = "table", row0: int = 0) -> pa.Table:
     """``table`` with the text of every ``Json``-feature column parsed into the values it encodes (typed as
     wide as they are: a column of strings and integers becomes a variant). Text that is not JSON is an
-    InputError naming ``source``, the row and the column.
+    InputError naming ``source``, the row (``row0``: the row number of the table's first row) and the column.
 
     >>> meta = {"huggingface": '{"info": {"features": {"id": {"_type": "Json"}}}}'}
     >>> t = pa.table({"id": ['"a"', "7", None]}).replace_schema_metadata(meta)
@@ -54,7 +54,7 @@ def decode_json_features(table: pa.Table, source: str = "table") -> pa.Table:
             try:
                 values.append(None if text is None else json.loads(text))
             except ValueError as e:
-                raise InputError(f"{source}: row {i}: column {name!r} is a Json feature but holds "
+                raise InputError(f"{source}: row {row0 + i}: column {name!r} is a Json feature but holds "
                                  f"{text[:60]!r}, not JSON: {e}") from e
         arr = to_array(None, values, f"column {name!r}")
         table = table.set_column(table.column_names.index(name), name, arr)

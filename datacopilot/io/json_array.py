@@ -21,6 +21,10 @@ and put back as one variant column. Rows Arrow's parser cannot take otherwise (v
 Python rows. A file whose structure neither split vouches for (one object, an array of other values, not JSON)
 is parsed whole after the depth and UTF-8 screen: invalid JSON is one InputError naming the line and column.
 
+:func:`iter_json` does not stream: the elements are found by scans of the whole file (and a file neither split
+vouches for is parsed whole), so it reads the file as :func:`read_json` does and yields the rows in batches.
+A JSON array file is held whole (memory-mapped when local) while it is read; jsonl streams.
+
 >>> split_array(b'[{"a": "[{"}, \\n {"b": [1]}]').starts.tolist()
 [1, 16]
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -513,6 +518,19 @@ def read_json(path: str, schema: Schema | None, invalid: str = "raise") -> Loade
         if loaded is not None:
             return loaded
     return _document(bytes(data), path, schema, invalid)
+
+
+def iter_json(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise") -> Iterator[Loaded]:
+    """The rows of :func:`read_json` in batches of at most ``batch_size`` rows, the file's invalid rows with
+    the first. Not streamed: the whole file is read first (see the module's docstring).
+
+    >>> [ld.table.num_rows for ld in iter_json("llava_v1_5_mix665k.json", None, 300_000)]  # doctest: +SKIP
+    [300000, 300000, 65298]
+    """
+    loaded = read_json(path, schema, invalid)
+    table, bad = loaded.table, loaded.bad
+    for start in range(0, max(table.num_rows, 1 if bad else 0), batch_size):
+        yield Loaded(table.slice(start, batch_size), loaded.schema, bad if start == 0 else [])
 
 
 def _document(data: bytes, path: str, schema: Schema | None, invalid: str) -> Loaded:

@@ -28,6 +28,9 @@ JSON writers write it as the object it was and every reader gives the same text 
 column per key: a key's type may differ between rows and between shards (``--save_additional_columns``), and
 ``caption`` would clash with the caption itself. See :func:`read_caption_samples`.
 
+:func:`iter_wds` streams a tar a batch of samples at a time (a sample's members must then be adjacent, as
+webdataset's own readers want them).
+
 Keys are written as ``000000``, ``000001``, ... in row order. Two members with the same key and extension, a
 member of an unknown kind, a sample without ``.json`` or a ``.json`` that does not parse are errors naming the
 tar and the key (with ``invalid="quarantine"`` the last three put the sample in the quarantine instead).
@@ -38,6 +41,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 
 from datacopilot.errors import InputError
 from datacopilot.loading import Loaded, guess_schema, load_rows
@@ -49,6 +53,7 @@ from ._fs import atomic_open, get_fs
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "text", "caption")
+DETECT_SAMPLES = 50  # samples is_caption_tar looks at: the first batch streamed holds at least these
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
           (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
@@ -87,14 +92,15 @@ def _slot_prefix(slots, name: str) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def _members(path: str) -> dict[str, dict[str, tuple[str, bytes]]]:
-    """{key: {extension: (member name, bytes)}} in the order keys first appear."""
+def _tar_members(path: str) -> Iterator[tuple[str, str, str, bytes]]:
+    """(key, extension, member name, bytes) of every file member, in tar order, one held at a time;
+    InputError for a tar that is not readable, truncated, or holds a member that is not a regular file."""
     fs, p = get_fs(path)
-    samples: dict[str, dict[str, tuple[str, bytes]]] = {}
     try:
         with fs.open(p, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             last = None
-            for m in tar:
+            while (m := tar.next()) is not None:
+                del tar.members[:]  # tarfile keeps every header it read: a streamed tar keeps none
                 last = m.name
                 if m.isdir():
                     continue
@@ -102,12 +108,7 @@ def _members(path: str) -> dict[str, dict[str, tuple[str, bytes]]]:
                 key, ext = parts if parts else (m.name, "")
                 if not m.isfile():
                     raise InputError(f"{path}: key {key!r}: member {m.name!r} is not a regular file")
-                data = tar.extractfile(m).read()
-                sample = samples.setdefault(key, {})
-                if ext.lower() in sample:
-                    raise InputError(f"{path}: key {key!r}: duplicate member {m.name!r} (another member already "
-                                     f"has extension {ext!r})")
-                sample[ext.lower()] = (m.name, data)
+                yield key, ext, m.name, tar.extractfile(m).read()
             # tarfile stops quietly at a header cut short; a whole tar ends with zero blocks
             tar.fileobj.seek(tar.offset)
             if len(tar.fileobj.read(512)) < 512:
@@ -117,7 +118,44 @@ def _members(path: str) -> dict[str, dict[str, tuple[str, bytes]]]:
         raise InputError(f"{path}: no such file") from e
     except (tarfile.TarError, EOFError, OSError) as e:
         raise InputError(f"{path}: not a readable tar file (truncated or corrupt?): {e}") from e
+
+
+def _add_member(path: str, sample: dict, key: str, ext: str, name: str, data: bytes) -> None:
+    if ext.lower() in sample:
+        raise InputError(f"{path}: key {key!r}: duplicate member {name!r} (another member already "
+                         f"has extension {ext!r})")
+    sample[ext.lower()] = (name, data)
+
+
+def _members(path: str) -> dict[str, dict[str, tuple[str, bytes]]]:
+    """{key: {extension: (member name, bytes)}} in the order keys first appear."""
+    samples: dict[str, dict[str, tuple[str, bytes]]] = {}
+    for key, ext, name, data in _tar_members(path):
+        _add_member(path, samples.setdefault(key, {}), key, ext, name, data)
     return samples
+
+
+def _sample_groups(path: str, first: int, size: int) -> Iterator[dict[str, dict[str, tuple[str, bytes]]]]:
+    """The samples of a tar as :func:`_members` gives them, ``first`` samples in the first group and ``size`` in
+    each other one. A sample's members must be adjacent (webdataset's rule): a key met again after another key's
+    members is an InputError (only the keys seen are kept, never their members)."""
+    group: dict[str, dict[str, tuple[str, bytes]]] = {}
+    seen: set[str] = set()
+    want, last = first, None
+    for key, ext, name, data in _tar_members(path):
+        if key != last:
+            if key in seen:
+                raise InputError(f"{path}: key {key!r}: member {name!r} comes after the members of other samples; "
+                                 f"a streamed tar keeps each sample's members together (dc.load reads the tar "
+                                 f"whole and takes it)")
+            if len(group) >= want:
+                yield group
+                group, want = {}, size
+            seen.add(key)
+            last = key
+        _add_member(path, group.setdefault(key, {}), key, ext, name, data)
+    if group:
+        yield group
 
 
 def _parse(path: str, samples: dict, invalid: str) -> tuple[list, list[str], list]:
@@ -225,6 +263,34 @@ def read_wds(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded
     samples = _members(path)
     if is_caption_tar(samples):
         return read_caption_samples(path, samples, schema, invalid)
+    return _row_samples(path, samples, schema, invalid)
+
+
+def iter_wds(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise") -> Iterator[Loaded]:
+    """The rows of one WebDataset tar in batches of at most ``batch_size`` samples, each read as :func:`read_wds`
+    reads a tar (the same messages, naming the tar and key), while the tar is read member by member: only one
+    batch's members are held (and the keys seen, to refuse a key whose members are not together).
+
+    What :func:`read_wds` decides from the whole tar is decided from the first batch (at least 50 samples) here:
+    whether it is an img2dataset caption tar, and the schema when ``schema`` is None.
+
+    >>> [ld.table.num_rows for ld in iter_wds("shard-000000.tar", None, 100)]  # doctest: +SKIP
+    [100, 100, 17]
+    """
+    caption = None
+    for samples in _sample_groups(path, max(batch_size, DETECT_SAMPLES), batch_size):
+        if caption is None:
+            caption = is_caption_tar(samples)
+        if caption:
+            loaded = read_caption_samples(path, samples, schema, invalid)
+        else:
+            loaded = _row_samples(path, samples, schema, invalid)
+        schema = schema or loaded.schema
+        yield loaded
+
+
+def _row_samples(path: str, samples: dict, schema: Schema | None, invalid: str) -> Loaded:
+    """Samples of ``KEY.json`` rows and their image members -> rows of ``schema`` (guessed when None)."""
     rows, keys, broken = _parse(path, samples, invalid)
     if schema is None:
         schema = guess_schema(rows)

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datacopilot as dc
-from datacopilot import source as pipeline_io
+from datacopilot import source
+from datacopilot.io import jsonl as jsonl_io
 from datacopilot.cli import main
 from datacopilot.errors import InputError
 from datacopilot.io import screen
@@ -190,13 +191,13 @@ def test_an_over_long_line_is_an_error_with_its_line_or_a_quarantined_row(tmp_pa
 
 # -- the pipeline's streaming Source -----------------------------------------------------------------------------
 def _source_rows(path, invalid: str):
-    src = pipeline_io.Source.from_paths(str(path), schema="MM")
+    src = source.Source.from_paths(str(path), schema="MM")
     tables = list(src.batches(src.units()[0], 1000, invalid=invalid))
     return pa.concat_tables(tables, promote_options="permissive").column("id").to_pylist(), src.bad
 
 
 def test_pipeline_source_screens_every_block_with_file_line_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_io, "BLOCK_BYTES", 4096)  # many blocks: line numbers must carry across them
+    monkeypatch.setattr(jsonl_io, "BLOCK_BYTES", 4096)  # many blocks: line numbers must carry across them
     path = tmp_path / "src.jsonl"
     utf8, col = _bad_utf8_line(140)
     offsets = _write(path, 300, {61: _deep(20_000), 140: utf8})
@@ -209,7 +210,7 @@ def test_pipeline_source_screens_every_block_with_file_line_numbers(tmp_path, mo
 
 
 def test_pipeline_source_never_holds_an_over_long_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_io, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(jsonl_io, "BLOCK_BYTES", 1024)
     monkeypatch.setattr(screen, "MAX_LINE_BYTES", 3000)
     path = tmp_path / "long.jsonl"
     _write(path, 40, {5: json.dumps(_row(5, note="y" * 20_000)).encode(),
@@ -320,7 +321,7 @@ def test_a_lone_half_after_an_escaped_backslash_or_a_reversed_pair_is_found():
 
 
 def test_pipeline_source_screens_lone_surrogates_with_file_line_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_io, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(jsonl_io, "BLOCK_BYTES", 4096)
     path = tmp_path / "src.jsonl"
     _write(path, 200, {150: _lone_line(150)})
     with pytest.raises(InputError, match=rf"{path}:150: conversations\[1\].value: escaped lone surrogate"):

@@ -23,7 +23,7 @@ def _write(path, rows):
 
 
 def test_mixed_ids_and_numbers_stream_as_they_load(tmp_path, monkeypatch):
-    monkeypatch.setattr("datacopilot.source.BLOCK_BYTES", 4096)  # many blocks
+    monkeypatch.setattr("datacopilot.io.jsonl.BLOCK_BYTES", 4096)  # many blocks
     p = tmp_path / "a.jsonl"
     _write(p, _rows(300))
     want = dc.load(str(p), schema="MM").to_list()
@@ -34,7 +34,7 @@ def test_mixed_ids_and_numbers_stream_as_they_load(tmp_path, monkeypatch):
 
 
 def test_numbers_keep_int_and_float_in_every_block(tmp_path, monkeypatch):
-    monkeypatch.setattr("datacopilot.source.BLOCK_BYTES", 4096)
+    monkeypatch.setattr("datacopilot.io.jsonl.BLOCK_BYTES", 4096)
     rows = [{**r, "id": str(r["id"])} for r in _rows(300)]  # Arrow's parser takes these: 1 beside 0.5 stays 1
     p = tmp_path / "n.jsonl"
     _write(p, rows)
@@ -44,7 +44,7 @@ def test_numbers_keep_int_and_float_in_every_block(tmp_path, monkeypatch):
 
 
 def test_an_error_in_a_later_block_names_its_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("datacopilot.source.BLOCK_BYTES", 4096)
+    monkeypatch.setattr("datacopilot.io.jsonl.BLOCK_BYTES", 4096)
     rows = _rows(300)
     rows[250]["conversations"][0]["from"] = "robot"
     p = tmp_path / "b.jsonl"

@@ -7,7 +7,7 @@ import pytest
 from datacopilot.operators import Mapper, create
 
 import datacopilot as dc
-import datacopilot.source as pio
+import datacopilot.io.jsonl as pio
 from datacopilot.errors import DataCopilotError
 from datacopilot.executors import get_executor
 
