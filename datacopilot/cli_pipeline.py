@@ -58,7 +58,7 @@ def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int 
         executor, options = "local", {"num_workers": workers}
     report = pipe.write(out, executor=executor, resume=resume, image_paths=image_paths, **options)
     from datacopilot.media import image_paths_of
-    from datacopilot.pipeline_io import read_manifest
+    from datacopilot.io.sink import read_manifest
 
     manifest = read_manifest(report["output"]) or {}
     info = image_paths_of(manifest)

@@ -104,8 +104,8 @@ def test_fresh_write_replaces_previous_output(files, tmp_path):
     dc.pipeline(files, schema="MM").write(out, max_rows_per_shard=10)
     dc.pipeline(files[:1], schema="MM").write(out, max_rows_per_shard=100)
     shards = sorted(f for f in os.listdir(out) if f.startswith("part-"))
-    assert shards == ["part-g0002-00000-0000.arrow"] and len(dc.load(out)) == 60
-    assert sorted(os.listdir(out)) == ["manifest.json", "part-g0002-00000-0000.arrow", "report.json"]
+    assert shards == ["part-g0002-00000.arrow"] and len(dc.load(out)) == 60
+    assert sorted(os.listdir(out)) == ["manifest.json", "part-g0002-00000.arrow", "report.json"]
 
 
 def test_kill_9_before_a_shuffle_then_resume(files, tmp_path):
