@@ -109,10 +109,11 @@ def write_shard(format: str, ds, path: str, name: str, first_row: int = 0, **opt
     """Write ``ds`` (rows from :func:`shard_rows`) as the shard ``name`` at the staged ``path``; its manifest
     entry (``file``, ``rows``, ``bytes``, ``sha256``). Runs anywhere: the driver, a thread, a Ray task.
 
-    Rows in several chunks (the batches a pipeline made) are combined first, so a shard's bytes do not depend on
-    the batches: the pipeline writes of every executor give the same file for the same rows. (A slice of one
-    chunk is written as it is, without a copy: an Arrow IPC shard of ``write_shards`` holds the same rows in a
-    few bytes more or less of buffer layout; parquet and the text formats come out byte for byte the same.)"""
+    Rows in several chunks (the batches a pipeline made) are combined first, so an Arrow IPC shard is one record
+    batch whatever the batches were. A slice of one chunk is written as it is, without a copy; Arrow's IPC writer
+    then keeps a few bytes of the slice's buffer layout, so the same rows can give Arrow IPC files that differ
+    in those bytes (and sha256) by how they were sliced. Parquet and the text formats give the same bytes for
+    the same rows on every path."""
     from datacopilot.dataset import MMDataset
 
     table = ds.to_arrow()

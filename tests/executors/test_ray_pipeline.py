@@ -66,3 +66,21 @@ def test_bad_options_and_evaluators_are_refused(ray_session):
     plan = dc.MMDataset.from_rows(rows(4), schema="MM").lazy().apply(create("filter_turns"))
     with pytest.raises(DataCopilotError, match=r"resources\['filter_turns'\].*'gpus'"):
         plan.collect(ex)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_ray_write_names_hashes_and_lists_shards_as_write_shards_and_local_do(ray_session, tmp_path, fmt):
+    from ..io.test_sink import rows as sink_rows
+    from ..io.test_sink import shared, three_writes
+
+    shards, local, _ = three_writes(tmp_path, fmt)
+    ds = dc.MMDataset.from_rows(sink_rows(23), schema="MM", root=str(tmp_path / "images"))
+    ds.lazy(batch_size=3).write(str(tmp_path / "ray"), format=fmt, executor="ray", max_rows_per_shard=5)
+    on_ray = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    if fmt == "parquet":  # names, rows, bytes and sha256 of each shard, root, image_paths
+        assert shared(on_ray) == shared(local) == shared(shards)
+    else:  # an Arrow IPC shard keeps a few bytes of the layout of the slice it was written from (io.sink)
+        layout = lambda m: {**shared(m), "shards": [(s["file"], s["rows"]) for s in m["shards"]]}  # noqa: E731
+        assert layout(on_ray) == layout(local) == layout(shards)
+    assert on_ray["pipeline"]["fingerprint"] == local["pipeline"]["fingerprint"]
+    assert dc.load(str(tmp_path / "ray")).to_list() == dc.load(str(tmp_path / "shards")).to_list()
