@@ -292,3 +292,64 @@ def row_any(offsets, values, sel):
                 out[r] = True
                 break
     return out
+
+
+@njit(cache=True)
+def row_repeats(offsets, sel, code, text_offsets, text):
+    """Bool per row: two of its selected turns have the same ``code`` and the same text bytes."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.bool_)
+    for r in range(n):
+        for a in range(offsets[r], offsets[r + 1]):
+            if not sel[a]:
+                continue
+            la = text_offsets[a + 1] - text_offsets[a]
+            for b in range(offsets[r], a):
+                if not sel[b] or code[b] != code[a] or text_offsets[b + 1] - text_offsets[b] != la:
+                    continue
+                same = True
+                for j in range(la):
+                    if text[text_offsets[a] + j] != text[text_offsets[b] + j]:
+                        same = False
+                        break
+                if same:
+                    out[r] = True
+                    break
+            if out[r]:
+                break
+    return out
+
+
+@njit(cache=True)
+def row_role_breaks(offsets, code, role_offsets, role, role_valid, turn_valid):
+    """Bool per row: its roles do not alternate as ``fix_roles`` leaves them: a turn is null, two turns in a row
+    have the same raw role (bytes, or both null), or an ASSISTANT turn comes before the first USER turn."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.bool_)
+    for r in range(n):
+        seen_user = False
+        for a in range(offsets[r], offsets[r + 1]):
+            if not turn_valid[a] or (code[a] == 1 and not seen_user):
+                out[r] = True
+                break
+            seen_user = seen_user or code[a] == 0
+            if a == offsets[r]:
+                continue
+            b = a - 1
+            if not role_valid[a] or not role_valid[b]:
+                if role_valid[a] == role_valid[b]:
+                    out[r] = True
+                    break
+                continue
+            la = role_offsets[a + 1] - role_offsets[a]
+            if role_offsets[b + 1] - role_offsets[b] != la:
+                continue
+            same = True
+            for j in range(la):
+                if role[role_offsets[a] + j] != role[role_offsets[b] + j]:
+                    same = False
+                    break
+            if same:
+                out[r] = True
+                break
+    return out

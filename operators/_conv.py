@@ -221,6 +221,19 @@ def replace_conversations(op: Operator, batch: pa.RecordBatch, convs: list) -> p
     return _with_column(batch, col, new)
 
 
+def replace_rows(op: Operator, batch: pa.RecordBatch, rows: np.ndarray, convs: list) -> pa.Table:
+    """The batch with the conversations of ``rows`` (indices, ascending) replaced by ``convs`` (lists of turn
+    dicts, original keys); the other rows' conversations are taken as they are."""
+    col, _, _ = conversation_column(op, batch)
+    if not len(rows):
+        return pa.Table.from_batches([batch])
+    arr = batch.column(col)
+    where = np.arange(len(arr), dtype=np.int64)
+    where[rows] = len(arr) + np.arange(len(rows))
+    new = pa.concat_arrays([arr, pa.array(convs, type=arr.type)]).take(pa.array(where))
+    return _with_column(batch, col, new)
+
+
 def _with_column(batch: pa.RecordBatch, col: str, new: pa.Array) -> pa.Table:
     table = pa.Table.from_batches([batch])
     return table.set_column(table.schema.get_field_index(col), table.schema.field(col), new)

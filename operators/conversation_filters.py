@@ -101,20 +101,22 @@ class FilterEmptyTurns(ConversationOp, Filter):
                          duplicates=check_choice(self, "duplicates", duplicates, (True, False)))
 
     def keep(self, batch: pa.RecordBatch):
+        from datacopilot.kernels import text as k
+
         t = turns(self, batch)
         sel = t.select("all")
         stripped = pc.utf8_trim_whitespace(pc.replace_substring(t.text, "<image>", ""))
-        blank = pc.equal(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+        s_off, s_data = k.string_buffers(stripped)
+        blank = np.diff(s_off) == 0
         empty = t.per_row(blank, sel, "any") if self.p["empty"] else np.zeros(t.n_rows, dtype=bool)
         dup = np.zeros(t.n_rows, dtype=bool)
-        if self.p["duplicates"] and len(t.row):
-            texts = stripped.to_numpy(zero_copy_only=False)
-            seen: set = set()
-            for i in np.flatnonzero(sel):
-                key = (t.row[i], t.role[i], texts[i])
-                if key in seen:
-                    dup[t.row[i]] = True
-                seen.add(key)
+        if self.p["duplicates"] and len(t):
+            # rows where two selected turns have the same role code and the same stripped bytes; each is then
+            # checked by role name (OTHER codes several roles), as the rule reads
+            for r in np.flatnonzero(k.row_repeats(t.offsets, sel, t.code, s_off, s_data)).tolist():
+                at = [i for i in range(t.offsets[r], t.offsets[r + 1]) if sel[i]]
+                keys = list(zip(t.role[at].tolist(), stripped.take(at).to_pylist()))
+                dup[r] = len(set(keys)) < len(keys)
         keep = ~empty & ~dup
         return keep, _reasons(keep, (empty, "empty turn"), (dup, "duplicate turn"))
 
@@ -153,11 +155,10 @@ class FilterRefusals(ConversationOp, Filter):
         t = turns(self, batch)
         reasons = np.full(t.n_rows, None, dtype=object)
         # one match of all patterns over the selected turns; each pattern then runs only on the turns that hit
-        idx = np.flatnonzero(t.select(self.p["role"]))
+        sel = t.select(self.p["role"])
+        idx = np.flatnonzero(sel)
         if len(idx) and self._patterns:
-            combined = "|".join(f"(?:{p})" for p in self._patterns)
-            hit = pc.match_substring_regex(t.text.take(idx), combined, ignore_case=True)
-            idx = idx[hit.to_numpy(zero_copy_only=False)]
+            idx = idx[self._any_pattern(t.text, sel, idx)]
         if len(idx):
             texts = t.text.take(idx)
             for p in self._patterns:
@@ -167,6 +168,24 @@ class FilterRefusals(ConversationOp, Filter):
                 reasons[rows & (reasons == None)] = f"refusal or boilerplate: {p}"  # noqa: E711
         keep = reasons == None  # noqa: E711
         return keep, reasons
+
+    def _any_pattern(self, text: pa.Array, sel: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Whether each selected turn (``idx``) matches any pattern, case-insensitively. Polars (Rust regex,
+        literal prefilters) where the patterns mean the same there as in RE2 (no ``\\w``, ``\\s``, ``\\d``, ``\\b``
+        or other backslash-letter class, whose Unicode reading differs); pyarrow compute (RE2) otherwise."""
+        combined = "|".join(f"(?:{p})" for p in self._patterns)
+        if not any(_CLASS_ESCAPE.search(p) for p in self._patterns):
+            import polars as pl
+
+            try:
+                texts = pl.from_arrow(text).filter(pl.Series(sel))
+                return texts.str.contains(f"(?i)(?:{combined})").to_numpy()
+            except pl.exceptions.ComputeError:  # a pattern Rust's regex does not take: RE2 below
+                pass
+        return pc.match_substring_regex(text.take(idx), combined, ignore_case=True).to_numpy(zero_copy_only=False)
+
+
+_CLASS_ESCAPE = re.compile(r"\\[A-Za-z]")
 
 
 def repetition_ratio(tokens: list, n: int) -> float:

@@ -13,13 +13,9 @@ import pyarrow.compute as pc
 
 from datacopilot.schemas import IMAGE_TOKEN
 
-from ._conv import ROLES, ConversationOp, conversation_column, image_counts, replace_conversations, turns
+from ._conv import ROLES, ConversationOp, conversation_column, image_counts, replace_rows, turns
 from .base import Filter, Mapper, check_choice
 from .registry import register
-
-
-def _count(convs: list, text_key: str) -> list[int]:
-    return [sum((t.get(text_key) or "").count(IMAGE_TOKEN) for t in c or []) for c in convs]
 
 
 def _strip_extra(conv: list, text_key: str, keep: int) -> None:
@@ -58,19 +54,28 @@ class FixImageTokens(ConversationOp, Mapper):
                          strip_extra=check_choice(self, "strip_extra", strip_extra, (True, False)))
 
     def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        from datacopilot.kernels.text import count_literal
+
         col, role_key, text_key = conversation_column(self, batch)
-        convs = batch.column(col).to_pylist()
+        t = turns(self, batch)
+        tokens = t.per_row(count_literal(*t.text_buffers(), IMAGE_TOKEN.encode()), t.select("any"), "sum")
         images = image_counts(batch)
-        for conv, n_img, n_tok in zip(convs, images, _count(convs, text_key)):
-            if not conv or n_tok == n_img:
-                continue
+        # the rows to rewrite (found vectorized; Python only for those): a conversation whose placeholders differ
+        # from its images, in the direction the parameters repair
+        need = (np.diff(t.offsets) > 0) & ((tokens > images) & self.p["strip_extra"] |
+                                           (tokens < images) & self.p["add_missing"] |
+                                           t.per_row(~_valid(t.values), t.select("any"), "any"))  # fails as before
+        rows = np.flatnonzero(need)
+        convs = batch.column(col).take(pa.array(rows, pa.int64())).to_pylist()
+        for conv, n_img in zip(convs, images[rows]):
+            n_tok = sum((turn.get(text_key) or "").count(IMAGE_TOKEN) for turn in conv)  # a null turn fails here
             if n_tok > n_img and self.p["strip_extra"]:
                 _strip_extra(conv, text_key, int(n_img))
             elif n_tok < n_img and self.p["add_missing"]:
                 first = next((t for t in conv if ROLES.get(t.get(role_key)) == "user"), None)
                 if first is not None:
                     first[text_key] = (IMAGE_TOKEN + "\n") * int(n_img - n_tok) + (first.get(text_key) or "")
-        return replace_conversations(self, batch, convs)
+        return replace_rows(self, batch, rows, convs)
 
 
 @register
@@ -127,6 +132,18 @@ class FixRoles(ConversationOp, Mapper):
         return out
 
     def map_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        from datacopilot.kernels import text as k
+
         col, role_key, text_key = conversation_column(self, batch)
-        convs = [self._fix(c, role_key, text_key) if c else c for c in batch.column(col).to_pylist()]
-        return replace_conversations(self, batch, convs)
+        t = turns(self, batch)
+        raw = t.raw_roles
+        r_off, r_data = k.string_buffers(raw) if pa.types.is_string(raw.type) or pa.types.is_large_string(
+            raw.type) else k.string_buffers(raw.cast(pa.string()))
+        # the rows whose roles do not alternate (vectorized); Python rewrites only those
+        rows = np.flatnonzero(k.row_role_breaks(t.offsets, t.code, r_off, r_data, _valid(raw), _valid(t.values)))
+        convs = batch.column(col).take(pa.array(rows, pa.int64())).to_pylist()
+        return replace_rows(self, batch, rows, [self._fix(c, role_key, text_key) for c in convs])
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    return np.ones(len(arr), dtype=bool) if not arr.null_count else arr.is_valid().to_numpy(zero_copy_only=False)

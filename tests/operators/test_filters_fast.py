@@ -108,3 +108,101 @@ def test_filter_length_keeps_the_rows_it_kept_before(convs, schema, start, role,
     old_keep, old_short = _old_length(op, batch)
     assert keep.tolist() == old_keep.tolist()
     assert [r is not None and "shorter" in r for r in reasons] == (old_short & ~old_keep).tolist()
+
+
+def _old_empty_turns(op, batch):
+    t = _Old(batch)
+    sel = t.select("all")
+    stripped = pc.utf8_trim_whitespace(pc.replace_substring(t.text, "<image>", ""))
+    blank = pc.equal(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+    empty = t.per_row(blank, sel, "any") if op.p["empty"] else np.zeros(t.n, dtype=bool)
+    dup = np.zeros(t.n, dtype=bool)
+    if op.p["duplicates"] and len(t.row):
+        texts = stripped.to_numpy(zero_copy_only=False)
+        seen: set = set()
+        for i in np.flatnonzero(sel):
+            key = (t.row[i], t.role[i], texts[i])
+            if key in seen:
+                dup[t.row[i]] = True
+            seen.add(key)
+    return ~empty & ~dup, empty
+
+
+_REPEATING = st.lists(st.one_of(st.none(), st.lists(st.fixed_dictionaries(
+    {"from": st.sampled_from(["human", "user", "gpt", "bot", "tool", "system", None]),
+     "value": st.sampled_from(["a", " a", "a ", "<image>\na", "<image>", "", None, "b"])}), max_size=6)),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_convs(), _REPEATING), _SCHEMAS, st.integers(0, 2), st.booleans(), st.booleans())
+def test_filter_empty_turns_keeps_the_rows_it_kept_before(convs, schema, start, empty, duplicates):
+    op = create("filter_empty_turns", empty=empty, duplicates=duplicates)
+    batch = _batch(convs, schema, start)
+    keep, reasons = op.keep(batch)
+    old_keep, old_empty = _old_empty_turns(op, batch)
+    assert keep.tolist() == old_keep.tolist()
+    assert [r == "empty turn" for r in reasons] == (old_empty & ~old_keep).tolist()
+
+
+# -- repair: the rows needing no change are found vectorized; the rewrite equals rewriting every row in Python --
+def _old_fix_image_tokens(op, batch):
+    from datacopilot.operators._conv import image_counts
+    from datacopilot.operators.repair import IMAGE_TOKEN, _strip_extra
+
+    col = batch.schema.names[0]
+    role_key, text_key = ("from", "value") if col == "conversations" else ("role", "content")
+    convs = batch.column(col).to_pylist()
+    counts = [sum((t.get(text_key) or "").count(IMAGE_TOKEN) for t in c or []) for c in convs]
+    for conv, n_img, n_tok in zip(convs, image_counts(batch), counts):
+        if not conv or n_tok == n_img:
+            continue
+        if n_tok > n_img and op.p["strip_extra"]:
+            _strip_extra(conv, text_key, int(n_img))
+        elif n_tok < n_img and op.p["add_missing"]:
+            first = next((t for t in conv if ROLES.get(t.get(role_key)) == "user"), None)
+            if first is not None:
+                first[text_key] = (IMAGE_TOKEN + "\n") * int(n_img - n_tok) + (first.get(text_key) or "")
+    return convs
+
+
+def _old_fix_roles(op, batch):
+    col = batch.schema.names[0]
+    role_key, text_key = ("from", "value") if col == "conversations" else ("role", "content")
+    return [op._fix(c, role_key, text_key) if c else c for c in batch.column(col).to_pylist()]
+
+
+def _with_images(batch, images):
+    kind = pa.list_(pa.string())
+    return pa.RecordBatch.from_arrays([batch.column(0), pa.array(images[:batch.num_rows], kind)],
+                                      [batch.schema.names[0], "images"])
+
+
+_VALID_TURN = st.fixed_dictionaries({"from": _ROLE, "value": _TEXT})
+_VALID = st.lists(st.one_of(st.none(), st.lists(_VALID_TURN, max_size=6)), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_VALID, _REPEATING), st.integers(0, 2), st.booleans(), st.booleans(),
+       st.lists(st.one_of(st.none(), st.lists(st.just("i.png"), max_size=3)), min_size=12, max_size=12))
+def test_fix_image_tokens_rewrites_as_it_did_row_by_row(convs, start, add, strip, images):
+    op = create("fix_image_tokens", add_missing=add, strip_extra=strip)
+    batch = _with_images(_batch(convs, "MM", start), images)
+    assert op.map_batch(batch).column("conversations").to_pylist() == _old_fix_image_tokens(op, batch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_VALID, _REPEATING), _SCHEMAS, st.integers(0, 2))
+def test_fix_roles_rewrites_as_it_did_row_by_row(convs, schema, start):
+    op = create("fix_roles")
+    batch = _batch(convs, schema, start)
+    assert op.map_batch(batch).column(0).to_pylist() == _old_fix_roles(op, batch)
+
+
+def test_repairs_still_fail_on_a_null_turn():
+    import pytest
+
+    batch = _with_images(_batch([[{"from": "human", "value": "<image>"}, None]]), [["i.png"]])
+    for name in ("fix_image_tokens", "fix_roles"):
+        with pytest.raises(AttributeError):
+            create(name).map_batch(batch)

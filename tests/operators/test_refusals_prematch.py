@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 _WORDS = ["As an AI model", "as a language model", "I'm sorry, but I can't", "I cannot help", "hello", "cat",
-          "I am not able to see", "i do not have access to", "", "AS AN AI LANGUAGE MODEL", "dog food", "\n"]
+          "I am not able to see", "i do not have access to", "", "AS AN AI LANGUAGE MODEL", "dog food", "\n",
+          "aſ an ai model", "\u212aind", "İ am not able to help", "caté"]
 _TURN = st.fixed_dictionaries({"from": st.sampled_from(["human", "gpt", "system", None]),
                                "value": st.one_of(st.none(), st.lists(st.sampled_from(_WORDS), max_size=4)
                                                   .map(" ".join))})
@@ -30,7 +31,7 @@ def _each_pattern_over_every_turn(op, batch):
 
 @settings(max_examples=200, deadline=None)
 @given(_CONVS, st.sampled_from(["assistant", "user", "all"]),
-       st.sampled_from([None, ["cat"], ["dog|cat", "(?i)hello"], []]))
+       st.sampled_from([None, ["cat"], ["dog|cat", "(?i)hello"], [], [r"\bcat\b"], ["kind", "a{2}"]]))
 def test_refusal_reasons_equal_matching_each_pattern_over_every_turn(convs, role, extra):
     op = create("filter_refusals", role=role, extra_patterns=extra)
     turn = pa.struct([("from", pa.string()), ("value", pa.string())])
@@ -46,3 +47,14 @@ def test_no_patterns_keeps_every_row():
     conv = pa.array([[{"from": "gpt", "value": "As an AI model"}]])
     keep, _ = op.keep(pa.RecordBatch.from_arrays([conv], ["conversations"]))
     assert list(keep) == [True]
+
+
+def test_a_pattern_re2_refuses_raises_as_it_did_when_polars_refuses_it_too():
+    import pytest
+
+    op = create("filter_refusals", extra_patterns=["(?<=a)b"])
+    turn = pa.struct([("from", pa.string()), ("value", pa.string())])
+    batch = pa.RecordBatch.from_arrays([pa.array([[{"from": "gpt", "value": "ab"}]], pa.list_(turn))],
+                                       ["conversations"])
+    with pytest.raises(pa.ArrowInvalid, match="invalid perl operator"):
+        op.keep(batch)
