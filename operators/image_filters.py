@@ -43,6 +43,30 @@ def row_images(batch: pa.RecordBatch) -> list[list]:
     return [[] for _ in range(batch.num_rows)]
 
 
+def _embedded_image_lists(batch: pa.RecordBatch) -> pa.Array | None:
+    """The batch's images as a list column of ``{path, bytes}`` when every (non-null) image has its bytes, else
+    None."""
+    names = batch.schema.names
+    if "image" in names:
+        lists = as_image_lists(batch.column("image"))
+    elif "images" in names:
+        lists = batch.column("images")
+    else:
+        return None
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    t = lists.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type) or \
+            t.value_type.get_field_index("bytes") < 0:
+        return None
+    values = lists.flatten()
+    if values.field("bytes").null_count:
+        missing = values.field("bytes").is_null().to_numpy(zero_copy_only=False)
+        if (missing & values.is_valid().to_numpy(zero_copy_only=False)).any():  # an image read from its path
+            return None
+    return lists
+
+
 class ImageFilter(Filter):
     """Base of the image filters: ``judge(value)`` returns None to keep an image, or the reason to drop it."""
 
@@ -181,6 +205,28 @@ class FilterFileSize(ImageFilter):
             except OSError as e:
                 raise InputError(f"image {path!r} not found (looked at {full!r}): {e}") from e
         return len(self.read(value))
+
+    def keep(self, batch: pa.RecordBatch):
+        """Vectorized when every image of the batch is embedded (its size is the length of its bytes); through
+        :meth:`judge` per image otherwise."""
+        lists = _embedded_image_lists(batch)
+        if lists is None:
+            return super().keep(batch)
+        import pyarrow.compute as pc
+
+        values = lists.flatten()
+        valid = values.is_valid().to_numpy(zero_copy_only=False)
+        size = pc.fill_null(pc.binary_length(values.field("bytes")), 0).to_numpy(zero_copy_only=False)
+        lo, hi = self.p["min_bytes"], self.p["max_bytes"]
+        code = np.where(size < lo, 1, np.where(size > hi, 2, 0) if hi is not None else 0) * valid
+        off = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).cumsum()
+        bad = np.flatnonzero(code)
+        rows = np.searchsorted(off, bad, side="right")  # the row of each failing image
+        first_row, first = np.unique(rows, return_index=True)  # a row's reason: its first failing image
+        why = np.array([None, f"image file smaller than {lo} bytes", f"image file larger than {hi} bytes"], object)
+        reasons = np.full(batch.num_rows, None, dtype=object)
+        reasons[first_row] = why[code[bad[first]]]
+        return reasons == None, reasons  # noqa: E711
 
     def judge(self, value) -> str | None:
         size = self._size(value)

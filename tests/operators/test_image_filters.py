@@ -118,3 +118,30 @@ def test_image_filters_need_an_image_column():
     ds = dc.MMDataset(pa.table({"id": ["1"], "caption_text": ["a cat"]}))
     with pytest.raises(OperatorError, match=r"filter_blur: needs column\(s\) 'image' or 'images'"):
         ds.apply(create("filter_blur"))
+
+
+def test_file_size_of_embedded_images_is_decided_vectorized_as_image_by_image():
+    """Every image embedded: sizes are the bytes' lengths (vectorized); the reasons equal judging each image."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from datacopilot.operators.image_filters import ImageFilter
+    from datacopilot.schemas.image import IMAGE_ARROW_TYPE
+
+    image = st.one_of(st.none(), st.binary(max_size=12).map(lambda b: {"path": None, "bytes": b}))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.none(), st.lists(image, max_size=3)), min_size=1, max_size=10),
+           st.integers(0, 6), st.one_of(st.none(), st.integers(6, 10)), st.booleans())
+    def check(images, lo, hi, single):
+        if single:  # MM: one image per row
+            col, name = pa.array([(r or [None])[0] for r in images], IMAGE_ARROW_TYPE), "image"
+        else:
+            col, name = pa.array(images, pa.list_(IMAGE_ARROW_TYPE)), "images"
+        batch = pa.RecordBatch.from_arrays([col], [name])
+        op = create("filter_file_size", min_bytes=lo, max_bytes=hi, num_threads=1)
+        keep, reasons = op.keep(batch)
+        old_keep, old_reasons = ImageFilter.keep(op, batch)
+        assert keep.tolist() == old_keep.tolist() and list(reasons) == list(old_reasons)
+
+    check()
