@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -14,10 +16,9 @@ from datacopilot.schemas.image import decode_image
 from datacopilot.schemas.arrow_build import concat_tables
 
 from . import transforms
-from .errors import DataCopilotError, OperatorError, SchemaError
+from .errors import DataCopilotError, SchemaError
 from .history import OpRecord, format_history
-from .parallel import check_workers, run_batches
-from .rowops import POLICIES, FilterTask, MapTask, fn_name
+from .parallel import PIECE_ROWS, run_batches, show_progress
 
 
 class MMDataset:
@@ -399,56 +400,49 @@ class MMDataset:
                        seconds=time.perf_counter() - t0)
         return self._new(transforms.filter_table(self._table, keep), rec)
 
-    # -- Python functions over rows or batches ---------------------------------------------------------
+    # -- Python functions over rows or batches, and operators: the lazy plan, collected --------------------
     def map(self, fn: Callable, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
             batch_size: int | None = None, on_error: str = "raise", schema: "Schema | str | None" = None,
             progress: bool | None = None, name: str | None = None) -> "MMDataset":
         """Apply ``fn`` to every row (a dict -> a dict, or None to drop the row) or, with ``batched=True``, to
-        every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame).
+        every ``pyarrow.RecordBatch`` (-> a table, batch, dict of columns or polars DataFrame; None drops it).
 
         Runs over ``num_workers`` threads or processes (``mode``), keeping order; lambdas and closures work in
-        process mode. ``batch_size`` rows go to a worker at a time (default 1024; in process mode 4096 rows
-        travel per trip through shared memory and the function still sees 1024-row batches). ``on_error``: ``"raise"`` (an OperatorError naming the row), ``"skip"`` (count it as
-        failed) or ``"quarantine"`` (also keep the failed row with its error in ``result.quarantine``). The
-        output keeps this schema when it fits, else ``schema`` or one detected from the columns. ``name`` labels
-        the step in :meth:`history` (the function's name by default).
+        process mode. ``batch_size`` rows go to the function at a time (default 1024). ``on_error``: ``"raise"``
+        (an OperatorError naming the row), ``"skip"`` (count it as failed) or ``"quarantine"`` (also keep the
+        failed row with its error in ``result.quarantine``); only the rows that fail are failed, also when a
+        batched function raises (it is tried again row by row). The output keeps this schema when it fits, else
+        ``schema`` or one detected from the columns. ``name`` labels the step in :meth:`history` (``"map <the
+        function's name>"`` by default). It is ``ds.lazy().apply(FunctionMap(fn)).collect()``
+        (:class:`~datacopilot.engine.functions.FunctionMap`).
 
         >>> ds.map(lambda r: {**r, "id": r["id"].upper()}, num_workers=2, mode="process")  # doctest: +SKIP
         """
-        self._check_policy(on_error)
-        check_workers(num_workers, mode)
-        name = name or f"map {fn_name(fn)}"
-        task = MapTask(fn, batched, on_error, self._schema.column_array)
-        t0 = time.perf_counter()
-        results = self._run(task, name, num_workers, mode, batch_size, on_error, progress)
-        tables = [r.table for r in results if r.table is not None and r.table.num_rows]
-        dropped = sum((r.dropped for r in results), Counter())
-        failures = [f for r in results for f in r.failures]
-        if tables:
-            try:
-                out = concat_tables(tables, self._schema)
-            except SchemaError as e:
-                raise SchemaError(f"{name}: batches returned columns of different types: {e}") from e
-        else:
-            out = self._table.schema.empty_table()
-        out_schema = self._output_schema(out, schema)
-        rec = OpRecord(name, len(self), out.num_rows, dict(dropped), len(failures), time.perf_counter() - t0)
-        return self._new(out, rec, schema=out_schema, quarantine=self._quarantined(failures, name, on_error))
+        from .engine.functions import FunctionMap
+
+        out = self._collect(FunctionMap(fn, batched, self._schema.column_array, name), num_workers, mode, on_error,
+                            batch_size, progress)
+        if schema is None:
+            return out
+        return MMDataset(out._table, get_schema(schema), root=out.root, history=out._history,
+                         quarantine=out.quarantine)
 
     def filter(self, predicate: Any, *, batched: bool = False, num_workers: int = 1, mode: str = "thread",
                batch_size: int | None = None, on_error: str = "raise", progress: bool | None = None,
                name: str | None = None) -> "MMDataset":
         """Keep the rows for which ``predicate`` holds.
 
-        ``predicate`` is a polars expression (vectorized, the fast path), or a function of a row returning a
-        bool or ``(bool, reason)``, or with ``batched=True`` a function of a RecordBatch returning a mask.
-        Dropped rows are counted by reason in :meth:`history`, under ``name`` unless the function gives one.
+        ``predicate`` is a polars expression (vectorized over the whole dataset at once, the fast path), or a
+        function of a row returning a bool or ``(bool, reason)``, or with ``batched=True`` a function of a
+        RecordBatch returning a mask. Dropped rows are counted by reason in :meth:`history`, under ``name``
+        (``"filter <the function's name>"`` by default) unless the function gives one. A function runs as
+        :meth:`map` does (``ds.lazy().apply(FunctionFilter(fn)).collect()``).
 
         >>> import polars as pl
         >>> ds.filter(pl.col("conversations").list.len() >= 2)  # doctest: +SKIP
         """
-        t0 = time.perf_counter()
-        if transforms.is_polars_expr(predicate):
+        if transforms.is_polars_expr(predicate):  # an expression may look at every row (pl.col("x").mean())
+            t0 = time.perf_counter()
             keep = transforms.expr_mask(self._table, predicate)
             name = name or f"filter {predicate}"[:120]
             n_drop = int(len(self) - keep.sum())
@@ -457,29 +451,46 @@ class MMDataset:
             return self._new(transforms.filter_table(self._table, keep), rec)
         if not callable(predicate):
             raise DataCopilotError(f"`predicate` must be a polars expression or a function, got {predicate!r}")
-        self._check_policy(on_error)
-        check_workers(num_workers, mode)
-        name = name or f"filter {fn_name(predicate)}"
-        results = self._run(FilterTask(predicate, batched, on_error), name, num_workers, mode, batch_size,
-                            on_error, progress)
-        keep = np.concatenate([r.mask for r in results]) if results else np.zeros(0, dtype=bool)
-        dropped = sum((r.dropped for r in results), Counter())
-        failures = [f for r in results for f in r.failures]
-        rec = OpRecord(name, len(self), int(keep.sum()), dict(dropped), len(failures), time.perf_counter() - t0)
-        return self._new(transforms.filter_table(self._table, keep), rec,
-                         quarantine=self._quarantined(failures, name, on_error))
+        from .engine.functions import FunctionFilter
+
+        return self._collect(FunctionFilter(predicate, batched, name), num_workers, mode, on_error, batch_size,
+                             progress)
 
     def apply(self, ops, num_workers: int = 1, mode: str = "thread", on_error: str = "raise",
               batch_size: int | None = None, progress: bool | None = None) -> "MMDataset":
         """Run one operator or a list of them (``datacopilot.operators``) in order; one history record each.
+        It is ``ds.lazy(on_error, batch_size).apply(ops).collect(num_workers=, mode=, progress=)``.
 
         >>> from datacopilot.operators import create
         >>> ds.apply([create("clean_unicode"), create("filter_turns", min_turns=2)])  # doctest: +SKIP
         """
-        from datacopilot.operators.run import apply
+        from .pipeline import as_ops
 
-        return apply(self, ops, num_workers=num_workers, mode=mode, on_error=on_error, batch_size=batch_size,
-                     progress=progress)
+        return self._collect(as_ops(ops, "apply"), num_workers, mode, on_error, batch_size, progress)
+
+    def evaluate(self, op, num_workers: int = 1, mode: str = "thread", batch_size: int | None = None) -> dict:
+        """An :class:`~datacopilot.engine.Evaluator`'s statistics over every row (rows are not changed): the
+        barrier protocol's observe over each batch, then its decision, the merged statistics. A row the
+        evaluator fails on raises an OperatorError naming it.
+
+        >>> from datacopilot.operators import create
+        >>> ds.evaluate(create("dataset_stats"))["rows"]  # doctest: +SKIP
+        """
+        from .engine import Accounting
+        from .engine.barriers import evaluated
+
+        if getattr(op, "kind", None) != "evaluator":
+            raise DataCopilotError(f"evaluate takes an Evaluator, got {op!r}")
+        op.check(self.columns, self._schema.name)
+        if op.uses_root and op.p.get("root") is None and self.root:
+            op = op.replace(root=self.root)
+        acc, pieces = Accounting([op], "raise"), []
+        for part, payload in run_batches(self._table, _Observe(op), num_workers=num_workers, mode=mode,
+                                         batch_size=batch_size, desc=op.label, stop=lambda r: r[0].failed):
+            acc.merge(part)
+            pieces += payload
+        acc.check()
+        return evaluated(op, pieces)
 
     def lazy(self, on_error: str = "raise", batch_size: int = 1024):
         """A lazy :class:`~datacopilot.pipeline.Pipeline` over this dataset: ``ds.lazy().apply(ops).collect()``."""
@@ -487,20 +498,16 @@ class MMDataset:
 
         return pipeline(self, on_error=on_error, batch_size=batch_size)
 
-    def _run(self, task, name, num_workers, mode, batch_size, on_error, progress) -> list:
-        results = run_batches(self._table, task, num_workers=num_workers, mode=mode, batch_size=batch_size,
-                              desc=name, progress=progress,
-                              stop=(lambda r: bool(r.failures)) if on_error == "raise" else None)
-        if on_error == "raise":
-            for r in results:
-                if r.failures:
-                    row, msg, tb = r.failures[0]
-                    raise OperatorError(name, row, msg, tb, row_id=self._row_id(row))
-        return results
-
-    def _row_id(self, row: int):
-        """The ``id`` of row ``row``, or None when the dataset has no ids."""
-        return self._table.column("id")[row].as_py() if "id" in self.columns else None
+    def _collect(self, ops, num_workers: int, mode: str, on_error: str, batch_size: int | None,
+                 progress: bool | None) -> "MMDataset":
+        """``ops`` as the lazy plan over this dataset, collected on the local executor. A progress bar shows by
+        default from 50,000 rows, or when a model operator runs on a terminal."""
+        if progress is None:
+            ops_ = ops if isinstance(ops, list) else [ops]
+            slow = any(getattr(op, "spec", None) is not None for op in ops_)  # a model operator: slow per row
+            progress = sys.stderr.isatty() if slow else show_progress(None, len(self))
+        plan = self.lazy(on_error=on_error, batch_size=PIECE_ROWS if batch_size is None else batch_size)
+        return plan.apply(ops).collect(num_workers=num_workers, mode=mode, progress=progress)
 
     def embed_images(self, num_workers: int = 8, on_error: str = "raise") -> "MMDataset":
         """Read every image referred to by path into the rows, so written shards carry their own images.
@@ -511,28 +518,6 @@ class MMDataset:
         from .media import embed_images
 
         return embed_images(self, num_workers=num_workers, on_error=on_error)
-
-    @staticmethod
-    def _check_policy(on_error: str) -> None:
-        if on_error not in POLICIES:
-            raise DataCopilotError(f"`on_error` must be one of {POLICIES}, got {on_error!r}")
-
-    def _output_schema(self, out: pa.Table, schema) -> Schema:
-        if schema is not None:
-            return get_schema(schema)
-        try:
-            self._schema.conform(out)
-            return self._schema
-        except SchemaError:
-            return resolve_schema(out, None)
-
-    def _quarantined(self, failures: list, op: str, policy: str) -> "MMDataset | None":
-        if policy != "quarantine" or not failures:
-            return None
-        rows = self._table.take([f[0] for f in failures])
-        rows = rows.append_column("_op", pa.array([op] * len(failures), pa.string()))
-        rows = rows.append_column("_error", pa.array([f[1] for f in failures], pa.string()))
-        return MMDataset(rows, Schema.infer(rows.schema, "QUARANTINE"), root=self.root)
 
     # -- batches and output ---------------------------------------------------------------------------
     def iter_batches(self, size: int = 1024) -> Iterator[pa.RecordBatch]:
@@ -569,6 +554,21 @@ class MMDataset:
 
         return write_shards(self, directory, format=format, max_rows_per_shard=max_rows_per_shard,
                             max_bytes_per_shard=max_bytes_per_shard, image_paths=image_paths, **options)
+
+
+@dataclass
+class _Observe:
+    """An evaluator observes one slice (in a worker): its accounting and its statistics."""
+
+    op: Any
+
+    def __call__(self, table: pa.Table, offset: int) -> tuple:
+        from .engine import Accounting
+        from .engine.barriers import observe
+
+        acc = Accounting([self.op], "raise")
+        out = observe(self.op, 0, table, "raise", acc)
+        return acc, out.payload
 
 
 def merge_quarantines(parts: list) -> "MMDataset | None":

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from datacopilot.errors import DataCopilotError, SchemaError
-from datacopilot.rowops import POLICIES
+from datacopilot.engine import POLICIES, Operator
 
 from .pipeline_io import Source
 
@@ -41,7 +41,7 @@ class Pipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataCopilotError(f"`batch_size` must be a positive integer, got {batch_size!r}")
         self.source, self.on_error, self.batch_size = source, on_error, batch_size
-        self.ops = tuple(_as_ops(ops))
+        self.ops = tuple(as_ops(ops, "a pipeline"))
         self.output, self.executor = dict(output or {}), dict(executor or {})
 
     def _replace(self, **changes) -> Pipeline:
@@ -54,7 +54,7 @@ class Pipeline:
 
         >>> p2 = p.apply([create("filter_turns", min_turns=2)])  # doctest: +SKIP
         """
-        return self._replace(ops=self.ops + tuple(_as_ops(ops)))
+        return self._replace(ops=self.ops + tuple(as_ops(ops, "a pipeline")))
 
     def __repr__(self) -> str:
         src = "<MMDataset>" if self.source.dataset is not None else f"{len(self.source.paths)} file(s)"
@@ -62,15 +62,17 @@ class Pipeline:
 
     # -- planning (used by executors) -----------------------------------------------------------------------
     def prepared_ops(self) -> list:
-        """The operators checked against the columns they read (each against what the earlier ones leave) and
-        given the source's image root when they read image files."""
+        """The operators checked against the columns they read (each against what the earlier ones leave) and the
+        source's schema (a conversation operator refuses PAIRS by name), and given the source's image root when
+        they read image files."""
         columns = self.source.columns()
         if columns is None:
             columns = self._peek_columns()
+        schema = self.source.schema.name if self.source.schema is not None else None
         out = []
         for op in self.ops:
             if columns is not None:
-                op.check(columns)
+                op.check(columns, schema)
                 columns = columns + [c for c in op.writes if c not in columns]
             if op.uses_root and op.p.get("root") is None and self.source.root:
                 op = op.replace(root=self.source.root)
@@ -199,10 +201,16 @@ class Pipeline:
         return text
 
 
-def _as_ops(ops) -> list:
-    from datacopilot.operators.run import as_ops
-
-    return as_ops(ops, "a pipeline")
+def as_ops(ops, what: str) -> list:
+    """``ops`` (one operator or several) as a list, refusing what is not an operator and evaluators (which
+    change no rows: they run with ``MMDataset.evaluate``); ``what`` names the caller in the error."""
+    ops = [ops] if isinstance(ops, Operator) else list(ops)
+    for op in ops:
+        if not isinstance(op, Operator):
+            raise DataCopilotError(f"{what} takes operators (see datacopilot.operators.create), got {op!r}")
+        if op.kind == "evaluator":
+            raise DataCopilotError(f"{op.label} is an evaluator: it changes no rows; use ds.evaluate(op)")
+    return ops
 
 
 def pipeline(source, ops=None, schema=None, on_error: str = "raise", format: str | None = None,

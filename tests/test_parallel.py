@@ -156,17 +156,29 @@ def test_batched_map_and_filter(ds, mode):
     assert rec.rows_out == N // 2 and rec.n_dropped == N // 2
 
 
-def test_batched_failure_fails_the_whole_batch(ds):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batched_function_that_raises_fails_only_the_rows_it_fails_on(ds, mode):
+    """The batch is tried again row by row, as an operator's is: the other rows of the batch go on."""
     def bad(batch):
         if "r0100" in batch.column("id").to_pylist():
             raise RuntimeError("batch broke")
         return batch
 
-    out = ds.map(bad, batched=True, batch_size=50, on_error="quarantine")
-    assert len(out) == N - 50 and len(out.quarantine) == 50
-    assert out.quarantine[0]["id"] == "r0100"
+    out = ds.map(bad, batched=True, batch_size=50, on_error="quarantine", num_workers=2, mode=mode)
+    assert len(out) == N - 1 and ids(out) == [f"r{i:04d}" for i in range(N) if i != 100]
+    assert [r["id"] for r in out.quarantine] == ["r0100"] and "batch broke" in out.quarantine[0]["_error"]
     rec = out.history()[-1]
-    assert rec.failed == 50 and rec.rows_in == rec.rows_out + rec.failed
+    assert rec.failed == 1 and rec.rows_in == rec.rows_out + rec.failed
     with pytest.raises(OperatorError) as ei:
         ds.map(bad, batched=True, batch_size=50)
-    assert ei.value.row == 100 and "batch broke" in str(ei.value)
+    assert ei.value.row == 100 and ei.value.row_id == "r0100" and "batch broke" in str(ei.value)
+
+    def picky(batch):
+        if "r0007" in batch.column("id").to_pylist():
+            raise ValueError("cannot judge r0007")
+        return pc.not_equal(batch.column("id"), "r0008")
+
+    kept = ds.filter(picky, batched=True, batch_size=64, on_error="skip", num_workers=2, mode=mode)
+    assert ids(kept) == [f"r{i:04d}" for i in range(N) if i not in (7, 8)]
+    frec = kept.history()[-1]
+    assert (frec.failed, frec.dropped) == (1, {"filter picky": 1})
