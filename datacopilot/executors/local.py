@@ -10,6 +10,11 @@ few batches, never the dataset. It only schedules; what runs is the engine's (:m
   one (images) and a grouper after spilling their rows to a temporary Arrow file (:mod:`.spill`), which is then
   read back without the duplicates, or in the grouper's order a bucket at a time, groups merged a window at a
   time. Memory holds the keys or signatures and a bucket, not the rows.
+* With more than one worker, a worker call takes a trip of about :data:`TRIP_ROWS` rows and runs the segment over
+  each ``batch_size`` rows of it (fewer, larger hand-overs; the operators see the same batches); the input is read
+  and parsed on a thread of its own, :data:`AHEAD` trips ahead, and a write's shards are written while the next
+  rows run (the stream runs on a thread of its own, its End markers carrying the accounting taken at the end of
+  their units).
 
 >>> from datacopilot.executors import get_executor
 >>> get_executor("local", num_workers=2, mode="thread")
@@ -18,7 +23,9 @@ LocalExecutor(num_workers=2, mode='thread')
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,11 +43,19 @@ from datacopilot.schemas.arrow_build import concat_tables
 from .base import ExecResult, Executor
 
 
+TRIP_ROWS = 8192  # rows per worker call with num_workers > 1 (a multiple of the plan's batch size)
+AHEAD = 6  # trips read and parsed ahead of the workers; also the stream's results held ahead of the sink
+
+
 @dataclass
 class End:
-    """Marks the end of input units (their indices) in a stream of tables."""
+    """Marks the end of input units (their indices) in a stream of tables: ``bad``, the invalid input rows read
+    by then (-1: not known); ``taken``, the run's quarantine, records and seen keys taken there (a stream run on a
+    thread of its own, :func:`_taken`)."""
 
     units: tuple
+    bad: int = -1
+    taken: tuple | None = None
 
 
 @dataclass
@@ -52,28 +67,44 @@ class Segment:
     ops: list
     barrier: object | None
     policy: str
+    piece: int | None = None  # rows per run of the chain (a trip of more rows runs it piece by piece)
 
     def __call__(self, table: pa.Table, offset: int = 0):
+        acc = Accounting(self.ops + ([self.barrier] if self.barrier is not None else []), self.policy)
+        if self.piece is None or table.num_rows <= self.piece:
+            table, payload = self._run(table, acc)
+            return table, payload, acc
+        tables, payload = [], []
+        for start in range(0, table.num_rows, self.piece):
+            out, got = self._run(table.slice(start, self.piece), acc)
+            if out.num_rows or not tables:
+                tables.append(out)
+            payload.extend(got)
+            if acc.failed:
+                break
+        return (concat_tables(tables) if len(tables) > 1 else tables[0]), payload, acc
+
+    def _run(self, table: pa.Table, acc: Accounting) -> tuple[pa.Table, list]:
         from datacopilot.engine.barriers import observe
 
-        acc = Accounting(self.ops + ([self.barrier] if self.barrier is not None else []), self.policy)
         table = run_chain(self.ops, table, self.policy, acc)
         payload: list = []
         if self.barrier is not None and table.num_rows and not acc.failed:
             out = observe(self.barrier, len(self.ops), table, self.policy, acc)
             table, payload = out.table, out.payload
-        return table, payload, acc
+        return table, payload
 
 
-def segments(ops: list, policy: str) -> list[tuple[int, Segment]]:
-    """The plan's operators as segments: ``(index of the segment's first operator, segment)``."""
+def segments(ops: list, policy: str, piece: int | None = None) -> list[tuple[int, Segment]]:
+    """The plan's operators as segments: ``(index of the segment's first operator, segment)``; ``piece``: the rows
+    each runs its chain over at a time (None: the whole table it is given)."""
     out, first = [], 0
     for k, op in enumerate(ops):
         if is_barrier(op):
-            out.append((first, Segment(list(ops[first:k]), op, policy)))
+            out.append((first, Segment(list(ops[first:k]), op, policy, piece)))
             first = k + 1
     if first < len(ops):
-        out.append((first, Segment(list(ops[first:]), None, policy)))
+        out.append((first, Segment(list(ops[first:]), None, policy, piece)))
     return out
 
 
@@ -91,18 +122,22 @@ class Run:
     def records(self) -> list:
         return self.acc.records()
 
-    def save_state(self, out_dir: str, seg: int) -> dict:
-        """Write the dedup seen-sets into ``out_dir`` (a write's staging area; new files per segment); their
-        names."""
+    def seen_arrays(self) -> dict[int, np.ndarray]:
+        """A copy of the dedup seen-sets (taken by a stream running ahead of the sink)."""
+        return {k: v.array().copy() for k, v in self.seen.items()}
+
+    def save_state(self, out_dir: str, seg: int, seen: dict[int, np.ndarray] | None = None) -> dict:
+        """Write the dedup seen-sets (or the copy ``seen`` of them) into ``out_dir`` (a write's staging area; new
+        files per segment); their names."""
         from datacopilot.io.fs import atomic_open, get_fs, join
 
         names = {}
-        for k, v in self.seen.items():
+        for k, v in (seen if seen is not None else self.seen_arrays()).items():
             name = f"_state/seen-{k}-{seg:05d}.npy"
             fs, d = get_fs(join(out_dir, "_state"))
             fs.makedirs(d, exist_ok=True)
             with atomic_open(join(out_dir, name), "wb") as f:
-                np.save(f, v.array())
+                np.save(f, v)
             names[str(k)] = name
         return {"seen": names}
 
@@ -137,21 +172,23 @@ class LocalExecutor(Executor):
         invalid = "raise" if plan.on_error == "raise" else "quarantine"
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         bar = tqdm(desc="pipeline", unit="rows", disable=not show, leave=False)
+        trip = self._trip(plan.batch_size)
 
         def source():
             try:
                 for u, unit in enumerate(src.units()):
                     if unit in skip:
                         continue
-                    for table in src.batches(unit, plan.batch_size, invalid):
+                    for table in src.batches(unit, trip, invalid):
                         yield table
                         bar.update(table.num_rows)
-                    yield End((u,))
+                    yield End((u,), len(src.bad))
             finally:
                 bar.close()
 
-        stream: Iterator = source()
-        for first, seg in segments(run.ops, plan.on_error):
+        stream: Iterator = source() if trip == plan.batch_size else ahead(source(), AHEAD)
+        piece = plan.batch_size if trip > plan.batch_size else None
+        for first, seg in segments(run.ops, plan.on_error, piece):
             stream = self._segment(stream, run, first, seg)
             if seg.barrier is None:
                 continue
@@ -163,6 +200,10 @@ class LocalExecutor(Executor):
             else:
                 stream = _group(stream, run, k, plan.batch_size, show)
         return stream
+
+    def _trip(self, batch_size: int) -> int:
+        """Rows per worker call: a multiple of ``batch_size`` near TRIP_ROWS with several workers, else one batch."""
+        return batch_size * max(1, TRIP_ROWS // batch_size) if self.num_workers > 1 else batch_size
 
     def _segment(self, stream: Iterator, run: Run, first: int, seg: Segment) -> Iterator:
         """The segment over every table of ``stream`` on the workers, in order: its rows, or ``(rows, payload)``
@@ -200,12 +241,17 @@ class LocalExecutor(Executor):
         sink.begin()
         root = plan.source.root
         taken = 0  # invalid input rows already written to the quarantine
-        for item in self.stream(plan, run, sink.done):
+        stream = self.stream(plan, run, sink.done)
+        if self.num_workers > 1:  # shards written here while the stream runs on
+            stream = ahead(_taken(stream, run), AHEAD)
+        for item in stream:
             if isinstance(item, End):
                 old, stage = dict(sink.state.get("seen", {})), sink.stage
-                bad, taken = plan.source.bad[taken:], len(plan.source.bad)
-                sink.end_units(item.units, plan.source.schema, root, with_invalid(run.take_quarantine(), bad),
-                               run.records(), run.save_state(stage, sink.segment), taken)
+                upto = item.bad if item.bad >= 0 else len(plan.source.bad)
+                bad, taken = plan.source.bad[taken:upto], upto
+                quarantine, records, seen = item.taken or (run.take_quarantine(), run.records(), None)
+                sink.end_units(item.units, plan.source.schema, root, with_invalid(quarantine, bad),
+                               records, run.save_state(stage, sink.segment, seen), taken)
                 _remove(stage, old.values())
             else:
                 sink.add(item, plan.output_schema(item), root)
@@ -249,7 +295,61 @@ def _collect(stream: Iterator, spill) -> tuple[list, list[End]]:
 
 def _ended(ends: list[End]) -> Iterator:
     if ends:
-        yield End(tuple(u for e in ends for u in e.units))
+        yield End(tuple(u for e in ends for u in e.units), max(e.bad for e in ends))
+
+
+def _taken(stream: Iterator, run: Run) -> Iterator:
+    """``stream`` with the run's quarantine, records and seen keys taken at each End marker (for a consumer on
+    another thread, that reads them while the stream runs on)."""
+    for item in stream:
+        if isinstance(item, End):
+            item = End(item.units, item.bad, (run.take_quarantine(), run.records(), run.seen_arrays()))
+        yield item
+
+
+def ahead(items: Iterator, depth: int) -> Iterator:
+    """The items of ``items``, produced on a thread of their own at most ``depth`` ahead of the consumer; its
+    error raised here, in its place. Closed early, the producer stops at its next item and closes ``items``
+    on its own thread (so a pool it holds waits for what it has pending)."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        end = (False, None)
+        try:
+            for item in items:
+                if not put((True, item)):
+                    break
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            end = (False, e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        put(end)
+
+    worker = threading.Thread(target=produce, name="datacopilot-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, x = q.get()
+            if not more:
+                if x is not None:
+                    raise x
+                return
+            yield x
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _near(stream: Iterator, run: Run, k: int) -> Iterator:
