@@ -5,6 +5,7 @@ a file (the file or the stream format) record batch by record batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -58,20 +59,21 @@ def iter_ipc(path: str, schema: Schema | None, batch_size: int, invalid: str = "
             arrow_schema, batches = reader.schema, iter(reader)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{unreadable}: {e}") from e
-    row0 = 0
-    while True:
-        try:
-            b = next(batches, None)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"{unreadable}: {e}") from e
-        if b is None:
-            return
-        for start in range(0, b.num_rows, batch_size):  # a writer's record batches may be large: cut them
-            part = pa.Table.from_batches([b.slice(start, batch_size)]).replace_schema_metadata(arrow_schema.metadata)
-            part = decode_json_features(part, path, row0)
-            loaded = finish(part, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
-            schema, row0 = schema or loaded.schema, row0 + part.num_rows
-            yield loaded
+    with nullcontext() if local else source:  # a URL's file is closed; a memory map stays for the batches
+        row0 = 0
+        while True:
+            try:
+                b = next(batches, None)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise InputError(f"{unreadable}: {e}") from e
+            if b is None:
+                return
+            for start in range(0, b.num_rows, batch_size):  # a writer's record batches may be large: cut them
+                part = pa.Table.from_batches([b.slice(start, batch_size)])
+                part = decode_json_features(part.replace_schema_metadata(arrow_schema.metadata), path, row0)
+                loaded = finish(part, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
+                schema, row0 = schema or loaded.schema, row0 + part.num_rows
+                yield loaded
 
 
 def write_ipc(ds, path: str, compression: str | None = None) -> None:

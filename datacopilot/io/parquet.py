@@ -4,6 +4,7 @@ validates a file."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Iterator
 
 import pyarrow as pa
@@ -51,29 +52,31 @@ def iter_parquet(path: str, schema: Schema | None, batch_size: int, invalid: str
     >>> [ld.table.num_rows for ld in iter_parquet("train.parquet", None, 1000)]  # doctest: +SKIP
     [1000, 1000, 412]
     """
-    local = local_path(path)
+    local, handle = local_path(path), None
     try:
         if local is not None:
             pf = pq.ParquetFile(local, memory_map=True)
         else:
             fs, p = get_fs(path)
-            pf = pq.ParquetFile(fs.open(p, "rb"))
+            handle = fs.open(p, "rb")
+            pf = pq.ParquetFile(handle)
         arrow_schema = pf.schema_arrow
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable parquet file: {e}") from e
-    batches, row0 = pf.iter_batches(batch_size=batch_size), 0
-    while True:
-        try:
-            b = next(batches, None)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: not a readable parquet file: {e}") from e
-        if b is None:
-            return
-        table = pa.Table.from_batches([b]).replace_schema_metadata(arrow_schema.metadata)
-        table = decode_json_features(table, path, row0)
-        loaded = finish(table, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
-        schema, row0 = schema or loaded.schema, row0 + b.num_rows
-        yield loaded
+    with pf, handle if handle is not None else nullcontext():
+        batches, row0 = pf.iter_batches(batch_size=batch_size), 0
+        while True:
+            try:
+                b = next(batches, None)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{path}: not a readable parquet file: {e}") from e
+            if b is None:
+                return
+            table = pa.Table.from_batches([b]).replace_schema_metadata(arrow_schema.metadata)
+            table = decode_json_features(table, path, row0)
+            loaded = finish(table, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
+            schema, row0 = schema or loaded.schema, row0 + b.num_rows
+            yield loaded
 
 
 COMPRESSION = "lz4"  # LZ4_RAW: files as small as snappy's that Arrow and polars read about twice as fast

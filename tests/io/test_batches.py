@@ -242,3 +242,18 @@ def test_ids_of_one_type_per_batch_concatenate_to_the_whole_reads_types(tmp_path
     streamed = concat_tables(tables, dc.schemas.MM)
     assert streamed.schema == whole.to_arrow().schema and streamed.to_pylist() == whole.to_arrow().to_pylist()
     assert len(bad) == len(BAD)
+
+
+def test_urls_stream_through_fsspec_as_local_files_do(written):
+    """A URL (fsspec's memory filesystem here) is read through a file object, in the ranges each reader asks
+    for (h5py's reads included), and gives the rows and invalid rows the local file gives."""
+    import fsspec
+
+    fmt, path = written
+    url = f"memory://batches/{FILES[fmt]}"
+    with open(path, "rb") as src, fsspec.open(url, "wb") as dst:
+        dst.write(src.read())
+    local, bad = _stream(path, "MM", 16)
+    remote, remote_bad = _stream(url, "MM", 16)
+    assert len(remote) > 1 and pa.concat_tables(remote).to_pylist() == pa.concat_tables(local).to_pylist()
+    assert [(w.replace(url, path), m.replace(url, path)) for w, m, _ in remote_bad] == [(w, m) for w, m, _ in bad]
