@@ -25,7 +25,7 @@ import pyarrow as pa
 from datacopilot.errors import DataCopilotError, SchemaError
 from datacopilot.engine import POLICIES, Operator
 
-from .pipeline_io import Source
+from .source import Source
 
 SPEC_KEYS = ("source", "schema", "on_error", "batch_size", "ops", "output", "executor")
 

@@ -6,7 +6,7 @@ What an executor may use of a plan (and nothing else):
 * ``plan.ops``: the operators, in order (``datacopilot.operators.Operator`` instances, picklable);
 * ``plan.on_error``: ``"raise"``, ``"skip"`` or ``"quarantine"``;
 * ``plan.batch_size``: rows per record batch;
-* ``plan.source``: a :class:`datacopilot.pipeline_io.Source` with ``units()`` (names of the input units: one per
+* ``plan.source``: a :class:`datacopilot.source.Source` with ``units()`` (names of the input units: one per
   file, or ``["<memory>"]`` for a dataset), ``batches(unit)`` (an iterator of ``pa.Table`` of at most
   ``plan.batch_size`` rows, validated against the schema), ``paths`` (the files, or None), ``format``,
   ``schema`` (a Schema or None) and ``root``.
@@ -58,7 +58,7 @@ class Executor:
               max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
         """Write the output of ``plan`` to shards under ``out_dir`` with ``manifest.json`` and ``report.json``;
         returns the report (a dict). ``image_paths`` as in ``MMDataset.write_shards``."""
-        from datacopilot.pipeline_io import write_result
+        from .output import write_result
 
         return write_result(plan, self, out_dir, format=format, resume=resume,
                             max_rows_per_shard=max_rows_per_shard, image_paths=image_paths)

@@ -228,12 +228,10 @@ class LocalExecutor(Executor):
 
     def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
               max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
-        from datacopilot.pipeline_io import ShardSink, make_report, plan_fingerprint, with_invalid
+        from .output import make_report, open_sink, with_invalid
 
         run = Run(plan, plan.prepared_ops())
-        units = plan.source.units()
-        sink = ShardSink(out_dir, format, max_rows_per_shard, units, resume,
-                         plan_fingerprint(plan, format, max_rows_per_shard, image_paths), image_paths)
+        sink = open_sink(plan, out_dir, format, max_rows_per_shard, resume, image_paths)
         if sink.finished:
             return make_report(out_dir, sink.manifest, show=self.progress is not False)
         if sink.done:  # resumed: the state of the finished segments lives in the staging area
