@@ -174,8 +174,22 @@ def test_evaluators_change_no_rows_and_run_with_evaluate():
 
     ds = _ds(5)
     assert evaluate(ds, CountTurns(), batch_size=2) == {"turns": 10}
+    assert ds.evaluate(CountTurns(), num_workers=2, mode="process", batch_size=2) == {"turns": 10}
     with pytest.raises(DataCopilotError, match="is an evaluator"):
         ds.apply(CountTurns())
+
+    class FailsOnC(CountTurns):
+        name = "test_fails_on_c"
+
+        def evaluate(self, batch):
+            if "c" in batch.column("id").to_pylist():
+                raise ValueError("cannot count c")
+            return super().evaluate(batch)
+
+    with pytest.raises(OperatorError, match=r"test_fails_on_c at row 2 \(id 'c'\): ValueError: cannot count c"):
+        ds.evaluate(FailsOnC(), batch_size=2)
+    with pytest.raises(DataCopilotError, match="evaluate takes an Evaluator"):
+        ds.evaluate(MinLen())
 
 
 def test_apply_rejects_what_is_not_an_operator_and_bad_policies():
