@@ -48,8 +48,6 @@ KNOWN = {
     ("datacopilot/pipeline.py", "datacopilot.dataset"),  # the plan collected builds an MMDataset
     ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray"),
     ("datacopilot/executors/ray.py", "datacopilot.dataset"),  # execute() builds an MMDataset of its input
-    ("datacopilot/io/sink.py", "datacopilot.dataset"),  # shard_rows: media.rebase_image_paths takes the table
-    ("datacopilot/io/sink.py", "datacopilot.io"),  # FORMATS, from the package that imports shards -> sink
     # being edited by others (the readers): load builds the MMDataset
     ("datacopilot/io/__init__.py", "datacopilot.dataset"),
     # Pipeline.from_spec -> pipeline_spec.from_spec -> Pipeline: inverted when pipeline.py is rewritten

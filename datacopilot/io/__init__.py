@@ -16,67 +16,9 @@ from datacopilot.loading import check_invalid_policy, quarantine_table, split_in
 from datacopilot.schemas import Schema, get_schema
 
 from ._fs import expand, parent
+from .formats import EXTENSIONS, FORMATS, Format, format_of, writer_for  # noqa: F401 (re-exported)
 from .detect_files import read_files
 from .shards import verify_shards, write_shards
-
-
-@dataclass(frozen=True)
-class Format:
-    """One file format: its extensions and the functions of its module (``datacopilot.io.<module>``) that read a
-    file whole (``reader``: ``(path, schema, invalid) -> Loaded``), read it in batches (``batches``: ``(path,
-    schema, batch_size, invalid) -> Iterator[Loaded]``, the same rows, validation, messages and invalid rows as
-    ``reader``, each Loaded a batch of rows in file order with the invalid rows met in it) and write it."""
-
-    name: str
-    extensions: tuple[str, ...]
-    module: str
-    reader: str
-    writer: str
-    batches: str
-    embeds_images: bool = False  # the writer stores image bytes, so paths need no rebasing
-    parses_text: bool = False  # the reader parses text: its scratch memory is handed back after a load
-
-    def _fn(self, attr: str):
-        return getattr(importlib.import_module(f"datacopilot.io.{self.module}"), attr)
-
-    def read(self, *args, **kw):
-        return self._fn(self.reader)(*args, **kw)
-
-    def write(self, *args, **kw):
-        return self._fn(self.writer)(*args, **kw)
-
-    def iter_batches(self, path: str, schema: Schema | None, batch_size: int, invalid: str = "raise"):
-        """The file's rows as :class:`~datacopilot.loading.Loaded` batches (see the class docstring); which
-        formats stream and which read a file whole first is said in each module's docstring."""
-        return self._fn(self.batches)(path, schema, batch_size, invalid)
-
-
-FORMATS = {f.name: f for f in (
-    Format("jsonl", (".jsonl", ".ndjson"), "jsonl", "read_jsonl", "write_jsonl", "iter_jsonl", parses_text=True),
-    Format("json", (".json",), "jsonl", "read_json", "write_json", "iter_json", parses_text=True),
-    Format("parquet", (".parquet",), "parquet", "read_parquet", "write_parquet", "iter_parquet"),
-    Format("arrow", (".arrow", ".feather", ".ipc"), "ipc", "read_ipc", "write_ipc", "iter_ipc"),
-    Format("h5", (".h5", ".hdf5"), "h5", "read_h5", "write_h5", "iter_h5", parses_text=True),
-    Format("webdataset", (".tar",), "wds", "read_wds", "write_wds", "iter_wds", embeds_images=True,
-           parses_text=True),
-)}
-EXTENSIONS = tuple(e for f in FORMATS.values() for e in f.extensions)
-
-
-def format_of(path: str, format: str | None = None) -> Format:
-    if format is not None:
-        if format not in FORMATS:
-            raise DataCopilotError(f"`format` must be one of {sorted(FORMATS)}, got {format!r}")
-        return FORMATS[format]
-    p = str(path).lower()
-    for f in FORMATS.values():
-        if p.endswith(f.extensions):
-            return f
-    raise InputError(f"{path}: unknown extension; known: {list(EXTENSIONS)} (or pass format=)")
-
-
-def writer_for(format: str):
-    return FORMATS[format].write
 
 
 def load(paths, schema: "Schema | str | None" = None, format: str | None = None, invalid: str = "raise",

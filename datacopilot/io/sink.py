@@ -38,7 +38,9 @@ from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.schemas import Schema
 
 from ._fs import MANIFEST, atomic_open, check_entries, file_sha256, get_fs, hashed_writes, is_complete, join, read_json
+from .formats import FORMATS, writer_for
 from .outputs import Staged
+from .rows import Rows
 
 REPORT = "report.json"
 log = logging.getLogger("datacopilot")
@@ -83,13 +85,10 @@ def shard_rows(format: str, table: pa.Table, schema, root, out_dir: str, image_p
     """``(ds, ImagePaths)``: the rows of a shard of ``out_dir`` as the writer of ``format`` gets them, their image
     paths kept or rewritten (``image_paths``) against ``out_dir``, where the shard is published (not the staging
     area), and what was done to them."""
-    from datacopilot.dataset import MMDataset
     from datacopilot.media import rebase_image_paths
 
-    from . import FORMATS
-
     table, root, info = rebase_image_paths(table, schema, root, out_dir, image_paths, FORMATS[format].embeds_images)
-    return MMDataset(table, schema, root=root), info
+    return Rows(table, schema, root), info
 
 
 def write_part(format: str, ds, path: str, first_row: int = 0, **options) -> None:
@@ -98,7 +97,6 @@ def write_part(format: str, ds, path: str, first_row: int = 0, **options) -> Non
 
     >>> write_part("webdataset", ds[100:200], "out/part-00001.tar", first_row=100)  # doctest: +SKIP
     """
-    from . import writer_for
 
     if format == "webdataset":
         options = {"key_offset": first_row, **options}
@@ -114,11 +112,10 @@ def write_shard(format: str, ds, path: str, name: str, first_row: int = 0, **opt
     then keeps a few bytes of the slice's buffer layout, so the same rows can give Arrow IPC files that differ
     in those bytes (and sha256) by how they were sliced. Parquet and the text formats give the same bytes for
     the same rows on every path."""
-    from datacopilot.dataset import MMDataset
 
     table = ds.to_arrow()
     if any(c.num_chunks > 1 for c in table.columns):
-        ds = MMDataset(table.combine_chunks(), ds.schema, root=ds.root)
+        ds = Rows(table.combine_chunks(), ds.schema, ds.root)
     with hashed_writes() as files:
         write_part(format, ds, path, first_row, **options)
     if len(files) == 1 and files[0].sequential:  # hashed on the way out: no second read of the file
@@ -164,8 +161,6 @@ class ShardSink:
                  units: list[str] | None = None, resume: bool = False, fingerprint: str | None = None,
                  image_paths: str = "keep", options: dict | None = None):
         from datacopilot.media import check_image_paths
-
-        from . import FORMATS
 
         check_image_paths(image_paths)
         if format not in FORMATS:
