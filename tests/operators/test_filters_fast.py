@@ -206,3 +206,29 @@ def test_repairs_still_fail_on_a_null_turn():
     for name in ("fix_image_tokens", "fix_roles"):
         with pytest.raises(AttributeError):
             create(name).map_batch(batch)
+
+
+def _old_special_chars(op, batch):
+    from datacopilot.operators.conversation_filters import _SPECIAL
+
+    t = _Old(batch)
+    text = pc.replace_substring(t.text, "<image>", "")
+    special = pc.count_substring_regex(text, _SPECIAL).to_numpy(zero_copy_only=False)
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+    sel = t.select(op.p["role"])
+    ratio = t.per_row(special, sel, "sum") / np.maximum(t.per_row(length, sel, "sum"), 1)
+    return ratio <= op.p["max_ratio"]
+
+
+_SPECIAL_TEXT = st.one_of(st.none(), st.lists(st.sampled_from(
+    ["a", "$", "_", "\x0b", "\x7f", " ", "<image>", "<", "image>", "é", "东", "!", "\u2028", "—"]), max_size=8).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.fixed_dictionaries({"from": _ROLE, "value": _SPECIAL_TEXT}),
+                                              max_size=5)), min_size=1, max_size=12),
+       st.integers(0, 2), st.sampled_from(["user", "assistant", "all"]), st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]))
+def test_filter_special_chars_keeps_the_rows_it_kept_before(convs, start, role, max_ratio):
+    op = create("filter_special_chars", role=role, max_ratio=max_ratio)
+    batch = _batch(convs, "MM", start)
+    assert op.keep(batch)[0].tolist() == _old_special_chars(op, batch).tolist()
