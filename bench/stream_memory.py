@@ -87,7 +87,9 @@ def main() -> None:
             got = {}
             for how in ("stream", "load"):
                 res = subprocess.run([sys.executable, "-c", READ, how, path, str(args.batch_size)],
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True)
+                if res.returncode:
+                    sys.exit(f"{fmt} ({how}) failed:\n{res.stderr}")
                 got[how] = res.stdout.split()
             assert got["stream"][:2] == got["load"][:2], f"{fmt}: streamed rows differ from the load: {got}"
             size = os.path.getsize(path) / 1e6
