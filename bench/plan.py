@@ -276,7 +276,7 @@ def table(info: dict) -> tuple[list[list[str]], bool]:
     rows2 = [["check", "figure", "target", "result"]]
     for name, v, target, t, higher in checks:
         ok = v >= t if higher else v <= t
-        fig = f"{v:,.0f}" if "MB)" in name else f"{v:.2f}x"
+        fig = f"{v:,.0f} MB" if target.endswith("MB") else f"{v:.2f}x"
         rows2.append([name, fig, target, "pass" if ok else "FAIL"])
     rows2.append(["every side keeps the same rows", "yes" if same else "no", "same ids", "pass" if same else "FAIL"])
     return rows + [[]] + rows2, all(r[-1] == "pass" for r in rows2[1:])
