@@ -356,60 +356,6 @@ def row_role_breaks(offsets, code, role_offsets, role, role_valid, turn_valid):
 
 
 @njit(cache=True)
-def _edge(b):
-    # an ASCII byte utf8_trim_whitespace may strip ([\p{Z}\p{Cc}\p{Cf}]: space, C0 controls, DEL)
-    return b <= 0x20 or b == 0x7F
-
-
-@njit(cache=True)
-def whitespace_need(offsets, data, max_newlines):
-    """Per string: 1 if ``clean_whitespace`` changes it for sure (``\\r``, tab, form feed, vertical tab, U+00A0,
-    U+3000, two spaces, a space next to a line break, more than ``max_newlines`` line breaks in a row, an ASCII
-    space or control at either end), 2 if it starts or ends with a non-ASCII character (that character decides:
-    the caller asks the regex), 0 if it needs no change."""
-    n = offsets.shape[0] - 1
-    out = np.zeros(n, np.uint8)
-    for i in range(n):
-        s, e = offsets[i], offsets[i + 1]
-        if s == e:
-            continue
-        if _edge(data[s]) or _edge(data[e - 1]):
-            out[i] = 1
-            continue
-        run = 0
-        hit = False
-        for k in range(s, e):
-            b = data[k]
-            if b == 10:
-                run += 1
-                if run > max_newlines or data[k + 1] == 32 or data[k - 1] == 32:  # ends are not spaces
-                    hit = True
-                    break
-                continue
-            run = 0
-            if b == 32:
-                if data[k + 1] == 32:
-                    hit = True
-                    break
-            elif b == 9 or b == 11 or b == 12 or b == 13:
-                hit = True
-                break
-            elif b == 0xC2:
-                if data[k + 1] == 0xA0:
-                    hit = True
-                    break
-            elif b == 0xE3:
-                if data[k + 1] == 0x80 and data[k + 2] == 0x80:
-                    hit = True
-                    break
-        if hit:
-            out[i] = 1
-        elif data[s] >= 0x80 or data[e - 1] >= 0x80:
-            out[i] = 2
-    return out
-
-
-@njit(cache=True)
 def ascii_class_counts(offsets, data, table):
     """Per string: how many of its bytes ``table`` (256 bools) marks, or -1 where the string holds a non-ASCII
     byte (the caller counts those another way)."""

@@ -58,7 +58,7 @@ def byte_scan(texts: pa.Array, scan) -> np.ndarray:
 
     hit = scan(*string_buffers(texts))
     if texts.null_count:
-        hit[~texts.is_valid().to_numpy(zero_copy_only=False)] = 0
+        hit &= texts.is_valid().to_numpy(zero_copy_only=False)
     return hit
 
 
@@ -142,21 +142,6 @@ def _whitespace_need(max_newlines: int) -> str:
     return r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{" + str(max_newlines + 1) + ",}|^" + _EDGE + "|" + _EDGE + "$"
 
 
-def whitespace_need(texts: pa.Array, max_newlines: int) -> np.ndarray:
-    """Mask of the values :class:`CleanWhitespace` changes, equal to matching :func:`_whitespace_need`: one compiled
-    byte pass decides every value but those that start or end with a non-ASCII character, which the regex
-    decides."""
-    from datacopilot.kernels import text as k
-
-    code = byte_scan(texts, lambda o, d: k.whitespace_need(o, d, max_newlines))
-    need = code == 1
-    maybe = np.flatnonzero(code == 2)
-    if len(maybe):
-        need[maybe] = pc.match_substring_regex(texts.take(maybe), _whitespace_need(max_newlines)).to_numpy(
-            zero_copy_only=False)
-    return need
-
-
 @register
 class CleanWhitespace(ConversationOp, Mapper):
     """Whitespace normalization: runs of spaces/tabs become one space, spaces around line breaks go, more than
@@ -173,7 +158,7 @@ class CleanWhitespace(ConversationOp, Mapper):
         super().__init__(max_newlines=check_int(self, "max_newlines", max_newlines, minimum=0))
 
     def _texts(self, texts: pa.Array) -> pa.Array:
-        return rewrite_where(texts, whitespace_need(texts, self.p["max_newlines"]), self._rewrite)
+        return rewrite_where(texts, _whitespace_need(self.p["max_newlines"]), self._rewrite)
 
     def _rewrite(self, texts: pa.Array) -> pa.Array:
         texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")

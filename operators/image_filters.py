@@ -43,28 +43,34 @@ def row_images(batch: pa.RecordBatch) -> list[list]:
     return [[] for _ in range(batch.num_rows)]
 
 
-def _embedded_image_lists(batch: pa.RecordBatch) -> pa.Array | None:
-    """The batch's images as a list column of ``{path, bytes}`` when every (non-null) image has its bytes, else
-    None."""
+def _embedded_images(batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray] | None:
+    """(the images, the offsets of each row's images in them) when every (non-null) image of the batch is a
+    ``{path, bytes}`` with its bytes, else None."""
     names = batch.schema.names
-    if "image" in names:
-        lists = as_image_lists(batch.column("image"))
-    elif "images" in names:
-        lists = batch.column("images")
+    col = batch.column("image") if "image" in names else batch.column("images") if "images" in names else None
+    if col is None:
+        return None
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_struct(t):  # one image per row (MM): a null row is a null image, skipped
+        values, off = col, np.arange(len(col) + 1, dtype=np.int64)
+    elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type):
+        import pyarrow.compute as pc
+
+        values = col.flatten()
+        off = np.zeros(len(col) + 1, np.int64)
+        np.cumsum(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), out=off[1:])
     else:
         return None
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
-    t = lists.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type) or \
-            t.value_type.get_field_index("bytes") < 0:
+    if values.type.get_field_index("bytes") < 0:
         return None
-    values = lists.flatten()
-    if values.field("bytes").null_count:
-        missing = values.field("bytes").is_null().to_numpy(zero_copy_only=False)
+    data = values.field("bytes")
+    if data.null_count:
+        missing = data.is_null().to_numpy(zero_copy_only=False)
         if (missing & values.is_valid().to_numpy(zero_copy_only=False)).any():  # an image read from its path
             return None
-    return lists
+    return values, off
 
 
 class ImageFilter(Filter):
@@ -209,19 +215,18 @@ class FilterFileSize(ImageFilter):
     def keep(self, batch: pa.RecordBatch):
         """Vectorized when every image of the batch is embedded (its size is the length of its bytes); through
         :meth:`judge` per image otherwise."""
-        lists = _embedded_image_lists(batch)
-        if lists is None:
+        found = _embedded_images(batch)
+        if found is None:
             return super().keep(batch)
         import pyarrow.compute as pc
 
-        values = lists.flatten()
+        values, off = found
         valid = values.is_valid().to_numpy(zero_copy_only=False)
         size = pc.fill_null(pc.binary_length(values.field("bytes")), 0).to_numpy(zero_copy_only=False)
         lo, hi = self.p["min_bytes"], self.p["max_bytes"]
         code = np.where(size < lo, 1, np.where(size > hi, 2, 0) if hi is not None else 0) * valid
-        off = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).cumsum()
         bad = np.flatnonzero(code)
-        rows = np.searchsorted(off, bad, side="right")  # the row of each failing image
+        rows = np.searchsorted(off, bad, side="right") - 1  # the row of each failing image
         first_row, first = np.unique(rows, return_index=True)  # a row's reason: its first failing image
         why = np.array([None, f"image file smaller than {lo} bytes", f"image file larger than {hi} bytes"], object)
         reasons = np.full(batch.num_rows, None, dtype=object)

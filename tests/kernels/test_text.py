@@ -90,17 +90,3 @@ def test_row_reductions_equal_numpy_per_row(sizes, data):
     lo, hi = k.row_min_max(off, vals, sel, np.inf, -np.inf)
     assert lo.tolist() == [float(vals[s][sel[s]].min()) if sel[s].any() else np.inf for s in rows]
     assert hi.tolist() == [float(vals[s][sel[s]].max()) if sel[s].any() else -np.inf for s in rows]
-
-
-_WS = st.lists(st.sampled_from(list(" \t\n\r\x0b\x0c\x1c\x7f\x85\xa0\u2000\u200b\u3000\ufeff") + ["a", "é", "东", "\n\n"]),
-               max_size=10).map("".join)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(st.none(), _WS, _TEXT), max_size=30), _TYPES, st.integers(0, 2), st.integers(0, 3))
-def test_whitespace_need_equals_its_regular_expression(values, type_, start, max_newlines):
-    from datacopilot.operators.clean import _whitespace_need, whitespace_need
-
-    arr = pa.array(["skipped"] * start + values, type_).slice(start)
-    regex = pc.fill_null(pc.match_substring_regex(arr, _whitespace_need(max_newlines)), False).to_pylist()
-    assert whitespace_need(arr, max_newlines).tolist() == regex
