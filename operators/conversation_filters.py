@@ -1,6 +1,7 @@
 """Conversation filters: turn count, turn length, empty or duplicate turns, refusal / boilerplate patterns,
-n-gram repetition and special-character ratio. Vectorized over the flattened turns with pyarrow compute;
-repetition runs in Python per row. Each dropped row is counted with a reason naming the rule.
+n-gram repetition and special-character ratio. Vectorized over the flattened turns: compiled loops over their
+bytes and list offsets (:mod:`datacopilot.kernels.text`, :mod:`datacopilot.kernels.ngrams`), regular expressions
+(pyarrow compute, polars) where a rule is one. Each dropped row is counted with a reason naming the rule.
 
 ``role`` selects the turns a filter looks at: ``"user"`` (questions), ``"assistant"`` (answers) or
 ``"all"`` (both; system turns are never counted).

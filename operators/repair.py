@@ -1,5 +1,5 @@
-"""Structural repair of conversations: image placeholders and role alternation (Python per row; these are
-rewrites of whole conversations, not of single strings).
+"""Structural repair of conversations: image placeholders and role alternation. The rows to repair are found
+vectorized (placeholder counts, role codes); only those are rewritten in Python, as whole conversations.
 
 >>> from datacopilot.operators import create
 >>> ds.apply([create("fix_image_tokens"), create("filter_image_tokens"), create("fix_roles")])  # doctest: +SKIP
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from datacopilot.schemas import IMAGE_TOKEN
 
