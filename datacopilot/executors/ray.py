@@ -279,35 +279,46 @@ def _stage(ray, ds, ops: list, first: int, template: Accounting, options: RayOpt
 
 
 def _observe(ray, ds, template: Accounting):
-    """A barrier's observed blocks: ``(refs of the blocks, their (payload pieces, live rows) in block order, refs of
-    their event rows)``; under ``on_error="raise"`` a failure met so far is raised here."""
+    """A barrier's observed blocks: ``(refs of the blocks, an iterator of their (payload pieces, live rows) in block
+    order, as they come, refs of their event rows)``; under ``on_error="raise"`` a failure met is raised as it
+    comes (the first of all the blocks: the earliest operator's first failed row)."""
     refs = list(ds.to_arrow_refs())
     task = ray.remote(st.observed).options(num_returns=2)
     got = [task.remote(r, template) for r in refs]
-    seen = _get(ray, [m for m, _ in got])
     events = [e for _, e in got]
-    if any(failed for _, _, failed in seen):
-        st.accounting(pa.concat_tables(_get(ray, events)), template).check()
-    return refs, [(pieces, n) for pieces, n, _ in seen], events
+
+    def seen():
+        for meta, _ in got:
+            pieces, n, failed = _get(ray, meta)
+            if failed:
+                st.accounting(pa.concat_tables(_get(ray, events)), template).check()
+            yield pieces, n
+
+    return refs, seen(), events
+
 
 def _dedup(ray, ds, op, k: int, template: Accounting):
-    """The barrier of a deduplicator: keys per block -> duplicates decided on the driver (exact and banded keys
-    block by block against the keys seen so far, holding one block's keys and the set) -> applied per block."""
+    """The barrier of a deduplicator: keys per block -> duplicates decided on the driver -> applied per block.
+    Exact and banded keys are decided block by block as they come, against the keys seen so far (the driver holds
+    one block's keys and the set) and each block's decision is sent as soon as it is made."""
     from datacopilot.engine.barriers import SeenKeys, dedup_drops, keys_of
 
     refs, seen, _ = _observe(ray, ds, template)
-    sizes = [n for _, n in seen]
     if op.online:
         keys = SeenKeys()
-        drops = [~keys.keep(keys_of(op, pieces)) for pieces, _ in seen]
+        drops = ((~keys.keep(keys_of(op, pieces)), n) for pieces, n in seen)
     else:
+        seen = list(seen)
         drop = dedup_drops(op, [p for pieces, _ in seen for p in pieces])
-        bounds = np.cumsum([0, *sizes])
-        drops = [drop[bounds[i]:bounds[i + 1]] for i in range(len(refs))]
-    if [len(d) for d in drops] != sizes:
-        raise DataCopilotError(f"{op.label}: {sum(len(d) for d in drops)} keys for {sum(sizes)} rows")
+        bounds = np.cumsum([0, *(n for _, n in seen)])
+        drops = ((drop[bounds[i]:bounds[i + 1]], n) for i, (_, n) in enumerate(seen))
     apply = ray.remote(st.apply_block)
-    return ray.data.from_arrow_refs([apply.remote(r, op, k, d, template) for r, d in zip(refs, drops)])
+    out = []
+    for r, (d, n) in zip(refs, drops):
+        if len(d) != n:
+            raise DataCopilotError(f"{op.label}: {len(d)} keys for a block of {n} rows")
+        out.append(apply.remote(r, op, k, d, template))
+    return ray.data.from_arrow_refs(out)
 
 
 def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_rows: int):
@@ -319,6 +330,7 @@ def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_row
     from datacopilot.engine.grouping import windows
 
     refs, seen, out = _observe(ray, ds, template)
+    seen = list(seen)
     bounds = np.cumsum([0, *(n for _, n in seen)])
     order, offsets = group_order(op, [p for pieces, _ in seen for p in pieces], int(bounds[-1]))
     del seen
