@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str | None] = {
     "MMDataset": ".dataset",
     "Schema": ".schemas",
-    "load": ".io",
+    "load": ".api",
     "write": ".io",
     "write_shards": ".io",
     "verify_shards": ".io",
@@ -39,7 +39,8 @@ __all__ = ["MMDataset", "Schema", "load", "write", "write_shards", "verify_shard
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from . import errors
     from .dataset import MMDataset
-    from .io import load, verify_shards, write, write_shards
+    from .api import load
+    from .io import verify_shards, write, write_shards
     from .pipeline import pipeline
     from .schemas import CAPTION, MESSAGES, MIX, MM, PAIRS, Schema
 

@@ -48,8 +48,6 @@ KNOWN = {
     ("datacopilot/pipeline.py", "datacopilot.dataset"),  # the plan collected builds an MMDataset
     ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray"),
     ("datacopilot/executors/ray.py", "datacopilot.dataset"),  # execute() builds an MMDataset of its input
-    # being edited by others (the readers): load builds the MMDataset
-    ("datacopilot/io/__init__.py", "datacopilot.dataset"),
     # Pipeline.from_spec -> pipeline_spec.from_spec -> Pipeline: inverted when pipeline.py is rewritten
     # (pipeline_spec returns the parsed parts, Pipeline.from_spec builds the plan)
     ("datacopilot/pipeline_spec.py", "datacopilot.pipeline"),

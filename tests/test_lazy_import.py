@@ -64,7 +64,7 @@ def test_a_public_name_loads_its_module_on_first_access(tmp_path):
     ours, _ = loaded_after("import datacopilot as dc\nassert dc.MM.name == 'MM'", tmp_path)
     assert engine_modules(ours) == set()
     ours, _ = loaded_after("import datacopilot as dc\ndc.load", tmp_path)
-    assert "datacopilot.io" in ours
+    assert "datacopilot.api" in ours
 
 
 def test_every_public_name_resolves_in_a_fresh_interpreter(tmp_path):
@@ -80,7 +80,7 @@ def test_every_public_name_resolves_in_a_fresh_interpreter(tmp_path):
 
 @pytest.mark.parametrize("name", datacopilot.__all__)
 def test_a_public_name_is_the_object_its_module_defines(name):
-    modules = [importlib.import_module(f"datacopilot.{m}") for m in ("dataset", "io", "pipeline", "schemas")]
+    modules = [importlib.import_module(f"datacopilot.{m}") for m in ("api", "dataset", "io", "pipeline", "schemas")]
     value = getattr(datacopilot, name)
     assert name in dir(datacopilot)
     if name == "errors":
@@ -104,5 +104,5 @@ def test_an_unknown_name_is_an_attribute_error():
 
 
 def test_a_submodule_is_reachable_as_an_attribute():
-    assert datacopilot.io.load is datacopilot.load
+    assert datacopilot.api.load is datacopilot.load
     assert datacopilot.errors.InputError.__module__ == "datacopilot.errors"

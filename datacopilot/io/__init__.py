@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.history import OpRecord
-from datacopilot.loading import check_invalid_policy, quarantine_table, split_invalid
+from datacopilot.loading import check_invalid_policy, split_invalid
 from datacopilot.schemas import Schema, get_schema
 
 from ._fs import expand, parent
@@ -21,40 +21,30 @@ from .detect_files import read_files
 from .shards import verify_shards, write_shards
 
 
-def load(paths, schema: "Schema | str | None" = None, format: str | None = None, invalid: str = "raise",
-         root: str | None = None, progress: bool | None = None, partial: bool = False, verify: bool = False):
-    """Load files into an :class:`~datacopilot.MMDataset`.
+@dataclass
+class Read:
+    """What :func:`read` gives the dataset facade: the valid rows, their schema and root, the invalid rows
+    (``(where, message, raw)``) and the record of the read."""
 
-    Parameters
-    ----------
-    paths: a file, a glob, a directory (its ``manifest.json`` shards, or every file of a known extension), a
-        list of these, any of them local or an fsspec URL; or an in-memory polars / pandas DataFrame, HF
-        ``datasets.Dataset`` or Arrow table.
-    schema: a Schema or built-in name (``"MM"``, ``"MIX"``, ``"PAIRS"``, ``"MESSAGES"``, ``"CAPTION"``); detected
-        from the columns when None.
-    format: force a format (``jsonl``, ``json``, ``parquet``, ``arrow``, ``h5``, ``webdataset``); by extension
-        otherwise.
-    invalid: ``"raise"`` (default: a ValidationError listing every invalid row with file and line) or
-        ``"quarantine"`` (invalid rows go to ``ds.quarantine`` with their errors).
-    root: where relative image paths resolve (LLaVA's ``--image_folder``); by default the ``root`` a
-        directory's manifest records, else the files' directory. Files from several directories without
-        ``root`` get absolute image paths, with an ImagePathWarning.
-    partial: read an output directory whose write did not finish (its manifest says so, or a write was
-        interrupted before it published): the part it finished. Refused with an InputError by default.
-    verify: check the size and sha256 of every file a directory's manifest lists before reading (an InputError
-        names each file that differs).
+    table: pa.Table
+    schema: Schema
+    root: str | None
+    bad: list
+    record: OpRecord
 
-    Example
-    -------
-    >>> ds = datacopilot.load("data/*.jsonl", schema="MM")  # doctest: +SKIP
-    """
+
+def read(paths, schema: "Schema | str | None" = None, format: str | None = None, invalid: str = "raise",
+         root: str | None = None, progress: bool | None = None, partial: bool = False, verify: bool = False
+         ) -> Read:
+    """Read files (or an in-memory table or frame) as rows, a schema and the invalid rows; the parameters are
+    :func:`datacopilot.load`'s, which wraps the result in an MMDataset."""
     check_invalid_policy(invalid)
     s = get_schema(schema) if schema is not None else None
     t0 = time.perf_counter()
-    obj = _from_object(paths, s, root)
+    obj = _from_object(paths, s)
     if obj is not None:  # in-memory data is validated like files are
         label = f"<{type(paths).__name__}>"
-        loaded = split_invalid(obj.to_arrow(), obj.schema, lambda i: f"{label} row {i}", invalid)
+        loaded = split_invalid(obj[0], obj[1], lambda i: f"{label} row {i}", invalid)
         return _assemble([loaded.table], loaded.schema, root, loaded.bad, f"load {label}", t0)
     from .hf_disk import is_hf_disk, read_hf_disk
 
@@ -75,39 +65,40 @@ def load(paths, schema: "Schema | str | None" = None, format: str | None = None,
     return _assemble(tables, s, root, bad, f"load {len(files)} file(s)", t0, release=parsed)
 
 
-def _assemble(tables: list, schema: Schema, root, bad: list, label: str, t0: float, release: bool = False):
-    from datacopilot.dataset import MMDataset
-
+def _assemble(tables: list, schema: Schema, root, bad: list, label: str, t0: float, release: bool = False) -> Read:
     from datacopilot.schemas.arrow_build import concat_tables
 
     table = concat_tables(tables, schema)
-    quarantine = None
-    if bad:
-        q = quarantine_table(bad)
-        quarantine = MMDataset(q, Schema.infer(q.schema, "QUARANTINE"))
     if release:  # hand the text parsers' scratch memory back to the OS (costs about 10 ms: not after a binary read)
         pa.default_memory_pool().release_unused()
     rec = OpRecord(label, table.num_rows + len(bad), table.num_rows,
                    {"invalid row (quarantined)": len(bad)} if bad else {}, 0, time.perf_counter() - t0)
-    return MMDataset(table, schema, root=root, history=(rec,), quarantine=quarantine)
+    return Read(table, schema, root, bad, rec)
 
 
-def _from_object(obj, schema, root):
-    from datacopilot.dataset import MMDataset
+def _from_object(obj, schema) -> tuple[pa.Table, Schema] | None:
+    """An in-memory table or frame as (table, schema); None for paths."""
+    from datacopilot import interop
+    from datacopilot.schemas import resolve_schema
+
+    from .hf_features import decode_json_features
 
     mod = type(obj).__module__.split(".")[0]
     if isinstance(obj, pa.Table):
-        return MMDataset(obj, schema, root=root)
-    if mod == "polars":
-        return MMDataset.from_polars(obj, schema, root=root)
-    if mod == "pandas":
-        return MMDataset.from_pandas(obj, schema, root=root)
-    if mod == "datasets":
-        return MMDataset.from_hf(obj, schema, root=root)
-    if isinstance(obj, (str, os.PathLike, list, tuple)):
+        table = obj
+    elif mod == "polars":
+        table = interop.from_polars_table(obj.to_arrow())
+    elif mod == "pandas":
+        table = interop.from_pandas_table(obj)
+    elif mod == "datasets":
+        table = decode_json_features(interop.from_hf(obj))
+    elif isinstance(obj, (str, os.PathLike, list, tuple)):
         return None
-    raise DataCopilotError(f"cannot load {type(obj).__name__}: give paths, a polars/pandas DataFrame, "
-                           "an HF dataset or an Arrow table")
+    else:
+        raise DataCopilotError(f"cannot load {type(obj).__name__}: give paths, a polars/pandas DataFrame, "
+                               "an HF dataset or an Arrow table")
+    s = resolve_schema(table, schema)
+    return s.conform(table), s
 
 
 def write(ds, path: str, format: str | None = None, image_paths: str = "keep", **options) -> str:
@@ -130,4 +121,4 @@ def write(ds, path: str, format: str | None = None, image_paths: str = "keep", *
     return path
 
 
-__all__ = ["FORMATS", "load", "write", "write_shards", "verify_shards", "format_of"]
+__all__ = ["FORMATS", "Read", "read", "write", "write_shards", "verify_shards", "format_of"]
