@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.schemas import Schema
+from datacopilot.schemas.arrow_build import concat_tables
 
 from ._fs import MANIFEST, atomic_open, check_entries, file_sha256, get_fs, hashed_writes, is_complete, join, read_json
 from .formats import FORMATS, writer_for
@@ -295,7 +296,7 @@ class ShardSink:
         self.buf.append(table)
         self.schema = schema
         while self.max_rows and sum(t.num_rows for t in self.buf) >= self.max_rows:
-            whole = pa.concat_tables(self.buf, promote_options="permissive")
+            whole = concat_tables(self.buf, schema)
             self.write(whole.slice(0, self.max_rows), schema, root)
             rest = whole.slice(self.max_rows)
             self.buf = [rest] if rest.num_rows else []
@@ -336,7 +337,7 @@ class ShardSink:
     def flush(self, root) -> None:
         """Write the buffered rows as a shard (the last of a segment may hold fewer than ``max_rows``)."""
         if self.buf:
-            self.write(pa.concat_tables(self.buf, promote_options="permissive"), self.schema, root)
+            self.write(concat_tables(self.buf, self.schema), self.schema, root)
             self.buf = []
 
     def _commit(self, schema) -> dict:

@@ -1,5 +1,6 @@
 """Streaming sources: files are read unit by unit in bounded batches, giving the rows a full load gives."""
 
+import json
 from typing import ClassVar
 
 import pyarrow as pa
@@ -82,3 +83,17 @@ def test_stream_yields_before_reading_everything(files):
     first = next(stream)
     assert isinstance(first, pa.Table) and first.num_rows == 10
     assert run.acc.ops[0].rows_in == 10  # one batch through, the other 23 not read yet
+
+
+def test_a_write_keeps_ids_whose_type_changes_between_batches(tmp_path, monkeypatch):
+    # the first block's ids are all integers (int64), a later block mixes strings and integers
+    monkeypatch.setattr(pio, "BLOCK_BYTES", 512)
+    rows = [{"id": i, "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+            for i in range(40)]
+    rows += [{"id": f"s{i}" if i % 2 else i, "conversations": rows[0]["conversations"]} for i in range(40, 80)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = dc.pipeline(str(path), schema="MM", batch_size=8).write(str(tmp_path / "out"))
+    assert report["rows"] == 80
+    got = dc.load(str(tmp_path / "out")).to_arrow().column("id").to_pylist()
+    assert got == [r["id"] for r in rows]  # every id kept with its type
