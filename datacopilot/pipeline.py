@@ -179,9 +179,14 @@ class Pipeline:
     @classmethod
     def from_spec(cls, spec: dict, base_dir: str | None = None) -> Pipeline:
         """A pipeline from plain data; relative paths resolve against ``base_dir``. See :mod:`pipeline_spec`."""
-        from .pipeline_spec import from_spec
+        from .pipeline_spec import make_ops, parse_spec
 
-        return from_spec(spec, base_dir)
+        parts = parse_spec(spec, base_dir)
+        src = parts["source"]
+        p = pipeline(src["paths"], schema=src["schema"], format=src["format"], on_error=parts["on_error"],
+                     batch_size=parts["batch_size"], root=src["root"])
+        return cls(p.source, make_ops(parts["ops"], base_dir), on_error=p.on_error, batch_size=p.batch_size, output=parts["output"],
+                   executor=parts["executor"])
 
     @classmethod
     def from_yaml(cls, path: str) -> Pipeline:

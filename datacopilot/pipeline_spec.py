@@ -89,10 +89,15 @@ def _op(entry, i: int, base_dir: str | None = None):
         raise DataCopilotError(f"ops[{i}] ({entry['name']}): {e}") from e
 
 
-def from_spec(spec: dict, base_dir: str | None = None):
-    """A Pipeline from a spec dict (see the module docstring)."""
-    from .pipeline import Pipeline, pipeline
+def make_ops(entries: list, base_dir: str | None = None) -> list:
+    """The operators of a spec's ``ops`` entries, looked up in the registry by name."""
+    return [_op(e, i, base_dir) for i, e in enumerate(entries)]
 
+
+def parse_spec(spec: dict, base_dir: str | None = None) -> dict:
+    """A spec dict (see the module docstring) checked and resolved into what a plan is built from: ``source``
+    (``paths``, ``schema``, ``format``, ``root``), ``ops`` (their entries: :func:`make_ops` builds them), ``on_error``, ``batch_size``, ``output``,
+    ``executor``; :meth:`datacopilot.pipeline.Pipeline.from_spec` builds the plan."""
     if not isinstance(spec, dict):
         raise DataCopilotError(f"a pipeline spec is a mapping, got {type(spec).__name__}")
     _unknown("pipeline spec", spec, TOP_KEYS)
@@ -120,7 +125,7 @@ def from_spec(spec: dict, base_dir: str | None = None):
     executor = spec.get("executor") or {}
     if isinstance(executor, str):
         executor = {"name": executor}
-    p = pipeline(paths, schema=src.get("schema", spec.get("schema")), format=src.get("format"),
-                 on_error=spec.get("on_error", "raise"), batch_size=spec.get("batch_size", 1024), root=root)
-    return Pipeline(p.source, [_op(e, i, base_dir) for i, e in enumerate(ops)], on_error=p.on_error,
-                    batch_size=p.batch_size, output=output, executor=dict(executor))
+    return {"source": {"paths": paths, "schema": src.get("schema", spec.get("schema")), "format": src.get("format"),
+                       "root": root},
+            "ops": ops, "on_error": spec.get("on_error", "raise"),
+            "batch_size": spec.get("batch_size", 1024), "output": output, "executor": dict(executor)}
