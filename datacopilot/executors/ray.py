@@ -130,11 +130,11 @@ def _input(ray, data, batch_size: int, invalid: str):
     for g in gens:
         got = list(g)
         refs += got[:-1]
-        data.bad += _get(ray, got[-1])
+        data.bad += get(ray, got[-1])
     return ray.data.from_arrow_refs(refs)
 
 
-def _get(ray, refs):
+def get(ray, refs):
     """``ray.get``, re-raising a datacopilot error from a worker as itself."""
     try:
         return ray.get(refs)
@@ -183,9 +183,9 @@ def run_ops_on_ray(data, ops: Sequence, on_error: str = "raise", *, schema=None,
 
     >>> table, records, _ = run_ops_on_ray(ds, [create("filter_turns", min_turns=2)])  # doctest: +SKIP
     """
-    ray, refs, ops, root, seconds = execute(data, ops, on_error, schema=schema, root=root, batch_size=batch_size,
+    ray, refs, ops, _, _ = execute(data, ops, on_error, schema=schema, root=root, batch_size=batch_size,
                                             options=options)
-    parts = [st.split(b) for b in _get(ray, refs)]
+    parts = [st.split(b) for b in get(ray, refs)]
     table = concat_tables([live for live, _ in parts if live.num_columns])
     records, quarantine = account(pa.concat_tables([ev for _, ev in parts]), table.num_rows, ops, on_error)
     return table, records, quarantine
@@ -196,14 +196,12 @@ def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch
     """Run the operators; returns ``(ray, refs of the output blocks in order, the operators as run, the image
     root, seconds)``. The blocks hold the live rows and their accounting (:mod:`.ray_stages`); under
     ``on_error="raise"`` a failure met before a barrier is raised there."""
-    from datacopilot.dataset import MMDataset
     from datacopilot.source import Source
 
     options = options or RayOptions()
-    if isinstance(data, MMDataset):
-        data = Source.from_dataset(data)
-    elif not isinstance(data, (pa.Table, Source)):
-        data = Source.from_paths(data, schema=schema, root=root)
+    if not isinstance(data, (pa.Table, Source)):  # an MMDataset (its rows and root), else paths of files
+        data = Source.from_dataset(data) if hasattr(data, "to_arrow") else Source.from_paths(data, schema=schema,
+                                                                                              root=root)
     if isinstance(data, Source):
         root = root if root is not None else data.root
         data = data.dataset.to_arrow() if data.dataset is not None else data
@@ -289,9 +287,9 @@ def _observe(ray, ds, template: Accounting):
 
     def seen():
         for meta, _ in got:
-            pieces, n, failed = _get(ray, meta)
+            pieces, n, failed = get(ray, meta)
             if failed:
-                st.accounting(pa.concat_tables(_get(ray, events)), template).check()
+                st.accounting(pa.concat_tables(get(ray, events)), template).check()
             yield pieces, n
 
     return refs, seen(), events
@@ -349,10 +347,10 @@ def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_row
     return ray.data.from_arrow_refs(out)
 
 
-def account(ev: pa.Table, rows_out: int, ops: list, policy: str, root=None, seconds: float = 0.0):
+def account(ev: pa.Table, rows_out: int, ops: list, policy: str):
     """One OpRecord per operator and the quarantined rows (None when none), from the event rows of a run's blocks
     (in block order) and its number of output rows; under ``policy="raise"`` the first failure (the one the local
-    executor meets: the earliest operator's first failed row) is raised. (``root`` and ``seconds`` are not used.)"""
+    executor meets: the earliest operator's first failed row) is raised."""
     acc = st.accounting(ev, Accounting(ops, policy))
     acc.check()
     records = acc.records()

@@ -44,7 +44,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
                  image_paths: str = "keep") -> dict:
     """Run ``plan`` on Ray and write its output under ``out_dir``; returns the report (see Executor.write)."""
     from .output import make_report, open_sink, with_invalid
-    from .ray import _get, account, at_driver, execute
+    from .ray import account, at_driver, execute, get
 
     src = plan.source
     sink = open_sink(plan, out_dir, format, max_rows, resume, image_paths)
@@ -53,13 +53,12 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
     if sink.done:  # a local run's progress (segments, dedup state): a Ray write is one segment, it starts over
         sink = open_sink(plan, out_dir, format, max_rows, False, image_paths)
     data = src.dataset.to_arrow() if src.dataset is not None else src
-    ray, refs, ops, root, seconds = execute(data, plan.prepared_ops(), plan.on_error, root=src.root,
+    ray, refs, ops, root, _ = execute(data, plan.prepared_ops(), plan.on_error, root=src.root,
                                             batch_size=plan.batch_size, options=executor.options)
-    sums = _get(ray, [ray.remote(summary).remote(r) for r in refs])
+    sums = get(ray, [ray.remote(summary).remote(r) for r in refs])
     counts = [n for _, n, _ in sums]
     total = sum(counts)
-    records, quarantine = account(pa.concat_tables([e for e, _, _ in sums]), total, ops, plan.on_error, root,
-                                  seconds)
+    records, quarantine = account(pa.concat_tables([e for e, _, _ in sums]), total, ops, plan.on_error)
     bounds = np.cumsum([0, *counts])
     step = max_rows or max(total, 1)
     schema = None
@@ -78,7 +77,7 @@ def write_on_ray(executor, plan, out_dir: str, format: str, resume: bool, max_ro
         tasks.append(write.remote(at(sink.path(name)), name, format, schema, root_at, start,
                                   int(start - bounds[span[0]]), end - start, *[refs[i] for i in span],
                                   image_paths=image_paths, out_dir=where))
-    for entry, info in _get(ray, tasks):  # in order; the manifest records the root of kept paths, or how many
+    for entry, info in get(ray, tasks):  # in order; the manifest records the root of kept paths, or how many
         sink.record(entry, info, schema)   # were rewritten
     sink.end_units(tuple(range(len(sink.units))), src.schema, root, with_invalid(quarantine, src.bad), records, {},
                    len(src.bad))
