@@ -95,6 +95,11 @@ class MMDataset:
 
         return cls(from_pandas_table(df), schema, root=root)
 
+    @staticmethod
+    def merge_quarantines(parts: list) -> "MMDataset | None":
+        """One quarantine from several, None entries skipped (see :func:`merge_quarantines`)."""
+        return merge_quarantines(parts)
+
     def _new(self, table: pa.Table, record: OpRecord | None = None, schema: Schema | None = None,
              quarantine: "MMDataset | None" = None) -> "MMDataset":
         hist = self._history + ((record,) if record is not None else ())
@@ -593,3 +598,13 @@ def merge_quarantines(parts: list) -> "MMDataset | None":
                 bad.append((source, error, raw if raw is not None and not r else r))
         table = quarantine_table(bad)
     return MMDataset(table, Schema.infer(table.schema, "QUARANTINE"))
+
+
+def _register() -> None:
+    """Make MMDataset what a collected plan becomes (the plan does not import the facade above it)."""
+    from .pipeline import Pipeline
+
+    Pipeline.dataset_type = MMDataset
+
+
+_register()

@@ -16,9 +16,10 @@ returns an MMDataset; ``.write(dir)`` streams the output to shards with a manife
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -33,6 +34,10 @@ SPEC_KEYS = ("source", "schema", "on_error", "batch_size", "ops", "output", "exe
 class Pipeline:
     """An immutable plan: a source, operators in order, an error policy (``raise`` / ``skip`` /
     ``quarantine``) and a batch size. Build it with :func:`pipeline` or ``MMDataset.lazy()``."""
+
+    #: The eager dataset a collected plan becomes. The facade registers ``MMDataset`` here when it is imported
+    #: (``datacopilot.dataset``), so the plan, below it, never imports it.
+    dataset_type: ClassVar[type | None] = None
 
     def __init__(self, source: Source, ops: Sequence = (), on_error: str = "raise", batch_size: int = 1024,
                  output: dict | None = None, executor: dict | None = None):
@@ -115,11 +120,11 @@ class Pipeline:
 
         ``options`` go to the executor (local: ``num_workers``, ``mode``, ``progress``).
         """
-        from datacopilot.dataset import MMDataset, merge_quarantines
         from datacopilot.executors import get_executor
         from datacopilot.loading import quarantine_table
         from datacopilot.schemas import Schema
 
+        MMDataset = eager_type()
         self.source.bad.clear()  # each run reads the input again: its invalid rows are counted afresh
         result = get_executor(executor, **options).run(self)
         src = self.source
@@ -130,7 +135,7 @@ class Pipeline:
                 parts.append(MMDataset(q, Schema.infer(q.schema, "QUARANTINE"), root=src.root))
         table = result.table
         return MMDataset(table, self.output_schema(table), root=src.root, history=history,
-                         quarantine=merge_quarantines(parts))
+                         quarantine=MMDataset.merge_quarantines(parts))
 
     def write(self, out_dir: str | None = None, format: str | None = None, executor: str | Any | None = None,
               resume: bool = False, max_rows_per_shard: int | None = None, image_paths: str | None = None,
@@ -226,12 +231,18 @@ def pipeline(source, ops=None, schema=None, on_error: str = "raise", format: str
     >>> p = dc.pipeline("data/*.jsonl", schema="MM", on_error="quarantine")  # doctest: +SKIP
     >>> p.apply(create("filter_turns", min_turns=2)).write("out/")  # doctest: +SKIP
     """
-    from datacopilot.dataset import MMDataset
-
-    if isinstance(source, MMDataset):
+    if isinstance(source, eager_type()):
         if schema is not None:
             source = source.convert(schema)
         src = Source.from_dataset(source)
     else:
         src = Source.from_paths(source, schema=schema, format=format, root=root)
     return Pipeline(src, ops or (), on_error=on_error, batch_size=batch_size)
+
+
+def eager_type() -> type:
+    """The registered eager dataset class (:attr:`Pipeline.dataset_type`), the facade imported by name first
+    when nothing imported it yet (as the registry imports operators by name)."""
+    if Pipeline.dataset_type is None:
+        importlib.import_module("datacopilot.dataset")
+    return Pipeline.dataset_type
