@@ -44,7 +44,6 @@ REGISTRY = "datacopilot.operators.registry"  # the one way core reaches operator
 KNOWN = {
     # runtime rewrite in progress (the one runtime of issue 11): these files are being rewritten right now
     # ... and the imports that close the dataset -> pipeline -> executors -> dataset cycle, by imported module:
-    ("datacopilot/executors/ray_write.py", "datacopilot.executors.ray"),
 }
 
 

@@ -33,9 +33,9 @@ def get_executor(executor: str | Executor = "local", **options: Any) -> Executor
         return LocalExecutor(**options)
     if executor == "ray":
         try:
-            from .ray import RayExecutor
+            from .ray_executor import RayExecutor
         except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.ray":
+            if e.name != f"{__package__}.ray_executor":
                 raise
             raise DataCopilotError("the ray executor is not available in this installation") from None
         return RayExecutor(**options)

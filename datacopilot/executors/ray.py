@@ -35,7 +35,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,10 +45,9 @@ from datacopilot.history import OpRecord
 from datacopilot.schemas.arrow_build import concat_tables
 
 from . import ray_stages as st
-from .base import ExecResult, Executor
 
 
-def _ray():
+def require_ray():
     try:
         import ray
         import ray.data
@@ -95,7 +93,7 @@ def stateful(op) -> bool:
 
 def init(options: RayOptions | None = None):
     """Connect to Ray (``options.address``) or start a local instance, unless one is already up."""
-    ray = _ray()
+    ray = require_ray()
     if not ray.is_initialized():
         address = options.address if options else None
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -358,45 +356,3 @@ def account(ev: pa.Table, rows_out: int, ops: list, policy: str):
         raise DataCopilotError(f"ray executor: {ops[-1].label} counted {records[-1].rows_out} rows out, the run "
                                f"gave {rows_out}")
     return records, acc.take_quarantine() if policy == "quarantine" else None
-
-
-class RayExecutor(Executor):
-    """Runs a pipeline on Ray Data (see the module docstring); ``options`` are :class:`RayOptions` fields.
-
-    >>> from datacopilot.executors import get_executor
-    >>> get_executor("ray", concurrency=2).name  # doctest: +SKIP
-    'ray'
-    """
-
-    name = "ray"
-
-    def __init__(self, **options: Any):
-        _ray()
-        try:
-            self.options = RayOptions(**options)
-        except TypeError as e:
-            raise DataCopilotError(f"ray executor: {e}; options are address, num_cpus, num_gpus, concurrency, "
-                                   f"resources, block_rows") from None
-
-    def run(self, plan) -> ExecResult:
-        src = plan.source
-        data = src.dataset.to_arrow() if src.dataset is not None else src
-        table, records, quarantine = run_ops_on_ray(data, plan.prepared_ops(), plan.on_error, root=src.root,
-                                                    batch_size=plan.batch_size, options=self.options)
-        if not table.num_columns:
-            table = plan.empty_output()
-        return ExecResult(table, records, quarantine)
-
-    def write(self, plan, out_dir: str, format: str = "arrow", resume: bool = False,
-              max_rows_per_shard: int | None = 100_000, image_paths: str = "keep") -> dict:
-        """Like :meth:`Executor.write`, with the shards written by Ray tasks in parallel (the driver gathers only
-        the accounting); ``resume`` skips only a finished run."""
-        from .ray_write import write_on_ray
-
-        if out_dir.startswith("memory://"):  # workers cannot see the driver's in-memory filesystem
-            return super().write(plan, out_dir, format=format, resume=resume, max_rows_per_shard=max_rows_per_shard,
-                                 image_paths=image_paths)
-        return write_on_ray(self, plan, out_dir, format, resume, max_rows_per_shard, image_paths)
-
-    def __repr__(self) -> str:
-        return f"RayExecutor({self.options})"

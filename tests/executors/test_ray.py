@@ -135,7 +135,7 @@ def test_files_read_in_parallel_tasks(ray_session, tmp_path):
 
 def test_missing_ray_raises_missing_dependency():
     code = ("import sys; sys.modules['ray'] = None\n"
-            "from datacopilot.executors.ray import RayExecutor\n"
+            "from datacopilot.executors.ray_executor import RayExecutor\n"
             "try:\n    RayExecutor()\nexcept ImportError as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                          timeout=120)
