@@ -48,6 +48,11 @@ class OperatorError(DataCopilotError):
         super().__init__(text)
 
 
+class HookError(OperatorError):
+    """An operator's hook broke its kind's contract (rows, booleans or keys of the wrong number): a bug in the
+    operator, raised at once for the whole batch, never retried row by row as a row's failure would be."""
+
+
 class ModelError(DataCopilotError):
     """A model could not be loaded or called."""
 

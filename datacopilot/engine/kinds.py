@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from datacopilot.errors import OperatorError
+from datacopilot.errors import HookError
 
 from .operator import Operator
 from .step import Outcome, StepOut, to_table, unwrap
@@ -62,7 +62,7 @@ class Mapper(Operator):
         counts: Counter = Counter()
         out = to_table(unwrap(self.map_batch(batch), counts), self.label)
         if out.num_rows != batch.num_rows:
-            raise OperatorError(self.label, None, f"a mapper must return {batch.num_rows} rows, got {out.num_rows}")
+            raise HookError(self.label, None, f"a mapper must return {batch.num_rows} rows, got {out.num_rows}")
         return StepOut(out, counts=counts)
 
 
@@ -88,15 +88,15 @@ class Filter(Operator):
         mask = np.asarray(mask, dtype=bool)
         n = batch.num_rows
         if mask.shape != (n,):
-            raise OperatorError(self.label, None, f"keep() must return {n} booleans, got shape {mask.shape}")
+            raise HookError(self.label, None, f"keep() must return {n} booleans, got shape {mask.shape}")
         if reasons is not None:
             reasons = np.asarray(reasons, dtype=object)
             if reasons.shape != mask.shape:
-                raise OperatorError(self.label, None, f"keep() returned {n} booleans but {len(reasons)} reasons")
+                raise HookError(self.label, None, f"keep() returned {n} booleans but {len(reasons)} reasons")
         table = pa.Table.from_batches([batch])
         if columns is not None:
             if columns.num_rows != n:
-                raise OperatorError(self.label, None, f"keep() returned columns for {columns.num_rows} rows, "
+                raise HookError(self.label, None, f"keep() returned columns for {columns.num_rows} rows, "
                                                       f"expected {n}")
             for name in columns.column_names:
                 i = table.schema.get_field_index(name)
@@ -179,7 +179,7 @@ class Deduplicator(Operator):
         else:
             sigs = np.asarray(self.keys(batch), dtype=np.uint64)
         if len(sigs) != batch.num_rows:
-            raise OperatorError(self.label, None, f"{'signatures' if self.near else 'keys'}() must return one entry "
+            raise HookError(self.label, None, f"{'signatures' if self.near else 'keys'}() must return one entry "
                                                   f"per row ({batch.num_rows}), got {len(sigs)}")
         return StepOut(pa.Table.from_batches([batch]), payload=[sigs])
 
@@ -224,6 +224,6 @@ class Grouper(Operator):
     def step(self, batch: pa.RecordBatch) -> StepOut:
         sigs = self.signatures(batch)
         if len(sigs) != batch.num_rows:
-            raise OperatorError(self.label, None, f"signatures() must return one entry per row "
+            raise HookError(self.label, None, f"signatures() must return one entry per row "
                                                   f"({batch.num_rows}), got {len(sigs)}")
         return StepOut(pa.Table.from_batches([batch]), payload=[sigs])

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from datacopilot.errors import MissingDependencyError, OperatorError
+from datacopilot.errors import HookError, MissingDependencyError, OperatorError
 
 from .step import Failure, Outcome, StepOut, as_batch  # noqa: F401 (Outcome: re-exported)
 
@@ -113,16 +113,21 @@ class Operator:
     # -- the one call the runtime makes -------------------------------------------------------------------
     def process(self, table: pa.Table, policy: str = "raise") -> StepOut:
         """This operator over one batch: its hook over the whole batch; when that raises, over each row alone, so
-        only the rows that fail are failed (``policy="raise"`` stops at the first). Never raises for a row."""
+        only the rows that fail are failed (``policy="raise"`` stops at the first). Never raises for a row; a hook
+        that breaks its kind's contract raises :class:`~datacopilot.errors.HookError`."""
         try:
             self.ensure_setup()
             return self.step(as_batch(table))
+        except HookError:  # the operator is broken, not a row: retrying row by row could hide it
+            raise
         except Exception:  # an operator may raise anything: find the rows that fail
             pass
         parts, failures = [], []
         for i in range(table.num_rows):
             try:
                 parts.append(self.step(as_batch(table.slice(i, 1))))
+            except HookError:
+                raise
             except Exception as e:
                 failures.append(Failure.of(i, e))
                 if policy == "raise":

@@ -144,3 +144,16 @@ def test_an_accounting_with_no_rows_in_keeps_its_error_row_on_merge():
     run_chain(ops, table([5, 13]), "raise", w)
     later.merge(w)
     assert later.ops[0].error.row == 4
+
+
+def test_a_hook_that_breaks_its_contract_raises_at_once_and_is_not_hidden_by_the_row_retry():
+    from datacopilot.errors import HookError
+
+    class OneBool(Filter):
+        name = "one_bool"
+
+        def keep(self, batch):
+            return np.array([True])  # one answer whatever the batch: right for one row, wrong for two
+
+    with pytest.raises(HookError, match="one_bool.*keep\\(\\) must return 2 booleans"):
+        OneBool().process(table([1, 2]), "skip")
