@@ -173,6 +173,19 @@ def _region(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, int]:
     return data[lo:int(offsets[-1]) if len(offsets) else 0], lo
 
 
+_CHUNK = 1 << 20  # bytes per numpy pass: the temporaries stay in cache whatever the batch size
+
+
+def _positions(region: np.ndarray, hits, overlap: int = 0) -> np.ndarray:
+    """Positions in ``region`` where ``hits(view)`` (positions in a view) finds a hit, chunk by chunk; each view
+    reaches ``overlap`` bytes into the next chunk, so a hit that starts in a chunk may end past it."""
+    parts = []
+    for s in range(0, len(region), _CHUNK):
+        p = hits(region[s:s + _CHUNK + overlap])
+        parts.append(p[p < _CHUNK] + s)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def strings_holding(offsets: np.ndarray, hits: np.ndarray, lo: int = 0) -> np.ndarray:
     """Bool per string: it holds a byte where ``hits`` (over ``data[lo:]``) is true."""
     out = np.zeros(len(offsets) - 1, dtype=bool)
@@ -185,14 +198,18 @@ def strings_holding(offsets: np.ndarray, hits: np.ndarray, lo: int = 0) -> np.nd
 def has_byte(offsets: np.ndarray, data: np.ndarray, value: int) -> np.ndarray:
     """Bool per string: it holds the byte ``value``."""
     region, lo = _region(offsets, data)
-    return strings_holding(offsets, region == value, lo)
+    pos = _positions(region, lambda v: np.flatnonzero(v == value))
+    out = np.zeros(len(offsets) - 1, dtype=bool)
+    if len(pos):
+        out[strings_at(offsets, pos + lo)] = True
+    return out
 
 
 def has_unprintable(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """Bool per string: it holds a byte other than tab, line feed, carriage return and printable ASCII
     (``0x20``-``0x7E``): RE2's ``[^\\t\\n\\r\\x20-\\x7E]`` on UTF-8 (every byte of a non-ASCII character is >= 0x80)."""
     region, lo = _region(offsets, data)
-    pos = np.flatnonzero((region - np.uint8(0x20)) > np.uint8(0x5E))  # below 0x20 wraps past 0x7E
+    pos = _positions(region, lambda v: np.flatnonzero((v - np.uint8(0x20)) > np.uint8(0x5E)))  # < 0x20 wraps
     if len(pos):
         b = region[pos]
         pos = pos[(b != 9) & (b != 10) & (b != 13)]
@@ -205,8 +222,11 @@ def has_unprintable(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
 def has_digit_pair(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """Bool per string: two ASCII digits in a row somewhere in it."""
     region, lo = _region(offsets, data)
-    digit = (region - np.uint8(48)) < np.uint8(10)
-    pos = np.flatnonzero(digit[:-1] & digit[1:])
+    def pairs(v):
+        digit = (v - np.uint8(48)) < np.uint8(10)
+        return np.flatnonzero(digit[:-1] & digit[1:])
+
+    pos = _positions(region, pairs, overlap=1)
     out = np.zeros(len(offsets) - 1, dtype=bool)
     if len(pos):
         pos = pos + lo
@@ -221,7 +241,7 @@ def count_literal(offsets: np.ndarray, data: np.ndarray, needle: bytes) -> np.nd
     if not needle or needle[0] in needle[1:]:
         raise ValueError(f"`needle` must be non-empty with its first byte not repeated, got {needle!r}")
     region, lo = _region(offsets, data)
-    pos = np.flatnonzero(region == needle[0])
+    pos = _positions(region, lambda v: np.flatnonzero(v == needle[0]))
     for j in range(1, len(needle)):
         pos = pos[pos + j < len(region)]
         pos = pos[region[pos + j] == needle[j]]

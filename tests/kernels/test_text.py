@@ -90,3 +90,16 @@ def test_row_reductions_equal_numpy_per_row(sizes, data):
     lo, hi = k.row_min_max(off, vals, sel, np.inf, -np.inf)
     assert lo.tolist() == [float(vals[s][sel[s]].min()) if sel[s].any() else np.inf for s in rows]
     assert hi.tolist() == [float(vals[s][sel[s]].max()) if sel[s].any() else -np.inf for s in rows]
+
+
+def test_byte_scans_find_hits_across_chunk_boundaries(monkeypatch):
+    monkeypatch.setattr(k, "_CHUNK", 3)  # every hit of two or more bytes crosses a boundary somewhere
+    values = ["12", "a1", "2b", "@x", "é<image>", "<ima", "ge>", "x\x07", "<image><image>", "", "9 9", "99"]
+    for start in range(4):
+        arr = pa.array(values[start:] + values[:start], pa.string())
+        off, data = k.string_buffers(arr)
+        assert k.has_byte(off, data, ord("@")).tolist() == pc.match_substring(arr, "@").to_pylist()
+        assert k.has_digit_pair(off, data).tolist() == pc.match_substring_regex(arr, r"\d\d").to_pylist()
+        assert k.has_unprintable(off, data).tolist() == \
+            pc.match_substring_regex(arr, r"[^\t\n\r\x20-\x7E]").to_pylist()
+        assert k.count_literal(off, data, b"<image>").tolist() == pc.count_substring(arr, "<image>").to_pylist()
