@@ -152,8 +152,15 @@ class Accounting:
 
     def take_quarantine(self) -> pa.Table | None:
         """The rows quarantined since the last call, as one table (None when there are none)."""
+        from datacopilot.schemas.arrow_build import concat_tables
+
         q, self.quarantine = self.quarantine, []
-        return pa.concat_tables(q, promote_options="permissive") if q else None
+        if not q:
+            return None
+        try:
+            return pa.concat_tables(q, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return concat_tables(q)  # a column of different types in two batches: re-typed over all its values
 
 
 def run_chain(ops: list, table: pa.Table, policy: str, acc: Accounting, first: int = 0) -> pa.Table:

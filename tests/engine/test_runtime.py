@@ -157,3 +157,11 @@ def test_a_hook_that_breaks_its_contract_raises_at_once_and_is_not_hidden_by_the
 
     with pytest.raises(HookError, match="one_bool.*keep\\(\\) must return 2 booleans"):
         OneBool().process(table([1, 2]), "skip")
+
+
+def test_quarantined_rows_whose_columns_differ_in_type_between_batches_are_all_kept():
+    acc = Accounting([Double()], "quarantine")
+    run_chain([Double()], pa.table({"id": ["a"], "x": [13]}), "quarantine", acc)
+    run_chain([Double()], pa.table({"id": [7], "x": [13]}), "quarantine", acc)  # an integer id this time
+    q = acc.take_quarantine()
+    assert q.column("id").to_pylist() == ["a", 7] and q.column("_op").to_pylist() == ["double", "double"]
