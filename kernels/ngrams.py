@@ -127,7 +127,9 @@ def word_tokens(texts, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.nd
     import pyarrow.compute as pc
 
     words = pc.utf8_split_whitespace(texts)
-    flat = pc.list_flatten(words)
+    # trimmed: pyarrow's utf8_split_whitespace sometimes keeps a trailing space on a word after a multi-byte
+    # character (pyarrow 26: 'é ' in about half the runs), which changed the hashes run to run
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(words))
     word_row = np.asarray(rows, np.int64)[pc.list_parent_indices(words).to_numpy(zero_copy_only=False)]
     nonempty = pc.greater(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)  # "".split() has no words
     flat, word_row = flat.filter(pa.array(nonempty)), word_row[nonempty]
