@@ -94,7 +94,7 @@ def dedup_drops(op, pieces: list) -> np.ndarray:
 
 def apply_drops(op, k: int, rows: pa.Table, drop: np.ndarray, acc: Accounting, counted: bool = False) -> pa.Table:
     """Held rows without the ones decided to be duplicates (``drop`` aligned with ``rows``); ``counted``: the drops
-    were already counted (a decision applied in several pieces counts them once, with :func:`count_drops`)."""
+    were already counted (a decision applied in several pieces counts them once, with ``acc.drop``)."""
     from datacopilot.transforms import filter_table
 
     out = filter_table(rows, ~drop)
@@ -102,10 +102,6 @@ def apply_drops(op, k: int, rows: pa.Table, drop: np.ndarray, acc: Accounting, c
         acc.drop(k, op.drop_reason, int(drop.sum()))
     acc.ops[k].rows_out += out.num_rows
     return out
-
-
-def count_drops(op, k: int, drop: np.ndarray, acc: Accounting) -> None:
-    acc.drop(k, op.drop_reason, int(drop.sum()))
 
 
 def group_order(op, pieces: list, n: int) -> tuple[np.ndarray, np.ndarray]:
