@@ -132,6 +132,9 @@ class CleanUnicode(ConversationOp, Mapper):
         return replace_texts(self, batch, self._texts)
 
 
+_BLANKS = r"[ \t\f\v\x{A0}\x{3000}]"
+_BLANK_RUN = _BLANKS + "{2,}|" + r"[\t\f\v\x{A0}\x{3000}]"  # runs of blanks but a single space
+
 # characters utf8_trim_whitespace may strip at either end (a superset: separators, controls, formatting)
 _EDGE = r"[\p{Z}\p{Cc}\p{Cf}]"
 
@@ -161,9 +164,11 @@ class CleanWhitespace(ConversationOp, Mapper):
         return rewrite_where(texts, _whitespace_need(self.p["max_newlines"]), self._rewrite)
 
     def _rewrite(self, texts: pa.Array) -> pa.Array:
+        # each pattern matches only what it changes: a run of blanks that is not one space (a plain ``[ ...]+``
+        # would rewrite every single space, a match per word), a line break with a space beside it
         texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")
-        texts = pc.replace_substring_regex(texts, r"[ \t\f\v\x{A0}\x{3000}]+", " ")
-        texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
+        texts = pc.replace_substring_regex(texts, _BLANK_RUN, " ")
+        texts = pc.replace_substring_regex(texts, r" \n ?|\n ", "\n")
         n = self.p["max_newlines"]
         texts = pc.replace_substring_regex(texts, r"\n{%d,}" % (n + 1), "\n" * n if n else " ")
         return pc.utf8_trim_whitespace(texts)

@@ -64,3 +64,20 @@ def test_rewrite_where_calls_the_rewrite_only_on_matched_values():
     assert rewrite_where(texts, "!", upper).to_pylist() == ["B!", None, "C!", "d"]
     assert seen == [["b!", "c!"]]
     assert rewrite_where(texts, "zzz", upper) is texts
+
+
+def _whitespace_as_before(texts: pa.Array, n: int) -> pa.Array:
+    """clean_whitespace's rewrite as it was, with patterns that also match what they leave unchanged."""
+    texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")
+    texts = pc.replace_substring_regex(texts, r"[ \t\f\v\x{A0}\x{3000}]+", " ")
+    texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
+    texts = pc.replace_substring_regex(texts, r"\n{%d,}" % (n + 1), "\n" * n if n else " ")
+    return pc.utf8_trim_whitespace(texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_TEXT, _CLEAN, st.none()), max_size=12), st.sampled_from([0, 1, 2, 3]))
+def test_clean_whitespace_rewrite_equals_the_patterns_that_rewrite_every_space(values, n):
+    texts = pa.array(values, pa.string())
+    op = create("clean_whitespace", max_newlines=n)
+    assert op._rewrite(texts).to_pylist() == _whitespace_as_before(texts, n).to_pylist(), values
