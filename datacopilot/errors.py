@@ -31,6 +31,16 @@ class InputError(DataCopilotError):
     """Malformed input: a broken JSON line, a truncated file, a duplicate key, a missing image."""
 
 
+class PlanChangedError(InputError):
+    """A run cannot be resumed: the plan differs from the one its output was started with; ``changes`` names each
+    difference (``"operator 2 filter_length: max_chars 100 -> 200"``, ``"source a.jsonl: size 10 -> 12"``)."""
+
+    def __init__(self, where: str, changes: list[str]):
+        self.where, self.changes = where, list(changes)
+        super().__init__(f"{where}: cannot resume: it was written by another plan ({'; '.join(self.changes)}); "
+                         "resume with the plan it was started with, or write again without resume=True")
+
+
 class ConversionError(SchemaError):
     """A row cannot be converted between two schemas without losing information."""
 

@@ -249,7 +249,7 @@ class LocalExecutor(Executor):
                 bad, taken = plan.source.bad[taken:upto], upto
                 quarantine, records, seen = item.taken or (run.take_quarantine(), run.records(), None)
                 sink.end_units(item.units, plan.source.schema, root, with_invalid(quarantine, bad),
-                               records, run.save_state(stage, sink.segment, seen), taken)
+                               records, run.save_state(stage, sink.segment, seen), len(bad))
                 _remove(stage, old.values())
             else:
                 sink.add(item, plan.output_schema(item), root)

@@ -16,9 +16,12 @@ import json
 import pyarrow as pa
 
 from datacopilot.history import OpRecord, format_history
+from datacopilot.io.identity import as_plain, file_stats
 from datacopilot.io.sink import ShardSink, read_report
+from datacopilot.source import MEMORY
 
-__all__ = ["open_sink", "make_report", "plan_fingerprint", "records_from", "with_invalid", "write_result"]
+__all__ = ["open_sink", "make_report", "plan_fingerprint", "plan_identity", "records_from", "with_invalid",
+           "write_result"]
 
 
 def plan_fingerprint(plan, format: str, max_rows: int | None, image_paths: str = "keep") -> str:
@@ -33,13 +36,35 @@ def plan_fingerprint(plan, format: str, max_rows: int | None, image_paths: str =
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def plan_identity(plan, format: str, max_rows: int | None, image_paths: str = "keep") -> dict:
+    """What ``plan``'s output is made from, as plain data kept in its manifest (``pipeline.plan``), which a resume
+    must match and whose differences it names (:func:`datacopilot.io.identity.plan_changes`): the input files
+    with their sizes and modification times (an in-memory dataset by its rows), the schema given (a detected one
+    follows from the files), the input format and image root, the operators with their parameters, the error
+    policy and the output options."""
+    src = plan.source
+    if src.dataset is not None:
+        sources = [{"unit": MEMORY, "rows": len(src.dataset)}]
+        given = src.dataset.schema.name
+    else:
+        sources = file_stats(src.units())
+        given = src.spec.get("schema") if src.spec is not None else getattr(src.schema, "name", None)
+    return as_plain({"sources": sources, "schema": given, "input_format": src.format, "root": src.root,
+                     "ops": [{"name": op.name, "params": op.params()} for op in plan.ops],
+                     "on_error": plan.on_error, "format": format, "max_rows_per_shard": max_rows,
+                     "image_paths": image_paths})
+
+
 def open_sink(plan, out_dir: str, format: str, max_rows: int | None, resume: bool,
               image_paths: str = "keep") -> ShardSink:
-    """The sink of ``plan``'s output in ``out_dir``: one unit per input unit, fingerprinted by the plan."""
+    """The sink of ``plan``'s output in ``out_dir``: one unit per input unit, fingerprinted by the plan, whose
+    identity (:func:`plan_identity`) a resume must match."""
     from datacopilot.media import check_image_paths
 
+    image_paths = check_image_paths(image_paths)
     return ShardSink(out_dir, format, max_rows, plan.source.units(), resume,
-                     plan_fingerprint(plan, format, max_rows, check_image_paths(image_paths)), image_paths)
+                     plan_fingerprint(plan, format, max_rows, image_paths), image_paths,
+                     plan=plan_identity(plan, format, max_rows, image_paths))
 
 
 def records_from(dicts: list[dict]) -> list[OpRecord]:
@@ -78,6 +103,8 @@ def write_result(plan, executor, out_dir: str, format: str = "arrow", resume: bo
     sink = open_sink(plan, out_dir, format, max_rows_per_shard, resume, image_paths)
     if sink.finished:
         return make_report(out_dir, sink.manifest)
+    if sink.done:  # a streamed run's progress: this write is one segment of every unit, it starts over
+        sink = open_sink(plan, out_dir, format, max_rows_per_shard, False, image_paths)
     result = executor.run(plan)
     root = plan.source.root
     if result.table.num_rows:

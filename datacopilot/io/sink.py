@@ -8,7 +8,8 @@ Ray's tasks write) goes through :class:`ShardSink`, which owns
   records (:meth:`ShardSink.record`);
 * the manifest: ``format``, ``schema``, ``rows``, ``shards`` and ``quarantine`` (``file``, ``rows``, ``bytes``,
   ``sha256`` each), ``image_paths`` (and ``root``), ``created``, ``generation``, ``complete``; a pipeline's adds
-  ``pipeline`` (its input units, the finished ones, the plan's fingerprint, its run state) and ``report``;
+  ``pipeline`` (its input units, the finished ones, the plan's fingerprint and identity (:mod:`.identity`), its
+  run state, the invalid input rows of the finished units) and ``report``;
 * staging and the atomic publish (:class:`datacopilot.io.outputs.Staged`);
 * streaming (:meth:`ShardSink.add`: tables cut into shards of ``max_rows``) or a whole table at once on threads
   (:meth:`ShardSink.write_table`), and for a pipeline the finished input units (:meth:`ShardSink.end_units`),
@@ -34,12 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.errors import DataCopilotError, InputError, PlanChangedError
 from datacopilot.schemas import Schema
 from datacopilot.schemas.arrow_build import concat_tables
 
 from ._fs import MANIFEST, atomic_open, check_entries, file_sha256, get_fs, hashed_writes, is_complete, join, read_json
 from .formats import FORMATS, writer_for
+from .identity import plan_changes
 from .outputs import Staged
 from .rows import Rows
 
@@ -160,7 +162,7 @@ class ShardSink:
 
     def __init__(self, out_dir: str, format: str = "arrow", max_rows: int | None = 100_000,
                  units: list[str] | None = None, resume: bool = False, fingerprint: str | None = None,
-                 image_paths: str = "keep", options: dict | None = None):
+                 image_paths: str = "keep", options: dict | None = None, plan: dict | None = None):
         from datacopilot.media import check_image_paths
 
         check_image_paths(image_paths)
@@ -171,12 +173,15 @@ class ShardSink:
             raise DataCopilotError("`resume` needs the input `units` of a pipeline's write")
         self.dir, self.format, self.max_rows, self.units = out_dir, format, max_rows, units
         self.ext, self.fingerprint, self.finished = FORMATS[format].extensions[0], fingerprint, False
-        self.image_paths, self.options = image_paths, dict(options or {})
+        self.image_paths, self.options, self.plan = image_paths, dict(options or {}), plan
         self.manifest = {"format": format, "schema": None, "rows": 0, "shards": [], "quarantine": [],
                          "image_paths": {"mode": image_paths, "rewritten": 0}}
         if units is not None:
             self.manifest["pipeline"] = {"units": units, "fingerprint": fingerprint, "image_paths": image_paths,
-                                         "done": [], "segments": 0, "records": [], "state": {}, "complete": False}
+                                         "done": [], "segments": 0, "records": [], "state": {}, "invalid": 0,
+                                         "complete": False}
+            if plan is not None:
+                self.manifest["pipeline"]["plan"] = plan
         self.run = self._resumed() if resume else None
         if self.run is None and not self.finished:
             self.run = Staged.fresh(out_dir)
@@ -184,14 +189,20 @@ class ShardSink:
 
     # -- resume ----------------------------------------------------------------------------------------------
     def _same_plan(self, m: dict, where: str) -> None:
+        """Refuse to continue ``m`` (a staged or published manifest at ``where``) with another plan: a
+        PlanChangedError naming what changed (a manifest written before plans were kept in it: an InputError)."""
         p = m.get("pipeline", {})
-        if p.get("units") != self.units:
-            raise InputError(f"{where}: cannot resume: its manifest was written for other inputs "
-                             f"({len(p.get('units', []))} unit(s), now {len(self.units)})")
         if p.get("image_paths", "keep") != self.image_paths:
             raise InputError(f"{where}: cannot resume: its shards were written with image_paths="
                              f"{p.get('image_paths', 'keep')!r}, now image_paths={self.image_paths!r}; resume with "
                              f"image_paths={p.get('image_paths', 'keep')!r}, or write again without resume=True")
+        if p.get("plan") is not None and self.plan is not None:
+            changes = plan_changes(p["plan"], self.plan)
+            if changes:
+                raise PlanChangedError(where, changes)
+        if p.get("units") != self.units:
+            raise InputError(f"{where}: cannot resume: its manifest was written for other inputs "
+                             f"({len(p.get('units', []))} unit(s), now {len(self.units)})")
         if p.get("fingerprint") not in (None, self.fingerprint):
             raise InputError(f"{where}: cannot resume: its manifest was written by another plan (operators, "
                              "their parameters, the error policy, the format or the shard size differ); write "
@@ -371,8 +382,9 @@ class ShardSink:
                   bad: int = 0) -> None:
         """Flush the segment's rows and quarantine, then record its units (indices into ``units``) as finished
         in the staged manifest (atomically), with the accounting so far (``records``, one OpRecord per
-        operator) and the run ``state``; after the last unit, stage the run's report (``bad``: the invalid
-        input rows of the run) and publish the output with it."""
+        operator) and the run ``state``; ``bad``: the invalid input rows read in these units (in the quarantine
+        given), added to those of the units finished before, also by the runs this one resumes. After the last
+        unit, stage the run's report and publish the output with it."""
         self.flush(root)
         if quarantine is not None and quarantine.num_rows:
             self.write_quarantine(quarantine, root)
@@ -380,10 +392,11 @@ class ShardSink:
         p["done"] += [self.units[u] for u in units]
         p["segments"] += 1
         p["records"], p["state"] = [r.as_dict() for r in records], state
+        p["invalid"] = p.get("invalid", 0) + bad
         p["complete"] = len(set(p["done"])) == len(self.units)
         if p["complete"]:
             p["state"] = {}  # the state files stay in the staging area, which publishing removes
-            m["report"] = self._stage_report(m, records, bad)
+            m["report"] = self._stage_report(m, records, p["invalid"])
             self._publish(m)
         else:
             m["complete"] = False

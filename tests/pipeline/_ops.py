@@ -34,3 +34,16 @@ class KillAt(Mapper):
         if os.environ.get("DC_KILL") == "1" and self.p["id"] in batch.column("id").to_pylist():
             os.kill(os.getpid(), signal.SIGKILL)
         return batch
+
+
+class KillAtEnv(Mapper):
+    """``kill -9`` of its own process when it meets the row whose id is in the environment's DC_KILL_AT (the same
+    plan, with the same fingerprint, killed at another row in each run)."""
+
+    name, reads, writes = "test_pipe_kill_at_env", ("id",), ("id",)
+
+    def map_batch(self, batch):
+        at = os.environ.get("DC_KILL_AT")
+        if at and at in batch.column("id").to_pylist():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch
