@@ -311,7 +311,12 @@ class MMDataset:
 
     # -- ordering and sampling ------------------------------------------------------------------------
     def shuffle(self, seed: int | None = None) -> "MMDataset":
-        return self._new(self._table.take(np.random.default_rng(seed).permutation(len(self))))
+        """All rows in a random order: with a ``seed``, the order of the ``shuffle`` operator on every executor
+        (:func:`~datacopilot.engine.grouping.shuffle_keys`)."""
+        from datacopilot.engine.grouping import shuffle_keys
+
+        seed = int(np.random.default_rng().integers(2**63)) if seed is None else seed
+        return self._new(self._table.take(np.argsort(shuffle_keys(seed, np.arange(len(self))), kind="stable")))
 
     def sample(self, n: int, seed: int | None = None) -> "MMDataset":
         """``n`` distinct rows drawn at random (in random order)."""

@@ -1,8 +1,10 @@
 """Dataset-wide reordering as pipeline stages: ``shuffle`` (a seeded permutation of all rows) and ``sort`` (by
 columns or struct fields, stable). Both are groupers whose groups are single rows: while the rows wait (in memory
 for ``ds.apply``, in the local executor's memory-mapped spill file, in Ray's object store), executors keep only what
-the order needs, nothing per row for ``shuffle`` until the rows are counted (then the permutation, 8 bytes a row)
-and the key values for ``sort``; then they read the rows back in the new order, a window at a time.
+the order needs, nothing per row for ``shuffle`` until the rows are counted (then a key of each row's position, 8
+bytes a row: :func:`~datacopilot.engine.grouping.shuffle_keys`) and the key values for ``sort``; then they read the
+rows back in the new order, a window at a time. On Ray both are range-partitioned stages
+(:mod:`datacopilot.engine.partitions`): no process holds anything per row of the whole dataset.
 
 They give the rows of ``ds.shuffle(seed)`` and ``ds.sort(by, reverse=descending)`` on the same rows (one
 column name or a list of them; ``sort`` also takes struct fields, ``"image.path"``), on every executor:
@@ -18,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datacopilot.engine.grouping import shuffle_keys
+
 from .base import Grouper, check_int
 from .registry import register
 
@@ -31,12 +35,13 @@ class Shuffle(Grouper):
     def __init__(self, seed: int = 0):
         super().__init__(seed=check_int(self, "seed", seed, minimum=0))
 
+    sort_keys = [("key", "ascending")]
+
     def signatures(self, batch: pa.RecordBatch) -> np.ndarray:
         return np.zeros((batch.num_rows, 0), np.uint8)  # nothing to keep: the rows are only counted
 
-    def arrange(self, parts: list) -> tuple[np.ndarray, np.ndarray]:
-        n = sum(len(p) for p in parts)
-        return np.random.default_rng(self.p["seed"]).permutation(n), np.arange(n + 1)
+    def order_by(self, sigs, positions: np.ndarray) -> pa.Table:
+        return pa.table({"key": shuffle_keys(self.p["seed"], positions)})
 
 
 @register
@@ -54,6 +59,9 @@ class Sort(Grouper):
             raise self.error(f"`descending` must be True or False, got {descending!r}")
         super().__init__(by=by if isinstance(by, str) else list(by), descending=descending)
         self.keys = list(keys)
+        # the key columns as errors name them ("image.path"; a key given twice: "id#1")
+        self.names = [k if self.keys.count(k) == 1 else f"{k}#{i}" for i, k in enumerate(self.keys)]
+        self.sort_keys = [(k, "descending" if descending else "ascending") for k in self.names]
         self.reads = tuple(dict.fromkeys(k.split(".")[0] for k in self.keys))
 
     def signatures(self, batch: pa.RecordBatch) -> pa.Table:
@@ -68,14 +76,5 @@ class Sort(Grouper):
             cols[f"k{i}"] = col
         return pa.table(cols)
 
-    def arrange(self, parts: list) -> tuple[np.ndarray, np.ndarray]:
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros(1, np.int64)
-        keys = pa.concat_tables(parts, promote_options="permissive")
-        order = "descending" if self.p["descending"] else "ascending"
-        try:
-            idx = pc.sort_indices(keys, sort_keys=[(f"k{i}", order) for i in range(len(self.keys))])
-        except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-            types = ", ".join(f"{k} ({t})" for k, t in zip(self.keys, keys.schema.types))
-            raise self.error(f"cannot sort by {types}: {e}") from None
-        return idx.to_numpy().astype(np.int64), np.arange(keys.num_rows + 1)
+    def order_by(self, sigs: pa.Table, positions: np.ndarray) -> pa.Table:
+        return sigs.rename_columns(self.names)

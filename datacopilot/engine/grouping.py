@@ -6,7 +6,8 @@
    and only the signatures (16 bytes a row for ``merge_same_image``) stay in memory.
 2. ``op.arrange`` decides the output order from all signatures: by default :func:`group_ids` gives each row the
    index of its group's first row and :func:`layout` orders the rows group by group, groups in order of their
-   first row (``shuffle`` and ``sort`` arrange single rows their own way).
+   first row (``shuffle`` and ``sort`` order single rows by the key of :meth:`~.kinds.Grouper.order_by`:
+   :func:`ordered`). :mod:`.partitions` splits both decisions across tasks.
 3. The rows come back in that order (the local executor through bucket files; ``ds.apply`` and Ray take them
    by index, :class:`Rows`), and :func:`merge_windows` hands the groups to ``merge`` a window at a time (about
    ``batch_size`` rows). A group of one row is passed on as it is; a group whose merge raises fails all its rows,
@@ -31,7 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datacopilot.kernels.grouping import capacity_groups
+from datacopilot.kernels.hashing import mix64
 
 from datacopilot.errors import OperatorError
 
@@ -39,6 +42,8 @@ from .step import to_table, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Grouper
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def group_ids(op: Grouper, sigs: np.ndarray) -> np.ndarray:
@@ -70,6 +75,49 @@ def arranged(op: Grouper, parts: list, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise OperatorError(op.label, None, f"arrange() must order each of the {n} rows exactly once in groups "
                                             f"of at least one row")
     return order, offsets
+
+
+def order_indices(op: Grouper, keys: pa.Table, sort_keys: list) -> np.ndarray:
+    """The stable order of ``keys`` by ``sort_keys`` (nulls last), or an OperatorError naming the keys that cannot
+    be sorted."""
+    try:
+        return pc.sort_indices(keys, sort_keys=sort_keys).to_numpy().astype(np.int64)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        types = ", ".join(f"{c} ({keys.schema.field(c).type})" for c, _ in op.sort_keys)
+        raise op.error(f"cannot sort by {types}: {e}") from None
+
+
+def order_keys(op: Grouper, parts: list, start: int = 0) -> pa.Table:
+    """:meth:`Grouper.order_by` over consecutive batches' signatures, the first at position ``start``."""
+    keys, at = [], start
+    for p in parts:
+        keys.append(op.order_by(p, np.arange(at, at + len(p), dtype=np.int64)))
+        at += len(p)
+    return pa.concat_tables(keys, promote_options="permissive")
+
+
+def ordered(op: Grouper, parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """The arrangement of a grouper of single rows in the order of :meth:`Grouper.order_by`'s key (ties in input
+    order)."""
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
+    keys = order_keys(op, parts)
+    return order_indices(op, keys, op.sort_keys), np.arange(keys.num_rows + 1)
+
+
+def shuffle_keys(seed: int, positions: np.ndarray) -> np.ndarray:
+    """The shuffle rule (``ds.shuffle(seed)`` and the ``shuffle`` operator, on every executor): rows come in the
+    order of these keys, a bijection of their positions (the splitmix64 stream of the seed at the positions), so
+    a task can order any subset of the rows knowing only their positions.
+
+    >>> np.argsort(shuffle_keys(5, np.arange(6))).tolist(), np.argsort(shuffle_keys(6, np.arange(6))).tolist()
+    ([1, 4, 3, 2, 0, 5], [5, 4, 0, 1, 2, 3])
+    >>> bool((shuffle_keys(5, np.arange(2, 4)) == shuffle_keys(5, np.arange(6))[2:4]).all())  # a row's own key
+    True
+    """
+    state = mix64(np.array([int(seed) % 2**64], np.uint64))
+    with np.errstate(over="ignore"):
+        return mix64(state + np.asarray(positions).astype(np.uint64) * _GOLDEN)
 
 
 def windows(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:

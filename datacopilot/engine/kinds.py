@@ -195,16 +195,37 @@ class Grouper(Operator):
     pass it starts the key's next group; groups come in order of their first row. ``merge(table, offsets)`` gets
     the rows of several groups, group ``g`` being rows ``offsets[g]:offsets[g + 1]``, each of at least two rows,
     and returns one row per group (or an :class:`Outcome` of it). ``shuffle`` and ``sort`` are groupers whose
-    groups are single rows. Executors keep only the signatures in memory while they collect them
-    (:mod:`datacopilot.engine.grouping`).
+    groups are single rows, in the order of the key :meth:`order_by` gives. Executors keep only the signatures
+    in memory while they collect them (:mod:`datacopilot.engine.grouping`); :attr:`partitioning` says how an
+    executor may split the decision across tasks.
     """
 
     kind = "group"
+
+    #: the sort keys of :meth:`order_by`'s columns, ``[(column, "ascending" | "descending")]``
+    sort_keys: ClassVar[list] = []
 
     @property
     def capacity(self) -> int | None:
         """The most a group's sizes may add up to (None: no limit)."""
         return None
+
+    def order_by(self, sigs: Any, positions: np.ndarray) -> pa.Table | None:
+        """For a grouper of single rows in the order of a key (``sort``, ``shuffle``): the key of the rows whose
+        signatures are ``sigs`` (one batch's) at ``positions`` (their positions among all the grouper's input
+        rows), as a table ordered by :attr:`sort_keys`, nulls last, ties in input order. None (the default):
+        groups of ``(key, size)`` signatures."""
+        return None
+
+    @property
+    def partitioning(self) -> str | None:
+        """How an executor may split the decision across tasks: ``"range"`` (single rows in the order of
+        :meth:`order_by`'s key: range-partitioned by it), ``"hash"`` (the default groups of ``(key, size)``
+        signatures: hash-partitioned by key), None (a grouper with its own :meth:`arrange`: decided over all the
+        signatures at once)."""
+        if type(self).arrange is not Grouper.arrange:
+            return None
+        return "range" if type(self).order_by is not Grouper.order_by else "hash"
 
     def signatures(self, batch: pa.RecordBatch) -> Any:
         raise NotImplementedError
@@ -213,8 +234,10 @@ class Grouper(Operator):
         """``(order, offsets)`` from the signatures of all rows, ``parts`` as their batches gave them: the rows
         (indices over all parts) group by group in output order; group ``g`` is ``order[offsets[g]:offsets[g +
         1]]``."""
-        from .grouping import group_ids, layout
+        from .grouping import group_ids, layout, ordered
 
+        if self.partitioning == "range":
+            return ordered(self, parts)
         sigs = [np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in parts]
         return layout(group_ids(self, np.concatenate(sigs) if sigs else np.zeros((0, 2), np.uint64)))
 

@@ -318,31 +318,13 @@ def _dedup(ray, ds, op, k: int, template: Accounting):
 
 
 def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_rows: int):
-    """The barrier of a grouper: signatures per block -> the output order decided on the driver (``group_order``,
-    holding only the signatures) -> one task per run of about ``block_rows`` output rows takes its rows from the
-    blocks that hold them (passed as arguments: Ray fetches them from its object store) and merges its groups.
-    The blocks' accountings travel on in blocks of their own, ahead of the output."""
-    from datacopilot.engine.barriers import group_order
-    from datacopilot.engine.grouping import windows
+    """The barrier of a grouper, as distributed stages (:mod:`.ray_group`): rows range-partitioned by key
+    (``sort``, ``shuffle``) or sent to the range of their group's first row once each key partition has decided
+    its groups (``merge_same_image``); the driver holds references and per-block counts. The blocks' accountings
+    travel on in blocks of their own, ahead of the output."""
+    from . import ray_group
 
-    refs, seen, out = _observe(ray, ds, template)
-    seen = list(seen)
-    bounds = np.cumsum([0, *(n for _, n in seen)])
-    order, offsets = group_order(op, [p for pieces, _ in seen for p in pieces], int(bounds[-1]))
-    del seen
-    merge = ray.remote(st.merge_block)
-    for lo, hi in windows(offsets, block_rows):
-        rows = order[offsets[lo]:offsets[hi]]
-        block = np.searchsorted(bounds, rows, side="right") - 1
-        srcs = np.unique(block)
-        pos = np.argsort(block, kind="stable")  # the rows taken: source by source, in the order given
-        takes = [rows[pos[block[pos] == c]] - bounds[c] for c in srcs]
-        local = np.empty(len(rows), np.int64)
-        local[pos] = np.arange(len(rows))
-        held = rows[pos]  # the rows taken, as indices among all the rows held
-        out.append(merge.remote(op, k, template, batch_size, local, offsets[lo:hi + 1] - offsets[lo], held, takes,
-                                *(refs[c] for c in srcs)))
-    return ray.data.from_arrow_refs(out)
+    return ray_group.group(ray, ds, op, k, template, batch_size, block_rows, get)
 
 
 def account(ev: pa.Table, rows_out: int, ops: list, policy: str):

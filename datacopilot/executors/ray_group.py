@@ -1,0 +1,250 @@
+"""Groupers on Ray as distributed stages: the rows move once, each to the one task that needs it, and the driver
+holds references and per-block counts, nothing per row (:mod:`datacopilot.engine.partitions` has the rules).
+
+1. *count*: a task per block reads what the stage before left in it (its live rows, its accounting, the grouper's
+   signatures) and returns its number of rows and whether a failure waits to be raised (to the driver), its
+   accounting (an event row, which travels ahead of the output) and, for a ``"hash"`` grouper, its keyed rows'
+   ``(position, key, size)`` split by key partition, for a ``"range"`` one a sample of its signatures.
+2. ``"range"`` (``sort``, ``shuffle``): one task picks the range boundaries from the samples; a task per block
+   splits its rows by range (:func:`~datacopilot.engine.partitions.range_of`); a task per range sorts its rows.
+3. ``"hash"`` (``merge_same_image``): a task per key partition decides the groups of its keys (each row's leader,
+   :func:`~datacopilot.engine.partitions.leaders`) and returns them per block; a task per block sends its rows to
+   the output range of their leader; a task per range lays out and merges its groups
+   (:func:`~datacopilot.engine.barriers.merge_rows`).
+
+The ranges' tasks yield blocks of about ``block_rows`` rows, then their accounting. A grouper with its own
+``arrange`` is decided on the driver from all the signatures, as before (:func:`driver_group`).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from datacopilot.engine import partitions as pt
+from datacopilot.engine.barriers import group_order, merge_rows
+from datacopilot.engine.grouping import layout, order_keys, take_rows, windows
+from datacopilot.engine.step import concat
+from datacopilot.schemas.arrow_build import concat_tables
+
+from . import ray_stages as st
+
+#: what the driver held for the last grouper stage: blocks, partitions, object references, bytes fetched
+DRIVER: dict = {}
+
+
+def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
+    """The barrier of grouper ``op`` (operator ``k``) over the blocks of ``ds``: a Ray dataset of the events of
+    the blocks, then the output (``get``: ``ray.get`` re-raising a datacopilot error from a worker)."""
+    if op.partitioning is None:
+        return driver_group(ray, ds, op, k, template, batch_size, block_rows, get)
+    refs = list(ds.to_arrow_refs())
+    blocks = len(refs)
+    parts = pt.partition_count(blocks, int(ray.cluster_resources().get("CPU", 1)))
+    hashed = op.partitioning == "hash"
+    count = ray.remote(_count).options(num_returns=2 + (parts if hashed else 1))
+    counted = [count.remote(r, template, op, parts) for r in refs]
+    events = [c[1] for c in counted]
+    stats = get(ray, [c[0] for c in counted])
+    DRIVER.clear()
+    DRIVER.update(blocks=blocks, partitions=parts, fetched_bytes=len(pickle.dumps(stats)))
+    if any(failed for _, failed in stats):  # the first failure of all the blocks, raised now
+        st.accounting(pa.concat_tables(get(ray, events)), template).check()
+    counts = np.array([n for n, _ in stats], np.int64)
+    bases = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if not counts.sum():
+        return ray.data.from_arrow_refs(events)
+    if hashed:
+        gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases)
+    else:
+        gens = _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, get)
+    out = [ref for g in gens for ref in g]
+    DRIVER["refs"] = DRIVER.get("refs", 0) + len(refs) + len(out) + sum(len(c) for c in counted)
+    return ray.data.from_arrow_refs(events + out)
+
+
+def _many(ref_or_refs, n: int) -> list:
+    return list(ref_or_refs) if n > 1 else [ref_or_refs]
+
+
+def _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, get) -> list:
+    bounds = get(ray, ray.remote(_bounds).remote(op, parts, bases, *(c[2] for c in counted)))
+    DRIVER["fetched_bytes"] += bounds.nbytes
+    ranges, held = bounds.num_rows + 1, ray.put(bounds)
+    split = ray.remote(_split_range).options(num_returns=ranges)
+    pieces = [_many(split.remote(r, op, int(b), held, ranges), ranges) for r, b in zip(refs, bases)]
+    sort = ray.remote(_sort_range).options(num_returns="streaming")
+    DRIVER["refs"] = len(refs) * ranges
+    return [sort.remote(op, k, template, batch_size, block_rows, *(p[q] for p in pieces)) for q in range(ranges)]
+
+
+def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases) -> list:
+    blocks = len(refs)
+    decide = ray.remote(_decide).options(num_returns=blocks)
+    decided = [_many(decide.remote(op, bases, *(c[2 + p] for c in counted)), blocks) for p in range(parts)]
+    cuts = pt.output_cuts(counts, parts)
+    ranges = len(cuts) - 1
+    route = ray.remote(_route).options(num_returns=ranges)
+    routed = [_many(route.remote(r, int(b), cuts, *(d[i] for d in decided)), ranges)
+              for i, (r, b) in enumerate(zip(refs, bases))]
+    merge = ray.remote(_merge_range).options(num_returns="streaming")
+    DRIVER["refs"] = blocks * (parts + ranges)
+    return [merge.remote(op, k, template, batch_size, block_rows, *(r[q] for r in routed)) for q in range(ranges)]
+
+
+# -- tasks ----------------------------------------------------------------------------------------------------
+def _payload(ev: pa.Table) -> list:
+    return [p for b in ev.column(st.PAYLOAD).to_pylist() if b is not None for p in pickle.loads(b)]
+
+
+def _count(block: pa.Table, template, op, parts: int):
+    """A block's ``(rows, failed)``, its event row without the payload, then its keyed rows by key partition
+    (``"hash"``: ``(m, 3)`` uint64 arrays of local position, key, size) or a sample of its signatures
+    (``"range"``: ``(local positions, signatures)`` per batch)."""
+    live, ev = st.split(block)
+    acc = st.accounting(ev, template)
+    pieces = _payload(ev)
+    head = ((live.num_rows, acc.failed), st.event(acc))
+    if op.partitioning == "range":
+        sample, at = [], 0
+        for p in pieces:
+            idx = pt.sample_at(len(p))
+            sample.append((at + idx, pt.take_signatures(p, idx)))
+            at += len(p)
+        return (*head, sample)
+    sigs = (np.concatenate([np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in pieces]) if pieces
+            else np.zeros((0, 2), np.uint64))
+    keyed = np.flatnonzero(sigs[:, 0] != 0)
+    which = pt.hash_of(sigs[keyed, 0], parts)
+    table = np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1)
+    return (*head, *(table[which == p] for p in range(parts)))
+
+
+def _bounds(op, parts: int, bases: np.ndarray, *samples) -> pa.Table:
+    keys = [pt.with_positions(op.order_by(sigs, base + at), base + at)
+            for base, sample in zip(bases, samples) for at, sigs in sample if len(at)]
+    if not keys:
+        return pa.table({pt.POS: pa.array([], pa.int64())})
+    return pt.range_bounds(op, pa.concat_tables(keys, promote_options="permissive"), parts)
+
+
+def _split_range(block: pa.Table, op, base: int, bounds: pa.Table, ranges: int):
+    live, ev = st.split(block)
+    pieces = _payload(ev)
+    keys = order_keys(op, pieces, base) if pieces else pa.table({})
+    keys = pt.with_positions(keys, base + np.arange(live.num_rows))
+    return _by(pt.range_of(op, keys, bounds), ranges, lambda idx: (take_rows(live, idx), keys.take(pa.array(idx))))
+
+
+def _by(which: np.ndarray, n: int, piece) -> tuple | object:
+    """``piece(rows of which == q)`` for each ``q < n`` (one value when ``n == 1``, as Ray returns it)."""
+    idx = np.argsort(which, kind="stable")
+    cut = np.searchsorted(which[idx], np.arange(n + 1))
+    out = tuple(piece(idx[cut[q]:cut[q + 1]]) for q in range(n))
+    return out if n > 1 else out[0]
+
+
+def _emit(outs: Iterator[pa.Table], block_rows: int) -> Iterator[pa.Table]:
+    held, n = [], 0
+    for t in outs:
+        held.append(t)
+        n += t.num_rows
+        if n >= block_rows:
+            yield concat(held)
+            held, n = [], 0
+    if held and n:
+        yield concat(held)
+
+
+def _apply(op, k: int, template, batch_size: int, block_rows: int, rows: pa.Table, order: np.ndarray,
+           offsets: np.ndarray, positions: np.ndarray) -> Iterator[pa.Table]:
+    """A range's rows in their order, groups merged, in blocks of about ``block_rows`` rows, then its event row
+    (a failed merge named by the row's position among the grouper's input)."""
+    acc = template.fresh()
+    yield from _emit(merge_rows(op, k, rows, order, offsets, acc, batch_size), block_rows)
+    a = acc.ops[k]
+    if a.error is not None:
+        a.error.row = int(positions[a.error.row])
+    yield st.event(acc)
+
+
+def _rows(tables: list[pa.Table]) -> pa.Table:
+    """The rows of a range's pieces, in order (pieces without rows left out: a block of events has no columns)."""
+    held = [t for t in tables if t.num_rows]
+    return concat_tables(held) if held else tables[0]
+
+
+def _sort_range(op, k: int, template, batch_size: int, block_rows: int, *pieces) -> Iterator[pa.Table]:
+    rows = _rows([r for r, _ in pieces])
+    keys = pa.concat_tables([kk for _, kk in pieces], promote_options="permissive")
+    order = pt.sort_range(op, keys)
+    positions = keys.column(pt.POS).to_numpy()
+    yield from _apply(op, k, template, batch_size, block_rows, rows, order, np.arange(rows.num_rows + 1), positions)
+
+
+def _decide(op, bases: np.ndarray, *pieces) -> tuple | np.ndarray:
+    """A key partition: every keyed row of its keys (from every block, in block order) -> per block, ``(m, 2)``
+    int64 local positions and their leaders' global positions."""
+    which = np.concatenate([np.full(len(p), b, np.int64) for b, p in enumerate(pieces)])
+    table = np.concatenate(pieces) if pieces else np.zeros((0, 3), np.uint64)
+    local = table[:, 0].astype(np.int64)
+    lead = pt.leaders(bases[which] + local, table[:, 1], table[:, 2], op.capacity)
+    return _by(which, len(pieces), lambda idx: np.stack([local[idx], lead[idx]], axis=1))
+
+
+def _route(block: pa.Table, base: int, cuts: np.ndarray, *decided):
+    """A block's rows by the output range of their leader: ``(rows, positions, leaders)`` per range."""
+    live, _ = st.split(block)
+    pos = base + np.arange(live.num_rows, dtype=np.int64)
+    lead = pos.copy()  # a row without a key leads its own group
+    for d in decided:
+        lead[d[:, 0]] = d[:, 1]
+    return _by(pt.range_index(cuts, lead), len(cuts) - 1, lambda idx: (take_rows(live, idx), pos[idx], lead[idx]))
+
+
+def _merge_range(op, k: int, template, batch_size: int, block_rows: int, *pieces) -> Iterator[pa.Table]:
+    rows = _rows([r for r, _, _ in pieces])
+    pos = np.concatenate([p for _, p, _ in pieces])
+    order, offsets = layout(np.concatenate([g for _, _, g in pieces]))  # by leader, then position
+    yield from _apply(op, k, template, batch_size, block_rows, rows, order, offsets, pos)
+
+
+# -- the driver-side decision: a grouper with its own arrange (and the comparison in bench/ray_group.py) ------
+def driver_group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
+    """Signatures per block -> the output order decided on the driver (``group_order``, holding every signature)
+    -> one task per run of about ``block_rows`` output rows takes its rows from the blocks that hold them (passed
+    as arguments: Ray fetches them from its object store) and merges its groups. The blocks' accountings travel
+    on in blocks of their own, ahead of the output."""
+    refs = list(ds.to_arrow_refs())
+    task = ray.remote(st.observed).options(num_returns=2)
+    got = [task.remote(r, template) for r in refs]
+    out = [e for _, e in got]
+    seen, fetched = [], 0
+    for meta, _ in got:
+        pieces, n, failed = get(ray, meta)
+        fetched += sum(getattr(p, "nbytes", 0) for p in pieces)
+        if failed:
+            st.accounting(pa.concat_tables(get(ray, out)), template).check()
+        seen.append((pieces, n))
+    DRIVER.clear()
+    DRIVER.update(blocks=len(refs), partitions=0, fetched_bytes=fetched)
+    bounds = np.cumsum([0, *(n for _, n in seen)])
+    order, offsets = group_order(op, [p for pieces, _ in seen for p in pieces], int(bounds[-1]))
+    del seen
+    merge = ray.remote(st.merge_block)
+    for lo, hi in windows(offsets, block_rows):
+        rows = order[offsets[lo]:offsets[hi]]
+        block = np.searchsorted(bounds, rows, side="right") - 1
+        srcs = np.unique(block)
+        pos = np.argsort(block, kind="stable")  # the rows taken: source by source, in the order given
+        takes = [rows[pos[block[pos] == c]] - bounds[c] for c in srcs]
+        local = np.empty(len(rows), np.int64)
+        local[pos] = np.arange(len(rows))
+        held = rows[pos]  # the rows taken, as indices among all the rows held
+        out.append(merge.remote(op, k, template, batch_size, local, offsets[lo:hi + 1] - offsets[lo], held, takes,
+                                *(refs[c] for c in srcs)))
+    DRIVER["refs"] = len(refs) + len(out)
+    return ray.data.from_arrow_refs(out)
