@@ -69,6 +69,41 @@ def hash_strings(values, seed: int = 0) -> np.ndarray:
     return pl.Series(arr).hash(seed=seed).to_numpy().astype(np.uint64, copy=False)
 
 
+def normalized_keys(texts, row_offsets: np.ndarray | None = None) -> np.ndarray:
+    """One uint64 key per row: the hash of :func:`normalize_text` of the row's texts joined by a space, equal
+    for two rows exactly when their normalized texts are (up to a 64-bit collision). ``texts`` is a string
+    array (a null counts as ``""``); ``row_offsets`` (int64, ``n_rows + 1``) groups it into rows, texts
+    ``row_offsets[r]:row_offsets[r + 1]`` being row ``r``'s (None: one text a row).
+
+    ASCII rows are hashed as they are read (:mod:`datacopilot.kernels.text_keys`: no lowered or joined string is
+    built); the others through ``normalize_text`` and the same byte hash.
+
+    >>> k = normalized_keys(pa.array(["Hello", "World", "hello  world", "hello"]), np.array([0, 2, 3, 4]))
+    >>> bool(k[0] == k[1]), bool(k[0] == k[2])
+    (True, False)
+    """
+    from .text import string_buffers
+    from .text_keys import row_keys, string_keys
+
+    arr = _as_string_array(texts)
+    if arr.null_count:
+        arr = pc.fill_null(arr, "")
+    if row_offsets is None:
+        row_offsets = np.arange(len(arr) + 1, dtype=np.int64)
+    row_offsets = np.asarray(row_offsets, np.int64)
+    keys, ascii = row_keys(row_offsets, *string_buffers(arr))
+    if not ascii.all():
+        rows = np.flatnonzero(~ascii)
+        starts, ends = row_offsets[rows], row_offsets[rows + 1]
+        sub = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(ends - starts, out=sub[1:])
+        take = np.repeat(starts - sub[:-1], ends - starts) + np.arange(sub[-1])  # the rows' texts, in order
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(sub, pa.int32() if sub[-1] < 2**31 else pa.int64()),
+                                                         arr.take(pa.array(take, pa.int64()))), " ")
+        keys[rows] = string_keys(*string_buffers(normalize_text(joined)))
+    return keys
+
+
 def hash_bytes(values: Iterable[bytes | None]) -> np.ndarray:
     """One uint64 per byte string (BLAKE2b, 8-byte digest, little endian); ``None`` hashes to 0.
 

@@ -30,7 +30,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datacopilot.kernels.hashing import combine, hash_strings, normalize_text
+from datacopilot.kernels.hashing import combine, normalized_keys
 from datacopilot.kernels.minhash import UNITS, lsh_duplicates, lsh_keys, lsh_params, signatures
 from datacopilot.kernels.phash import METHODS, image_hashes, near_duplicates, thumbnail
 from datacopilot.schemas import read_image_bytes
@@ -54,6 +54,17 @@ def row_texts(op, batch: pa.RecordBatch, sep: str = "\n") -> pa.Array:
     np.cumsum(turn_counts(op, batch), out=offsets[1:])
     lists = pa.ListArray.from_arrays(pa.array(offsets), t.text.cast(pa.string()))
     return pc.binary_join(lists, sep)
+
+
+def text_keys(op, batch: pa.RecordBatch) -> np.ndarray:
+    """One uint64 per row: the key of its normalized text (the turns joined by spaces, which normalized is the
+    same text as joined by newlines), hashed from the turns' string buffers (:func:`normalized_keys`)."""
+    names = batch.schema.names
+    if "conversations" not in names and "messages" not in names and "caption" in names:
+        return normalized_keys(batch.column("caption"))
+    conversation_column(op, batch)  # a clear error for PAIRS and other shapes
+    t = turns(op, batch)
+    return normalized_keys(t.text, t.offsets)
 
 
 def _unique_keys(n: int) -> np.ndarray:
@@ -105,8 +116,7 @@ class ExactDedup(_ImageReader, Deduplicator):
         by = self.p["by"]
         if by == "image":
             return self._image_keys(batch, alone_unique=True)
-        # joined by spaces: normalized, the same text as joined by newlines, and most rows need no rewrite
-        text = hash_strings(normalize_text(row_texts(self, batch, " ")))
+        text = text_keys(self, batch)
         return text if by == "text" else combine(text, self._image_keys(batch, alone_unique=False))
 
 
