@@ -10,6 +10,9 @@ worker writes the buffers of its result into a file that the parent maps without
 through a pipe, and neither side touches fresh memory per batch; on a small VM the page faults of fresh buffers
 cost more than the copies themselves. Without shared memory, slices go as IPC bytes and results are pickled.
 
+Worker processes end with their driver, even one killed with -9 (a parent-death signal on Linux, and a watchdog
+thread in each worker), and the shared memory of a driver that died is removed by the next pool started.
+
 >>> run_batches(table, lambda t, off: t.num_rows, num_workers=2, mode="process")  # doctest: +SKIP
 [1024, 1024, 512]
 """
@@ -18,19 +21,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import itertools
 import mmap
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -53,6 +60,29 @@ _TASKS: dict[int, Callable] = {}
 
 
 # -- worker side ----------------------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5  # how often a worker's watchdog checks that its driver is alive
+
+
+def _worker_init(parent: int) -> None:
+    """Tie a worker process to its driver (pid ``parent``): on Linux the kernel sends it SIGTERM when the thread
+    that started it ends (:func:`_on_spawner` starts every worker from a thread that lives as long as the
+    driver), and, on every platform, a watchdog thread ends it once the driver is gone (it is re-parented:
+    ``os.getppid()`` changes). So a driver killed with -9 leaves no worker behind."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the driver died before the signal was asked for
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent,), name="datacopilot-watchdog", daemon=True).start()
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
+
+
 def _unpickled(payload: bytes) -> Callable:
     """The task of ``payload``, unpickled once per worker and kept while the parent sends the same one."""
     key = hash(payload)
@@ -383,7 +413,8 @@ class _Pool:
 
     def __init__(self, num_workers: int):
         # spawn, not fork: forking a process that runs Arrow / polars thread pools can deadlock the child
-        self.ex = ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"))
+        self.ex = ProcessPoolExecutor(max_workers=num_workers, mp_context=mp.get_context("spawn"),
+                                      initializer=_worker_init, initargs=(os.getpid(),))
         self.dir = _shm_dir()
         self._spare: list[_Slots] = []
         self._lock = threading.Lock()
@@ -421,14 +452,16 @@ def _shm_dir() -> str | None:
         if st.f_bavail * st.f_frsize < SHM_MIN_FREE:
             return None
         for name in os.listdir(SHM_ROOT):
-            if name.startswith("datacopilot-") and not _alive(name.split("-")[1]):
+            pid = name.split("-")[1] if name.startswith("datacopilot-") else ""
+            if pid.isdigit() and not pid_alive(pid):
                 shutil.rmtree(os.path.join(SHM_ROOT, name), ignore_errors=True)
         return tempfile.mkdtemp(prefix=f"datacopilot-{os.getpid()}-", dir=SHM_ROOT)
     except OSError:
         return None
 
 
-def _alive(pid: str) -> bool:
+def pid_alive(pid: str | int) -> bool:
+    """Whether the process ``pid`` (a number, or its text) exists on this machine (another user's counts)."""
     try:
         os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
@@ -438,10 +471,60 @@ def _alive(pid: str) -> bool:
     return True
 
 
+_SPAWNER: list = []  # [(thread, its queue)]: the thread every worker process is started from
+_SPAWN_LOCK = threading.Lock()
+
+
+def _on_spawner(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on one thread kept for the life of the process, where worker processes are started: the
+    kernel's parent-death signal (:func:`_worker_init`) follows the thread that started a worker, and a thread
+    of a run (the local executor reads ahead on threads that end with the run) would take its warm workers
+    with it."""
+    with _SPAWN_LOCK:
+        if not _SPAWNER or not _SPAWNER[0][0].is_alive():
+            jobs: queue.Queue = queue.Queue()
+            thread = threading.Thread(target=_spawn_loop, args=(jobs,), name="datacopilot-spawner", daemon=True)
+            thread.start()
+            _SPAWNER[:] = [(thread, jobs)]
+        thread, jobs = _SPAWNER[0]
+    if threading.current_thread() is thread:
+        return fn()
+    fut: Future = Future()
+    jobs.put((fn, fut))
+    return fut.result()
+
+
+def _spawn_loop(jobs: queue.Queue) -> None:
+    while True:
+        fn, fut = jobs.get()
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller
+            fut.set_exception(e)
+
+
+def _start_pool(num_workers: int) -> _Pool:
+    """A new pool with all ``num_workers`` processes started now (on the caller's thread: see
+    :func:`_on_spawner`). Each first call waits until every worker holds one, so none returns before the
+    last process is up and no later call, from another thread, starts one."""
+    pool = _Pool(num_workers)
+    meeting = tempfile.mkdtemp(prefix="datacopilot-ready-")
+    try:
+        with _main_hidden():  # start every worker now, while the children cannot see the main module
+            for fut in [pool.ex.submit(_ready, meeting, num_workers) for _ in range(num_workers)]:
+                fut.result()
+    except BaseException:
+        pool.close(wait=False)
+        raise
+    finally:
+        shutil.rmtree(meeting, ignore_errors=True)
+    return pool
+
+
 _POOLS: dict[int, _Pool] = {}
 # a forked child (a library's fork, a user's os.fork) starts with no pools: it must not stop its parent's
 # workers, nor remove their shared memory, when it exits
-os.register_at_fork(after_in_child=_POOLS.clear)
+os.register_at_fork(after_in_child=lambda: (_POOLS.clear(), _SPAWNER.clear()))
 
 
 @contextlib.contextmanager
@@ -451,10 +534,7 @@ def _process_pool(num_workers: int) -> Iterator[_Pool]:
     whose worker died is replaced at the next call."""
     pool = _POOLS.get(num_workers)
     if pool is None:
-        pool = _Pool(num_workers)
-        with _main_hidden():  # start every worker now, while the children cannot see the main module
-            for fut in [pool.ex.submit(_ready) for _ in range(num_workers)]:
-                fut.result()
+        pool = _on_spawner(lambda: _start_pool(num_workers))
         if not _POOLS:
             atexit.register(shutdown_pools)
         _POOLS[num_workers] = pool
@@ -474,7 +554,13 @@ def shutdown_pools() -> None:
         pool.close(wait=True)
 
 
-def _ready() -> bool:
+def _ready(meeting: str, n: int, timeout: float = 120.0) -> bool:
+    """A worker's first call: say it is up (a file named by its pid in ``meeting``) and wait until ``n`` are."""
+    with open(os.path.join(meeting, str(os.getpid())), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(meeting)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
     return True
 
 

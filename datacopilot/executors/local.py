@@ -355,7 +355,7 @@ def _near(stream: Iterator, run: Run, k: int) -> Iterator:
     from .spill import Spill
 
     op = run.ops[k]
-    spill = Spill("dc-neardup-")
+    spill = Spill("neardup-")
     try:
         pieces, ends = _collect(stream, spill)
         have = spill.finish()
@@ -381,7 +381,7 @@ def _group(stream: Iterator, run: Run, k: int, batch_size: int, show: bool = Fal
     from .spill import BATCH_ROWS, Spill
 
     op = run.ops[k]
-    spill = Spill(f"dc-{op.name or 'group'}-", batch_rows=BATCH_ROWS)
+    spill = Spill(f"{op.name or 'group'}-", batch_rows=BATCH_ROWS)
     try:
         pieces, ends = _collect(stream, spill)
         if spill.finish():

@@ -8,13 +8,19 @@ the stage collects its signatures, then read back with bounded memory.
   run of about ``bucket_rows`` output rows (whole groups), and then each bucket is read whole and put in order in
   memory. Memory holds one record batch or one bucket, and each row's output position (8 bytes a row).
 
->>> spill = Spill("dc-example-")  # doctest: +SKIP
+A spill directory lives in TMPDIR as ``dc-spill-<pid>-<label>-<random>``, locked (``flock``) by the process
+that made it. It is removed when the stage ends, or stops half way, and at exit; one left by a process that died
+(killed with -9: no exit handler runs) is removed by the next spill made on this machine (:func:`sweep`): its
+pid is not alive and its lock is free, so a live process in another PID namespace that shares TMPDIR keeps its own.
+
+>>> spill = Spill("neardup-")  # doctest: +SKIP
 >>> spill.add(table); spill.finish()  # doctest: +SKIP
 >>> for rows, offsets in spill.reordered(order, offsets, 65_536): ...  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -24,15 +30,76 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from datacopilot.parallel import pid_alive
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the pid alone decides
+    fcntl = None
+
 BATCH_ROWS = 65_536  # rows per record batch of a spill that is read back out of order, and per bucket
+PREFIX = "dc-spill-"
+LOCK = ".lock"
+_LIVE: set[str] = set()  # this process's spill directories, removed at exit if a stage did not
+
+
+def _remove_live() -> None:
+    for d in list(_LIVE):
+        shutil.rmtree(d, ignore_errors=True)
+    _LIVE.clear()
+
+
+atexit.register(_remove_live)
+os.register_at_fork(after_in_child=_LIVE.clear)  # a forked child does not remove its parent's spills
+
+
+def _abandoned(d: str) -> bool:
+    """Whether nobody holds the lock of the spill directory ``d`` (a directory without one was left before its
+    lock was taken, or by an older version)."""
+    if fcntl is None:
+        return True
+    try:
+        with open(os.path.join(d, LOCK), "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+    except FileNotFoundError:
+        return True
+    except OSError:  # not readable: not ours to judge
+        return False
+
+
+def sweep(directory: str | None = None) -> list[str]:
+    """Remove the spill directories in ``directory`` (TMPDIR) left by processes that are gone; their paths."""
+    directory = directory or tempfile.gettempdir()
+    gone = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return gone
+    for name in names:
+        pid = name[len(PREFIX):].split("-", 1)[0] if name.startswith(PREFIX) else ""
+        path = os.path.join(directory, name)
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(pid) and _abandoned(path):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
 
 
 class Spill:
     """A temporary directory holding the rows of one stage; ``batch_rows`` > 0 gathers the rows added into record
-    batches of about that many rows (else each table added is written as it comes)."""
+    batches of about that many rows (else each table added is written as it comes). ``label`` is part of the
+    directory's name."""
 
-    def __init__(self, prefix: str, batch_rows: int = 0):
-        self.dir = tempfile.mkdtemp(prefix=prefix)
+    def __init__(self, label: str, batch_rows: int = 0):
+        sweep()
+        self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{label}")
+        _LIVE.add(self.dir)
+        self._lock = open(os.path.join(self.dir, LOCK), "wb")  # noqa: SIM115 - held until close
+        if fcntl is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.path = os.path.join(self.dir, "rows.arrow")
         self.batch_rows, self.rows = batch_rows, 0
         self._writer, self._schema, self._pending = None, None, []
@@ -114,3 +181,5 @@ class Spill:
                 self._writer.close()
             self._writer = None
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._lock.close()
+        _LIVE.discard(self.dir)

@@ -4,6 +4,7 @@
 
 import os
 import signal
+import time
 
 from datacopilot.operators import Mapper
 from tests.executors._ops import FailOn as _FailOn
@@ -46,4 +47,24 @@ class KillAtEnv(Mapper):
         at = os.environ.get("DC_KILL_AT")
         if at and at in batch.column("id").to_pylist():
             os.kill(os.getpid(), signal.SIGKILL)
+        return batch
+
+
+class HangAt(Mapper):
+    """Where it runs (a worker process), when it meets row ``id``: writes its pid to the file DC_HANG_MARK names,
+    then hangs (a run stopped in the middle, its driver waiting for this worker)."""
+
+    name, reads, writes = "test_pipe_hang_at", ("id",), ("id",)
+
+    def __init__(self, id: str = ""):
+        super().__init__(id=id)
+
+    def map_batch(self, batch):
+        mark = os.environ.get("DC_HANG_MARK")
+        if mark and self.p["id"] in batch.column("id").to_pylist():
+            with open(mark + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(mark + ".tmp", mark)
+            while True:
+                time.sleep(1)
         return batch
