@@ -19,6 +19,7 @@ import pyarrow as pa
 from datacopilot.errors import DataCopilotError
 from datacopilot.io import EXTENSIONS, FORMATS, format_of
 from datacopilot.io.fs import expand
+from datacopilot.io.parts import Part
 from datacopilot.media import file_roots, warn_roots
 from datacopilot.schemas import Schema
 from datacopilot.schemas.builtin import get_schema
@@ -76,18 +77,35 @@ class Source:
             return self.dataset.columns
         return [f.name for f in self.schema.fields] if self.schema is not None else None
 
-    def batches(self, unit: str, batch_size: int, invalid: str = "raise") -> Iterator[pa.Table]:
-        """Tables of at most ``batch_size`` rows from one unit, validated (invalid rows raise or go to
-        ``self.bad`` with ``invalid="quarantine"``). A file is read by its format's batch reader
-        (:meth:`datacopilot.io.Format.iter_batches`); the schema it detects on the first batch is kept."""
+    def parts(self, unit: str, target: int, batch_size: int) -> list[Part]:
+        """The parts of a file for reads of about ``target`` bytes each (:mod:`datacopilot.io.parts`), for
+        :meth:`batches` of ``batch_size`` rows; none when it is read whole (a dataset, a small or compressed file,
+        a format that does not split). Parts whose ``before`` is None need :meth:`count` first."""
+        if self.dataset is not None:
+            return []
+        return format_of(unit, self.format).parts(unit, target, self._rows(batch_size))
+
+    def count(self, unit: str, part: Part) -> int:
+        """The lines or rows ``part`` of a file holds, for the ``before`` of the parts after it."""
+        return format_of(unit, self.format).count_part(unit, part)
+
+    def _rows(self, batch_size: int) -> int:
+        return batch_size if self.schema is not None else max(batch_size, DETECT_ROWS)
+
+    def batches(self, unit: str, batch_size: int, invalid: str = "raise", part: Part | None = None
+                ) -> Iterator[pa.Table]:
+        """Tables of at most ``batch_size`` rows from one unit (or one ``part`` of a file, from :meth:`parts`),
+        validated (invalid rows raise or go to ``self.bad`` with ``invalid="quarantine"``). A file is read by its
+        format's batch reader (:meth:`datacopilot.io.Format.iter_batches`); the schema it detects on the first
+        batch is kept. The parts of a file, read in order (the first with this source's schema, the others with
+        the schema that left the source after the first), give the rows and invalid rows of the whole file."""
         if self.dataset is not None:
             table = self.dataset.to_arrow()
             for start in range(0, table.num_rows, batch_size):
                 yield table.slice(start, batch_size)
             return
         fmt = format_of(unit, self.format)
-        rows = batch_size if self.schema is not None else max(batch_size, DETECT_ROWS)
-        for loaded in fmt.iter_batches(unit, self.schema, rows, invalid):
+        for loaded in fmt.iter_batches(unit, self.schema, self._rows(batch_size), invalid, part):
             self.schema = self.schema or loaded.schema
             self.bad += loaded.bad
             if not loaded.table.num_rows:

@@ -1,5 +1,5 @@
 """The formats: one module of :mod:`datacopilot.io` per format, chosen by extension (or by name), each owning its
-reader, its batch reader and its writer."""
+reader, its batch reader (whole files or parts of them, :mod:`.parts`) and its writer."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from datacopilot.errors import DataCopilotError, InputError
 from datacopilot.schemas import Schema
+
+from .parts import Part
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Format:
     reader: str
     writer: str
     batches: str
+    split: str | None = None  # (path, target bytes, rows per batch) -> its parts (datacopilot.io.parts)
+    count: str | None = None  # (path, part) -> the lines or rows it holds, for parts the split could not place
     embeds_images: bool = False  # the writer stores image bytes, so paths need no rebasing
     parses_text: bool = False  # the reader parses text: its scratch memory is handed back after a load
 
@@ -35,17 +39,32 @@ class Format:
     def write(self, *args, **kw):
         return self._fn(self.writer)(*args, **kw)
 
-    def iter_batches(self, path: str, schema: Schema | None, batch_size: int, invalid: str = "raise"):
-        """The file's rows as :class:`~datacopilot.loading.Loaded` batches (see the class docstring); which
-        formats stream and which read a file whole first is said in each module's docstring."""
-        return self._fn(self.batches)(path, schema, batch_size, invalid)
+    def iter_batches(self, path: str, schema: Schema | None, batch_size: int, invalid: str = "raise",
+                     part: Part | None = None):
+        """The file's rows (or one ``part``'s, from :meth:`parts`) as :class:`~datacopilot.loading.Loaded`
+        batches (see the class docstring); which formats stream and which read a file whole first is said in
+        each module's docstring. The parts of a file, read in order, give its whole read's batches."""
+        if part is None:
+            return self._fn(self.batches)(path, schema, batch_size, invalid)
+        return self._fn(self.batches)(path, schema, batch_size, invalid, part)
+
+    def parts(self, path: str, target: int, rows: int) -> list[Part]:
+        """The parts of a file for reads of about ``target`` bytes each, batches of ``rows`` rows; none when the
+        format does not split or the file is read whole (:mod:`datacopilot.io.parts`)."""
+        return self._fn(self.split)(path, target, rows) if self.split else []
+
+    def count_part(self, path: str, part: Part) -> int:
+        """What ``part`` holds of the lines or rows the next parts' ``before`` counts."""
+        return self._fn(self.count)(path, part)
 
 
 FORMATS = {f.name: f for f in (
-    Format("jsonl", (".jsonl", ".ndjson"), "jsonl", "read_jsonl", "write_jsonl", "iter_jsonl", parses_text=True),
+    Format("jsonl", (".jsonl", ".ndjson"), "jsonl", "read_jsonl", "write_jsonl", "iter_jsonl", "split_jsonl",
+           "count_jsonl", parses_text=True),
     Format("json", (".json",), "jsonl", "read_json", "write_json", "iter_json", parses_text=True),
-    Format("parquet", (".parquet",), "parquet", "read_parquet", "write_parquet", "iter_parquet"),
-    Format("arrow", (".arrow", ".feather", ".ipc"), "ipc", "read_ipc", "write_ipc", "iter_ipc"),
+    Format("parquet", (".parquet",), "parquet", "read_parquet", "write_parquet", "iter_parquet", "split_parquet"),
+    Format("arrow", (".arrow", ".feather", ".ipc"), "ipc", "read_ipc", "write_ipc", "iter_ipc", "split_ipc",
+           "count_ipc"),
     Format("h5", (".h5", ".hdf5"), "h5", "read_h5", "write_h5", "iter_h5", parses_text=True),
     Format("webdataset", (".tar",), "wds", "read_wds", "write_wds", "iter_wds", embeds_images=True,
            parses_text=True),

@@ -2,13 +2,16 @@
 
 Reading jsonl takes Arrow's multithreaded C++ parser first; if a file does not fit that path (a broken
 line, a value of another type, free-form ``meta``), it is read again line by line in Python, which names
-the file and line of every problem. :func:`iter_jsonl` streams a file in blocks of lines (about
-:data:`BLOCK_BYTES` each), every block read as :func:`read_jsonl` reads a file.
+the file and line of every problem. :func:`iter_jsonl` streams a file (or a byte range of it,
+:func:`split_jsonl`) in blocks of lines (the lines starting in each :data:`BLOCK_BYTES` of the file), every
+block read as :func:`read_jsonl` reads a file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+from fsspec.utils import infer_compression
 
 from datacopilot.errors import InputError, SchemaError
 from datacopilot.loading import Loaded, check_invalid_policy, load_rows
@@ -16,6 +19,8 @@ from datacopilot.schemas import Json, Schema
 
 from ._common import arrow_json_lines, finish, no_rows, parse_json_records
 from ._fs import get_fs, mapped_bytes
+from .line_blocks import LineBlocks, Long
+from .parts import Part, ranges
 from datacopilot.lossless import json_parse_may_lose
 from .jsonl_ids import parse_mixed_ids
 from . import screen
@@ -26,7 +31,7 @@ from .json_array import read_json  # noqa: F401
 from .json_write import write_json, write_jsonl  # noqa: F401
 from .json_array import iter_json  # noqa: F401
 
-BLOCK_BYTES = 16 << 20  # bytes of lines read, screened and parsed at a time by iter_jsonl
+BLOCK_BYTES = 16 << 20  # iter_jsonl's blocks: the lines starting in each this many bytes of the file
 
 
 class _Lines:
@@ -95,11 +100,14 @@ def read_lines(data, path: str, schema: Schema | None, invalid: str, line0: int 
     return loaded
 
 
-def iter_jsonl(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise") -> Iterator[Loaded]:
-    """The rows of a JSON Lines file in blocks of lines of about :data:`BLOCK_BYTES`, each screened
-    (:mod:`datacopilot.io.screen`) and parsed as :func:`read_jsonl` parses a file, with the same line numbers in
-    every message; the schema detected on the first block (when ``schema`` is None) reads the others. A line
-    longer than ``screen.MAX_LINE_BYTES`` is never held whole: it raises, or is quarantined by its first bytes.
+def iter_jsonl(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise",
+               part: Part | None = None) -> Iterator[Loaded]:
+    """The rows of a JSON Lines file (or of one ``part`` of it, :func:`split_jsonl`) in blocks of lines, each
+    screened (:mod:`datacopilot.io.screen`) and parsed as :func:`read_jsonl` parses a file, with the same line
+    numbers in every message; the schema detected on the first block (when ``schema`` is None) reads the others.
+    Block ``j`` holds the lines that start in bytes ``[j * BLOCK_BYTES, (j + 1) * BLOCK_BYTES)``
+    (:mod:`.line_blocks`), so the parts of a file are read in the blocks of the whole file. A line longer than
+    ``screen.MAX_LINE_BYTES`` is never held whole: it raises, or is quarantined by its first bytes.
     ``batch_size`` does not change the blocks (they are cut by bytes). At most a block and one line are held.
 
     >>> [ld.table.num_rows for ld in iter_jsonl("train.jsonl", None, 1024)]  # doctest: +SKIP
@@ -107,50 +115,71 @@ def iter_jsonl(path: str, schema: Schema | None, batch_size: int, invalid: str =
     """
     check_invalid_policy(invalid)
     fs, p = get_fs(path)
-    line0, offset, rest, pending = 1, 0, b"", []
     try:
         f = fs.open(p, "rb")
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such file") from e
+    start, end, step = (0, None, BLOCK_BYTES) if part is None else (part.start, part.end, part.step or BLOCK_BYTES)
+    pending: list = []
     with f:
-        while True:
-            chunk = f.read(BLOCK_BYTES)
-            data = rest + chunk
-            if chunk:
-                cut = data.rfind(b"\n") + 1
-                data, rest = data[:cut], data[cut:]
-            if data.strip():
-                clean, flawed = screened(data, path, invalid, line0, offset)
+        lines = LineBlocks(f, start, end, step)
+        line0 = 1 + (part.before if part is not None else 0) + lines.skipped
+        for b in lines.blocks():
+            if isinstance(b, Long):
+                pending += _long_line(b, path, line0, invalid)
+                line0 += 1
+                continue
+            if b.data.strip():
+                clean, flawed = screened(b.data, path, invalid, line0, b.offset)
                 loaded = read_lines(clean, path, schema, invalid, line0)
                 loaded.bad = pending + flawed + loaded.bad
                 pending, schema = [], schema or loaded.schema
                 yield loaded
-            line0, offset = line0 + data.count(b"\n"), offset + len(data)
-            if not chunk:
-                break
-            if len(rest) > screen.MAX_LINE_BYTES:
-                size, rest, bad = _skip_long_line(f, rest, path, line0, invalid)
-                pending += bad
-                line0, offset = line0 + 1, offset + size + 1
+            line0 += b.data.count(b"\n")
     if pending:  # an over-long last line: its quarantine entry, no rows
         yield Loaded(no_rows(schema), schema, pending)
 
 
-def _skip_long_line(f, head: bytes, path: str, line: int, invalid: str) -> tuple[int, bytes, list]:
-    """Read past an over-long line, keeping its first bytes for the quarantine: (its size, what follows, its
-    quarantine entry)."""
-    size, tail = len(head), b""
-    while True:
-        chunk = f.read(BLOCK_BYTES)
-        nl = chunk.find(b"\n")
-        if not chunk or nl >= 0:
-            size, tail = (size + nl, chunk[nl + 1:]) if nl >= 0 else (size, b"")
-            break
-        size += len(chunk)
-    kept = min(size, screen.QUARANTINE_TEXT_BYTES)
-    bad = [(f"{path}:{line}", f"{path}:{line}: line of {size} bytes; at most {screen.MAX_LINE_BYTES} are read "
+def _long_line(b: Long, path: str, line: int, invalid: str) -> list:
+    """The quarantine entry of an over-long line (raised with ``invalid="raise"``)."""
+    kept = len(b.head)
+    bad = [(f"{path}:{line}", f"{path}:{line}: line of {b.size} bytes; at most {screen.MAX_LINE_BYTES} are read "
             f"(datacopilot.io.screen.MAX_LINE_BYTES)",
-            head[:kept].decode("utf-8", "backslashreplace") + f" ... ({size - kept} more bytes not kept)")]
+            b.head.decode("utf-8", "backslashreplace") + f" ... ({b.size - kept} more bytes not kept)")]
     if invalid == "raise":
         screen.raise_flaws(bad)
-    return size, tail, bad
+    return bad
+
+
+def split_jsonl(path: str, target: int, rows: int = 0) -> list[Part]:
+    """The parts of a JSON Lines file for reads of about ``target`` bytes each (a multiple of
+    :data:`BLOCK_BYTES`, or one block of ``target`` bytes when smaller): byte ranges, each owning the lines that
+    start in it, the lines before each counted by :func:`count_jsonl`; none (read it whole) for a compressed file
+    or one of at most ``target`` bytes. ``rows`` is not used (the parts are cut by bytes)."""
+    if infer_compression(path) is not None:
+        return []
+    fs, p = get_fs(path)
+    try:
+        size = fs.size(p)
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    step = min(BLOCK_BYTES, target)
+    cuts = ranges(size, target, step)
+    if len(cuts) < 2:
+        return []
+    return [Part(k, a, b, 0 if k == 0 else None, step) for k, (a, b) in enumerate(cuts)]
+
+
+def count_jsonl(path: str, part: Part) -> int:
+    """The newlines in the bytes ``[part.start, part.end)`` of a JSON Lines file (the lines before the next part
+    are a prefix sum of these, :func:`datacopilot.io.parts.counted`)."""
+    fs, p = get_fs(path)
+    n, left = 0, part.end - part.start
+    with fs.open(p, "rb") as f:
+        f.seek(part.start)
+        while left > 0:
+            chunk = f.read(min(left, BLOCK_BYTES))
+            if not chunk:
+                break
+            n, left = n + chunk.count(b"\n"), left - len(chunk)
+    return n

@@ -4,9 +4,10 @@ validates a file."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from datacopilot.schemas import Schema
 from ._common import finish, with_schema_metadata
 from ._fs import atomic_open, get_fs, local_path
 from .hf_features import decode_json_features
+from .parts import Part
 from datacopilot.lossless import fill_empty_structs
 
 DICT_SAMPLE = 1_000  # rows of each column looked at to decide on dictionary encoding
@@ -44,14 +46,34 @@ def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Lo
     return finish(decode_json_features(table, path), schema, path, invalid)
 
 
-def iter_parquet(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise") -> Iterator[Loaded]:
-    """The rows of one parquet file in batches of at most ``batch_size`` rows, each conformed and validated as
-    :func:`read_parquet` does the whole file (messages name the row in the file); the schema detected on the
-    first batch (when ``schema`` is None) reads the others.
+def iter_parquet(path: str, schema: Schema | None, batch_size: int, invalid: str = "raise",
+                 part: Part | None = None) -> Iterator[Loaded]:
+    """The rows of one parquet file (or of one ``part`` of it, :func:`split_parquet`) in batches of at most
+    ``batch_size`` rows, each conformed and validated as :func:`read_parquet` does the whole file (messages name
+    the row in the file); the schema detected on the first batch (when ``schema`` is None) reads the others.
 
     >>> [ld.table.num_rows for ld in iter_parquet("train.parquet", None, 1000)]  # doctest: +SKIP
     [1000, 1000, 412]
     """
+    with _open(path) as pf:
+        arrow_schema = pf.schema_arrow
+        batches, row0 = _batches(pf, batch_size, part), 0 if part is None else part.start
+        while True:
+            try:
+                b = next(batches, None)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{path}: not a readable parquet file: {e}") from e
+            if b is None:
+                return
+            table = b.replace_schema_metadata(arrow_schema.metadata)
+            table = decode_json_features(table, path, row0)
+            loaded = finish(table, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
+            schema, row0 = schema or loaded.schema, row0 + b.num_rows
+            yield loaded
+
+
+@contextmanager
+def _open(path: str):
     local, handle = local_path(path), None
     try:
         if local is not None:
@@ -60,23 +82,56 @@ def iter_parquet(path: str, schema: Schema | None, batch_size: int, invalid: str
             fs, p = get_fs(path)
             handle = fs.open(p, "rb")
             pf = pq.ParquetFile(handle)
-        arrow_schema = pf.schema_arrow
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable parquet file: {e}") from e
     with pf, handle if handle is not None else nullcontext():
-        batches, row0 = pf.iter_batches(batch_size=batch_size), 0
-        while True:
-            try:
-                b = next(batches, None)
-            except (OSError, ValueError) as e:
-                raise InputError(f"{path}: not a readable parquet file: {e}") from e
-            if b is None:
-                return
-            table = pa.Table.from_batches([b]).replace_schema_metadata(arrow_schema.metadata)
-            table = decode_json_features(table, path, row0)
-            loaded = finish(table, schema, path, invalid, lambda i, row0=row0: f"{path}: row {row0 + i}")
-            schema, row0 = schema or loaded.schema, row0 + b.num_rows
-            yield loaded
+        yield pf
+
+
+def _batches(pf, batch_size: int, part: Part | None) -> Iterator[pa.Table]:
+    """Tables of the file's rows ``[k * size, (k + 1) * size)`` (``size``: the part's step, else ``batch_size``),
+    as ``iter_batches`` cuts the whole file; of a part, only its rows."""
+    md = pf.metadata
+    starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    part = part or Part(0, 0, int(starts[-1]), 0, batch_size)
+    size = part.step or batch_size
+    if part.end <= part.start:
+        return
+    lo = int(np.searchsorted(starts, part.start, side="right")) - 1
+    hi = int(np.searchsorted(starts, part.end, side="left"))
+    skip, left, held = part.start - int(starts[lo]), part.end - part.start, []
+    for b in pf.iter_batches(batch_size=size, row_groups=list(range(lo, hi))):
+        if skip >= b.num_rows:
+            skip -= b.num_rows
+            continue
+        b, skip = b.slice(skip), 0
+        held.append(b.slice(0, left))
+        left -= held[-1].num_rows
+        while held and (left == 0 or sum(h.num_rows for h in held) >= size):
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, size)
+            held = [r for r in table.slice(size).to_batches() if r.num_rows]
+        if left == 0:
+            return
+
+
+def split_parquet(path: str, target: int, rows: int) -> list[Part]:
+    """The parts of a parquet file for reads of about ``target`` bytes of data each (row groups' sizes added up):
+    row ranges starting at a multiple of ``rows`` (the rows per batch of the read), so that each part's batches
+    are the whole file's; none (read it whole) when the file has one part."""
+    with _open(path) as pf:
+        md = pf.metadata
+        cuts, held, at = [0], 0, 0
+        for i in range(md.num_row_groups):
+            rg = md.row_group(i)
+            if held >= target and at > cuts[-1]:
+                cuts.append(at)
+                held = 0
+            held, at = held + rg.total_byte_size, at + rg.num_rows
+    cuts = sorted({min(-(-c // rows) * rows, at) for c in cuts} | {at})
+    if len(cuts) < 3:
+        return []
+    return [Part(k, a, b, a, rows) for k, (a, b) in enumerate(zip(cuts, cuts[1:]))]
 
 
 COMPRESSION = "lz4"  # LZ4_RAW: files as small as snappy's that Arrow and polars read about twice as fast
