@@ -508,7 +508,7 @@ def _start_pool(num_workers: int) -> _Pool:
     :func:`_on_spawner`). Each first call waits until every worker holds one, so none returns before the
     last process is up and no later call, from another thread, starts one."""
     pool = _Pool(num_workers)
-    meeting = tempfile.mkdtemp(prefix="datacopilot-ready-")
+    meeting = tempfile.mkdtemp(prefix="ready-", dir=pool.dir)  # in the pool's shared memory, swept with it
     try:
         with _main_hidden():  # start every worker now, while the children cannot see the main module
             for fut in [pool.ex.submit(_ready, meeting, num_workers) for _ in range(num_workers)]:
