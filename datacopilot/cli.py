@@ -8,6 +8,7 @@
     datacopilot verify shards/
     datacopilot demo --out demo/ --rows 400
     datacopilot train sft.yaml [--resume]
+    datacopilot submit pipeline.yaml --address http://head:8265   # a Ray job; also status JOB, stop JOB
 
 Errors of the library (bad input, invalid rows, impossible conversions) print one ``error: ...`` message and
 exit with code 2; a validation that finds problems exits with 1.
@@ -309,6 +310,10 @@ register_commands(main)
 from .serve import register_serve  # noqa: E402
 
 register_serve(main)
+
+from .cli_jobs import register_jobs  # noqa: E402
+
+register_jobs(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

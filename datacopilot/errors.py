@@ -67,6 +67,10 @@ class ModelError(DataCopilotError):
     """A model could not be loaded or called."""
 
 
+class JobError(DataCopilotError):
+    """A Ray job could not be submitted, found, followed or stopped; names the job server's address and the job."""
+
+
 class MissingDependencyError(DataCopilotError, ImportError):
     """An optional dependency is not installed; the message carries the install line."""
 
