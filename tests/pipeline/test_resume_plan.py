@@ -144,3 +144,18 @@ def test_killed_run_resumed_with_another_plan_names_the_change_and_keeps_its_sta
     whole = tmp_path / "whole"
     assert _run(dirty, whole, resume=False).returncode == 0
     assert _counts(out) == _counts(whole)
+
+
+def test_cli_resume_of_an_edited_spec_says_what_changed(files, tmp_path):
+    from click.testing import CliRunner
+
+    from datacopilot.cli import main
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("source: in/*.jsonl\nops:\n  - {name: filter_turns, min_turns: 2}\n  - dedup_exact\n"
+                    "output: {dir: out}\n")
+    assert CliRunner().invoke(main, ["run", str(spec)]).exit_code == 0
+    spec.write_text(spec.read_text().replace("min_turns: 2", "min_turns: 3"))
+    res = CliRunner().invoke(main, ["run", str(spec), "--resume"])
+    assert res.exit_code == 2 and "cannot resume" in res.output, res.output
+    assert "operator 1 filter_turns: min_turns 2 -> 3" in res.output and "Traceback" not in res.output
