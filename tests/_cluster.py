@@ -8,7 +8,7 @@ runs calls sent by the test process, one at a time, returning their results (pic
 
 A call is a function named ``"module:function"`` (importable from the repository, e.g. ``tests/executors/
 _dist.py``); it runs as the cluster's driver and gets the :class:`ray.cluster_utils.Cluster` as its first
-argument (to add or remove nodes), then the arguments given. An exception in it comes back as
+argument (to add or remove nodes), then the arguments given (positional and keyword). An exception in it comes back as
 :class:`ClusterCallError` with its traceback.
 
 Usage, one cluster per test module::
@@ -129,9 +129,10 @@ class ClusterSession:
             raise ClusterCallError("the cluster process ended:\n"
                                    + self.proc.stderr.read().decode(errors="replace")[-20000:]) from None
 
-    def call(self, fn: str, *args):
-        """Run ``fn`` (``"module:function"``) on the cluster's driver with ``(cluster, *args)``; its result."""
-        self._send.send((fn, args))
+    def call(self, fn: str, *args, **kwargs):
+        """Run ``fn`` (``"module:function"``) on the cluster's driver with ``(cluster, *args, **kwargs)``; its
+        result."""
+        self._send.send((fn, args, kwargs))
         ok, got = self._answer()
         if not ok:
             raise ClusterCallError(f"{fn} raised on the cluster:\n{got}")
@@ -183,10 +184,10 @@ def _child(read_fd: int, write_fd: int, workers: int) -> None:
         raise
     try:
         while (msg := recv.recv()) is not None:
-            fn, args = msg
+            fn, args, kwargs = msg
             try:
                 mod, name = fn.split(":")
-                out = (True, getattr(importlib.import_module(mod), name)(cluster, *args))
+                out = (True, getattr(importlib.import_module(mod), name)(cluster, *args, **kwargs))
                 pickle.dumps(out)
             except BaseException:
                 out = (False, traceback.format_exc())
