@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from ._fs import get_fs, local_path
+from ._fs import get_fs, local_path, parent
 
 __all__ = ["as_plain", "file_stats", "plan_changes"]
 
@@ -36,26 +36,52 @@ def as_plain(value):
 
 
 def file_stats(units: list[str]) -> list[dict]:
-    """``{"unit", "size", "mtime_ns"}`` of each input file (local: ``os.stat``; a URL: what its filesystem tells,
-    None where it tells nothing); a unit that is not a file (``<memory>``) is named alone."""
+    """``{"unit", "size", "mtime"}`` of each input file (``mtime``: nanoseconds for a local file, else as its
+    filesystem tells it, None where it tells nothing): local files by ``os.stat``, files behind a URL by one
+    listing of each directory (not a request per file). A unit that is not a file (``<memory>``) is named alone.
+
+    >>> file_stats(["<memory>"])
+    [{'unit': '<memory>'}]
+    """
+    remote: dict = {}
+    for unit in units:
+        if "<" not in unit and local_path(unit) is None:
+            remote.setdefault(parent(unit), []).append(unit)
+    listed: dict = {}
+    for directory, names in remote.items():
+        fs, p = get_fs(directory)
+        try:
+            entries = fs.ls(p, detail=True)
+        except (OSError, ValueError):
+            entries = []
+        by_name = {e["name"].rstrip("/"): e for e in entries if isinstance(e, dict)}
+        for unit in names:
+            listed[unit] = by_name.get(get_fs(unit)[1].rstrip("/"))
     out = []
     for unit in units:
         entry: dict = {"unit": unit}
-        local = local_path(unit) if "<" not in unit else None
-        try:
-            if local is not None:
-                st = os.stat(local)
-                entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
-            elif "<" not in unit:
-                fs, p = get_fs(unit)
-                info = fs.info(p)
-                stamp = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created")
-                              if info.get(k) is not None), None)
-                entry.update(size=info.get("size"), mtime_ns=None if stamp is None else str(stamp))
-        except (OSError, ValueError):  # gone since it was listed: the read will say so
-            entry.update(size=None, mtime_ns=None)
+        if "<" not in unit:
+            entry.update(_stat(unit, listed.get(unit)))
         out.append(entry)
     return out
+
+
+def _stat(unit: str, info: dict | None) -> dict:
+    local = local_path(unit)
+    try:
+        if local is not None:
+            st = os.stat(local)
+            return {"size": st.st_size, "mtime": st.st_mtime_ns}
+        if info is None:  # not in its directory's listing: asked for alone
+            fs, p = get_fs(unit)
+            info = fs.info(p)
+    except (OSError, ValueError):  # gone since it was listed: the read will say so
+        return {"size": None, "mtime": None}
+    stamp = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created")
+                  if info.get(k) is not None), None)
+    if hasattr(stamp, "timestamp"):  # a datetime (an info), where a listing may give seconds
+        stamp = stamp.timestamp()
+    return {"size": info.get("size"), "mtime": None if stamp is None else str(stamp)}
 
 
 def _stamp(v) -> str:
@@ -74,10 +100,10 @@ def _sources(old: list[dict], new: list[dict]) -> list[str]:
             continue
         if b.get("size") != a.get("size"):
             out.append(f"source {u}: size {b.get('size')} -> {a.get('size')}")
-        elif b.get("mtime_ns") != a.get("mtime_ns"):
-            out.append(f"source {u}: modified ({_stamp(b.get('mtime_ns'))} -> {_stamp(a.get('mtime_ns'))})")
-        if {k: v for k, v in b.items() if k not in ("size", "mtime_ns")} != \
-                {k: v for k, v in a.items() if k not in ("size", "mtime_ns")}:
+        elif b.get("mtime") != a.get("mtime"):
+            out.append(f"source {u}: modified ({_stamp(b.get('mtime'))} -> {_stamp(a.get('mtime'))})")
+        if {k: v for k, v in b.items() if k not in ("size", "mtime")} != \
+                {k: v for k, v in a.items() if k not in ("size", "mtime")}:
             out.append(f"source {u}: {b} -> {a}")
     if not out and [s["unit"] for s in old] != [s["unit"] for s in new]:
         out.append("sources: the same files in another order")

@@ -159,3 +159,25 @@ def test_cli_resume_of_an_edited_spec_says_what_changed(files, tmp_path):
     res = CliRunner().invoke(main, ["run", str(spec), "--resume"])
     assert res.exit_code == 2 and "cannot resume" in res.output, res.output
     assert "operator 1 filter_turns: min_turns 2 -> 3" in res.output and "Traceback" not in res.output
+
+
+def test_inputs_behind_a_url_are_known_by_their_listing(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    urls = []
+    for u in range(2):
+        with fs.open(f"/resume-plan/p{u}.jsonl", "wb") as f:
+            f.write("".join(json.dumps(row(u * 10 + i)) + "\n" for i in range(10)).encode())
+        urls.append(f"memory://resume-plan/p{u}.jsonl")
+    out = str(tmp_path / "o")
+    try:
+        first = _plan(urls).write(out)
+        assert _plan(urls).write(out, resume=True) == first
+        with fs.open("/resume-plan/p1.jsonl", "ab") as f:
+            f.write((json.dumps(row(99)) + "\n").encode())
+        with pytest.raises(PlanChangedError) as ei:
+            _plan(urls).write(out, resume=True)
+        assert len(ei.value.changes) == 1 and ei.value.changes[0].startswith(f"source {urls[1]}: size ")
+    finally:
+        fs.rm("/resume-plan", recursive=True)
