@@ -20,11 +20,14 @@ class ValidationError(SchemaError):
     """One or more rows failed validation; ``problems`` holds every message, not just the first."""
 
     def __init__(self, problems: list[str], limit: int = 20):
-        self.problems = list(problems)
+        self.problems, self.limit = list(problems), limit
         shown = "\n".join(self.problems[:limit])
         more = len(self.problems) - limit
         tail = f"\n... and {more} more" if more > 0 else ""
         super().__init__(f"{len(self.problems)} invalid row(s):\n{shown}{tail}")
+
+    def __reduce__(self):  # pickled (a Ray or process worker raising it) with its problems, not its message
+        return type(self), (self.problems, self.limit)
 
 
 class InputError(DataCopilotError):

@@ -12,8 +12,10 @@
   store); the driver decides (``dedup_drops``, online against the keys seen so far for exact and banded keys;
   ``group_order``); tasks apply the decision (``apply_drops`` per block; ``merge_rows`` per run of about
   ``block_rows`` output rows, taking its rows from the blocks that hold them, passed as arguments).
-* Files are read in parallel, one Ray task per input file, with datacopilot's own readers (same rows, same
-  validation as the local executor); ``write`` writes the shards in parallel Ray tasks (:mod:`.ray_write`).
+* Files are read in parallel, one Ray task per input file or per part of a big one (``split_bytes``: jsonl
+  byte ranges, parquet row groups, Arrow IPC record batches), with datacopilot's own readers (same rows, same
+  validation, same lines in messages as the local executor); ``write`` writes the shards in parallel Ray tasks
+  (:mod:`.ray_write`).
 * The driver merges the blocks' accountings in block order at the end, so a task Ray retries after a worker dies
   never counts twice, and the rows, the per-operator records, the quarantine and the first failure raised (its
   row among the operator's input) are the local executor's.
@@ -42,6 +44,7 @@ import pyarrow as pa
 from datacopilot.engine import POLICIES, Accounting, Deduplicator, Evaluator, Grouper, Operator, is_barrier
 from datacopilot.errors import DataCopilotError, MissingDependencyError
 from datacopilot.history import OpRecord
+from datacopilot.io.parts import SPLIT_BYTES, check_split_bytes
 from datacopilot.schemas.arrow_build import concat_tables
 
 from . import ray_stages as st
@@ -63,7 +66,8 @@ class RayOptions:
     for itself (:meth:`Operator.resources`, e.g. a model operator's ``num_gpus``), then ``resources`` per
     operator name overriding both (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``).
     ``block_rows``: rows per Ray block (at least the plan's ``batch_size``); a task still gives the operators
-    ``batch_size`` rows at a time, so bigger blocks only mean fewer tasks."""
+    ``batch_size`` rows at a time, so bigger blocks only mean fewer tasks. ``split_bytes``: files bigger than
+    this are read in parts of about this size, a task each (None: one task per file)."""
 
     address: str | None = None
     num_cpus: float = 1
@@ -71,10 +75,12 @@ class RayOptions:
     concurrency: int = 1
     resources: dict | None = None
     block_rows: int = 8192
+    split_bytes: int | None = SPLIT_BYTES
 
     def __post_init__(self):
         if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, int) or self.block_rows < 1:
             raise DataCopilotError(f"`block_rows` must be a positive integer, got {self.block_rows!r}")
+        check_split_bytes(self.split_bytes)
 
     def of(self, op) -> dict:
         over = dict((self.resources or {}).get(op.name, {}))
@@ -105,30 +111,104 @@ def _blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     return [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)] or [table]
 
 
-def _read_unit(source, unit: str, batch_size: int, invalid: str):
-    """A Ray task over one input file: yields its validated blocks, then the list of its invalid rows."""
+def _read_unit(source, unit: str, batch_size: int, invalid: str, part=None, report: bool = False):
+    """A Ray task over one input file, or one part of it: yields its validated blocks, then the list of its
+    invalid rows; with ``report``, first the schema the source holds after its first block (what the file's next
+    parts are read with)."""
     source.bad = []
+    blocks = source.batches(unit, batch_size, invalid, part)
+    if report:
+        first = next(blocks, None)
+        yield source.schema
+        if first is not None:
+            yield first
     # not `yield from`: Ray drives the generator with send(), which a list iterator lacks
-    for block in source.batches(unit, batch_size, invalid):  # noqa: UP028
+    for block in blocks:  # noqa: UP028
         yield block
     yield source.bad
 
 
-def _input(ray, data, batch_size: int, invalid: str):
+def _split_units(source, units: list[str], target: int, batch_size: int) -> list:
+    """A Ray task: the parts of each of ``units`` (:meth:`Source.parts`), so the driver opens no file."""
+    return [source.parts(u, target, batch_size) for u in units]
+
+
+def _count_part(source, unit: str, part) -> int:
+    """A Ray task: what ``part`` holds of the lines or rows counted before the file's next parts."""
+    return source.count(unit, part)
+
+
+SPLIT_FILES = 64  # files whose parts one split task works out
+
+
+class _Read:
+    """One launched read task: its streaming generator, the refs taken from it ahead (a reported schema)."""
+
+    def __init__(self, gen, report: bool):
+        self.gen, self.report, self.head = gen, report, []
+
+    def schema(self, ray):
+        """The schema the task reported; raises what the task raised before reporting it."""
+        self.head.append(next(self.gen))
+        return get(ray, self.head[0])
+
+    def collect(self, ray) -> tuple[list, list]:
+        """(refs of its blocks, its invalid rows), once it has finished; raises what it raised."""
+        got = self.head + list(self.gen)
+        if self.report and len(got) > 1:
+            got = got[1:]
+        return got[:-1], get(ray, got[-1])
+
+
+def _input(ray, data, batch_size: int, invalid: str, split_bytes: int | None = None):
     """A Ray dataset of the input: a table split in blocks, or a pipeline Source's files read one Ray task per
-    file (the invalid rows found are added to ``source.bad``, as the local executor does)."""
+    file, or per part of a file bigger than ``split_bytes`` (:mod:`datacopilot.io.parts`: jsonl byte ranges,
+    parquet row groups, Arrow IPC record batches); the invalid rows found are added to ``source.bad``, in file
+    order, as the local executor does. A file's first part is read at once; its other parts once the counts of
+    the lines before them are known (a task per part counts them, when the split could not) and, without a
+    schema, once the first part has detected one (read with it, as a whole-file read reads its later blocks).
+    So the rows, blocks' order, messages and invalid rows are those of one task per file."""
     if isinstance(data, pa.Table):
         return ray.data.from_arrow(_blocks(data, batch_size))
-    read = ray.remote(_read_unit)
+    from datacopilot.io.parts import counted
+
+    read = ray.remote(_read_unit).options(num_returns="streaming")
     shipped = copy.copy(data)  # the workers read the files and their images where the driver means
     shipped.root, shipped.paths = at_driver(data.root), [at_driver(u) for u in data.paths]
-    gens = [read.options(num_returns="streaming").remote(shipped, at_driver(u), batch_size, invalid)
-            for u in data.units()]
+    units = [at_driver(u) for u in data.units()]
+    parts: list = [[] for _ in units]
+    if split_bytes is not None:
+        split = ray.remote(_split_units)
+        chunks = [units[i:i + SPLIT_FILES] for i in range(0, len(units), SPLIT_FILES)]
+        parts = [ps for got in get(ray, [split.remote(shipped, c, split_bytes, batch_size) for c in chunks])
+                 for ps in got]
+    count = ray.remote(_count_part)
+    counts = [[count.remote(shipped, u, p) for p in ps[:-1]] if any(p.before is None for p in ps) else None
+              for u, ps in zip(units, parts)]
+    report = shipped.schema is None
+    reads = [[_Read(read.remote(shipped, u, batch_size, invalid, ps[0] if ps else None, report and bool(ps)),
+                    report and bool(ps))] for u, ps in zip(units, parts)]
+    for u, ps, n, rs in zip(units, parts, counts, reads):
+        if len(ps) < 2:
+            continue
+        ps = counted(ps, get(ray, n)) if n is not None else ps
+        src, k = shipped, 1
+        try:
+            while src.schema is None and k < len(ps):  # the parts in turn until one has detected the schema
+                src = copy.copy(shipped)
+                src.schema = rs[-1].schema(ray)
+                if src.schema is None:
+                    rs.append(_Read(read.remote(src, u, batch_size, invalid, ps[k], True), True))
+                    k += 1
+        except DataCopilotError:  # the part raised before it had a schema: the error comes in file order
+            continue
+        rs += [_Read(read.remote(src, u, batch_size, invalid, p), False) for p in ps[k:]]
     refs = []
-    for g in gens:
-        got = list(g)
-        refs += got[:-1]
-        data.bad += get(ray, got[-1])
+    for rs in reads:
+        for r in rs:
+            got, bad = r.collect(ray)
+            refs += got
+            data.bad += bad
     return ray.data.from_arrow_refs(refs)
 
 
@@ -218,7 +298,8 @@ def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch
     t0 = time.perf_counter()
     template = Accounting(ops, on_error)  # each block's is a fresh copy
     try:
-        ds = _input(ray, data, max(batch_size, options.block_rows), "raise" if on_error == "raise" else "quarantine")
+        ds = _input(ray, data, max(batch_size, options.block_rows), "raise" if on_error == "raise" else "quarantine",
+                    options.split_bytes)
         for lo, hi in stages(ops, options):
             ds = _stage(ray, ds, ops[lo:hi], lo, template, options, batch_size)
         refs = list(ds.to_arrow_refs())

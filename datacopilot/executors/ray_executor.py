@@ -28,7 +28,7 @@ class RayExecutor(Executor):
             self.options = RayOptions(**options)
         except TypeError as e:
             raise DataCopilotError(f"ray executor: {e}; options are address, num_cpus, num_gpus, concurrency, "
-                                   f"resources, block_rows") from None
+                                   f"resources, block_rows, split_bytes") from None
 
     def run(self, plan) -> ExecResult:
         src = plan.source
