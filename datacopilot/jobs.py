@@ -259,7 +259,8 @@ def submit(server: Server, spec_path: str, out: str | None = None, resume: bool 
 def _upload_error(e: Exception, env: dict) -> JobError:
     text = str(e)
     wd = env.get("working_dir")
-    hint = (f"; the largest files in {wd}: {_largest(wd)}" if isinstance(wd, str) and os.path.isdir(wd) else "")
+    hint = (f"; the largest files in {wd}: {_largest(wd, list(env.get('excludes') or []))}"
+            if isinstance(wd, str) and os.path.isdir(wd) else "")
     fix = ("; keep large inputs where every node reads them (an absolute path on a shared filesystem, an s3:// or "
            "gs:// URL) and leave them out of the upload: --runtime-env '{\"excludes\": [\"PATTERN\"]}' or a "
            ".rayignore file")
@@ -273,16 +274,27 @@ def _upload_error(e: Exception, env: dict) -> JobError:
     return JobError(f"the job server refused the job: {_first_line(e)}")
 
 
-def _largest(directory: str, n: int = 3) -> str:
+def _largest(directory: str, excludes: list, n: int = 3) -> str:
+    """The ``n`` largest files of ``directory`` left in the upload by ``excludes`` (names and anchored paths; Ray's
+    .gitignore / .rayignore rules are not applied, so this is a hint)."""
+    import fnmatch
+
+    def out(rel: str) -> bool:
+        name = os.path.basename(rel)
+        return any(rel == e.strip("/") if e.startswith("/") else fnmatch.fnmatch(name, e.rstrip("/"))
+                   for e in excludes)
+
     sizes = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if d not in EXCLUDES]
+        rel_root = os.path.relpath(root, directory)
+        rel = (lambda name: name) if rel_root == os.curdir else (lambda name: os.path.join(rel_root, name))
+        dirs[:] = [d for d in dirs if not out(rel(d))]
         for f in files:
-            p = os.path.join(root, f)
-            try:
-                sizes.append((os.path.getsize(p), os.path.relpath(p, directory)))
-            except OSError:
-                continue
+            if not out(rel(f)):
+                try:
+                    sizes.append((os.path.getsize(os.path.join(root, f)), rel(f)))
+                except OSError:
+                    continue
     sizes.sort(reverse=True)
     return ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for size, name in sizes[:n]) or "none"
 
@@ -360,8 +372,12 @@ def describe(s: JobState) -> list[str]:
         lines.append(f"  ended: {time.strftime(stamp, time.gmtime(s.end))} ({s.end - (s.start or s.end):.1f} s)")
     if s.exit_code is not None:
         lines.append(f"  exit code: {s.exit_code}")
-    if s.message:
-        lines.append(f"  message: {s.message.strip()}")
+    if s.message:  # a failed job's message carries the tail of its logs: its first line, and the error in them
+        text = s.message.strip().splitlines()
+        lines.append(f"  message: {text[0]}")
+        errors = [line for line in text[1:] if line.startswith("error: ")]
+        if errors:
+            lines.append(f"  {errors[-1]}")
     return lines
 
 

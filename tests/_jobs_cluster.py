@@ -81,6 +81,8 @@ def scenarios(work: str, ray_tmp: str, r: dict) -> None:
     r["status_ok"] = cli("status", job) if job else None
     r["resume_ok"] = cli("submit", os.path.join(work, "ok", "p.yaml"), "--resume")
     r["fail"] = cli("submit", os.path.join(work, "fail", "p.yaml"))
+    failed = job_id(r["fail"])
+    r["status_fail"] = cli("status", failed, "--logs") if failed else None
     r["unknown"] = cli("status", "raysubmit_nosuchjob")
     r["big"] = cli("submit", os.path.join(work, "big", "p.yaml"))
     r["long"] = cli("submit", os.path.join(work, "long", "p.yaml"), "--no-wait", "--job-id", "dc-long")

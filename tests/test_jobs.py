@@ -170,6 +170,7 @@ def test_submit_streams_the_logs_and_succeeds(work):
     assert "submitted job raysubmit_" in res["err"]
     assert "filter_turns: in 150" in res["out"] and "dedup_exact" in res["out"]  # the job's report, streamed
     assert ": SUCCEEDED" in res["out"]
+    assert "Connected to Ray cluster" in res["out"]  # `run --ray auto` in the job joined the job's cluster
     from datacopilot.pipeline import Pipeline
     from datacopilot.pipeline_spec import read_spec
 
@@ -207,6 +208,12 @@ def test_a_failing_pipeline_fails_the_job_and_the_command(work):
     assert res["rc"] == 1, _text(res)
     assert ": FAILED" in res["out"] and "missing.jsonl" in res["out"]  # the job's own error, in its logs
     assert "exit code: 2" in res["out"]
+    st = r["status_fail"]
+    assert st is not None and st["rc"] == 0, st
+    lines = st["out"].splitlines()
+    assert "Running entrypoint for job" in st["out"]  # --logs: what the job printed, then its state
+    assert any(line.endswith(": FAILED") for line in lines) and lines[-1].startswith("  error: ")
+    assert "missing.jsonl" in lines[-1]
 
 
 def test_an_unknown_job_is_a_clear_error(work):
