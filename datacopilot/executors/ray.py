@@ -8,10 +8,11 @@
   at a time, with a fresh :class:`~datacopilot.engine.Accounting` that travels back in the block
   (:mod:`.ray_stages`).
 * Deduplicators and groupers are barriers (:mod:`datacopilot.engine.barriers`): the task closing the run before
-  one observes its rows (its keys or signatures go to the driver in block order, its rows stay in the object
-  store); the driver decides (``dedup_drops``, online against the keys seen so far for exact and banded keys;
-  ``group_order``); tasks apply the decision (``apply_drops`` per block; ``merge_rows`` per run of about
-  ``block_rows`` output rows, taking its rows from the blocks that hold them, passed as arguments).
+  one observes its rows (its keys or signatures are held in the block's event row, its rows stay in the object
+  store); a deduplicator's keys are then hash-partitioned across tasks, each partition decides its own and the
+  dropped rows go back to their blocks (:mod:`.ray_dedup`), a grouper's rows are range- or hash-partitioned
+  (:mod:`.ray_group`); the driver holds references and per-block counts. ``barriers="driver"`` decides a
+  deduplicator on the driver as before (``dedup_drops``, online against the keys seen so far), for comparison.
 * Files are read in parallel, one Ray task per input file or per part of a big one (``split_bytes``: jsonl
   byte ranges, parquet row groups, Arrow IPC record batches), with datacopilot's own readers (same rows, same
   validation, same lines in messages as the local executor); ``write`` writes the shards in parallel Ray tasks
@@ -67,7 +68,9 @@ class RayOptions:
     operator name overriding both (e.g. ``{"filter_language": {"concurrency": 4, "num_gpus": 1}}``).
     ``block_rows``: rows per Ray block (at least the plan's ``batch_size``); a task still gives the operators
     ``batch_size`` rows at a time, so bigger blocks only mean fewer tasks. ``split_bytes``: files bigger than
-    this are read in parts of about this size, a task each (None: one task per file)."""
+    this are read in parts of about this size, a task each (None: one task per file). ``barriers``:
+    ``"partitioned"`` (a deduplicator's keys hash-partitioned across tasks, :mod:`.ray_dedup`) or ``"driver"``
+    (decided on the driver against the keys seen so far, as before; kept for comparison)."""
 
     address: str | None = None
     num_cpus: float = 1
@@ -76,11 +79,14 @@ class RayOptions:
     resources: dict | None = None
     block_rows: int = 8192
     split_bytes: int | None = SPLIT_BYTES
+    barriers: str = "partitioned"
 
     def __post_init__(self):
         if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, int) or self.block_rows < 1:
             raise DataCopilotError(f"`block_rows` must be a positive integer, got {self.block_rows!r}")
         check_split_bytes(self.split_bytes)
+        if self.barriers not in ("partitioned", "driver"):
+            raise DataCopilotError(f"`barriers` must be one of ('partitioned', 'driver'), got {self.barriers!r}")
 
     def of(self, op) -> dict:
         over = dict((self.resources or {}).get(op.name, {}))
@@ -349,7 +355,7 @@ def _stage(ray, ds, ops: list, first: int, template: Accounting, options: RayOpt
     else:
         ds = ds.map_batches(st.run_block, fn_args=(ops, first, template, batch_size), **common)
     if isinstance(ops[-1], Deduplicator):
-        ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1, template)
+        ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1, template, options)
     elif isinstance(ops[-1], Grouper):
         ds = _group(ray, ds, ops[-1], first + len(ops) - 1, template, batch_size, max(batch_size, options.block_rows))
     return ds
@@ -374,11 +380,17 @@ def _observe(ray, ds, template: Accounting):
     return refs, seen(), events
 
 
-def _dedup(ray, ds, op, k: int, template: Accounting):
-    """The barrier of a deduplicator: keys per block -> duplicates decided on the driver -> applied per block.
-    Exact and banded keys are decided block by block as they come, against the keys seen so far (the driver holds
+def _dedup(ray, ds, op, k: int, template: Accounting, options: RayOptions):
+    """The barrier of a deduplicator: partitioned across tasks (:mod:`.ray_dedup`), or with
+    ``options.barriers="driver"`` keys per block -> duplicates decided on the driver -> applied per block. There
+    exact and banded keys are decided block by block as they come, against the keys seen so far (the driver holds
     one block's keys and the set) and each block's decision is sent as soon as it is made."""
     from datacopilot.engine.barriers import SeenKeys, dedup_drops, keys_of
+
+    if options.barriers == "partitioned":
+        from .ray_dedup import dedup
+
+        return dedup(ray, ds, op, k, template, get)
 
     refs, seen, _ = _observe(ray, ds, template)
     if op.online:
