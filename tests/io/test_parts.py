@@ -242,3 +242,18 @@ def test_ipc_split_by_record_batches(tmp_path):
 def test_ipc_stream_is_one_part(tmp_path):
     path = ipc_file(tmp_path, stream=True)
     assert Source.from_paths(path, schema="MM").parts(path, 100, 8) == []
+
+
+def test_ipc_and_parquet_urls_split(tmp_path):
+    """A URL's IPC batches are cut by count and their rows counted per part; a URL's parquet footer read."""
+    fsspec = pytest.importorskip("fsspec")
+    for name in ("a.arrow", "a.parquet"):
+        local = ipc_file(tmp_path) if name == "a.arrow" else parquet_file(tmp_path, bad=(2, 333))
+        url = f"memory://split-urls/{name}"
+        with open(local, "rb") as src, fsspec.open(url, "wb") as f:
+            f.write(src.read())
+        parts, bad = same(url, 4000, batch_size=16)
+        assert [w for w, _, _ in bad] == [f"{url}: row {k}" for k in (2, 333)]
+        if name == "a.arrow":  # a URL's batch sizes are not read by the split: the parts are counted
+            assert Source.from_paths(url, schema="MM").parts(url, 4000, 16)[1].before is None
+            assert parts[1].before == parts[1].start * 41
