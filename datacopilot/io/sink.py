@@ -151,9 +151,10 @@ class ShardSink:
     (``units``: its input units, in order) calls :meth:`end_units` when units end: their rows and quarantine
     are written, and the staged manifest (atomically) lists them as finished; after the last, the run's report
     is staged and the output published with it. With ``resume`` it continues the newest staged run, after
-    checking that it was written for the same inputs and plan (``fingerprint``) and that its manifest
-    describes the staged files; a published output of the same plan whose files check out is a finished run
-    (``finished``: nothing to write).
+    checking that it was written for the same inputs and plan (``plan``, the plan's identity kept in the
+    manifest: a :class:`~datacopilot.errors.PlanChangedError` names what differs; ``fingerprint`` for a manifest
+    written before identities were kept) and that its manifest describes the staged files; a published output of
+    the same plan whose files check out is a finished run (``finished``: nothing to write).
 
     Rows reach the sink by :meth:`add` (streamed, cut at ``max_rows``), :meth:`write_table` (a whole table,
     shards written on threads) or :meth:`record` (a shard a worker wrote under :meth:`shard_name` at
