@@ -4,7 +4,7 @@ The work is in :mod:`datacopilot.jobs`; registered onto the main group by :func:
 .. code-block:: console
 
     $ datacopilot submit pipeline.yaml --address http://head:8265   # streams the logs; exit 0 when it succeeded
-    $ datacopilot status raysubmit_XYZ                              # --address, or RAY_ADDRESS
+    $ datacopilot status raysubmit_XYZ                # --address, RAY_API_SERVER_ADDRESS or RAY_ADDRESS
     $ datacopilot stop raysubmit_XYZ
 
 Exit codes: 0 a job that succeeded (or a status or stop that worked), 1 a job that failed or was stopped, 2 an error
@@ -18,9 +18,9 @@ import click
 
 
 def _address_option(f):
-    return click.option("--address", "address", envvar="RAY_ADDRESS", default=None, metavar="URL",
-                        help="The Ray job server (the head's dashboard), e.g. http://HOST:8265; "
-                             "default: the RAY_ADDRESS environment variable.")(f)
+    return click.option("--address", "address", default=None, metavar="URL",
+                        help="The Ray job server (the head's dashboard), e.g. http://HOST:8265; default: the "
+                             "RAY_API_SERVER_ADDRESS environment variable, else RAY_ADDRESS (as Ray's job CLI).")(f)
 
 
 def _finish(s) -> None:

@@ -3,7 +3,7 @@
 .. code-block:: console
 
     $ datacopilot submit pipeline.yaml --address http://head:8265     # streams the logs, exits 0 when it succeeded
-    $ RAY_ADDRESS=http://head:8265 datacopilot submit pipeline.yaml --no-wait
+    $ RAY_API_SERVER_ADDRESS=http://head:8265 datacopilot submit pipeline.yaml --no-wait   # or RAY_ADDRESS
     $ datacopilot status raysubmit_XYZ
     $ datacopilot stop raysubmit_XYZ
 
@@ -93,13 +93,14 @@ class Server:
 
 def connect(address: str | None) -> Server:
     """The job server at ``address`` (``http://HOST:8265``, the head's dashboard port); ``None`` takes
-    ``RAY_ADDRESS``. A server that does not answer is a :class:`JobError` naming the address, never a traceback.
-    There is no search for a local cluster: on a shared machine it could find someone else's.
+    ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, as Ray's job CLI does (the first leaves ``RAY_ADDRESS`` to
+    ``ray.init``, which reads it too). A server that does not answer is a :class:`JobError` naming the address, never
+    a traceback. There is no search for a local cluster: on a shared machine it could find someone else's.
     """
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address:
         raise JobError("no Ray job server given: pass --address http://HOST:8265 (the head's dashboard port) or set "
-                       "RAY_ADDRESS")
+                       "RAY_API_SERVER_ADDRESS or RAY_ADDRESS")
     cls = _job_submission()
     try:
         return Server(address, cls(address))

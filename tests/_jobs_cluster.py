@@ -21,7 +21,7 @@ HEAD_ENV = {"RAY_max_grpc_message_size": str(16 * 2**20)}
 
 def cli(*args: str, timeout: float = 240) -> dict:
     p = subprocess.run([sys.executable, "-m", "datacopilot", *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "RAY_ADDRESS": ADDRESS})
+                       env={**os.environ, "RAY_API_SERVER_ADDRESS": ADDRESS})
     return {"args": list(args), "rc": p.returncode, "out": p.stdout, "err": p.stderr}
 
 

@@ -108,7 +108,10 @@ def test_a_dead_address_is_a_clear_error():
     assert res.exit_code == 2, res.output
     assert "error: cannot reach a Ray job server at http://127.0.0.1:9" in res.output
     assert "Traceback" not in res.output
-    res = CliRunner(env={"RAY_ADDRESS": None}).invoke(main, ["stop", "raysubmit_x"])
+    res = CliRunner(env={"RAY_ADDRESS": "http://127.0.0.1:9", "RAY_API_SERVER_ADDRESS": None}).invoke(
+        main, ["stop", "raysubmit_x"])
+    assert res.exit_code == 2 and "cannot reach a Ray job server at http://127.0.0.1:9" in res.output
+    res = CliRunner(env={"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None}).invoke(main, ["stop", "raysubmit_x"])
     assert res.exit_code == 2 and "pass --address http://HOST:8265" in res.output
 
 
