@@ -8,8 +8,8 @@ in ``bench/dataset_wide.py`` (about three rows an image, scattered). Each run is
 ``dc.pipeline(jsonl, schema="MM").apply([share_images, STAGE]).write(out, executor=ray)`` by a fresh driver
 process attached to one local Ray instance (``--cpus`` CPUs, started once by this script), so the driver's
 resident memory (sampled every 0.05 s, that process alone: the Ray workers are not its children) is what the
-stage costs the driver; the previous approach is the same operator with its own ``arrange`` (what Ray decides on
-the driver). Both outputs' ids are checked equal.
+stage costs the driver; the previous approach is ``RayOptions(barriers="driver")``. Both outputs' ids are checked
+equal.
 
     python bench/ray_group.py                      # 200,000 rows, all three stages
     python bench/ray_group.py --rows 50000 --stage shuffle
@@ -34,7 +34,7 @@ from engine import log  # noqa: E402
 from pipeline import ensure_data  # noqa: E402
 
 STAGES = ("sort", "shuffle", "merge")
-WAYS = ("partitioned", "driver")
+WAYS = ("partitioned", "driver")  # RayOptions.barriers
 
 
 def child(spec: dict) -> dict:
@@ -65,12 +65,8 @@ def child(spec: dict) -> dict:
 
     op = {"merge": lambda: create("merge_same_image", max_turns=8), "sort": lambda: create("sort", by="image.path"),
           "shuffle": lambda: create("shuffle", seed=0)}[spec["stage"]]()
-    if spec["way"] == "driver":  # the operator with its own arrange: Ray decides it on the driver, as before
-        cls = type(op)
-        op = type(f"DriverSide{cls.__name__}", (cls,), {"arrange": lambda self, parts: cls.arrange(self, parts)})(
-            **op.p)
     ray.init(address=spec["address"], log_to_driver=False)
-    ex = get_executor("ray", block_rows=spec["block_rows"])
+    ex = get_executor("ray", block_rows=spec["block_rows"], barriers=spec["way"])
     t0 = time.perf_counter()
     report = dc.pipeline(spec["path"], schema="MM").apply([ShareImages(), op]).write(spec["out"], executor=ex)
     return {"seconds": time.perf_counter() - t0, "rows_out": report["rows"], **ray_group.DRIVER}

@@ -12,7 +12,8 @@
   store); a deduplicator's keys are then hash-partitioned across tasks, each partition decides its own and the
   dropped rows go back to their blocks (:mod:`.ray_dedup`), a grouper's rows are range- or hash-partitioned
   (:mod:`.ray_group`); the driver holds references and per-block counts. ``barriers="driver"`` decides a
-  deduplicator on the driver as before (``dedup_drops``, online against the keys seen so far), for comparison.
+  deduplicator on the driver as before (``dedup_drops``, online against the keys seen so far), and a grouper's
+  order (``group_order``), for comparison.
 * Files are read in parallel, one Ray task per input file or per part of a big one (``split_bytes``: jsonl
   byte ranges, parquet row groups, Arrow IPC record batches), with datacopilot's own readers (same rows, same
   validation, same lines in messages as the local executor); ``write`` writes the shards in parallel Ray tasks
@@ -357,7 +358,7 @@ def _stage(ray, ds, ops: list, first: int, template: Accounting, options: RayOpt
     if isinstance(ops[-1], Deduplicator):
         ds = _dedup(ray, ds, ops[-1], first + len(ops) - 1, template, options)
     elif isinstance(ops[-1], Grouper):
-        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, template, batch_size, max(batch_size, options.block_rows))
+        ds = _group(ray, ds, ops[-1], first + len(ops) - 1, template, batch_size, options)
     return ds
 
 
@@ -410,13 +411,17 @@ def _dedup(ray, ds, op, k: int, template: Accounting, options: RayOptions):
     return ray.data.from_arrow_refs(out)
 
 
-def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, block_rows: int):
+def _group(ray, ds, op, k: int, template: Accounting, batch_size: int, options: RayOptions):
     """The barrier of a grouper, as distributed stages (:mod:`.ray_group`): rows range-partitioned by key
     (``sort``, ``shuffle``) or sent to the range of their group's first row once each key partition has decided
-    its groups (``merge_same_image``); the driver holds references and per-block counts. The blocks' accountings
-    travel on in blocks of their own, ahead of the output."""
+    its groups (``merge_same_image``); the driver holds references and per-block counts. With
+    ``options.barriers="driver"`` (or a grouper with its own ``arrange``) the order is decided on the driver. The
+    blocks' accountings travel on in blocks of their own, ahead of the output."""
     from . import ray_group
 
+    block_rows = max(batch_size, options.block_rows)
+    if options.barriers == "driver":
+        return ray_group.driver_group(ray, ds, op, k, template, batch_size, block_rows, get)
     return ray_group.group(ray, ds, op, k, template, batch_size, block_rows, get)
 
 
