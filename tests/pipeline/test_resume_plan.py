@@ -181,3 +181,17 @@ def test_inputs_behind_a_url_are_known_by_their_listing(tmp_path):
         assert len(ei.value.changes) == 1 and ei.value.changes[0].startswith(f"source {urls[1]}: size ")
     finally:
         fs.rm("/resume-plan", recursive=True)
+
+
+def test_a_run_staged_before_plans_were_kept_resumes_by_its_fingerprint(dirty, tmp_path):
+    out = tmp_path / "o"
+    assert _run(dirty, out, resume=False, kill_at="r130").returncode == -signal.SIGKILL
+    path = out / ".staging-g0001" / "manifest.json"
+    staged = json.loads(path.read_text())
+    del staged["pipeline"]["plan"], staged["pipeline"]["invalid"]
+    path.write_text(json.dumps(staged))
+    refused = _run(dirty, out, resume=True, min_turns=3)
+    assert refused.returncode == 1 and "written by another plan (operators" in refused.stderr
+    assert _run(dirty, out, resume=True).returncode == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["invalid_input_rows"] == 4  # the units it read (the count of the others was not kept then)
