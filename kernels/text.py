@@ -65,21 +65,22 @@ def _role_codes(offsets, data, human, gpt, user, assistant, system):
     for i in range(n):
         s = offsets[i]
         m = offsets[i + 1] - s
+        # the length, then the first byte, pick the one word to compare with
         if m == 3:
-            if _is(data, s, gpt):
+            if data[s] == 103 and _is(data, s, gpt):
                 out[i] = 1
-        elif m == 4:
-            if _is(data, s, user):
-                out[i] = 0
         elif m == 5:
-            if _is(data, s, human):
+            if data[s] == 104 and _is(data, s, human):
                 out[i] = 0
-        elif m == 6:
-            if _is(data, s, system):
-                out[i] = 2
+        elif m == 4:
+            if data[s] == 117 and _is(data, s, user):
+                out[i] = 0
         elif m == 9:
-            if _is(data, s, assistant):
+            if data[s] == 97 and _is(data, s, assistant):
                 out[i] = 1
+        elif m == 6:
+            if data[s] == 115 and _is(data, s, system):
+                out[i] = 2
     return out
 
 
@@ -121,6 +122,45 @@ def length_proxies(offsets, data, sel, lo, hi):
         for k in range(s, e):
             c += (data[k] & 0xC0) != 0x80
         out[i] = c
+    return out
+
+
+@njit(cache=True)
+def row_length_flags(offsets, text_offsets, data, sel, lo, hi, words):
+    """Per row (turns ``offsets[r]:offsets[r + 1]``): 1 where a selected turn is shorter than ``lo``, else 2 where
+    one is longer than ``hi``, else 0; a length counts characters, or with ``words`` runs of non-space bytes
+    (:func:`word_counts`). Characters are counted only where the byte length cannot decide (as
+    :func:`length_proxies`)."""
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, np.uint8)
+    for r in range(n):
+        long = False
+        for i in range(offsets[r], offsets[r + 1]):
+            if not sel[i]:
+                continue
+            s, e = text_offsets[i], text_offsets[i + 1]
+            m = e - s
+            if words:
+                c = 0
+                prev_space = True
+                for k in range(s, e):
+                    b = data[k]
+                    space = b == 32 or b == 9 or b == 10 or b == 12 or b == 13
+                    if prev_space and not space:
+                        c += 1
+                    prev_space = space
+            elif m < lo or ((m + 3) // 4 >= lo and m <= hi):
+                c = m
+            else:
+                c = 0
+                for k in range(s, e):
+                    c += (data[k] & 0xC0) != 0x80
+            if c < lo:
+                out[r] = 1
+                break
+            long = long or c > hi
+        if out[r] == 0 and long:
+            out[r] = 2
     return out
 
 

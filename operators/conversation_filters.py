@@ -27,7 +27,9 @@ ROLE_CHOICES = ("user", "assistant", "all")
 
 def _reasons(keep: np.ndarray, *rules: tuple[np.ndarray, str]) -> np.ndarray:
     """A reason per dropped row: the first rule (a mask of rows that break it) that the row breaks."""
-    out = np.full(len(keep), None, dtype=object)
+    out = np.empty(len(keep), dtype=object)  # all None
+    if keep.all():
+        return out
     for broken, why in reversed(rules):
         out[broken] = why
     out[keep] = None
@@ -74,20 +76,19 @@ class FilterLength(ConversationOp, Filter):
         from datacopilot.kernels import text as k
 
         t = turns(self, batch)
-        sel = t.select(self.p["role"])
-        lo, hi = self.p["min_length"], self.p["max_length"]
-        if self.p["unit"] == "chars":  # only the lengths the byte length cannot decide are counted
-            lengths = k.length_proxies(*t.text_buffers(), sel, lo, np.iinfo(np.int64).max if hi is None else hi)
-        else:  # runs of non-space bytes: RE2's \S+ (ASCII whitespace), as pc.count_substring_regex counted
-            lengths = k.word_counts_where(*t.text_buffers(), sel)
-        shortest = t.per_row(lengths, sel, "min", empty=np.inf)
-        longest = t.per_row(lengths, sel, "max", empty=-np.inf)
+        hi = self.p["max_length"]
+        # one compiled pass: per row, a selected turn too short (1) or too long (2); words are runs of non-space
+        # bytes (RE2's \S+, ASCII whitespace, as pc.count_substring_regex counted); characters counted only where
+        # the byte length cannot decide
+        code = k.row_length_flags(t.offsets, *t.text_buffers(), t.select(self.p["role"]), self.p["min_length"],
+                                  np.iinfo(np.int64).max if hi is None else hi, self.p["unit"] == "words")
+        keep = code == 0
+        if keep.all():
+            return keep, np.empty(len(keep), dtype=object)
         role, unit = self.p["role"], self.p["unit"]
-        short = shortest < self.p["min_length"]
-        long = longest > self.p["max_length"] if self.p["max_length"] is not None else np.zeros_like(short)
-        keep = ~short & ~long
-        return keep, _reasons(keep, (short, f"{role} turn shorter than {self.p['min_length']} {unit}"),
-                              (long, f"{role} turn longer than {self.p['max_length']} {unit}"))
+        why = np.array([None, f"{role} turn shorter than {self.p['min_length']} {unit}",
+                        f"{role} turn longer than {hi} {unit}"], dtype=object)
+        return keep, why[code]
 
 
 @register
@@ -151,12 +152,26 @@ class FilterRefusals(ConversationOp, Filter):
         super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES), patterns=patterns,
                          extra_patterns=extra_patterns)
         self._patterns = pats
+        self._literals = None  # built on first use (not pickled)
+
+    def _prefilter(self):
+        """The literals one of which every match of every pattern holds (a LiteralSet), or False when some
+        pattern gives none (then every selected turn goes to the regex)."""
+        if self._literals is None:
+            from datacopilot.kernels.literals import LiteralSet, required_literals
+
+            found = [required_literals(p) for p in self._patterns]
+            self._literals = LiteralSet(sorted(set().union(*found))) if found and all(found) else False
+        return self._literals
 
     def keep(self, batch: pa.RecordBatch):
         t = turns(self, batch)
-        reasons = np.full(t.n_rows, None, dtype=object)
-        # one match of all patterns over the selected turns; each pattern then runs only on the turns that hit
+        reasons = np.empty(t.n_rows, dtype=object)  # all None
+        # the turns holding a literal every match needs (a compiled scan), then one match of all patterns over
+        # those; each pattern then runs only on the turns that hit
         sel = t.select(self.p["role"])
+        if self._patterns and self._prefilter():
+            sel = self._prefilter().holding(*t.text_buffers(), sel)
         idx = np.flatnonzero(sel)
         if len(idx) and self._patterns:
             idx = idx[self._any_pattern(t.text, sel, idx)]
