@@ -17,7 +17,9 @@ class Format:
     """One file format: its extensions and the functions of its module (``datacopilot.io.<module>``) that read a
     file whole (``reader``: ``(path, schema, invalid) -> Loaded``), read it in batches (``batches``: ``(path,
     schema, batch_size, invalid) -> Iterator[Loaded]``, the same rows, validation, messages and invalid rows as
-    ``reader``, each Loaded a batch of rows in file order with the invalid rows met in it) and write it."""
+    ``reader``, each Loaded a batch of rows in file order with the invalid rows met in it; given a ``part`` of
+    the file, only its rows), split it in parts read as tasks (``split``; ``count`` counts what a part holds when
+    the split cannot tell the lines or rows before it) and write it."""
 
     name: str
     extensions: tuple[str, ...]
