@@ -3,7 +3,9 @@ memory stays bounded.
 
 Each file is read by its format's batch reader (``Format.batches``, in ``datacopilot.io.<module>``): jsonl in
 line blocks, parquet and Arrow IPC batch by batch, h5 in row ranges, webdataset a batch of samples at a time;
-a JSON array file is read whole, then handed out in batches.
+a JSON array file is read whole, then handed out in batches. A big file can also be read in parts
+(:meth:`Source.parts`, :mod:`datacopilot.io.parts`), each its own task on Ray; read in order, they give the rows
+and invalid rows of the whole file.
 
 >>> src = Source.from_paths("data/*.jsonl", schema="MM")  # doctest: +SKIP
 >>> [t.num_rows for t in src.batches(src.units()[0], 1024)]  # doctest: +SKIP
