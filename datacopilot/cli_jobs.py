@@ -63,11 +63,17 @@ def submit(spec: str, address: str | None, out: str | None, resume: bool, runtim
     if no_wait:
         click.echo(job)
         return
+    _follow(server, job)
+
+
+def _follow(server, job: str) -> None:
+    from datacopilot import jobs
+
     try:
         final = jobs.follow(server, job, write=lambda text: click.echo(text, nl=False))
     except KeyboardInterrupt:
-        click.echo(f"\nstopped following job {job}; it keeps running: datacopilot status {job} / datacopilot stop "
-                   f"{job}", err=True)
+        click.echo(f"\nstopped following job {job}; it keeps running: datacopilot status {job} --follow, or "
+                   f"datacopilot stop {job}", err=True)
         click.get_current_context().exit(130)
     _finish(final)
 
@@ -77,11 +83,16 @@ def submit(spec: str, address: str | None, out: str | None, resume: bool, runtim
 @_address_option
 @click.option("--json", "as_json", is_flag=True, help="Print the job's state as JSON.")
 @click.option("--logs", is_flag=True, help="Also print the job's logs so far.")
-def status(job: str, address: str | None, as_json: bool, logs: bool) -> None:
+@click.option("--follow", is_flag=True,
+              help="Stream the job's logs until it ends and exit as submit does (0 when it succeeded).")
+def status(job: str, address: str | None, as_json: bool, logs: bool, follow: bool) -> None:
     """The status of the Ray job JOB (PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED), its entrypoint and times."""
     from datacopilot import jobs
 
     server = jobs.connect(address)
+    if follow:
+        _follow(server, job)
+        return
     s = jobs.state(server, job)
     if logs:
         click.echo(jobs.logs(server, job), nl=False)

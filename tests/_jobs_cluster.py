@@ -37,6 +37,18 @@ def status(job: str) -> str:
     return json.loads(res["out"])["status"] if res["rc"] == 0 else f"rc {res['rc']}: {res['err']}"
 
 
+def interrupt_follow(job: str) -> dict:
+    """``status JOB --follow`` interrupted (SIGINT, as Ctrl-C) once it has streamed a line."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "datacopilot", "status", job, "--follow"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_API_SERVER_ADDRESS": ADDRESS})
+    first = p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    return {"rc": p.returncode, "out": first + out, "err": err}
+
+
 def listening() -> list[str]:
     import psutil
 
@@ -79,6 +91,7 @@ def scenarios(work: str, ray_tmp: str, r: dict) -> None:
     r["ok"] = cli("submit", os.path.join(work, "ok", "p.yaml"))
     job = job_id(r["ok"])
     r["status_ok"] = cli("status", job) if job else None
+    r["follow_ok"] = cli("status", job, "--follow") if job else None
     r["resume_ok"] = cli("submit", os.path.join(work, "ok", "p.yaml"), "--resume")
     r["fail"] = cli("submit", os.path.join(work, "fail", "p.yaml"))
     failed = job_id(r["fail"])
@@ -93,6 +106,8 @@ def scenarios(work: str, ray_tmp: str, r: dict) -> None:
         time.sleep(1)
     r["long_seen"] = seen
     r["listening"] = listening()  # with the long job's driver and workers up
+    r["interrupted"] = interrupt_follow("dc-long")
+    r["long_after_interrupt"] = status("dc-long")
     r["stop"] = cli("stop", "dc-long")
     r["long_after"] = status("dc-long")
     r["stop_again"] = cli("stop", "dc-long")

@@ -190,6 +190,8 @@ def test_status_names_the_finished_job(work):
     res = r["status_ok"]
     assert res is not None and res["rc"] == 0, res
     assert ": SUCCEEDED" in res["out"] and "datacopilot run p.yaml --ray auto" in res["out"]
+    res = r["follow_ok"]  # --follow on a job that has ended: its whole log, then its state, exit code 0
+    assert res["rc"] == 0 and "filter_turns: in 150" in res["out"] and ": SUCCEEDED" in res["out"], res
 
 
 def test_the_upload_leaves_out_caches_version_control_and_the_output(work):
@@ -238,6 +240,9 @@ def test_stop_ends_a_running_job(work):
     _, r = work
     assert r["long"]["rc"] == 0 and r["long"]["out"].strip() == "dc-long", _text(r["long"])
     assert r["long_seen"][-1] == "RUNNING", r["long_seen"]
+    res = r["interrupted"]  # Ctrl-C while following: the command ends, the job runs on
+    assert res["rc"] == 130 and "it keeps running" in res["err"] and "Traceback" not in res["err"], res
+    assert r["long_after_interrupt"] == "RUNNING"
     assert r["stop"]["rc"] == 0 and "dc-long: STOPPED" in r["stop"]["out"], _text(r["stop"])
     assert r["long_after"] == "STOPPED"
     assert r["stop_again"]["rc"] == 0 and "had already ended: STOPPED" in r["stop_again"]["out"]
