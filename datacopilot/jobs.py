@@ -29,6 +29,11 @@ the job's cluster (Ray sets ``RAY_ADDRESS`` for the job driver). The output dire
 side to an absolute path (a relative one against the pipeline's directory, as ``datacopilot run`` would): left
 relative, it would land in the job's temporary copy of the working directory and vanish with it. On a multi-node
 cluster it must be on storage the nodes share.
+
+``--resume`` resumes a job's run on the same cluster: the same working directory is the same package (its hash), so
+the job reads its inputs at the same paths. After the cluster restarts, inputs shipped in the working directory are
+unpacked at a new path with new modification times, and the output's plan identity (input paths, sizes and times)
+refuses the resume, naming those inputs: inputs meant to be resumed over belong on shared storage anyway.
 """
 
 from __future__ import annotations
