@@ -77,10 +77,18 @@ def start(workers: int = 3):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    def retried(start_node):
+        for attempt in range(3):  # on a loaded machine a node's start can time out (Ray waits 30 s for it)
+            try:
+                return start_node()
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt == 2:
+                    raise
+
+    cluster = retried(lambda: Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}))
     for _ in range(workers):
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        retried(lambda: cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1"))
     ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster
@@ -144,8 +152,12 @@ class ClusterSession:
                 self._send.send(None)
                 self.proc.wait(60)
             except (OSError, subprocess.TimeoutExpired):
-                os.killpg(self.proc.pid, 9)  # the child and the Ray processes it started (its own session)
-                self.proc.wait()
+                pass
+        try:  # the child and any Ray process it left (a node whose start timed out): its own process group
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
         self._send.close()
         self._recv.close()
         self.proc.stderr.close()

@@ -52,3 +52,29 @@ def driver_state(cluster, table, ops, block_rows):
                     "on_head": sum(head in w["node_ids"] for w in where.values()),
                     "bytes": int(sum(w["object_size"] or 0 for w in where.values()))})
     return table.num_rows, out
+
+
+def kill_a_node_while_partitioned(cluster, table, ops, block_rows=8):
+    """A run on the cluster where, once the first barrier's keys are scattered (held in the workers' object
+    stores) and before its partitions decide, the worker node holding the first piece is killed (a fresh one
+    joins): ``(rows, records, quarantine, the killed node's id, how many times partitions decided)``."""
+    import ray
+
+    decide, killed, calls = ray_dedup.decide_all, [], []
+
+    def decide_all(ray_, op, counts, pieces, get):
+        calls.append(op.name)
+        if not killed:
+            where = ray.experimental.get_object_locations([pieces[0][0]])
+            node_id = next(iter(where.values()))["node_ids"][0]
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            cluster.remove_node(node, allow_graceful=False)
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            killed.append(node_id)
+        return decide(ray_, op, counts, pieces, get)
+
+    ray_dedup.decide_all = decide_all
+    try:
+        return (*run(cluster, table, ops, block_rows=block_rows), killed[0] if killed else None, len(calls))
+    finally:
+        ray_dedup.decide_all = decide

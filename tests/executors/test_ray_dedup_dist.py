@@ -123,3 +123,15 @@ def test_the_driver_holds_references_only_whatever_the_number_of_rows(cluster):
             assert s["inline"] == 0 and s["on_head"] == 0  # every key piece and decision in a worker's store
         # the keys grew with the rows (8 bytes a key and 8 its position), in the workers' object stores
         assert big["bytes"] - small["bytes"] >= 16 * (1600 - 160)
+
+
+def test_killing_a_worker_node_while_the_keys_are_partitioned_still_gives_the_local_rows(cluster):
+    # last in the module: it replaces a node of the shared cluster
+    ds = dc.MMDataset.from_rows(text_rows(160, seed=3), schema="MM")
+    ops = [create("dedup_exact"), create("dedup_near_text", threshold=0.7, ngram=3)]
+    want = local_run(ds, ops)
+    table, records, quarantine, killed, decided = cluster.call(
+        "tests.executors._dist:kill_a_node_while_partitioned", ds.to_arrow(), ops)
+    assert killed is not None
+    assert decided == 3  # the first barrier lost its keys with the node and ran again; the second ran once
+    assert_same_run((table, records, quarantine), want)

@@ -1,0 +1,132 @@
+"""Deduplicators on Ray: the partitioned barrier (keys hash-partitioned across tasks, the driver holding
+references only; ``RayOptions(barriers="partitioned")``, the default) side by side with the driver-side decision
+it replaces (``barriers="driver"``: every block's keys sent to the driver and decided there against the keys seen
+so far), on one node.
+
+Input: ``--rows`` generated conversation rows (a third exact duplicates after normalization, a fifth near
+duplicates: one word changed), as jsonl in 8 files under ``bench/_data/ray_dedup_{rows}`` (read by the workers,
+so the driver never holds the rows). Plan: ``dedup_exact`` then ``dedup_near_text(threshold=0.7)``. Each run is
+a fresh subprocess with its own local Ray of ``--cpus`` CPUs; the driver's resident memory is sampled every 20 ms
+from after ``ray.init`` to the end of the run, and its peak above that start is printed with the run time (the
+rows out of both are checked equal).
+
+    python bench/ray_dedup.py                          # 200,000 and 400,000 rows
+    python bench/ray_dedup.py --rows 100000 --cpus 2   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FILES = 8
+
+
+def ensure_data(rows: int) -> str:
+    import numpy as np
+
+    d = os.path.join(HERE, "_data", f"ray_dedup_{rows}")
+    done = os.path.join(d, "done")
+    if os.path.exists(done):
+        return d
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = [f"w{k}" for k in range(5000)]
+    per = -(-rows // FILES)
+    i = 0
+    for f in range(FILES):
+        with open(os.path.join(d, f"part{f}.jsonl"), "w") as out:
+            for _ in range(min(per, rows - i)):
+                r = rng.random()
+                src = int(rng.integers(0, max(1, i))) if i else 0
+                t = [words[int(x)] for x in np.random.default_rng(src if r < 0.55 else i).integers(0, 5000, 20)]
+                if 0.35 <= r < 0.55:
+                    t[int(rng.integers(0, 20))] = "changed"  # a near duplicate of row src
+                q = " ".join(t).upper() if r < 0.1 else " ".join(t)  # an exact duplicate once normalized
+                conv = [{"from": "human", "value": q}, {"from": "gpt", "value": "ok"}]
+                out.write(json.dumps({"id": i, "conversations": conv}) + "\n")
+                i += 1
+    open(done, "w").close()
+    return d
+
+
+def child(mode: str, d: str, cpus: int) -> None:
+    import psutil
+    import ray
+
+    sys.path.insert(0, ROOT)
+    from datacopilot.executors.ray import RayOptions, run_ops_on_ray
+    from datacopilot.operators import create
+
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    me = psutil.Process()
+    start = me.memory_info().rss
+    peak, stop = [start], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    paths = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".jsonl"))
+    ops = [create("dedup_exact"), create("dedup_near_text", threshold=0.7)]
+    t0 = time.perf_counter()
+    table, records, _ = run_ops_on_ray(paths, ops, schema="MM", batch_size=4096,
+                                       options=RayOptions(barriers=mode, block_rows=8192))
+    secs = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    ids = table.column("id").to_numpy()
+    print(json.dumps({"secs": secs, "peak_mb": (peak[0] - start) / 1e6, "rows_out": len(ids),
+                      "ids_hash": hashlib.sha1(ids.astype("int64").tobytes()).hexdigest(),
+                      "dropped": [sum(r.dropped.values()) for r in records]}))
+    ray.shutdown()
+
+
+def run(mode: str, d: str, cpus: int) -> dict:
+    for attempt in range(3):  # a loaded machine can make Ray's node start time out (30 s): start again
+        out = subprocess.run([sys.executable, __file__, "--child", mode, d, str(cpus)], capture_output=True,
+                             text=True, env={**os.environ, "RAY_ADDRESS": ""})
+        if not out.returncode:
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        if "timed out during startup" not in out.stderr:
+            break
+    raise SystemExit(f"{mode} run failed:\n{out.stderr[-4000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[200_000, 400_000])
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child[0], a.child[1], int(a.child[2]))
+    print(f"{'rows':>9} {'barrier':>12} {'seconds':>8} {'us/row':>7} {'driver peak MB':>15} {'rows out':>9}")
+    for rows in a.rows:
+        d = ensure_data(rows)
+        got = {m: run(m, d, a.cpus) for m in ("partitioned", "driver")}
+        if got["partitioned"]["ids_hash"] != got["driver"]["ids_hash"] or \
+                got["partitioned"]["dropped"] != got["driver"]["dropped"]:
+            raise SystemExit(f"the two barriers disagree: {got}")
+        for m, g in got.items():
+            print(f"{rows:>9} {m:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['peak_mb']:>15.1f} "
+                  f"{g['rows_out']:>9}")
+        p, dr = got["partitioned"], got["driver"]
+        print(f"{rows:>9} {'ratio p/d':>12} {p['secs'] / dr['secs']:>8.2f} {'':>7} "
+              f"{p['peak_mb'] / max(dr['peak_mb'], 1e-9):>15.2f}   dropped {p['dropped']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
