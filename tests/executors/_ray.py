@@ -13,9 +13,10 @@ def ray_session():
     """Start a local Ray (2 CPUs, no dashboard) once; shut it down at the end of the test session."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        # workers import test operators (tests/*/_ops.py) by name: put the repository on their path
+        # workers import test operators (tests/*/_ops.py) by name: put the repository on their path; a Ray of
+        # its own ("local"), not whichever instance another process on this machine started last
         path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
     if ray.is_initialized():
