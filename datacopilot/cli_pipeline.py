@@ -50,8 +50,10 @@ def run(spec: str, ray: str | None, resume: bool, out: str | None, workers: int 
     pipe = Pipeline.from_spec(raw, os.path.dirname(os.path.abspath(spec)))
     options: dict = {}
     executor = None
-    if ray is not None:
+    if ray is not None:  # the spec's Ray options (resources, block_rows, ...) still hold; --ray says where
         executor = "ray"
+        if pipe.executor.get("name") == "ray":
+            options = {k: v for k, v in pipe.executor.items() if k != "name"}
         if ray != "auto":
             options["address"] = ray
     elif workers is not None:

@@ -252,3 +252,12 @@ def test_ray_listens_on_loopback_only(work):
     _, r = work
     assert r["listening"], "no listening socket seen"
     assert all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")) for a in r["listening"]), r["listening"]
+
+
+def test_run_with_ray_keeps_the_specs_ray_options(tmp_path):
+    # what a job runs (`run SPEC --ray auto`) uses the spec's executor options: here an invalid one, refused before
+    # any Ray starts (they were dropped when --ray was given, and the run went on with the defaults)
+    write_rows(tmp_path / "in" / "a.jsonl", [row(1)])
+    (tmp_path / "p.yaml").write_text(SPEC + "executor: {name: ray, block_rows: 0}\n")
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--ray", "auto"])
+    assert res.exit_code == 2 and "`block_rows` must be a positive integer, got 0" in res.output, res.output
