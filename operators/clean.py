@@ -132,23 +132,13 @@ class CleanUnicode(ConversationOp, Mapper):
         return replace_texts(self, batch, self._texts)
 
 
-_BLANKS = r"[ \t\f\v\x{A0}\x{3000}]"
-_BLANK_RUN = _BLANKS + "{2,}|" + r"[\t\f\v\x{A0}\x{3000}]"  # runs of blanks but a single space
-
-# characters utf8_trim_whitespace may strip at either end (a superset: separators, controls, formatting)
-_EDGE = r"[\p{Z}\p{Cc}\p{Cf}]"
-
-
-def _whitespace_need(max_newlines: int) -> str:
-    """One regex matching every value CleanWhitespace's rewrites change: each rewrite's own trigger in the
-    original text (if none fires, every rewrite sees the original, so each trigger is checked on it)."""
-    return r"\r|[\t\f\v\x{A0}\x{3000}]|  | \n|\n |\n{" + str(max_newlines + 1) + ",}|^" + _EDGE + "|" + _EDGE + "$"
-
-
 @register
 class CleanWhitespace(ConversationOp, Mapper):
     """Whitespace normalization: runs of spaces/tabs become one space, spaces around line breaks go, more than
-    ``max_newlines`` consecutive line breaks are cut to that many, and each turn is stripped.
+    ``max_newlines`` consecutive line breaks are cut to that many, and each turn is stripped. As regular
+    expressions, in order: ``\\r\\n?`` -> ``\\n``, ``[ \\t\\f\\v\\xa0\\u3000]+`` -> one space, `` ?\\n ?`` -> ``\\n``,
+    ``\\n{n+1,}`` -> ``n`` line breaks (a space for 0), then Arrow's ``utf8_trim_whitespace``; one compiled pass
+    finds the turns that need it and another rewrites them (:mod:`datacopilot.kernels.whitespace`).
 
     >>> CleanWhitespace().clean("  a \\t b \\n\\n\\n\\n c  ")
     'a b\\n\\nc'
@@ -161,17 +151,30 @@ class CleanWhitespace(ConversationOp, Mapper):
         super().__init__(max_newlines=check_int(self, "max_newlines", max_newlines, minimum=0))
 
     def _texts(self, texts: pa.Array) -> pa.Array:
-        return rewrite_where(texts, _whitespace_need(self.p["max_newlines"]), self._rewrite)
+        """The values that need a change (found exactly) rewritten, the others copied; ``texts`` itself when
+        none does."""
+        from datacopilot.kernels.whitespace import needs_change
 
-    def _rewrite(self, texts: pa.Array) -> pa.Array:
-        # each pattern matches only what it changes: a run of blanks that is not one space (a plain ``[ ...]+``
-        # would rewrite every single space, a match per word), a line break with a space beside it
-        texts = pc.replace_substring_regex(texts, r"\r\n?", "\n")
-        texts = pc.replace_substring_regex(texts, _BLANK_RUN, " ")
-        texts = pc.replace_substring_regex(texts, r" \n ?|\n ", "\n")
-        n = self.p["max_newlines"]
-        texts = pc.replace_substring_regex(texts, r"\n{%d,}" % (n + 1), "\n" * n if n else " ")
-        return pc.utf8_trim_whitespace(texts)
+        need = byte_scan(texts, lambda o, d: needs_change(o, d, self.p["max_newlines"]))
+        return self._rewrite(texts, need) if need.any() else texts
+
+    def _rewrite(self, texts: pa.Array, need: np.ndarray | None = None) -> pa.Array:
+        """The values where ``need`` holds (default: every value) rewritten in one compiled pass
+        (:func:`datacopilot.kernels.whitespace.rewrite`), nulls kept."""
+        from datacopilot.kernels.text import string_buffers
+        from datacopilot.kernels.whitespace import rewrite
+
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        need = np.ones(len(texts), bool) if need is None else need
+        offsets, data = rewrite(*string_buffers(texts), need, self.p["max_newlines"])
+        large = pa.types.is_large_string(texts.type)
+        validity = texts.buffers()[0] if texts.null_count else None
+        if validity is not None and texts.offset:  # the bitmap of a slice starts at its offset: realign it
+            validity = texts.is_valid().buffers()[1]
+        return pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(texts),
+                                     [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+                                      pa.py_buffer(data)], null_count=texts.null_count)
 
     def clean(self, text: str) -> str:
         return self._texts(pa.array([text]))[0].as_py()

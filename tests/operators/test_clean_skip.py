@@ -81,3 +81,38 @@ def test_clean_whitespace_rewrite_equals_the_patterns_that_rewrite_every_space(v
     texts = pa.array(values, pa.string())
     op = create("clean_whitespace", max_newlines=n)
     assert op._rewrite(texts).to_pylist() == _whitespace_as_before(texts, n).to_pylist(), values
+
+
+# long runs of plain ASCII (the 8-bytes-at-a-time scan) beside every kind of whitespace and stripped character
+_LONG = st.lists(st.sampled_from(["word", "Longerword", "abcdefgh", " ", "  ", "\n", "\n\n", "\n\n\n", "\r\n", "\r",
+                                  "\t", "\v", "\f", "\x1c", "\xa0", "\u3000", "\u2003", "\x85", "é", "…", " \n ",
+                                  ".", "<image>"]), max_size=60).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_LONG, _TEXT, st.none()), max_size=10), st.sampled_from([0, 1, 2, 3]))
+def test_clean_whitespace_finds_exactly_the_values_it_changes(values, n):
+    from datacopilot.kernels.text import string_buffers
+    from datacopilot.kernels.whitespace import needs_change
+
+    texts = pa.array(values, pa.string())
+    before = _whitespace_as_before(texts, n).to_pylist()
+    need = needs_change(*string_buffers(texts), n).tolist()
+    assert [v is not None and b != v for v, b in zip(values, before)] == [nd and v is not None
+                                                                         for v, nd in zip(values, need)]
+    op = create("clean_whitespace", max_newlines=n)
+    assert op._texts(texts).to_pylist() == op._rewrite(texts).to_pylist() == before
+    assert op._rewrite(texts.slice(1)).to_pylist() == before[1:]
+
+
+def test_clean_whitespace_finds_a_change_at_every_position_of_a_word():
+    """Each pair that needs a change, at every offset from the 8-byte words the scan reads, and canonical ones."""
+    from datacopilot.kernels.text import string_buffers
+    from datacopilot.kernels.whitespace import needs_change
+
+    pairs = ["  ", " \n", "\n ", "\n\n\n", "\t", "\r", "\xa0", "\u3000"]
+    values = [("a" * j) + p + ("b" * 17) for p in pairs for j in range(1, 18)]
+    values += [("a" * j) + p + ("b" * 17) for p in [" ", "\n", "\n\n", "é", " é "] for j in range(1, 18)]
+    want = _whitespace_as_before(pa.array(values), 2).to_pylist()
+    assert needs_change(*string_buffers(pa.array(values)), 2).tolist() == [w != v for v, w in zip(values, want)]
+    assert sum(w != v for v, w in zip(values, want)) == 8 * 17
