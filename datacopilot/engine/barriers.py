@@ -110,9 +110,10 @@ def group_order(op, pieces: list, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def merge_rows(op, k: int, rows: pa.Table, order: np.ndarray, offsets: np.ndarray, acc: Accounting,
-               window: int) -> Iterator[pa.Table]:
+               window: int, positions: np.ndarray | None = None) -> Iterator[pa.Table]:
     """The held ``rows`` in the grouper's order, each group merged, a window of about ``window`` rows at a time;
-    the rows of a group whose merge fails are failed (quarantined), the rows out counted."""
+    the rows of a group whose merge fails are failed (quarantined; the first named by its row's position among
+    the operator's input: ``positions`` of ``rows``, by default their indices), the rows out counted."""
     a = acc.ops[k]
     t0 = time.perf_counter()
     for out, fails, counts in merge_windows(op, rows, order, offsets, acc.policy, window):
@@ -121,7 +122,7 @@ def merge_rows(op, k: int, rows: pa.Table, order: np.ndarray, offsets: np.ndarra
             idx = np.array([r for members, _, _ in fails for r in members], np.int64)
             errors = [(msg, tb) for members, msg, tb in fails for _ in members]
             failures = [Failure(i, msg, tb) for i, (msg, tb) in enumerate(errors)]
-            acc.fail(k, take_rows(rows, idx), failures, base=int(idx[0]))
+            acc.fail(k, take_rows(rows, idx), failures, base=int(idx[0] if positions is None else positions[idx[0]]))
             if acc.policy == "raise":
                 return
         a.rows_out += out.num_rows

@@ -388,9 +388,12 @@ def _group(stream: Iterator, run: Run, k: int, batch_size: int, show: bool = Fal
             order, offsets = group_order(op, pieces, spill.rows)
             del pieces
             bar = tqdm(total=spill.rows, desc=op.label, unit="rows", disable=not show, leave=False)
+            at = 0
             for rows, offs in spill.reordered(order, offsets, BATCH_ROWS):
                 bar.update(rows.num_rows)
-                for out in merge_rows(op, k, rows, np.arange(rows.num_rows), offs, run.acc, batch_size):
+                held = order[at:at + rows.num_rows]  # their positions among the grouper's input
+                at += rows.num_rows
+                for out in merge_rows(op, k, rows, np.arange(rows.num_rows), offs, run.acc, batch_size, held):
                     yield out
                 run.acc.check()
             bar.close()

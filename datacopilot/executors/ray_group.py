@@ -164,10 +164,7 @@ def _apply(op, k: int, template, batch_size: int, block_rows: int, rows: pa.Tabl
     """A range's rows in their order, groups merged, in blocks of about ``block_rows`` rows, then its event row
     (a failed merge named by the row's position among the grouper's input)."""
     acc = template.fresh()
-    yield from _emit(merge_rows(op, k, rows, order, offsets, acc, batch_size), block_rows)
-    a = acc.ops[k]
-    if a.error is not None:
-        a.error.row = int(positions[a.error.row])
+    yield from _emit(merge_rows(op, k, rows, order, offsets, acc, batch_size, positions), block_rows)
     yield st.event(acc)
 
 

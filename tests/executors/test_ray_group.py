@@ -82,6 +82,19 @@ def test_failed_rows_and_failed_merges_as_on_the_local_executor(cluster):
     assert raised == local(bad, merge(), "raise") and raised[2:4] == (33, "r33")
 
 
+def interleaved(n=40):
+    """Rows of four letters in turn: group ``b`` starts at input row 1 and comes out after group ``a``."""
+    return dc.MMDataset.from_rows([mm(f"{'abcd'[i % 4]}{i}", "<image>\nq?", "a") for i in range(n)], schema="MM")
+
+
+def test_a_failed_merge_is_named_by_its_first_rows_input_position(cluster):
+    ds = interleaved()
+    op = lambda: [JoinByLetter(bad=("c14",), cap=3)]  # noqa: E731  (group c2+c6+c10 merges; c14+c18+c22 fails)
+    raised, _ = on_cluster(cluster, ds, op(), "raise", batch_size=3, block_rows=5)
+    assert raised == local(ds, op(), "raise", batch_size=3)
+    assert raised[2:4] == (14, "c14")  # its row among the grouper's input, not its place in the output
+
+
 @pytest.mark.parametrize("make", [lambda: create("shuffle", seed=1), lambda: create("sort", by="id"),
                                   lambda: create("merge_same_image")], ids=["shuffle", "sort", "merge"])
 def test_the_driver_holds_nothing_per_row(cluster, make):
@@ -97,3 +110,12 @@ def test_the_driver_holds_nothing_per_row(cluster, make):
     own = [cluster.call("tests.executors._dist_group:driver_state", t, [OwnArrange(by="id")], r, r)
            for t, r in ((small, 50), (big, 200))]
     assert own[0]["partitions"] == 0 and own[1]["fetched_bytes"] > 3 * own[0]["fetched_bytes"] > 0
+
+
+def test_the_local_executor_names_a_failed_merge_by_input_position_over_many_buckets(monkeypatch):
+    import datacopilot.executors.spill as spill
+
+    monkeypatch.setattr(spill, "BATCH_ROWS", 8)  # 40 rows: buckets of 8 rows, the failed group in a later one
+    with pytest.raises(dc.errors.OperatorError) as e:
+        dc.pipeline(interleaved(), batch_size=3).apply(JoinByLetter(bad=("d31",), cap=2)).collect()
+    assert (e.value.row, e.value.row_id) == (27, "d27")  # the group d27+d31
