@@ -257,3 +257,25 @@ def test_ipc_and_parquet_urls_split(tmp_path):
         if name == "a.arrow":  # a URL's batch sizes are not read by the split: the parts are counted
             assert Source.from_paths(url, schema="MM").parts(url, 4000, 16)[1].before is None
             assert parts[1].before == parts[1].start * 41
+
+
+def test_jsonl_mixed_ids_and_numbers_across_parts(tmp_path, small_blocks):
+    """Ids that are integers in some blocks and strings in others, a number an int in some and a float in others:
+    the rows, types and values of the whole read, block by block (parts are read in the whole read's blocks: a
+    block's table types its ids by what that block holds)."""
+    from datacopilot.schemas.arrow_build import concat_tables
+
+    lines = []
+    for k in range(300):
+        row = mm(k)
+        row["id"] = k if k < 150 else f"s{k}"
+        row["score"] = k if k < 200 else k + 0.5
+        lines.append(json.dumps(row).encode())
+    path = write_lines(tmp_path / "a.jsonl", lines)
+    for schema in (None, "MM"):
+        want, _, _ = whole(path, schema)
+        got, _, _, parts = in_parts(path, 1024, schema)
+        assert len(parts) > 5
+        assert [t.schema for t in got] == [t.schema for t in want]
+        a, b = concat_tables(got), concat_tables(want)
+        assert a.to_pylist() == b.to_pylist() and a.schema == b.schema
