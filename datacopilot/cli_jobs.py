@@ -55,6 +55,7 @@ def submit(spec: str, address: str | None, out: str | None, resume: bool, runtim
     """
     from datacopilot import jobs
 
+    jobs.check_spec(spec)  # a typo is an error here, before the cluster is asked anything
     server = jobs.connect(address)
     job, command, out_dir = jobs.submit(server, spec, out=out, resume=resume,
                                         runtime_env=jobs.read_runtime_env(runtime_env), job_id=job_id)

@@ -210,6 +210,39 @@ def output_dir(spec_path: str, out: str | None) -> str:
     return out if "://" in out else os.path.abspath(out)
 
 
+def check_spec(spec_path: str) -> None:
+    """What can be checked before the job starts without reading its files (which may exist only on the cluster):
+    the spec's keys, its operators' names and their parameters' names. Anything else fails in the job, as in ``run``.
+
+    >>> check_spec("typo.yaml")  # ops: [{name: filter_turns, min_turn: 2}]  # doctest: +SKIP
+    Traceback (most recent call last):
+    datacopilot.errors.JobError: typo.yaml: ops[0] (filter_turns): unknown parameter(s) 'min_turn'; known: ...
+    """
+    import inspect
+
+    from datacopilot.errors import DataCopilotError
+    from datacopilot.operators.registry import get_operator
+    from datacopilot.pipeline_spec import parse_spec, read_spec
+
+    try:
+        parts = parse_spec(read_spec(spec_path), os.path.dirname(os.path.abspath(spec_path)))
+        for i, entry in enumerate(parts["ops"]):
+            entry = {"name": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise DataCopilotError(f"ops[{i}]: expected an operator name or a mapping with `name`, got {entry!r}")
+            params = inspect.signature(get_operator(entry["name"]).__init__).parameters.values()
+            if any(p.kind is p.VAR_KEYWORD for p in params):
+                continue
+            known = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_POSITIONAL]
+            unknown = [k for k in entry if k != "name" and k not in known]
+            if unknown:
+                raise DataCopilotError(f"ops[{i}] ({entry['name']}): unknown parameter(s) "
+                                       f"{', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    except DataCopilotError as e:
+        text = str(e)
+        raise JobError(text if text.startswith(spec_path) else f"{spec_path}: {text}") from None
+
+
 def job_runtime_env(spec_path: str, out: str, package_dir: str, extra: dict | None = None) -> dict:
     """The runtime_env of the job running ``spec_path`` (see the module's docstring)."""
     wd = os.path.dirname(os.path.abspath(spec_path))
@@ -248,6 +281,7 @@ def submit(server: Server, spec_path: str, out: str | None = None, resume: bool 
     """
     if not os.path.isfile(spec_path):
         raise JobError(f"{spec_path}: no such file")
+    check_spec(spec_path)
     out = output_dir(spec_path, out)
     with tempfile.TemporaryDirectory(prefix="datacopilot-job-") as tmp:
         env = job_runtime_env(spec_path, out, stage_package(tmp), runtime_env)

@@ -261,3 +261,18 @@ def test_run_with_ray_keeps_the_specs_ray_options(tmp_path):
     (tmp_path / "p.yaml").write_text(SPEC + "executor: {name: ray, block_rows: 0}\n")
     res = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--ray", "auto"])
     assert res.exit_code == 2 and "`block_rows` must be a positive integer, got 0" in res.output, res.output
+
+
+def test_a_spec_with_a_typo_is_refused_before_any_upload(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC.replace("min_turns: 2", "min_turn: 2"))
+    # the address is dead: the spec is checked before the job server is asked anything
+    res = CliRunner().invoke(main, ["submit", str(spec), "--address", "http://127.0.0.1:9"])
+    assert res.exit_code == 2, res.output
+    assert f"error: {spec}: ops[0] (filter_turns): unknown parameter(s) 'min_turn'; known: min_turns" in res.output
+    spec.write_text(SPEC.replace("dedup_exact", "dedup_exactly"))
+    res = CliRunner().invoke(main, ["submit", str(spec), "--address", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "unknown operator 'dedup_exactly'" in res.output, res.output
+    spec.write_text(SPEC + "outptu: {dir: x}\n")
+    res = CliRunner().invoke(main, ["submit", str(spec), "--address", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "unknown key(s) 'outptu'" in res.output, res.output
