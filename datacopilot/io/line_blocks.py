@@ -74,8 +74,11 @@ class LineBlocks:
         while self.end is None or self.pos < self.end:
             bound = (self.pos // step + 1) * step
             need = (bound if self.end is None else min(bound, self.end)) - self.pos
-            if len(self.buf) < need:
-                self.buf += f.read(need - len(self.buf))
+            while len(self.buf) < need:  # a read may give less than asked before the end of the file
+                chunk = f.read(need - len(self.buf))
+                if not chunk:
+                    break
+                self.buf += chunk
             if len(self.buf) < need:  # the end of the file
                 if self.buf:
                     yield Block(self.pos, self.buf)

@@ -279,3 +279,17 @@ def test_jsonl_mixed_ids_and_numbers_across_parts(tmp_path, small_blocks):
         assert [t.schema for t in got] == [t.schema for t in want]
         a, b = concat_tables(got), concat_tables(want)
         assert a.to_pylist() == b.to_pylist() and a.schema == b.schema
+
+
+def test_line_blocks_take_short_reads():
+    """A file object may give fewer bytes than asked before its end (a raw stream): nothing is lost."""
+    class Short(io.BytesIO):
+        def read(self, n=-1):
+            return super().read(min(n, 7) if n is not None and n >= 0 else 7)
+
+    data = b"".join(b"line %d\n" % k for k in range(100))
+    assert b"".join(b.data for b in LineBlocks(Short(data), 0, None, 64).blocks()) == data
+    got = b""
+    for a, b in ranges(len(data), 128, 64):
+        got += b"".join(x.data for x in LineBlocks(Short(data), a, b, 64).blocks())
+    assert got == data
