@@ -240,12 +240,20 @@ def _with_column(batch: pa.RecordBatch, col: str, new: pa.Array) -> pa.Table:
 
 
 def image_counts(batch: pa.RecordBatch) -> np.ndarray:
-    """Number of images per row: ``image`` (0 or 1) or the length of ``images``."""
+    """Number of images per row: ``image`` (0 or 1, or a list of them) or the length of ``images``."""
     names = batch.schema.names
-    if "image" in names:  # one image, or a list of them (LLaVA-NeXT)
-        from datacopilot.schemas.image import as_image_lists
+    col = batch.column("image") if "image" in names else batch.column("images") if "images" in names else None
+    if col is None:
+        return np.zeros(batch.num_rows, dtype=np.int64)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if "image" in names and not isinstance(t, pa.ExtensionType):  # one image or none (a null): its validity
+        if not col.null_count:
+            return np.ones(len(col), dtype=np.int64)
+        return col.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+    from datacopilot.schemas.image import as_image_lists  # a variant: one image in some rows, a list in others
 
-        return pc.fill_null(pc.list_value_length(as_image_lists(batch.column("image"))), 0).to_numpy().astype(np.int64)
-    if "images" in names:
-        return pc.fill_null(pc.list_value_length(batch.column("images")), 0).to_numpy().astype(np.int64)
-    return np.zeros(batch.num_rows, dtype=np.int64)
+    return pc.fill_null(pc.list_value_length(as_image_lists(col)), 0).to_numpy().astype(np.int64)
