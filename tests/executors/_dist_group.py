@@ -1,12 +1,15 @@
 """Calls run on the multi-node cluster's driver (tests/_cluster.py) by test_ray_group.py: groupers on Ray."""
 
-import pyarrow as pa
+import os
 
+import psutil
+import pyarrow as pa
 from datacopilot.operators.reorder import Sort
 
 from datacopilot.errors import OperatorError
 from datacopilot.executors import ray_group
 from datacopilot.executors.ray import RayOptions, run_ops_on_ray
+from tests.executors._ops import JoinByLetter
 
 
 def run(cluster, table: pa.Table, ops: list, on_error: str, batch_size: int, block_rows: int):
@@ -32,3 +35,30 @@ class OwnArrange(Sort):
 
     def arrange(self, parts):
         return super().arrange(parts)
+
+
+class KillNodeOnce(JoinByLetter):
+    """The first merge kills its node (the raylet that started its worker, with the objects in that node's store,
+    and every process the raylet started), leaving ``marker``; Ray then rebuilds what was lost and runs the merge
+    again on a node still alive."""
+
+    name = "test_kill_node_once"
+
+    def merge(self, table, offsets):
+        if not os.path.exists(self.p["marker"]):
+            with open(self.p["marker"], "w") as f:
+                f.write("killed\n")
+            me, raylet = psutil.Process(), psutil.Process().parent()
+            assert raylet.name() == "raylet", raylet.name()
+            for p in raylet.children(recursive=True):  # the node's other processes, then the node itself
+                if p.pid != me.pid:
+                    p.kill()
+            raylet.kill()
+            os._exit(1)  # and this worker
+        return super().merge(table, offsets)
+
+
+def nodes_alive(cluster) -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))

@@ -8,7 +8,7 @@ from datacopilot.operators import create
 import datacopilot as dc
 from tests._cluster import ClusterSession, can_isolate
 from tests._same import assert_same_run
-from tests.executors._dist_group import OwnArrange
+from tests.executors._dist_group import KillNodeOnce, OwnArrange
 from tests.executors._ops import JoinByLetter
 from tests.operators.conftest import mm
 from tests.operators.test_grouping import scattered
@@ -119,3 +119,14 @@ def test_the_local_executor_names_a_failed_merge_by_input_position_over_many_buc
     with pytest.raises(dc.errors.OperatorError) as e:
         dc.pipeline(interleaved(), batch_size=3).apply(JoinByLetter(bad=("d31",), cap=2)).collect()
     assert (e.value.row, e.value.row_id) == (27, "d27")  # the group d27+d31
+
+
+def test_a_worker_node_killed_in_the_partition_phase(cluster, tmp_path):
+    """Last in this module: it leaves the cluster a node short."""
+    names = [f"{'abcde'[k % 5]}{k}" for k in range(60)]
+    ds = dc.MMDataset.from_rows([mm(i, "<image>\nq?", "a") for i in names], schema="MM")
+    marker = tmp_path / "killed"
+    got, _ = on_cluster(cluster, ds, [KillNodeOnce(cap=4, marker=str(marker))], batch_size=3, block_rows=4)
+    assert marker.exists(), got  # a node really died in a merge
+    assert cluster.call("tests.executors._dist_group:nodes_alive") == 2
+    assert_same_run(got, local(ds, [KillNodeOnce(cap=4, marker=str(marker))], batch_size=3))  # (no kill now)
