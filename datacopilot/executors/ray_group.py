@@ -32,7 +32,9 @@ from datacopilot.schemas.arrow_build import concat_tables
 
 from . import ray_stages as st
 
-#: what the driver held for the last grouper stage: blocks, partitions, object references, bytes fetched
+#: what the driver held for the last grouper stage: ``blocks``, ``partitions``, ``refs`` (object references made,
+#: at most ``blocks * (2 + 2 * partitions)`` and the output blocks), ``fetched_bytes`` (what it got: per-block
+#: counts, range boundaries)
 DRIVER: dict = {}
 
 
@@ -50,7 +52,8 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
     events = [c[1] for c in counted]
     stats = get(ray, [c[0] for c in counted])
     DRIVER.clear()
-    DRIVER.update(blocks=blocks, partitions=parts, fetched_bytes=len(pickle.dumps(stats)))
+    DRIVER.update(blocks=blocks, partitions=parts, fetched_bytes=len(pickle.dumps(stats)),
+                  refs=blocks + sum(len(c) for c in counted))
     if any(failed for _, failed in stats):  # the first failure of all the blocks, raised now
         st.accounting(pa.concat_tables(get(ray, events)), template).check()
     counts = np.array([n for n, _ in stats], np.int64)
@@ -61,8 +64,10 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
         gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases)
     else:
         gens = _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, get)
+    DRIVER["refs"] += len(gens)
+    del refs, counted  # each held now by the tasks that take it, freed as they end
     out = [ref for g in gens for ref in g]
-    DRIVER["refs"] = DRIVER.get("refs", 0) + len(refs) + len(out) + sum(len(c) for c in counted)
+    DRIVER["refs"] += len(out)
     return ray.data.from_arrow_refs(events + out)
 
 
@@ -77,7 +82,7 @@ def _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, pa
     split = ray.remote(_split_range).options(num_returns=ranges)
     pieces = [_many(split.remote(r, op, int(b), held, ranges), ranges) for r, b in zip(refs, bases)]
     sort = ray.remote(_sort_range).options(num_returns="streaming")
-    DRIVER["refs"] = len(refs) * ranges
+    DRIVER["refs"] += len(refs) * ranges
     return [sort.remote(op, k, template, batch_size, block_rows, *(p[q] for p in pieces)) for q in range(ranges)]
 
 
@@ -91,7 +96,7 @@ def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, par
     routed = [_many(route.remote(r, int(b), cuts, *(d[i] for d in decided)), ranges)
               for i, (r, b) in enumerate(zip(refs, bases))]
     merge = ray.remote(_merge_range).options(num_returns="streaming")
-    DRIVER["refs"] = blocks * (parts + ranges)
+    DRIVER["refs"] += blocks * (parts + ranges)
     return [merge.remote(op, k, template, batch_size, block_rows, *(r[q] for r in routed)) for q in range(ranges)]
 
 
