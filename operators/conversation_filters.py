@@ -41,6 +41,7 @@ class FilterTurns(ConversationOp, Filter):
     """Keep rows with between ``min_turns`` and ``max_turns`` user/assistant turns (system turns not counted)."""
 
     name = "filter_turns"
+    row_local = True
 
     def __init__(self, min_turns: int = 2, max_turns: int | None = None):
         super().__init__(min_turns=check_int(self, "min_turns", min_turns, minimum=0),
@@ -63,6 +64,7 @@ class FilterLength(ConversationOp, Filter):
     ``unit`` (``"chars"`` or ``"words"``; words are runs of non-space characters)."""
 
     name = "filter_length"
+    row_local = True
 
     def __init__(self, role: str = "assistant", unit: str = "chars", min_length: int = 1,
                  max_length: int | None = None):
@@ -97,6 +99,7 @@ class FilterEmptyTurns(ConversationOp, Filter):
     (the same role and the same text twice in one conversation)."""
 
     name = "filter_empty_turns"
+    row_local = True
 
     def __init__(self, empty: bool = True, duplicates: bool = True):
         super().__init__(empty=check_choice(self, "empty", empty, (True, False)),
@@ -140,6 +143,7 @@ class FilterRefusals(ConversationOp, Filter):
     reason names the first pattern matched."""
 
     name = "filter_refusals"
+    row_local = True
 
     def __init__(self, role: str = "assistant", patterns: list[str] | None = None,
                  extra_patterns: list[str] | None = None):
@@ -170,11 +174,14 @@ class FilterRefusals(ConversationOp, Filter):
         # the turns holding a literal every match needs (a compiled scan), then one match of all patterns over
         # those; each pattern then runs only on the turns that hit
         sel = t.select(self.p["role"])
-        if self._patterns and self._prefilter():
-            sel = self._prefilter().holding(*t.text_buffers(), sel)
+        literals = self._prefilter() if self._patterns else False
+        if literals:
+            sel = literals.holding(*t.text_buffers(), sel)
         idx = np.flatnonzero(sel)
-        if len(idx) and self._patterns:
-            idx = idx[self._any_pattern(t.text, sel, idx)]
+        if not len(idx):
+            return np.ones(t.n_rows, dtype=bool), reasons
+        if self._patterns:  # the few turns holding a literal: RE2 (polars, and its import, for many turns only)
+            idx = idx[self._any_pattern(t.text, sel, idx, rust=not literals)]
         if len(idx):
             texts = t.text.take(idx)
             for p in self._patterns:
@@ -185,12 +192,13 @@ class FilterRefusals(ConversationOp, Filter):
         keep = reasons == None  # noqa: E711
         return keep, reasons
 
-    def _any_pattern(self, text: pa.Array, sel: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Whether each selected turn (``idx``) matches any pattern, case-insensitively. Polars (Rust regex,
-        literal prefilters) where the patterns mean the same there as in RE2 (no ``\\w``, ``\\s``, ``\\d``, ``\\b``
-        or other backslash-letter class, whose Unicode reading differs); pyarrow compute (RE2) otherwise."""
+    def _any_pattern(self, text: pa.Array, sel: np.ndarray, idx: np.ndarray, rust: bool = True) -> np.ndarray:
+        """Whether each selected turn (``idx``) matches any pattern, case-insensitively. With ``rust``, polars
+        (Rust regex, literal prefilters) where the patterns mean the same there as in RE2 (no ``\\w``, ``\\s``,
+        ``\\d``, ``\\b`` or other backslash-letter class, whose Unicode reading differs); pyarrow compute (RE2)
+        otherwise."""
         combined = "|".join(f"(?:{p})" for p in self._patterns)
-        if not any(_CLASS_ESCAPE.search(p) for p in self._patterns):
+        if rust and not any(_CLASS_ESCAPE.search(p) for p in self._patterns):
             import polars as pl
 
             try:
@@ -221,6 +229,7 @@ class FilterRepetition(ConversationOp, Filter):
     The text of a row is its ``role`` turns joined by line breaks."""
 
     name = "filter_repetition"
+    row_local = True
 
     def __init__(self, role: str = "assistant", char_n: int = 10, max_char_ratio: float | None = 0.5,
                  word_n: int = 3, max_word_ratio: float | None = 0.5):
@@ -265,6 +274,7 @@ class FilterSpecialChars(ConversationOp, Filter):
     digits, whitespace and ``.,!?;:'"()-``; ``<image>`` placeholders are not counted)."""
 
     name = "filter_special_chars"
+    row_local = True
 
     def __init__(self, role: str = "all", max_ratio: float = 0.25):
         super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES),
