@@ -68,16 +68,21 @@ class Mapper(Operator):
 
 class Filter(Operator):
     """``keep`` returns a boolean mask, or ``(mask, reasons)`` with a reason string for each dropped row
-    (entries of kept rows are ignored; a missing reason counts under the operator's name)."""
+    (entries of kept rows are ignored; a missing reason counts under the operator's name).
+
+    ``row_local = True`` declares that a row's decision and reason depend on that row alone (not on the other
+    rows of its batch) and that ``keep`` writes no counters or columns: the runtime may then decide a run of such
+    filters over one batch and copy the rows once (:func:`~datacopilot.engine.runtime.run_chain`).
+    """
 
     kind = "filter"
+    row_local: ClassVar[bool] = False
 
     def keep(self, batch: pa.RecordBatch) -> "np.ndarray | tuple[np.ndarray, np.ndarray]":
         raise NotImplementedError
 
-    def step(self, batch: pa.RecordBatch) -> StepOut:
-        from datacopilot.transforms import filter_table
-
+    def decide(self, batch: pa.RecordBatch) -> tuple[np.ndarray, "np.ndarray | None", Counter, Any]:
+        """``keep`` over ``batch``, checked: (mask, reasons or None, counters, columns written or None)."""
         counts: Counter = Counter()
         out = self.keep(batch)
         columns = out.columns if isinstance(out, Outcome) else None
@@ -93,6 +98,21 @@ class Filter(Operator):
             reasons = np.asarray(reasons, dtype=object)
             if reasons.shape != mask.shape:
                 raise HookError(self.label, None, f"keep() returned {n} booleans but {len(reasons)} reasons")
+        return mask, reasons, counts, columns
+
+    def drops(self, mask: np.ndarray, reasons: "np.ndarray | None") -> Counter:
+        """The dropped rows (``~mask``) counted by reason (the operator's name where a reason is missing)."""
+        dropped: Counter = Counter()
+        if not mask.all():
+            why = reasons[~mask] if reasons is not None else [None] * int((~mask).sum())
+            dropped.update(str(w) if w is not None else self.label for w in why)
+        return dropped
+
+    def step(self, batch: pa.RecordBatch) -> StepOut:
+        from datacopilot.transforms import filter_table
+
+        mask, reasons, counts, columns = self.decide(batch)
+        n = batch.num_rows
         table = pa.Table.from_batches([batch])
         if columns is not None:
             if columns.num_rows != n:
@@ -102,11 +122,7 @@ class Filter(Operator):
                 i = table.schema.get_field_index(name)
                 col = columns.column(name)
                 table = table.set_column(i, name, col) if i >= 0 else table.append_column(name, col)
-        dropped: Counter = Counter()
-        if not mask.all():
-            why = reasons[~mask] if reasons is not None else [None] * int((~mask).sum())
-            dropped.update(str(w) if w is not None else self.label for w in why)
-        return StepOut(filter_table(table, mask), dropped=dropped, counts=counts)
+        return StepOut(filter_table(table, mask), dropped=self.drops(mask, reasons), counts=counts)
 
 
 class Augmenter(Operator):

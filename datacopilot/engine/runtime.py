@@ -166,14 +166,65 @@ class Accounting:
 def run_chain(ops: list, table: pa.Table, policy: str, acc: Accounting, first: int = 0) -> pa.Table:
     """Per-batch operators ``ops`` (operators ``first, first + 1, ...`` of ``acc``) one after the other over
     ``table``: the rows out. The only loop that runs operators; under ``on_error="raise"`` it stops at the first
-    failure (which :meth:`Accounting.check` raises)."""
-    for k, op in enumerate(ops, first):
+    failure (which :meth:`Accounting.check` raises). Consecutive row-local filters (``Filter.row_local``) decide
+    over the same rows and the kept ones are copied once (:func:`_filters_at_once`); the rows, drops and records
+    are those of running them one by one."""
+    i = 0
+    while i < len(ops):
         if not table.num_rows:
             break
+        j = i
+        while j < len(ops) and getattr(ops[j], "row_local", False) and ops[j].kind == "filter":
+            j += 1
+        if j - i > 1:
+            out = _filters_at_once(ops[i:j], table, acc, first + i)
+            if out is not None:
+                table, i = out, j
+                continue
+        k, op = first + i, ops[i]
         t0 = time.perf_counter()
         out = op.process(table, policy)
         acc.add(k, table, out, time.perf_counter() - t0)
         if out.failures and policy == "raise":
             return table.schema.empty_table()
         table = out.table
+        i += 1
     return table
+
+
+def _filters_at_once(filters: list, table: pa.Table, acc: Accounting, first: int) -> pa.Table | None:
+    """Row-local filters (operators ``first, ...`` of ``acc``) over ``table``: each decides on every row (a row's
+    decision does not depend on the others, so on the rows an earlier one keeps it is what it would be alone),
+    each is accounted for on the rows the ones before it kept, and the rows all keep are copied once. None, with
+    nothing accounted, when a hook raises or writes counters or columns: the caller runs them one by one, which
+    fails exactly the rows that fail."""
+    import numpy as np
+
+    from datacopilot.errors import HookError
+    from datacopilot.transforms import filter_table
+
+    from .step import as_batch
+
+    batch = as_batch(table)
+    decided = []
+    for op in filters:
+        t0 = time.perf_counter()
+        try:
+            op.ensure_setup()
+            mask, reasons, counts, columns = op.decide(batch)
+        except HookError:
+            raise
+        except Exception:  # an operator may raise anything: the one-by-one path finds the rows
+            return None
+        if counts or columns is not None:
+            return None
+        decided.append((mask, reasons, time.perf_counter() - t0))
+    alive = np.ones(batch.num_rows, dtype=bool)
+    for k, (op, (mask, reasons, seconds)) in enumerate(zip(filters, decided), first):
+        a = acc.ops[k]
+        a.rows_in += int(alive.sum())
+        a.dropped.update(op.drops(mask[alive], None if reasons is None else reasons[alive]))
+        alive &= mask
+        a.rows_out += int(alive.sum())
+        a.seconds += seconds
+    return filter_table(pa.Table.from_batches([batch]), alive)
