@@ -42,7 +42,6 @@ class FilterTurns(ConversationOp, Filter):
 
     name = "filter_turns"
     row_local = True
-    row_local = True
 
     def __init__(self, min_turns: int = 2, max_turns: int | None = None):
         super().__init__(min_turns=check_int(self, "min_turns", min_turns, minimum=0),
@@ -65,7 +64,6 @@ class FilterLength(ConversationOp, Filter):
     ``unit`` (``"chars"`` or ``"words"``; words are runs of non-space characters)."""
 
     name = "filter_length"
-    row_local = True
     row_local = True
 
     def __init__(self, role: str = "assistant", unit: str = "chars", min_length: int = 1,
@@ -101,7 +99,6 @@ class FilterEmptyTurns(ConversationOp, Filter):
     (the same role and the same text twice in one conversation)."""
 
     name = "filter_empty_turns"
-    row_local = True
     row_local = True
 
     def __init__(self, empty: bool = True, duplicates: bool = True):
@@ -146,7 +143,6 @@ class FilterRefusals(ConversationOp, Filter):
     reason names the first pattern matched."""
 
     name = "filter_refusals"
-    row_local = True
     row_local = True
 
     def __init__(self, role: str = "assistant", patterns: list[str] | None = None,
@@ -234,7 +230,6 @@ class FilterRepetition(ConversationOp, Filter):
 
     name = "filter_repetition"
     row_local = True
-    row_local = True
 
     def __init__(self, role: str = "assistant", char_n: int = 10, max_char_ratio: float | None = 0.5,
                  word_n: int = 3, max_word_ratio: float | None = 0.5):
@@ -279,7 +274,6 @@ class FilterSpecialChars(ConversationOp, Filter):
     digits, whitespace and ``.,!?;:'"()-``; ``<image>`` placeholders are not counted)."""
 
     name = "filter_special_chars"
-    row_local = True
     row_local = True
 
     def __init__(self, role: str = "all", max_ratio: float = 0.25):
