@@ -218,14 +218,19 @@ class FilterFileSize(ImageFilter):
         found = _embedded_images(batch)
         if found is None:
             return super().keep(batch)
-        import pyarrow.compute as pc
+        from datacopilot.kernels.text import string_buffers
 
         values, off = found
-        valid = values.is_valid().to_numpy(zero_copy_only=False)
-        size = pc.fill_null(pc.binary_length(values.field("bytes")), 0).to_numpy(zero_copy_only=False)
+        size = np.diff(string_buffers(values.field("bytes"))[0])  # a null image's size is masked below
         lo, hi = self.p["min_bytes"], self.p["max_bytes"]
-        code = np.where(size < lo, 1, np.where(size > hi, 2, 0) if hi is not None else 0) * valid
+        code = (size < lo).astype(np.int8)
+        if hi is not None:
+            code[(size > hi) & (code == 0)] = 2
+        if values.null_count:
+            code *= values.is_valid().to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(code)
+        if not len(bad):
+            return np.ones(batch.num_rows, dtype=bool), np.empty(batch.num_rows, dtype=object)
         rows = np.searchsorted(off, bad, side="right") - 1  # the row of each failing image
         first_row, first = np.unique(rows, return_index=True)  # a row's reason: its first failing image
         why = np.array([None, f"image file smaller than {lo} bytes", f"image file larger than {hi} bytes"], object)

@@ -138,10 +138,11 @@ def test_file_size_of_embedded_images_is_decided_vectorized_as_image_by_image():
             col, name = pa.array([(r or [None])[0] for r in images], IMAGE_ARROW_TYPE), "image"
         else:
             col, name = pa.array(images, pa.list_(IMAGE_ARROW_TYPE)), "images"
-        batch = pa.RecordBatch.from_arrays([col], [name])
+        whole = pa.RecordBatch.from_arrays([col], [name])
         op = create("filter_file_size", min_bytes=lo, max_bytes=hi, num_threads=1)
-        keep, reasons = op.keep(batch)
-        old_keep, old_reasons = ImageFilter.keep(op, batch)
-        assert keep.tolist() == old_keep.tolist() and list(reasons) == list(old_reasons)
+        for batch in (whole, whole.slice(1)):  # a slice: the image values start past the buffers' first
+            keep, reasons = op.keep(batch)
+            old_keep, old_reasons = ImageFilter.keep(op, batch)
+            assert keep.tolist() == old_keep.tolist() and list(reasons) == list(old_reasons)
 
     check()
