@@ -234,6 +234,35 @@ def replace_rows(op: Operator, batch: pa.RecordBatch, rows: np.ndarray, convs: l
     return _with_column(batch, col, new)
 
 
+def replace_row_texts(op: Operator, batch: pa.RecordBatch, t: Turns, rows: np.ndarray, convs: list) -> pa.Table:
+    """The batch with the turn texts of ``rows`` (indices, ascending) replaced by those of ``convs`` (lists of turn
+    dicts, original keys, each with as many turns as the row has: only texts changed). Only the text column is
+    rebuilt (the changed turns put in place); roles, other fields and the lists are kept as they are."""
+    if not len(rows):
+        return pa.Table.from_batches([batch])
+    col = t.column
+    need = np.zeros(t.n_rows, dtype=bool)
+    need[rows] = True
+    turns_of = np.repeat(need, np.diff(t.offsets))
+    texts = pa.array([turn.get(t.text_key) for conv in convs for turn in conv], type=t.raw_text.type)
+    if len(texts) != int(turns_of.sum()):
+        raise op.error(f"replace_row_texts: {len(texts)} turns given for {int(turns_of.sum())}")
+    new_text = pc.replace_with_mask(t.raw_text, pa.array(turns_of), texts)
+    values = t.values
+    fields = [values.type.field(i) for i in range(values.type.num_fields)]
+    children = [new_text if f.name == t.text_key else values.field(f.name) for f in fields]
+    new_values = pa.StructArray.from_arrays(children, fields=fields,
+                                            mask=values.is_null() if values.null_count else None)
+    arr = batch.column(col)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    large = pa.types.is_large_list(arr.type)
+    offsets = pa.array(t.offsets, pa.int64() if large else pa.int32())
+    cls = pa.LargeListArray if large else pa.ListArray
+    new = cls.from_arrays(offsets, new_values, type=arr.type, mask=arr.is_null() if arr.null_count else None)
+    return _with_column(batch, col, new)
+
+
 def _with_column(batch: pa.RecordBatch, col: str, new: pa.Array) -> pa.Table:
     table = pa.Table.from_batches([batch])
     return table.set_column(table.schema.get_field_index(col), table.schema.field(col), new)

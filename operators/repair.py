@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from datacopilot.schemas import IMAGE_TOKEN
 
-from ._conv import ROLES, ConversationOp, conversation_column, image_counts, replace_rows, turns
+from ._conv import ROLES, ConversationOp, conversation_column, image_counts, replace_row_texts, replace_rows, turns
 from .base import Filter, Mapper, check_choice
 from .registry import register
 
@@ -57,24 +57,29 @@ class FixImageTokens(ConversationOp, Mapper):
 
         col, role_key, text_key = conversation_column(self, batch)
         t = turns(self, batch)
-        tokens = t.per_row(count_literal(*t.text_buffers(), IMAGE_TOKEN.encode()), t.select("any"), "sum")
+        every = t.select("any")
+        tokens = t.per_row(count_literal(*t.text_buffers(), IMAGE_TOKEN.encode()), every, "sum").astype(np.int64)
         images = image_counts(batch)
+        null_turn = t.per_row(~_valid(t.values), every, "any")
         # the rows to rewrite (found vectorized; Python only for those): a conversation whose placeholders differ
         # from its images, in the direction the parameters repair
         need = (np.diff(t.offsets) > 0) & ((tokens > images) & self.p["strip_extra"] |
-                                           (tokens < images) & self.p["add_missing"] |
-                                           t.per_row(~_valid(t.values), t.select("any"), "any"))  # fails as before
+                                           (tokens < images) & self.p["add_missing"] | null_turn)
         rows = np.flatnonzero(need)
+        if not len(rows):
+            return pa.Table.from_batches([batch])
         convs = batch.column(col).take(pa.array(rows, pa.int64())).to_pylist()
-        for conv, n_img in zip(convs, images[rows]):
-            n_tok = sum((turn.get(text_key) or "").count(IMAGE_TOKEN) for turn in conv)  # a null turn fails here
+        for conv, n_img, n_tok, null in zip(convs, images[rows].tolist(), tokens[rows].tolist(),
+                                            null_turn[rows].tolist()):
+            if null:  # fails here, as before
+                n_tok = sum((turn.get(text_key) or "").count(IMAGE_TOKEN) for turn in conv)
             if n_tok > n_img and self.p["strip_extra"]:
-                _strip_extra(conv, text_key, int(n_img))
+                _strip_extra(conv, text_key, n_img)
             elif n_tok < n_img and self.p["add_missing"]:
                 first = next((t for t in conv if ROLES.get(t.get(role_key)) == "user"), None)
                 if first is not None:
-                    first[text_key] = (IMAGE_TOKEN + "\n") * int(n_img - n_tok) + (first.get(text_key) or "")
-        return replace_rows(self, batch, rows, convs)
+                    first[text_key] = (IMAGE_TOKEN + "\n") * (n_img - n_tok) + (first.get(text_key) or "")
+        return replace_row_texts(self, batch, t, rows, convs)  # only texts change: the lists are kept
 
 
 @register
