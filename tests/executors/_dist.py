@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from datacopilot.executors import ray_dedup
 from datacopilot.executors.ray import RayOptions, run_ops_on_ray
 
