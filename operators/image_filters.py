@@ -231,12 +231,15 @@ class FilterFileSize(ImageFilter):
         bad = np.flatnonzero(code)
         if not len(bad):
             return np.ones(batch.num_rows, dtype=bool), np.empty(batch.num_rows, dtype=object)
-        rows = np.searchsorted(off, bad, side="right") - 1  # the row of each failing image
-        first_row, first = np.unique(rows, return_index=True)  # a row's reason: its first failing image
+        rows = np.searchsorted(off, bad, side="right") - 1  # the row of each failing image (ascending)
+        first = np.ones(len(rows), dtype=bool)  # a row's reason: its first failing image
+        first[1:] = rows[1:] != rows[:-1]
         why = np.array([None, f"image file smaller than {lo} bytes", f"image file larger than {hi} bytes"], object)
-        reasons = np.full(batch.num_rows, None, dtype=object)
-        reasons[first_row] = why[code[bad[first]]]
-        return reasons == None, reasons  # noqa: E711
+        reasons = np.empty(batch.num_rows, dtype=object)
+        reasons[rows[first]] = why[code[bad[first]]]
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[rows] = False
+        return keep, reasons
 
     def judge(self, value) -> str | None:
         size = self._size(value)
