@@ -115,6 +115,27 @@ def leaders(positions: np.ndarray, keys: np.ndarray, sizes: np.ndarray, capacity
     return positions[capacity_groups(np.asarray(keys, np.uint64), np.asarray(sizes, np.uint64), cap)]
 
 
+INLINE_BYTES = 100 * 1024  # Ray keeps a task result smaller than this in its owner's memory (the driver's)
+
+
+def block_groups(counts: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Consecutive blocks ``[lo, hi)`` of at least ``rows`` rows each (the last may hold fewer), by their row
+    ``counts``: the unit of a task whose result pieces must not be small.
+
+    >>> block_groups(np.array([5, 5, 5, 5, 5]), 9)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    out, lo, held = [], 0, 0
+    for i, c in enumerate(np.asarray(counts, np.int64)):
+        held += int(c)
+        if held >= rows:
+            out.append((lo, i + 1))
+            lo, held = i + 1, 0
+    if lo < len(counts):
+        out.append((lo, len(counts)))
+    return out
+
+
 def output_cuts(counts: np.ndarray, parts: int) -> np.ndarray:
     """Output ranges over the leaders' positions, at block boundaries (``counts``: rows per block, in order), of
     about equal rows: range ``q`` holds the groups whose first row is in ``[cuts[q], cuts[q + 1])``."""

@@ -4,23 +4,24 @@ holds references and per-block counts, nothing per row (:mod:`datacopilot.engine
 1. *count*: a task per block reads what the stage before left in it (its live rows, its accounting, the grouper's
    signatures) and returns its number of rows and whether a failure waits to be raised (to the driver), its
    accounting (an event row, which travels ahead of the output) and, for a ``"hash"`` grouper, its keyed rows'
-   ``(position, key, size)`` split by key partition, for a ``"range"`` one a sample of its signatures.
+   ``(position, key, size)``, for a ``"range"`` one a sample of its signatures.
 2. ``"range"`` (``sort``, ``shuffle``): one task picks the range boundaries from the samples; a task per block
    splits its rows by range (:func:`~datacopilot.engine.partitions.range_of`); a task per range sorts its rows.
-3. ``"hash"`` (``merge_same_image``): a task per key partition decides the groups of its keys (each row's leader,
-   :func:`~datacopilot.engine.partitions.leaders`) and returns them per block; a task per block sends its rows to
-   the output range of their leader; a task per range lays out and merges its groups
-   (:func:`~datacopilot.engine.barriers.merge_rows`).
+3. ``"hash"`` (``merge_same_image``): a task per group of consecutive blocks scatters their keyed rows by key
+   partition; a task per key partition decides the groups of its keys (each row's leader,
+   :func:`~datacopilot.engine.partitions.leaders`) and returns them per group of blocks; a task per block takes
+   its rows' leaders from its group's and sends its rows to the output range of their leader; a task per range
+   lays out and merges its groups (:func:`~datacopilot.engine.barriers.merge_rows`).
 
 The ranges' tasks yield blocks of about ``block_rows`` rows, then their accounting. A grouper with its own
 ``arrange`` is decided on the driver from all the signatures, as before (:func:`driver_group`).
 
-Known limit: Ray keeps a task's result smaller than ``max_direct_call_object_size`` (100 KiB by default) in its
-owner's memory, the driver's, not in the object store. A ``"hash"`` stage's pieces per block and key partition
-(24 bytes a keyed row, split ``partitions`` ways) and its leaders per block (16 bytes a row) are that small with
-blocks of 8,192 rows, so they pass through the driver's memory for the time of the stage (measured: 200,000 rows,
-+8 MB of driver peak, gone with ``RAY_max_direct_call_object_size=1`` on the cluster). The fix is pieces of at
-least that size: the per-block tasks over groups of about ``partitions`` consecutive blocks.
+Ray keeps a task's result smaller than ``max_direct_call_object_size`` (100 KiB by default) in its owner's
+memory, the driver's, not in the object store: so the ``"hash"`` stage scatters and decides per group of blocks
+whose piece for one partition holds at least that much (``partitions.INLINE_BYTES``), not per block (a block's
+share of one partition, 16 to 24 bytes for each of ``block_rows / partitions`` rows, would be kept inline:
+measured, 200,000 rows, +8 MB of driver peak). A ``"range"`` stage's pieces are rows, small only when the rows are
+(a block's bytes over the partitions under 100 KiB).
 """
 
 from __future__ import annotations
@@ -53,9 +54,8 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
     refs = list(ds.to_arrow_refs())
     blocks = len(refs)
     parts = pt.partition_count(blocks, int(ray.cluster_resources().get("CPU", 1)))
-    hashed = op.partitioning == "hash"
-    count = ray.remote(_count).options(num_returns=2 + (parts if hashed else 1))
-    counted = [count.remote(r, template, op, parts) for r in refs]
+    count = ray.remote(_count).options(num_returns=3)
+    counted = [count.remote(r, template, op) for r in refs]
     events = [c[1] for c in counted]
     stats = get(ray, [c[0] for c in counted])
     DRIVER.clear()
@@ -67,7 +67,7 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
     bases = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     if not counts.sum():
         return ray.data.from_arrow_refs(events)
-    if hashed:
+    if op.partitioning == "hash":
         gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases)
     else:
         gens = _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, get)
@@ -94,16 +94,21 @@ def _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, pa
 
 
 def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases) -> list:
-    blocks = len(refs)
-    decide = ray.remote(_decide).options(num_returns=blocks)
-    decided = [_many(decide.remote(op, bases, *(c[2 + p] for c in counted)), blocks) for p in range(parts)]
+    # the keys scattered and the leaders decided per group of blocks whose piece for one partition holds at least
+    # INLINE_BYTES of leaders (16 bytes a row): Ray would keep smaller results in the driver's memory
+    groups = pt.block_groups(counts, parts * pt.INLINE_BYTES // 16)
+    scatter = ray.remote(_scatter).options(num_returns=parts)
+    scattered = [_many(scatter.remote(parts, bases[lo:hi], *(counted[i][2] for i in range(lo, hi))), parts)
+                 for lo, hi in groups]
+    decide = ray.remote(_decide).options(num_returns=len(groups))
+    decided = [_many(decide.remote(op, *(g[p] for g in scattered)), len(groups)) for p in range(parts)]
     cuts = pt.output_cuts(counts, parts)
     ranges = len(cuts) - 1
     route = ray.remote(_route).options(num_returns=ranges)
-    routed = [_many(route.remote(r, int(b), cuts, *(d[i] for d in decided)), ranges)
-              for i, (r, b) in enumerate(zip(refs, bases))]
+    routed = [_many(route.remote(refs[i], int(bases[i]), cuts, *(d[g] for d in decided)), ranges)
+              for g, (lo, hi) in enumerate(groups) for i in range(lo, hi)]
     merge = ray.remote(_merge_range).options(num_returns="streaming")
-    DRIVER["refs"] += blocks * (parts + ranges)
+    DRIVER["refs"] += len(groups) * 2 * parts + len(refs) * ranges
     return [merge.remote(op, k, template, batch_size, block_rows, *(r[q] for r in routed)) for q in range(ranges)]
 
 
@@ -112,10 +117,10 @@ def _payload(ev: pa.Table) -> list:
     return [p for b in ev.column(st.PAYLOAD).to_pylist() if b is not None for p in pickle.loads(b)]
 
 
-def _count(block: pa.Table, template, op, parts: int):
-    """A block's ``(rows, failed)``, its event row without the payload, then its keyed rows by key partition
-    (``"hash"``: ``(m, 3)`` uint64 arrays of local position, key, size) or a sample of its signatures
-    (``"range"``: ``(local positions, signatures)`` per batch)."""
+def _count(block: pa.Table, template, op):
+    """A block's ``(rows, failed)``, its event row without the payload, then its keyed rows (``"hash"``: an
+    ``(m, 3)`` uint64 array of local position, key, size) or a sample of its signatures (``"range"``: ``(local
+    positions, signatures)`` per batch)."""
     live, ev = st.split(block)
     acc = st.accounting(ev, template)
     pieces = _payload(ev)
@@ -130,9 +135,15 @@ def _count(block: pa.Table, template, op, parts: int):
     sigs = (np.concatenate([np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in pieces]) if pieces
             else np.zeros((0, 2), np.uint64))
     keyed = np.flatnonzero(sigs[:, 0] != 0)
-    which = pt.hash_of(sigs[keyed, 0], parts)
-    table = np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1)
-    return (*head, *(table[which == p] for p in range(parts)))
+    return (*head, np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1))
+
+
+def _scatter(parts: int, bases: np.ndarray, *keyed) -> tuple | np.ndarray:
+    """A group of blocks' keyed rows (``(m, 3)``: local position, key, size) by key partition, as ``(m, 3)``
+    uint64 arrays of global position, key, size."""
+    table = np.concatenate([np.column_stack([t[:, 0] + np.uint64(b), t[:, 1:]]) for b, t in zip(bases, keyed)])
+    which = pt.hash_of(table[:, 1], parts)
+    return _by(which, parts, lambda idx: table[idx])
 
 
 def _bounds(op, parts: int, bases: np.ndarray, *samples) -> pa.Table:
@@ -194,14 +205,14 @@ def _sort_range(op, k: int, template, batch_size: int, block_rows: int, *pieces)
     yield from _apply(op, k, template, batch_size, block_rows, rows, order, np.arange(rows.num_rows + 1), positions)
 
 
-def _decide(op, bases: np.ndarray, *pieces) -> tuple | np.ndarray:
-    """A key partition: every keyed row of its keys (from every block, in block order) -> per block, ``(m, 2)``
-    int64 local positions and their leaders' global positions."""
-    which = np.concatenate([np.full(len(p), b, np.int64) for b, p in enumerate(pieces)])
-    table = np.concatenate(pieces) if pieces else np.zeros((0, 3), np.uint64)
-    local = table[:, 0].astype(np.int64)
-    lead = pt.leaders(bases[which] + local, table[:, 1], table[:, 2], op.capacity)
-    return _by(which, len(pieces), lambda idx: np.stack([local[idx], lead[idx]], axis=1))
+def _decide(op, *pieces) -> tuple | np.ndarray:
+    """A key partition: every keyed row of its keys (from every group of blocks, in order) -> per group, ``(m, 2)``
+    int64 global positions and their leaders' positions."""
+    which = np.concatenate([np.full(len(p), g, np.int64) for g, p in enumerate(pieces)])
+    table = np.concatenate(pieces)
+    pos = table[:, 0].astype(np.int64)
+    lead = pt.leaders(pos, table[:, 1], table[:, 2], op.capacity)
+    return _by(which, len(pieces), lambda idx: np.stack([pos[idx], lead[idx]], axis=1))
 
 
 def _route(block: pa.Table, base: int, cuts: np.ndarray, *decided):
@@ -209,8 +220,9 @@ def _route(block: pa.Table, base: int, cuts: np.ndarray, *decided):
     live, _ = st.split(block)
     pos = base + np.arange(live.num_rows, dtype=np.int64)
     lead = pos.copy()  # a row without a key leads its own group
-    for d in decided:
-        lead[d[:, 0]] = d[:, 1]
+    for d in decided:  # (the decisions of the block's group: its own rows taken)
+        mine = d[(d[:, 0] >= base) & (d[:, 0] < base + live.num_rows)]
+        lead[mine[:, 0] - base] = mine[:, 1]
     return _by(pt.range_index(cuts, lead), len(cuts) - 1, lambda idx: (take_rows(live, idx), pos[idx], lead[idx]))
 
 

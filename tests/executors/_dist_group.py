@@ -6,15 +6,22 @@ import psutil
 import pyarrow as pa
 from datacopilot.operators.reorder import Sort
 
+from datacopilot.engine import partitions as pt
 from datacopilot.errors import OperatorError
 from datacopilot.executors import ray_group
 from datacopilot.executors.ray import RayOptions, run_ops_on_ray
 from tests.executors._ops import JoinByLetter
 
 
-def run(cluster, table: pa.Table, ops: list, on_error: str, batch_size: int, block_rows: int):
+INLINE_BYTES = pt.INLINE_BYTES
+
+
+def run(cluster, table: pa.Table, ops: list, on_error: str, batch_size: int, block_rows: int,
+        inline_bytes: int = INLINE_BYTES):
     """``(rows, records, quarantine)`` of the operators on the cluster, or the OperatorError raised as
-    ``("raised", op, row, row_id, its first line)``; with what the driver held for the last grouper."""
+    ``("raised", op, row, row_id, its first line)``; with what the driver held for the last grouper.
+    ``inline_bytes``: the least bytes of a hash stage's piece (small: many groups of blocks on small data)."""
+    pt.INLINE_BYTES = inline_bytes
     try:
         got = run_ops_on_ray(table, ops, on_error, batch_size=batch_size, options=RayOptions(block_rows=block_rows))
     except OperatorError as e:
@@ -24,6 +31,7 @@ def run(cluster, table: pa.Table, ops: list, on_error: str, batch_size: int, blo
 
 def driver_state(cluster, table: pa.Table, ops: list, batch_size: int, block_rows: int) -> dict:
     """What the driver held for the last grouper of the run."""
+    pt.INLINE_BYTES = INLINE_BYTES
     run_ops_on_ray(table, ops, "raise", batch_size=batch_size, options=RayOptions(block_rows=block_rows))
     return dict(ray_group.DRIVER)
 

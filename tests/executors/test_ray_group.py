@@ -30,8 +30,10 @@ def local(ds, ops, on_error="raise", batch_size=7):
         return ("raised", e.op, e.row, e.row_id, str(e).splitlines()[0])
 
 
-def on_cluster(cluster, ds, ops, on_error="raise", batch_size=7, block_rows=16):
-    return cluster.call("tests.executors._dist_group:run", ds.to_arrow(), ops, on_error, batch_size, block_rows)
+def on_cluster(cluster, ds, ops, on_error="raise", batch_size=7, block_rows=16, inline_bytes=256):
+    """The run on the cluster (``inline_bytes``: small, so that a hash stage's groups of blocks are many here)."""
+    return cluster.call("tests.executors._dist_group:run", ds.to_arrow(), ops, on_error, batch_size, block_rows,
+                        inline_bytes)
 
 
 def test_ray_listens_on_loopback_only(cluster):
