@@ -61,6 +61,46 @@ def required_literals(pattern: str, min_length: int = 3) -> list[str] | None:
     return sorted(best)
 
 
+def pattern_strings(pattern: str) -> list[str] | None:
+    """Every string ``pattern`` matches, lower-case ASCII (sorted), when it matches a few fixed strings only
+    (literals, groups, alternatives, bounded repeats; no classes, anchors or case-sensitive groups): then a text
+    matches the pattern case-insensitively exactly where it holds one of them (ASCII case folded; a text holding
+    a Kelvin sign or a long s aside, see the module doc). None otherwise.
+
+    >>> pattern_strings("as an ai( language)? model"), pattern_strings("^cat"), pattern_strings("cats?")
+    (['as an ai language model', 'as an ai model'], None, ['cat', 'cats'])
+    """
+    if _UNSAFE_SOURCE.search(pattern):
+        return None
+    try:
+        parsed = _P.parse(pattern)
+        if parsed.state.flags & (re.VERBOSE | re.ASCII) or not _plain(list(parsed)):
+            return None
+        exact, _ = _seq(list(parsed))
+    except (_Unsafe, re.error, RecursionError):
+        return None
+    return sorted(exact) if exact and "" not in exact else None
+
+
+def _plain(items) -> bool:
+    for op, av in items:
+        if op is _C.LITERAL:
+            if not chr(av).isascii():
+                return False
+        elif op is _C.SUBPATTERN:
+            if av[1] & ~re.IGNORECASE or av[2] or not _plain(list(av[3])):
+                return False
+        elif op is _C.BRANCH:
+            if not all(_plain(list(b)) for b in av[1]):
+                return False
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT):
+            if av[1] == _C.MAXREPEAT or not _plain(list(av[2])):
+                return False
+        else:
+            return False
+    return True
+
+
 def _factor(s):
     return s if s and "" not in s else None
 

@@ -156,17 +156,35 @@ class FilterRefusals(ConversationOp, Filter):
         super().__init__(role=check_choice(self, "role", role, ROLE_CHOICES), patterns=patterns,
                          extra_patterns=extra_patterns)
         self._patterns = pats
-        self._literals = None  # built on first use (not pickled)
+        self._literals = self._strings = None  # built on first use (not pickled)
 
     def _prefilter(self):
         """The literals one of which every match of every pattern holds (a LiteralSet), or False when some
         pattern gives none (then every selected turn goes to the regex)."""
         if self._literals is None:
-            from datacopilot.kernels.literals import LiteralSet, required_literals
+            from datacopilot.kernels.literals import LiteralSet, pattern_strings, required_literals
 
             found = [required_literals(p) for p in self._patterns]
             self._literals = LiteralSet(sorted(set().union(*found))) if found and all(found) else False
+            strings = [pattern_strings(p) for p in self._patterns]
+            self._strings = strings if self._literals and all(strings) else None
         return self._literals
+
+    def _reasons_by_strings(self, t, idx: np.ndarray, reasons: np.ndarray) -> bool:
+        """Where every pattern matches a few fixed strings only (:func:`pattern_strings`), the candidate turns
+        ``idx`` decided in Python: a turn matches a pattern where its ASCII-lowered text holds one of them, as RE2
+        reads it case-insensitively. False (nothing set) when a turn holds a character RE2 folds to an ASCII
+        letter (a Kelvin sign, a long s): the regex decides then."""
+        texts = t.text.take(pa.array(idx, pa.int64())).to_pylist()
+        if any("\u017f" in s or "\u212a" in s for s in texts):
+            return False
+        folded = [s.translate(_ASCII_LOWER) for s in texts]
+        for p, strings in zip(self._patterns, self._strings):
+            hit = np.array([any(x in f for x in strings) for f in folded], dtype=bool)
+            rows = np.zeros(t.n_rows, dtype=bool)
+            rows[t.row[idx[hit]]] = True
+            reasons[rows & (reasons == None)] = f"refusal or boilerplate: {p}"  # noqa: E711
+        return True
 
     def keep(self, batch: pa.RecordBatch):
         t = turns(self, batch)
@@ -180,6 +198,8 @@ class FilterRefusals(ConversationOp, Filter):
         idx = np.flatnonzero(sel)
         if not len(idx):
             return np.ones(t.n_rows, dtype=bool), reasons
+        if literals and self._strings is not None and self._reasons_by_strings(t, idx, reasons):
+            return reasons == None, reasons  # noqa: E711
         if self._patterns:  # the few turns holding a literal: RE2 (polars, and its import, for many turns only)
             idx = idx[self._any_pattern(t.text, sel, idx, rust=not literals)]
         if len(idx):
@@ -210,6 +230,7 @@ class FilterRefusals(ConversationOp, Filter):
 
 
 _CLASS_ESCAPE = re.compile(r"\\[A-Za-z]")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def repetition_ratio(tokens: list, n: int) -> float:

@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from datacopilot.kernels.literals import LiteralSet, required_literals
+from datacopilot.kernels.literals import LiteralSet, pattern_strings, required_literals
 from datacopilot.kernels.text import string_buffers
 from datacopilot.operators.conversation_filters import REFUSALS
 from hypothesis import given, settings
@@ -66,3 +66,22 @@ def test_the_built_in_refusal_patterns_each_give_literals():
     with pytest.raises(ValueError, match="3 or more"):
         LiteralSet(["ab"])
     assert re.compile("|".join(REFUSALS))  # the patterns themselves parse
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, max_size=25), _PATTERNS)
+def test_a_pattern_of_fixed_strings_matches_exactly_where_the_text_holds_one(values, patterns):
+    for p in patterns:
+        strings = pattern_strings(p)
+        if strings is None:
+            continue
+        re2 = pc.match_substring_regex(pa.array(values, pa.string()), p, ignore_case=True).to_pylist()
+        for v, m in zip(values, re2):
+            if "ſ" not in v and "\u212a" not in v:
+                assert m == any(s in _ascii_lower(v) for s in strings), (p, v)
+
+
+def test_patterns_with_anchors_classes_or_unbounded_repeats_have_no_fixed_strings():
+    for p in ["^cat", "cat$", "c.t", "ca+t", "(?-i:cat)", "[ck]at", r"\bcat", "caté"]:
+        assert pattern_strings(p) is None, p
+    assert pattern_strings("i('| a)m (sorry|afraid)") == ["i am afraid", "i am sorry", "i'm afraid", "i'm sorry"]
