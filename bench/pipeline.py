@@ -139,7 +139,7 @@ def child(executor: str, path: str, out: str, workers: int, warm: str | None = N
         import ray
 
         t = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t
     opts = {"num_workers": workers, "progress": False} if executor == "local" else {}
     if warm:
