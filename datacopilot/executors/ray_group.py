@@ -61,14 +61,15 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
     DRIVER.clear()
     DRIVER.update(blocks=blocks, partitions=parts, fetched_bytes=len(pickle.dumps(stats)),
                   refs=blocks + sum(len(c) for c in counted))
-    if any(failed for _, failed in stats):  # the first failure of all the blocks, raised now
+    if any(failed for _, failed, _ in stats):  # the first failure of all the blocks, raised now
         st.accounting(pa.concat_tables(get(ray, events)), template).check()
-    counts = np.array([n for n, _ in stats], np.int64)
+    counts = np.array([n for n, _, _ in stats], np.int64)
     bases = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     if not counts.sum():
         return ray.data.from_arrow_refs(events)
     if op.partitioning == "hash":
-        gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases)
+        keyed = np.array([m for _, _, m in stats], np.int64)
+        gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed)
     else:
         gens = _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, get)
     DRIVER["refs"] += len(gens)
@@ -93,10 +94,12 @@ def _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, pa
     return [sort.remote(op, k, template, batch_size, block_rows, *(p[q] for p in pieces)) for q in range(ranges)]
 
 
-def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases) -> list:
-    # the keys scattered and the leaders decided per group of blocks whose piece for one partition holds at least
-    # INLINE_BYTES of leaders (16 bytes a row): Ray would keep smaller results in the driver's memory
-    groups = pt.block_groups(counts, parts * pt.INLINE_BYTES // 16)
+def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed) -> list:
+    # the keys scattered and the leaders decided per group of blocks whose piece for one partition holds about
+    # twice INLINE_BYTES of leaders (16 bytes a keyed row; twice: the partitions' shares vary): Ray keeps smaller
+    # results in the driver's memory, and the specs of the tasks they are passed to, inlined, for as long as
+    # their lineage is kept
+    groups = pt.block_groups(keyed, 2 * parts * pt.INLINE_BYTES // 16)
     scatter = ray.remote(_scatter).options(num_returns=parts)
     scattered = [_many(scatter.remote(parts, bases[lo:hi], *(counted[i][2] for i in range(lo, hi))), parts)
                  for lo, hi in groups]
@@ -118,24 +121,24 @@ def _payload(ev: pa.Table) -> list:
 
 
 def _count(block: pa.Table, template, op):
-    """A block's ``(rows, failed)``, its event row without the payload, then its keyed rows (``"hash"``: an
+    """A block's ``(rows, failed, keyed rows)``, its event row without the payload, then its keyed rows (``"hash"``: an
     ``(m, 3)`` uint64 array of local position, key, size) or a sample of its signatures (``"range"``: ``(local
     positions, signatures)`` per batch)."""
     live, ev = st.split(block)
     acc = st.accounting(ev, template)
     pieces = _payload(ev)
-    head = ((live.num_rows, acc.failed), st.event(acc))
     if op.partitioning == "range":
         sample, at = [], 0
         for p in pieces:
             idx = pt.sample_at(len(p))
             sample.append((at + idx, pt.take_signatures(p, idx)))
             at += len(p)
-        return (*head, sample)
+        return (live.num_rows, acc.failed, 0), st.event(acc), sample
     sigs = (np.concatenate([np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in pieces]) if pieces
             else np.zeros((0, 2), np.uint64))
     keyed = np.flatnonzero(sigs[:, 0] != 0)
-    return (*head, np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1))
+    table = np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1)
+    return (live.num_rows, acc.failed, len(keyed)), st.event(acc), table
 
 
 def _scatter(parts: int, bases: np.ndarray, *keyed) -> tuple | np.ndarray:
