@@ -26,6 +26,7 @@ DICT_SAMPLE = 1_000  # rows of each column looked at to decide on dictionary enc
 DICT_MAX_DISTINCT = 0.25  # dictionary-encode a column when fewer than this share of its sampled values differ
 ROW_GROUP_BYTES = 8 << 20  # about this much Arrow data per row group
 MIN_ROW_GROUP_ROWS, MAX_ROW_GROUP_ROWS = 100, 1 << 20  # but never fewer or more rows than these
+HEAD_ROWS = 4096  # the first rows of a file that decide its layout (rows per row group, dictionary columns)
 
 
 def read_parquet(path: str, schema: Schema | None, invalid: str = "raise") -> Loaded:
@@ -148,7 +149,7 @@ def write_parquet(ds, path: str, compression: str = COMPRESSION, use_dictionary:
 
     >>> write_parquet(ds, "out.parquet")  # doctest: +SKIP
     """
-    table = with_schema_metadata(fill_empty_structs(ds.to_arrow()), ds.schema)  # parquet holds no struct<>
+    table = parquet_table(ds)
     if use_dictionary is None:
         use_dictionary = dictionary_columns(table)
     options.setdefault("row_group_size", row_group_rows(table, ROW_GROUP_BYTES))
@@ -156,16 +157,43 @@ def write_parquet(ds, path: str, compression: str = COMPRESSION, use_dictionary:
         pq.write_table(table, f, compression=compression, use_dictionary=use_dictionary, **options)
 
 
+def parquet_table(ds) -> pa.Table:
+    """The table a parquet file of ``ds`` holds: the schema's name in its metadata, no ``struct<>`` (parquet
+    holds none). Row by row: the table of some of the rows is those rows of the whole one's."""
+    return with_schema_metadata(fill_empty_structs(ds.to_arrow()), ds.schema)
+
+
+class ParquetStream:
+    """One parquet file written a row group at a time, with :func:`write_parquet`'s defaults: its layout (rows
+    per row group, dictionary columns) is decided by ``head``, the file's first :data:`HEAD_ROWS` rows (all of
+    them when it has fewer; from :func:`parquet_table`), so a file written row group by row group, each one
+    table of its rows combined, has the bytes :func:`write_parquet` gives the whole file."""
+
+    def __init__(self, f, head: pa.Table):
+        self.rows = row_group_rows(head, ROW_GROUP_BYTES)
+        self.writer = pq.ParquetWriter(f, head.schema, compression=COMPRESSION,
+                                       use_dictionary=dictionary_columns(head))
+
+    def write(self, table: pa.Table) -> None:
+        """Write ``table`` (at most :attr:`rows` rows) as the next row group."""
+        self.writer.write_table(table.combine_chunks(), row_group_size=self.rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def row_group_rows(table: pa.Table, target: int = ROW_GROUP_BYTES) -> int:
-    """Rows per row group so that each holds about ``target`` bytes of Arrow data: readers decode row groups
-    in parallel, and one row group holding a whole file leaves one thread decoding its text column.
+    """Rows per row group so that each holds about ``target`` bytes of Arrow data (the bytes per row of the
+    first :data:`HEAD_ROWS` rows): readers decode row groups in parallel, and one row group holding a whole file
+    leaves one thread decoding its text column.
 
     >>> row_group_rows(pa.table({"x": pa.array(range(10_000), pa.int64())}), target=16_000)
     2000
     """
     if table.num_rows == 0:
         return MIN_ROW_GROUP_ROWS
-    per_row = max(table.nbytes / table.num_rows, 1.0)
+    k = min(table.num_rows, HEAD_ROWS)  # the first rows, combined: chunks and slice offsets change no byte
+    per_row = max(table.slice(0, k).combine_chunks().nbytes / k, 1.0)
     return max(MIN_ROW_GROUP_ROWS, min(MAX_ROW_GROUP_ROWS, int(target / per_row)))
 
 

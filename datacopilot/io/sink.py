@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -126,6 +127,25 @@ def write_shard(format: str, ds, path: str, name: str, first_row: int = 0, **opt
     else:  # a writer that seeks (h5) or writes otherwise
         digest, size = file_sha256(path)
     return {"file": name, "rows": len(ds), "bytes": size, "sha256": digest}
+
+
+def _key(table: pa.Table, schema) -> tuple:
+    """What the pieces of a streamed shard must share: their Arrow types and their Schema."""
+    return table.schema.remove_metadata(), getattr(schema, "name", None)
+
+
+def _round_trips(rows: pa.Table, head: pa.Table) -> bool:
+    """Whether ``head``, the parquet table of ``rows``, is ``rows`` and parquet gives it back exactly: a streamed
+    shard whose later rows change its types is read back and written whole."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(head.slice(0, 1), buf)
+    back = pq.read_table(io.BytesIO(buf.getvalue()))
+    same = rows.schema.remove_metadata() == head.schema.remove_metadata()
+    return same and back.schema.remove_metadata() == head.schema.remove_metadata() and back.equals(head.slice(0, 1))
 
 
 def read_manifest(out_dir: str) -> dict | None:
@@ -266,6 +286,7 @@ class ShardSink:
     def begin(self) -> None:
         """Start a segment: no rows buffered, no shard pending."""
         self.pending, self.pending_q, self.buf, self.k, self.schema = [], [], [], 0, None
+        self.out, self.mixed = None, False  # the parquet shard being streamed; this shard written whole
 
     def shard_name(self, k: int) -> str:
         """The name of the current segment's ``k``-th shard: the generation and its index in the output."""
@@ -302,8 +323,13 @@ class ShardSink:
         self.record(write_shard(self.format, ds, self.path(name), name, self.first_row(), **self.options), info)
 
     def add(self, table: pa.Table, schema, root) -> None:
-        """Buffer ``table``; every ``max_rows`` buffered rows are written as a shard."""
+        """Buffer ``table``; every ``max_rows`` buffered rows are written as a shard. A parquet shard (with the
+        writer's defaults, image paths kept) is streamed: its file is opened once its first rows decide its
+        layout, and written a row group at a time, so that only about a row group of rows is held."""
         if not table.num_rows:
+            return
+        if self._streams():
+            self._add_streamed(table, schema, root)
             return
         self.buf.append(table)
         self.schema = schema
@@ -312,6 +338,93 @@ class ShardSink:
             self.write(whole.slice(0, self.max_rows), schema, root)
             rest = whole.slice(self.max_rows)
             self.buf = [rest] if rest.num_rows else []
+
+    # -- a streamed parquet shard ----------------------------------------------------------------------------
+    def _streams(self) -> bool:
+        return self.format == "parquet" and self.image_paths == "keep" and bool(self.max_rows) and not self.options
+
+    def _add_streamed(self, table: pa.Table, schema, root) -> None:
+        while table.num_rows:
+            held = sum(t.num_rows for t in self.buf) + (self.out["rows"] if self.out else 0)
+            piece, table = table.slice(0, self.max_rows - held), table.slice(self.max_rows - held)
+            if self.out is not None and (self.out["key"] != _key(piece, schema)):
+                self._unstream()  # the shard's rows are typed over all of them: written whole
+            if self.buf and not self.out and _key(self.buf[0], self.schema) != _key(piece, schema):
+                self.mixed = True
+            self.buf.append(piece)
+            self.schema = schema
+            self._stream_groups(root, held + piece.num_rows >= self.max_rows)
+            if held + piece.num_rows >= self.max_rows:
+                self._close_shard(root)
+
+    def _stream_groups(self, root, last: bool) -> None:
+        """Open the shard's file once its first rows are buffered (not when they are the whole shard: that is
+        written whole), then write every full row group buffered."""
+        from .parquet import HEAD_ROWS, ParquetStream, parquet_table
+
+        n = sum(t.num_rows for t in self.buf)
+        if self.out is None and not self.mixed and not last and n >= HEAD_ROWS:
+            whole = concat_tables(self.buf, self.schema)
+            head = parquet_table(shard_rows(self.format, whole.slice(0, HEAD_ROWS), self.schema, root, self.dir,
+                                            self.image_paths)[0])
+            if not _round_trips(whole.slice(0, HEAD_ROWS), head):
+                self.mixed = True
+                return
+            name = self.shard_name(self.k)
+            stack = ExitStack()
+            with hashed_writes() as files:  # the file is hashed as it is written, as write_shard's
+                f = stack.enter_context(atomic_open(self.path(name), "wb"))
+            self.out = {"name": name, "stack": stack, "files": files, "writer": ParquetStream(f, head),
+                        "rows": 0, "infos": [], "key": _key(self.buf[0], self.schema)}
+            self.buf = [whole]
+        while self.out is not None and (n := sum(t.num_rows for t in self.buf)) and (
+                n >= self.out["writer"].rows or last):
+            whole = concat_tables(self.buf, self.schema)
+            group = whole.slice(0, self.out["writer"].rows).combine_chunks()
+            ds, info = shard_rows(self.format, group, self.schema, root, self.dir, self.image_paths)
+            self.out["writer"].write(parquet_table(ds))
+            self.out["rows"] += group.num_rows
+            self.out["infos"].append(info)
+            rest = whole.slice(group.num_rows)
+            self.buf = [rest] if rest.num_rows else []
+
+    def _close_shard(self, root) -> None:
+        """Finish the shard: the streamed file closed and recorded, or the buffered rows written whole."""
+        from datacopilot.media import add_image_paths
+
+        if self.out is not None:
+            self._stream_groups(root, True)
+        out, self.out, self.mixed = self.out, None, False
+        if out is None:
+            if self.buf:
+                self.write(concat_tables(self.buf, self.schema), self.schema, root)
+                self.buf = []
+            return
+        out["writer"].close()
+        out["stack"].close()
+        path, files = self.path(out["name"]), out["files"]
+        if len(files) == 1 and files[0].sequential:
+            digest, size = files[0].sha256.hexdigest(), files[0].size
+        else:
+            digest, size = file_sha256(path)
+        for info in out["infos"]:
+            add_image_paths(self.manifest, info)
+        self.record({"file": out["name"], "rows": out["rows"], "bytes": size, "sha256": digest})
+
+    def _unstream(self) -> None:
+        """Stop streaming the shard: its written rows read back (exactly the rows added: :func:`_round_trips`)
+        in front of the buffered ones, its file dropped; the shard is written whole when it ends."""
+        import pyarrow.parquet as pq
+
+        out, self.out, self.mixed = self.out, None, True
+        out["writer"].close()
+        out["stack"].close()
+        path = self.path(out["name"])
+        fs, p = get_fs(path)
+        with fs.open(p, "rb") as f:
+            back = pq.read_table(f).replace_schema_metadata(None)
+        fs.rm(p)
+        self.buf = [back, *self.buf] if back.num_rows else self.buf
 
     def write_table(self, table: pa.Table, schema, root, max_bytes: int | None = None) -> None:
         """Write a whole table as the segment's next shards (``max_rows`` rows and ``max_bytes`` bytes of Arrow
@@ -348,6 +461,8 @@ class ShardSink:
     # -- finishing -------------------------------------------------------------------------------------------
     def flush(self, root) -> None:
         """Write the buffered rows as a shard (the last of a segment may hold fewer than ``max_rows``)."""
+        if self.out is not None:
+            self._close_shard(root)
         if self.buf:
             self.write(concat_tables(self.buf, self.schema), self.schema, root)
             self.buf = []
