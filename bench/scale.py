@@ -16,9 +16,10 @@ file.
 What is measured, per (size, side):
 
 * *driver peak RSS*: the driver process's resident memory (psutil, every 20 ms) during the run, as an absolute
-  peak and as its growth above the start of the run. The output stays in the object store (a task per output
-  block gives its row count; after the measured run, a task per block a digest of its rows' positions and ids),
-  so this is what the plan holds on the driver, not its result. Both sides' ids (in order) and rows out are
+  peak and as its growth above the start of the run (also per block of the plan's barriers: what the driver
+  holds per block, Ray Data's and Ray's own bookkeeping included). The output stays in the object store (a task
+  per output block gives its row count; after the measured run, a task per block a digest of its rows' positions
+  and ids), so this is what the plan holds on the driver, not its result. Both sides' ids (in order) and rows out are
   checked equal.
 * *time per row*: the run's wall time (execute plus the per-block row counts) over the input rows.
 * *bytes between nodes*: the sum over all nodes of the raylets' ``ray_object_manager_bytes{Type="Received"}``
@@ -274,12 +275,13 @@ def main(argv=None) -> int:
           f"worker nodes of 1 CPU + a 0-CPU head ({nodes} nodes), blocks of {a.block_rows:,} rows; rows out equal "
           f"on both sides (ids in order)")
     print(f"{'rows':>10} {'barriers':>12} {'seconds':>8} {'us/row':>7} {'driver peak MB':>15} {'growth MB':>10} "
-          f"{'rows out':>9} {'moved MB':>9}")
+          f"{'KB/block':>9} {'rows out':>9} {'moved MB':>9}")
     for rows in sizes:
         for side in SIDES:
             g = res[rows, side]["plan"]
             print(f"{rows:>10,} {side:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['peak_mb']:>15.0f} "
-                  f"{g['growth_mb']:>10.1f} {g['rows_out']:>9,} {g['moved'] / 2**20:>9.1f}")
+                  f"{g['growth_mb']:>10.1f} {g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
+                  f"{g['moved'] / 2**20:>9.1f}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\n{'':>10} {'barriers':>12} {'peak ' + f'{hi // lo}x rows':>14} {'growth':>8} "
