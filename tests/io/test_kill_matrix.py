@@ -169,7 +169,7 @@ def test_pipeline_write_killed_anywhere_then_resumed(ctx, tmp_path, inputs, unin
     def resumed(out, k):
         staged = [s for s in os.listdir(out) if s.startswith(".staging-") and (out / s / "manifest.json").exists()]
         if over_old and not staged and content(out) == old:  # killed before this run recorded any progress
-            with pytest.raises(InputError, match="cannot resume: its manifest was written for other inputs"):
+            with pytest.raises(InputError, match="cannot resume: it was written by another plan .*source .*: removed"):
                 jobs.write({**job, "out": str(out), "resume": True})
             assert content(out) == old
             jobs.write({**job, "out": str(out)})
