@@ -161,6 +161,7 @@ class NearImageDedup(_ImageReader, Deduplicator):
     name = "dedup_near_image"
     reads = ("image|images",)
     near = True
+    hashed_buckets = True
 
     def __init__(self, method: str = "phash", max_distance: int = 5, root: str | None = None):
         super().__init__(method=check_choice(self, "method", method, tuple(METHODS)),

@@ -169,6 +169,9 @@ class Deduplicator(Operator):
     kind = "dedup"
     near: ClassVar[bool] = False
     banded: ClassVar[bool] = False  # near, and its signatures are LSH band keys: decided row by row as keys stream
+    # near, its signatures (hash, valid) perceptual hashes whose duplicates are the kernel's pigeonhole buckets
+    # within ``p["max_distance"]`` bits: a distributed executor can partition them by bucket
+    hashed_buckets: ClassVar[bool] = False
 
     @property
     def drop_reason(self) -> str:
@@ -179,6 +182,12 @@ class Deduplicator(Operator):
     def online(self) -> bool:
         """Whether rows can be decided as they stream, against the keys seen so far (exact, or banded)."""
         return not self.near or self.banded
+
+    @property
+    def partitionable(self) -> bool:
+        """Whether its keys can be decided per hash partition (exact, banded, or hashed buckets); another near
+        deduplicator (its own ``duplicates`` over every signature) is decided in one place."""
+        return self.online or self.hashed_buckets
 
     def keys(self, batch: pa.RecordBatch) -> np.ndarray:
         raise NotImplementedError

@@ -382,13 +382,13 @@ def _observe(ray, ds, template: Accounting):
 
 
 def _dedup(ray, ds, op, k: int, template: Accounting, options: RayOptions):
-    """The barrier of a deduplicator: partitioned across tasks (:mod:`.ray_dedup`), or with
-    ``options.barriers="driver"`` keys per block -> duplicates decided on the driver -> applied per block. There
+    """The barrier of a deduplicator: partitioned across tasks (:mod:`.ray_dedup`) when its keys can be
+    (``op.partitionable``), else (or with ``options.barriers="driver"``) keys per block -> duplicates decided on the driver -> applied per block. There
     exact and banded keys are decided block by block as they come, against the keys seen so far (the driver holds
     one block's keys and the set) and each block's decision is sent as soon as it is made."""
     from datacopilot.engine.barriers import SeenKeys, dedup_drops, keys_of
 
-    if options.barriers == "partitioned":
+    if options.barriers == "partitioned" and op.partitionable:
         from .ray_dedup import dedup
 
         return dedup(ray, ds, op, k, template, get)
