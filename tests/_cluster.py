@@ -33,6 +33,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from multiprocessing.connection import Connection
 
@@ -114,9 +115,11 @@ class ClusterSession:
         env.setdefault("RAY_DEDUP_LOGS", "0")
         cmd = (f"ip link set lo up && exec {sys.executable} -m tests._cluster {to_child_r} {from_child_w} "
                f"{int(workers)}")
+        # the child's (and Ray's) stderr to a file: a pipe nobody reads would block them once it is full
+        self.err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env,
                                      pass_fds=(to_child_r, from_child_w), start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=self.err)
         os.close(to_child_r)
         os.close(from_child_w)
         self._send, self._recv = Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
@@ -126,21 +129,31 @@ class ClusterSession:
             raise ClusterCallError(f"the cluster did not start:\n{got}")
         self.off_loopback = got  # listening sockets of Ray's processes not on loopback (should be none)
 
+    def stderr_tail(self, n: int = 20000) -> str:
+        self.err.flush()
+        self.err.seek(0)
+        return self.err.read().decode(errors="replace")[-n:]
+
     def _answer(self):
         if not self._recv.poll(self.timeout):
-            err = self.proc.stderr.read1(20000).decode(errors="replace") if self.proc.poll() is not None else ""
-            raise ClusterCallError(f"no answer from the cluster in {self.timeout} s\n{err}")
+            raise ClusterCallError(f"no answer from the cluster in {self.timeout} s "
+                                   f"(exit code {self.proc.poll()})\n{self.stderr_tail()}")
         try:
             return self._recv.recv()
         except EOFError:
             self.proc.wait(30)
-            raise ClusterCallError("the cluster process ended:\n"
-                                   + self.proc.stderr.read().decode(errors="replace")[-20000:]) from None
+            raise ClusterCallError(f"the cluster process ended (exit code {self.proc.returncode}):\n"
+                                   + self.stderr_tail()) from None
 
     def call(self, fn: str, *args, **kwargs):
         """Run ``fn`` (``"module:function"``) on the cluster's driver with ``(cluster, *args, **kwargs)``; its
         result."""
-        self._send.send((fn, args, kwargs))
+        try:
+            self._send.send((fn, args, kwargs))
+        except BrokenPipeError:
+            self.proc.wait(30)
+            raise ClusterCallError(f"the cluster process ended before {fn} (exit code {self.proc.returncode}):\n"
+                                   + self.stderr_tail()) from None
         ok, got = self._answer()
         if not ok:
             raise ClusterCallError(f"{fn} raised on the cluster:\n{got}")
@@ -160,7 +173,7 @@ class ClusterSession:
         self.proc.wait()
         self._send.close()
         self._recv.close()
-        self.proc.stderr.close()
+        self.err.close()
 
     def __enter__(self):
         return self
