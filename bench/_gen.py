@@ -109,13 +109,12 @@ def rows(n: int, seed: int = SEED, chunk: int = 50_000):
             yield row
 
 
-def write_jsonl(path: str, n: int, seed: int = SEED) -> dict:
-    """Write ``n`` rows to ``path`` (atomically) and return ``{"rows", "bytes", "seconds", "version", "seed"}``."""
-    t0 = time.perf_counter()
+def write_rows(path: str, rows) -> None:
+    """Write the dicts ``rows`` to ``path`` as jsonl, atomically (a temporary file renamed over it)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         buf = []
-        for row in rows(n, seed):
+        for row in rows:
             buf.append(json.dumps(row, ensure_ascii=False))
             if len(buf) >= 10_000:
                 f.write("\n".join(buf) + "\n")
@@ -123,6 +122,12 @@ def write_jsonl(path: str, n: int, seed: int = SEED) -> dict:
         if buf:
             f.write("\n".join(buf) + "\n")
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str, n: int, seed: int = SEED) -> dict:
+    """Write ``n`` rows to ``path`` (atomically) and return ``{"rows", "bytes", "seconds", "version", "seed"}``."""
+    t0 = time.perf_counter()
+    write_rows(path, rows(n, seed))
     return {"rows": n, "bytes": os.path.getsize(path), "seconds": round(time.perf_counter() - t0, 1),
             "version": VERSION, "seed": seed}
 

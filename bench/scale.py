@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import threading
@@ -62,20 +61,6 @@ SIDES = ("partitioned", "driver")
 
 
 # -- data -------------------------------------------------------------------------------------------------------
-def _write(path: str, rows) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        buf = []
-        for row in rows:
-            buf.append(json.dumps(row, ensure_ascii=False))
-            if len(buf) >= 10_000:
-                f.write("\n".join(buf) + "\n")
-                buf = []
-        if buf:
-            f.write("\n".join(buf) + "\n")
-    os.replace(tmp, path)
-
-
 def _with_duplicates(n: int, seed: int):
     """``_gen.rows(n)`` with exact and near copies of recent rows put in (deterministic)."""
     import numpy as np
@@ -108,13 +93,15 @@ def ensure_data(n: int) -> tuple[str, list[str], str]:
     paths = [os.path.join(d, f"part{f:02d}.jsonl") for f in range(FILES)]
     warm = os.path.join(d, "warm.jsonl")
     if not os.path.exists(os.path.join(d, "done")):
+        from _gen import write_rows
+
         os.makedirs(d, exist_ok=True)
         t0 = time.perf_counter()
         per = n // 4
         it = _with_duplicates(per * FILES, seed=20240601)
         for p in paths:
-            _write(p, (next(it) for _ in range(per)))
-        _write(warm, _with_duplicates(2000, seed=7))
+            write_rows(p, (next(it) for _ in range(per)))
+        write_rows(warm, _with_duplicates(2000, seed=7))
         open(os.path.join(d, "done"), "w").close()
         print(f"wrote {per * FILES:,} rows in {FILES} files to {d} in {time.perf_counter() - t0:.0f} s", flush=True)
     return d, paths, warm

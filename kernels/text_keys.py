@@ -107,16 +107,16 @@ def _last_kept(row_offsets, offsets, data, cls, r):
     return -1, -1
 
 
-_HI = np.uint64(0x8080808080808080)
-_LO7 = np.uint64(0x7F7F7F7F7F7F7F7F)
-_SPACES = np.uint64(0x2020202020202020)
-_BELOW_SPACE = np.uint64(0x6060606060606060)  # + a byte < 0x80: the top bit is set iff the byte is >= 0x20
+HI = np.uint64(0x8080808080808080)
+LO7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+SPACES = np.uint64(0x2020202020202020)
+BELOW_SPACE = np.uint64(0x6060606060606060)  # + a byte < 0x80: the top bit is set iff the byte is >= 0x20
 _FROM_A = np.uint64(0x3F3F3F3F3F3F3F3F)  # ... iff it is >= "A"
 _PAST_Z = np.uint64(0x2525252525252525)  # ... iff it is > "Z"
 
 
 @njit(cache=True, inline="always")
-def _word(data, k):
+def word(data, k):
     """Bytes k..k+7 as a little-endian uint64 (the order ``_put`` fills a word in)."""
     v = np.uint64(0)
     for j in range(8):
@@ -129,15 +129,15 @@ def _plain_word(v, after_space):
     """The 8 ASCII bytes ``v`` lowercased, when the normalization changes nothing else in them (no byte below
     0x20, no two spaces in a row, no space right after an emitted one), else 0; and whether ``v`` ends with a
     space."""
-    if v & _HI:
+    if v & HI:
         return np.uint64(0), False
-    if ~((v & _LO7) + _BELOW_SPACE) & _HI:
+    if ~((v & LO7) + BELOW_SPACE) & HI:
         return np.uint64(0), False
-    x = v ^ _SPACES
-    sp = ~(((x & _LO7) + _LO7) | x) & _HI  # the top bit of every space
+    x = v ^ SPACES
+    sp = ~(((x & LO7) + LO7) | x) & HI  # the top bit of every space
     if sp & (sp << np.uint64(8)) or (after_space and sp & np.uint64(0x80)):
         return np.uint64(0), False
-    upper = (v + _FROM_A) & ~(v + _PAST_Z) & _HI
+    upper = (v + _FROM_A) & ~(v + _PAST_Z) & HI
     return v | (upper >> np.uint64(2)), (sp >> np.uint64(63)) != 0
 
 
@@ -155,7 +155,7 @@ def _row_keys(row_offsets, offsets, data, cls):
             k = first - 1 if t > row_offsets[r] else first  # first - 1: the joining space
             while k < end:
                 if started and k >= first and k + 8 <= end:  # 8 plain bytes at once
-                    lower, ends_space = _plain_word(_word(data, k), after_space)
+                    lower, ends_space = _plain_word(word(data, k), after_space)
                     if lower:
                         if shift:
                             h = _lane(h, w | (lower << np.uint64(shift)))

@@ -26,21 +26,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_HI = np.uint64(0x8080808080808080)
-_LO7 = np.uint64(0x7F7F7F7F7F7F7F7F)
-_SPACES = np.uint64(0x2020202020202020)
-_BELOW_SPACE = np.uint64(0x6060606060606060)  # + a byte < 0x80: the top bit is set iff the byte is >= 0x20
+from .text_keys import BELOW_SPACE, HI, LO7, SPACES, word
+
 
 # code points other than ASCII that Arrow's utf8_trim_whitespace strips
 _TRIM = np.array([0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000], np.int64)
-
-
-@njit(cache=True, inline="always")
-def _word(data, k):
-    v = np.uint64(0)
-    for j in range(8):
-        v |= np.uint64(data[k + j]) << np.uint64(8 * j)
-    return v
 
 
 @njit(cache=True, inline="always")
@@ -86,10 +76,10 @@ def _needs_change(offsets, data, n, trim):
         need = False
         while k < e:
             if k + 8 <= e:
-                v = _word(data, k)
-                if not (v & _HI) and not (~((v & _LO7) + _BELOW_SPACE) & _HI):
-                    x = v ^ _SPACES
-                    sp = ~(((x & _LO7) + _LO7) | x) & _HI  # the top bit of every space
+                v = word(data, k)
+                if not (v & HI) and not (~((v & LO7) + BELOW_SPACE) & HI):
+                    x = v ^ SPACES
+                    sp = ~(((x & LO7) + LO7) | x) & HI  # the top bit of every space
                     if not (sp & (sp << np.uint64(8))) and not (prev and sp & np.uint64(0x80)):
                         prev = 1 if sp >> np.uint64(63) else 0
                         k += 8
