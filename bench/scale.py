@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -162,9 +163,56 @@ def _plan(threshold: float, shuffle: bool = True) -> list:
     return ops + [create("shuffle", seed=0)] if shuffle else ops
 
 
+class TreeCPU:
+    """CPU seconds (user + system) spent by this process and every process under it: on the cluster's driver that
+    is the whole cluster (the child of tests/_cluster.py started the head's and the worker nodes' processes: GCS,
+    raylets, agents, and the raylets' worker processes). A time per row that does not move with the load of a
+    shared machine, unlike wall time.
+
+    Each process's own times are read from /proc (psutil) every ``every`` seconds, by (pid, start time), and the
+    last reading of each kept; a process that ends between two readings loses at most that interval (Ray's worker
+    processes live as long as their node, so little is lost). The sampling thread's own CPU time is taken off the
+    driver's. ``children_*`` times (of reaped children) are not used: they would count seen processes twice."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.base = self._read()
+        self.last = dict(self.base)
+        self.own = 0.0  # the sampling thread's CPU seconds
+
+    def _read(self) -> dict:
+        import psutil
+
+        got = {}
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    got[p.pid, p.create_time()] = (t.user + t.system, p.pid == self.me.pid)
+            except psutil.Error:  # ended meanwhile
+                continue
+        return got
+
+    def sample(self) -> None:
+        t0 = time.thread_time()
+        self.last.update(self._read())
+        self.own += time.thread_time() - t0
+
+    def totals(self) -> tuple[float, float, int]:
+        """(CPU seconds of all the processes since the start, of the driver alone, processes seen)."""
+        total = driver = 0.0
+        for key, (secs, is_me) in self.last.items():
+            d = secs - self.base.get(key, (0.0, is_me))[0]
+            total += d
+            driver += d if is_me else 0.0
+        return total - self.own, driver - self.own, len(self.last)
+
+
 def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool = False) -> dict:
-    """One run: its seconds, output rows, ids digest, drops per operator, bytes between nodes (and with ``sample``
-    the driver's peak RSS)."""
+    """One run: its seconds, the CPU seconds of the cluster's processes and of the driver, output rows, ids digest,
+    bytes between nodes (and with ``sample`` the driver's peak RSS)."""
     import psutil
     import ray
 
@@ -175,23 +223,31 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     before = settled_bytes()
     start = me.memory_info().rss
     peak, stop = [start], threading.Event()
+    cpu = TreeCPU()
 
-    def watch():
+    def watch():  # the driver's RSS every 20 ms (with ``sample``), the cluster's CPU times every second
+        n = 0
         while not stop.is_set():
-            peak[0] = max(peak[0], me.memory_info().rss)
+            if sample:
+                t0 = time.thread_time()
+                peak[0] = max(peak[0], me.memory_info().rss)
+                cpu.own += time.thread_time() - t0
+            if n % 50 == 0:
+                cpu.sample()
+            n += 1
             time.sleep(0.02)
 
     t = threading.Thread(target=watch, daemon=True)
-    if sample:
-        t.start()
+    t.start()
     t0 = time.perf_counter()
     _, refs, _, _, _ = execute(paths, ops, "raise", schema="MM", batch_size=4096,
                                options=RayOptions(barriers=side, block_rows=block_rows))
     got = ray.get([ray.remote(count).remote(r) for r in refs])  # the output stays in the object store
     secs = time.perf_counter() - t0
     stop.set()
-    if sample:
-        t.join()
+    t.join()
+    cpu.sample()
+    cpu_s, driver_cpu, procs = cpu.totals()
     moved = settled_bytes() - before
     bases = [0]
     for n in got[:-1]:
@@ -200,6 +256,7 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     del refs
     return {"secs": secs, "rows_out": sum(got), "out_blocks": len(got), "ids": f"{ids:016x}",
             "peak_mb": peak[0] / 2**20, "growth_mb": (peak[0] - start) / 2**20, "moved": moved,
+            "cpu": cpu_s, "driver_cpu": driver_cpu, "procs": procs,
             "blocks": ray_group.DRIVER.get("blocks")}
 
 
@@ -224,7 +281,7 @@ def side_run(paths, warm, side: str, a) -> dict:
     from tests._cluster import ClusterSession
 
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the raylets' counters reported each second
-    with ClusterSession(workers=a.workers, timeout=a.timeout) as c:
+    with ClusterSession(workers=a.workers, timeout=a.timeout, store_mb=a.store_mb) as c:
         if c.off_loopback:
             raise SystemExit(f"Ray listens off loopback: {c.off_loopback}")
         return c.call("bench.scale:measure", paths, warm, side, a.block_rows, a.threshold)
@@ -239,7 +296,17 @@ def main(argv=None) -> int:
     ap.add_argument("--block-rows", type=int, default=8192)
     ap.add_argument("--threshold", type=float, default=0.7, help="dedup_near_text's threshold")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds a side may take")
+    ap.add_argument("--store-mb", type=int, default=2048,
+                    help="each node's object store in MiB (default 2048: 6 GiB on a head and 2 workers; Ray's "
+                         "default is 30%% of the machine's memory per node)")
+    ap.add_argument("--json", default=os.path.join(HERE, "_data", "scale_results.json"),
+                    help="results written here after each (size, side), so a run cut short keeps what finished")
+    ap.add_argument("--report", action="store_true", help="print the tables of --json's results, run nothing")
     a = ap.parse_args(argv)
+    if a.report:
+        with open(a.json) as f:
+            saved = json.load(f)
+        return report({(r["rows"], r["side"]): r["res"] for r in saved["runs"]}, saved["args"])
     sys.path.insert(0, ROOT)
     from tests._cluster import can_isolate
 
@@ -247,44 +314,69 @@ def main(argv=None) -> int:
         raise SystemExit("needs a loopback-only network namespace (unshare -n, ip) for the local cluster")
     _, paths, warm = ensure_data(a.rows)
     res: dict = {}
+    args = {"rows": a.rows, "workers": a.workers, "block_rows": a.block_rows, "threshold": a.threshold,
+            "store_mb": a.store_mb}
     for k in sorted(a.sizes):
         rows = a.rows * k
         for side in SIDES:
-            print(f"{rows:,} rows, {side} barriers ...", file=sys.stderr, flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {rows:,} rows, {side} barriers ...", file=sys.stderr, flush=True)
             res[rows, side] = side_run(paths[:4 * k], warm, side, a)
+            g = res[rows, side]["plan"]
+            print(f"  plan {g['secs']:.0f} s, cluster CPU {g['cpu']:.0f} s (driver {g['driver_cpu']:.0f} s), driver "
+                  f"peak {g['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+            with open(a.json, "w") as f:  # after each side: a run cut short keeps what finished
+                json.dump({"args": args, "runs": [{"rows": r, "side": sd, "res": v} for (r, sd), v in res.items()]},
+                          f, indent=1)
         p, d = res[rows, "partitioned"], res[rows, "driver"]
         for part in ("plan", "shuffle", "mapper"):
             if p[part]["ids"] != d[part]["ids"] or p[part]["rows_out"] != d[part]["rows_out"]:
                 raise SystemExit(f"{rows:,} rows, {part}: the sides disagree: {p[part]} vs {d[part]}")
+    return report(res, args)
+
+
+def report(res: dict, a: dict) -> int:
+    """Print the tables of ``res`` ({(rows, side): :func:`measure`'s result}) for the run's arguments ``a``."""
     sizes = sorted({r for r, _ in res})
+    sides = [sd for sd in SIDES if any(k[1] == sd for k in res)]
     nodes = next(iter(res.values()))["nodes"]
-    print(f"\nplan: clean_whitespace -> dedup_exact -> dedup_near_text({a.threshold}) -> shuffle; {a.workers} "
-          f"worker nodes of 1 CPU + a 0-CPU head ({nodes} nodes), blocks of {a.block_rows:,} rows; rows out equal "
-          f"on both sides (ids in order)")
-    print(f"{'rows':>10} {'barriers':>12} {'seconds':>8} {'us/row':>7} {'driver peak MB':>15} {'growth MB':>10} "
-          f"{'KB/block':>9} {'rows out':>9} {'moved MB':>9}")
+    print(f"\nplan: clean_whitespace -> dedup_exact -> dedup_near_text({a['threshold']}) -> shuffle; {a['workers']} "
+          f"worker nodes of 1 CPU + a 0-CPU head ({nodes} nodes), object stores of {a['store_mb']} MiB, blocks of "
+          f"{a['block_rows']:,} rows; rows out equal on both sides (ids in order). CPU: user + system seconds of "
+          f"every process of the cluster (driver, GCS, raylets, workers)")
+    print(f"{'rows':>10} {'barriers':>12} {'seconds':>8} {'us/row':>7} {'CPU s':>7} {'CPU us/row':>10} "
+          f"{'driver CPU s':>12} {'driver peak MB':>15} {'growth MB':>10} {'KB/block':>9} {'rows out':>9} "
+          f"{'moved MB':>9}")
     for rows in sizes:
-        for side in SIDES:
+        for side in sides:
+            if (rows, side) not in res:
+                continue
             g = res[rows, side]["plan"]
-            print(f"{rows:>10,} {side:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['peak_mb']:>15.0f} "
+            print(f"{rows:>10,} {side:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['cpu']:>7.0f} "
+                  f"{g['cpu'] / rows * 1e6:>10.1f} {g['driver_cpu']:>12.1f} {g['peak_mb']:>15.0f} "
                   f"{g['growth_mb']:>10.1f} {g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
                   f"{g['moved'] / 2**20:>9.1f}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\n{'':>10} {'barriers':>12} {'peak ' + f'{hi // lo}x rows':>14} {'growth':>8} "
-              f"{'us/row per doubling':>20}")
-        for side in SIDES:
-            g = [res[r, side]["plan"] for r in sizes]
-            per = [b["secs"] / r2 / (a_["secs"] / r1) for a_, b, r1, r2 in zip(g, g[1:], sizes, sizes[1:])]
-            print(f"{'':>10} {side:>12} {g[-1]['peak_mb'] / g[0]['peak_mb']:>13.2f}x "
-                  f"{g[-1]['growth_mb'] / max(g[0]['growth_mb'], 1e-9):>7.2f}x "
-                  f"{' '.join(f'{x:.2f}x' for x in per):>20}")
+              f"{'wall us/row per doubling':>25} {'CPU us/row per doubling':>24}")
+        for side in sides:
+            have = [r for r in sizes if (r, side) in res]
+            g = [res[r, side]["plan"] for r in have]
+
+            def per(key):
+                return " ".join(f"{b[key] / r2 / (a_[key] / r1):.2f}x"
+                                for a_, b, r1, r2 in zip(g, g[1:], have, have[1:]))
+
+            print(f"{'':>10} {side:>12} {g[-1]['peak_mb'] / g[0]['peak_mb']:>13.2f}x "  # over the sizes it has
+                  f"{g[-1]['growth_mb'] / max(g[0]['growth_mb'], 1e-9):>7.2f}x {per('secs'):>25} {per('cpu'):>24}")
     print(f"\nbytes received between nodes (sum of the raylets' object manager counters) by shuffle alone, and by "
           f"clean_whitespace alone (read + mapper, no barrier)")
     print(f"{'rows':>10} {'blocks':>7} {'barriers':>12} {'shuffle MB':>11} {'MB/block':>9} {'mapper MB':>10} "
           f"{'shuffle - mapper MB/block':>26}")
     for rows in sizes:
-        for side in SIDES:
+        for side in sides:
+            if (rows, side) not in res:
+                continue
             s, m = res[rows, side]["shuffle"], res[rows, side]["mapper"]
             b = s["blocks"] or 1
             print(f"{rows:>10,} {b:>7} {side:>12} {s['moved'] / 2**20:>11.1f} {s['moved'] / b / 2**20:>9.2f} "

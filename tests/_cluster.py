@@ -22,7 +22,7 @@ Usage, one cluster per test module::
         assert cluster.off_loopback == []
         got = cluster.call("tests.executors._dist:exact", table)
 
-Run as ``python -m tests._cluster READ_FD WRITE_FD WORKERS`` it is the child (inside the namespace).
+Run as ``python -m tests._cluster READ_FD WRITE_FD WORKERS STORE_MB`` it is the child (inside the namespace).
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def off_loopback() -> list[str]:
     return bad
 
 
-def start(workers: int = 3):
-    """Start a cluster in this process (which should be in a loopback-only namespace) and connect ray to it."""
+def start(workers: int = 3, store_mb: int = 0):
+    """Start a cluster in this process (which should be in a loopback-only namespace) and connect ray to it.
+    ``store_mb``: each node's object store in MiB (0: Ray's default, 30% of the machine's memory per node)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -86,10 +87,11 @@ def start(workers: int = 3):
                 if "timed out during startup" not in str(e) or attempt == 2:
                     raise
 
+    store = {"object_store_memory": int(store_mb) * 2**20} if store_mb else {}
     cluster = retried(lambda: Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}))
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False, **store}))
     for _ in range(workers):
-        retried(lambda: cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1"))
+        retried(lambda: cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", **store))
     ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster
@@ -105,7 +107,9 @@ def stop(cluster) -> None:
 class ClusterSession:
     """The test side: starts the child (the cluster in its namespace), sends it calls, stops it on close."""
 
-    def __init__(self, workers: int = 3, timeout: float = 300):
+    def __init__(self, workers: int = 3, timeout: float = 300, store_mb: int = 0):
+        """``store_mb``: each node's object store in MiB (0: Ray's default, 30% of the machine's memory per node,
+        which with several nodes is more than the machine has)."""
         self.timeout = timeout
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -114,7 +118,7 @@ class ClusterSession:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         env.setdefault("RAY_DEDUP_LOGS", "0")
         cmd = (f"ip link set lo up && exec {sys.executable} -m tests._cluster {to_child_r} {from_child_w} "
-               f"{int(workers)}")
+               f"{int(workers)} {int(store_mb)}")
         # the child's (and Ray's) stderr to a file: a pipe nobody reads would block them once it is full
         self.err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env,
@@ -197,12 +201,12 @@ def where(cluster, tasks: int = 6) -> dict:
     return {"workers": alive, "ran_on": set(ray.get([node.remote() for _ in range(tasks)]))}
 
 
-def _child(read_fd: int, write_fd: int, workers: int) -> None:
+def _child(read_fd: int, write_fd: int, workers: int, store_mb: int = 0) -> None:
     import importlib
 
     recv, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     try:
-        cluster = start(workers)
+        cluster = start(workers, store_mb)
         send.send((True, off_loopback()))
     except BaseException:
         send.send((False, traceback.format_exc()))
@@ -224,4 +228,4 @@ def _child(read_fd: int, write_fd: int, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    _child(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    _child(*map(int, sys.argv[1:5]))
