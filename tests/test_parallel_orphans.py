@@ -73,7 +73,8 @@ def test_kill_9_of_a_driver_leaves_no_worker_and_its_spill_is_swept_by_the_next_
         files.append(str(tmp_path / "in" / f"p{u}.jsonl"))
     tmp, mark = tmp_path / "tmp", tmp_path / "hung"
     tmp.mkdir()
-    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": str(tmp), "DC_HANG_MARK": str(mark)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+           "TMPDIR": str(tmp), "DC_HANG_MARK": str(mark)}
     args = [sys.executable, "-c", SCRIPT, ",".join(files), str(tmp_path / "out")]
     driver = subprocess.Popen(args + ["r120"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -113,6 +114,10 @@ def test_sweep_removes_only_spills_of_dead_processes(tmp_path):
     stale = tmp_path / f"{PREFIX}{pid}-neardup-abc"
     stale.mkdir()
     (stale / "rows.arrow").write_bytes(b"x")
+    old = time.time() - 3600  # no lock file: only one older than a minute is taken as abandoned (not being made)
+    os.utime(stale, (old, old))
+    young = tmp_path / f"{PREFIX}{pid}-sort-young"  # no lock file yet, just made: kept
+    young.mkdir()
     mine = tmp_path / f"{PREFIX}{os.getpid()}-sort-abc"  # this process's
     mine.mkdir()
     other = tmp_path / "dc-spill-notapid-x"  # not a spill name: left alone
@@ -120,7 +125,7 @@ def test_sweep_removes_only_spills_of_dead_processes(tmp_path):
     unrelated = tmp_path / "datacopilot-1-x"
     unrelated.mkdir()
     assert sweep(str(tmp_path)) == [str(stale)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name, unrelated.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name, unrelated.name, young.name])
 
 
 def test_a_live_spill_is_locked_kept_by_a_sweep_and_removed_at_close(tmp_path, monkeypatch):
@@ -139,3 +144,77 @@ def test_a_live_spill_is_locked_kept_by_a_sweep_and_removed_at_close(tmp_path, m
     finally:
         spill.close()
     assert not os.path.exists(spill.dir)
+
+
+MAPPER = """
+import sys
+import datacopilot as dc
+from tests.pipeline._ops import HangAt
+files, out, hang = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+dc.pipeline(files, schema="MM", batch_size=16).apply([HangAt(id=hang)]).write(out)
+"""
+
+LIVE = """
+import sys, time
+from datacopilot.executors.spill import Spill
+spill = Spill("sort-")
+print(spill.dir, flush=True)
+time.sleep(600)
+"""
+
+
+@linux
+def test_the_spill_of_a_driver_killed_with_9_is_swept_when_the_next_run_starts_a_live_one_is_kept(tmp_path):
+    """The next run has no dataset-wide stage (it makes no spill) and hangs at its first batch: the dead driver's
+    spill is already gone then; a live process's spill (locked) and a spill named for a live pid (no lock) stay."""
+    (tmp_path / "in").mkdir()
+    files = []
+    for u in range(3):
+        (tmp_path / "in" / f"p{u}.jsonl").write_text(_rows(u))
+        files.append(str(tmp_path / "in" / f"p{u}.jsonl"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+           "TMPDIR": str(tmp)}
+    procs = []
+
+    def start(args, mark=None, **kw):
+        p = subprocess.Popen([sys.executable, "-c", *args], env={**env, "DC_HANG_MARK": str(mark or "")},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        live = start([LIVE], text=True)
+        live_dir = os.path.basename(live.stdout.readline().strip())
+        assert live_dir.startswith(f"{PREFIX}{live.pid}-sort-"), live.stderr.read()
+        named = tmp / f"{PREFIX}{live.pid}-neardup-nolock"  # a live pid's, without a lock file, made long ago
+        named.mkdir()
+        old = time.time() - 3600
+        os.utime(named, (old, old))
+
+        first_mark = tmp_path / "hung1"
+        driver = start([SCRIPT.replace('num_workers=2, mode="process"', "num_workers=1"), ",".join(files),
+                        str(tmp_path / "out1"), "r120"], first_mark)
+        assert _poll(lambda: first_mark.exists() or driver.poll() is not None, 120), "the run never reached r120"
+        assert driver.poll() is None, driver.stderr.read().decode()
+        dead = [p for p in os.listdir(tmp) if p.startswith(f"{PREFIX}{driver.pid}-shuffle-")]
+        assert len(dead) == 1  # the shuffle holds its rows there while the run hangs
+        driver.kill()
+        driver.wait()
+        assert dead[0] in os.listdir(tmp)  # killed with -9: nobody removed it
+
+        second_mark = tmp_path / "hung2"
+        nxt = start([MAPPER, ",".join(files), str(tmp_path / "out2"), "r3"], second_mark)
+        assert _poll(lambda: second_mark.exists() or nxt.poll() is not None, 120), "the next run never started"
+        assert nxt.poll() is None, nxt.stderr.read().decode()
+        left = sorted(p for p in os.listdir(tmp) if p.startswith(PREFIX))
+        assert dead[0] not in left  # swept at the start: this run has no stage that spills
+        assert left == sorted([live_dir, named.name])  # the live process's, locked or not, untouched
+        assert live.poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()

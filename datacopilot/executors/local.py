@@ -168,6 +168,9 @@ class LocalExecutor(Executor):
     def stream(self, plan, run: Run, skip: set[str] = frozenset()) -> Iterator:
         """Tables (and End markers) out of the last operator, for every unit not in ``skip``; a progress bar of
         the input rows taken (rows/s) when ``progress`` is on (by default: when stderr is a terminal)."""
+        from .spill import sweep
+
+        sweep()  # spill directories left by drivers killed with -9 (no exit handler ran): removed at the start
         src = plan.source
         invalid = "raise" if plan.on_error == "raise" else "quarantine"
         show = self.progress if self.progress is not None else sys.stderr.isatty()

@@ -283,6 +283,9 @@ def execute(data, ops: Sequence, on_error: str, *, schema=None, root=None, batch
     ``on_error="raise"`` a failure met before a barrier is raised there."""
     from datacopilot.source import Source
 
+    from .spill import sweep
+
+    sweep()  # the local executor's spill directories left by dead drivers on this machine, at the start of a run
     options = options or RayOptions()
     if not isinstance(data, (pa.Table, Source)):  # an MMDataset (its rows and root), else paths of files
         data = Source.from_dataset(data) if hasattr(data, "to_arrow") else Source.from_paths(data, schema=schema,

@@ -10,8 +10,9 @@ the stage collects its signatures, then read back with bounded memory.
 
 A spill directory lives in TMPDIR as ``dc-spill-<pid>-<label>-<random>``, locked (``flock``) by the process
 that made it. It is removed when the stage ends, or stops half way, and at exit; one left by a process that died
-(killed with -9: no exit handler runs) is removed by the next spill made on this machine (:func:`sweep`): its
-pid is not alive and its lock is free, so a live process in another PID namespace that shares TMPDIR keeps its own.
+(killed with -9: no exit handler runs) is removed at the start of the next run on this machine (either executor)
+and by the next spill (:func:`sweep`): its pid is not alive and its lock is free, so a live process in another PID
+namespace that shares TMPDIR keeps its own.
 
 >>> spill = Spill("neardup-")  # doctest: +SKIP
 >>> spill.add(table); spill.finish()  # doctest: +SKIP
@@ -25,6 +26,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,6 +42,7 @@ except ImportError:  # pragma: no cover - not POSIX: the pid alone decides
 BATCH_ROWS = 65_536  # rows per record batch of a spill that is read back out of order, and per bucket
 PREFIX = "dc-spill-"
 LOCK = ".lock"
+UNLOCKED_GRACE = 60.0  # seconds a spill directory without its lock file is left alone (being made)
 _LIVE: set[str] = set()  # this process's spill directories, removed at exit if a stage did not
 
 
@@ -55,7 +58,8 @@ os.register_at_fork(after_in_child=_LIVE.clear)  # a forked child does not remov
 
 def _abandoned(d: str) -> bool:
     """Whether nobody holds the lock of the spill directory ``d`` (a directory without one was left before its
-    lock was taken, or by an older version)."""
+    lock was taken, or by an older version: abandoned once it is :data:`UNLOCKED_GRACE` seconds old, so one being
+    made this instant in another PID namespace is not taken for it)."""
     if fcntl is None:
         return True
     try:
@@ -66,7 +70,10 @@ def _abandoned(d: str) -> bool:
                 return False
             return True
     except FileNotFoundError:
-        return True
+        try:
+            return time.time() - os.stat(d).st_mtime > UNLOCKED_GRACE
+        except OSError:  # removed meanwhile
+            return False
     except OSError:  # not readable: not ours to judge
         return False
 
