@@ -3,11 +3,16 @@ local Paddle model can be served to a cluster and the ``openai`` backend can be 
 
 Routes: ``POST /v1/chat/completions`` (non-streaming; ``n`` = 1), ``GET /v1/models``, ``GET /health``.
 
-Requests arriving together are batched: each HTTP thread puts its request on a queue; one batcher thread takes the
-first waiting request, gathers more for up to ``max_wait`` seconds (at most ``batch_size``), groups them by their
-generation parameters (``max_tokens``, ``temperature``, ``top_p``, ``stop``) and calls ``backend.generate`` once per
-group. A request the backend cannot run (a bad image, a prompt too long) gets HTTP 400 with the reason; a failing
-backend gets HTTP 500 for the requests of that batch.
+The HTTP side (:mod:`datacopilot.http_front`) holds a fixed number of threads whatever the number of
+connections, drops a client that stalls mid-request after ``limits.read_timeout`` seconds (408), caps the open
+connections (503 over ``limits.max_connections``) and answers any malformed request with a 4xx and a JSON error
+body; a worker parses a chat request and hands it to the batcher without waiting for the model.
+
+Requests arriving together are batched: one batcher thread takes the first waiting request, gathers more for up to
+``max_wait`` seconds (at most ``batch_size``), groups them by their generation parameters (``max_tokens``,
+``temperature``, ``top_p``, ``stop``) and calls ``backend.generate`` once per group. A request the backend cannot
+run (a bad image, a prompt too long) gets HTTP 400 with the reason; a failing backend gets HTTP 500 for the
+requests of that batch.
 
 Example::
 
@@ -30,59 +35,63 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from datacopilot.errors import DataCopilotError, InputError
+from datacopilot.http_front import HttpFront, HttpRequest, Reply, ServeLimits
 
 log = logging.getLogger("datacopilot.serve")
-_MAX_BODY = 64 << 20
 
 
 class ChatServer:
     """Serve ``backend`` (any :class:`~datacopilot.models.backends.Backend` with a ``spec``) on ``host:port``.
 
     ``model_name`` is what ``/v1/models`` lists (any name is accepted in requests). ``port=0`` picks a free port.
-    Counters: ``requests`` served and ``batches`` sent to the backend.
+    ``limits`` (a :class:`ServeLimits`) bounds timeouts, threads, connections and sizes. Counters: ``requests``
+    served and ``batches`` sent to the backend; ``connections`` is the number open now.
     """
 
     def __init__(self, backend, host: str = "127.0.0.1", port: int = 8000, model_name: str = "datacopilot",
-                 batch_size: int | None = None, max_wait: float = 0.01):
+                 batch_size: int | None = None, max_wait: float = 0.01, limits: ServeLimits | None = None):
         self.backend, self.model_name = backend, model_name
         self.batch_size = int(batch_size or getattr(backend.spec, "batch_size", 16))
         self.max_wait = float(max_wait)
+        self.limits = limits or ServeLimits()
         self.requests = 0
         self.batches = 0
         self._count_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._variants: dict = {}
         self._stopping = threading.Event()
-        self._httpd = _HTTPServer((host, port), _handler(self))
-        self._threads: list[threading.Thread] = []
+        self._front = HttpFront(host, port, self.limits, self._handle)
+        self._batcher_thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{self._front.address}/v1"
+
+    @property
+    def connections(self) -> int:
+        return self._front.open
 
     def start(self) -> ChatServer:
-        """Start the batcher and the HTTP server in background threads; returns self."""
-        for target, name in ((self._batcher, "serve-batcher"), (self._httpd.serve_forever, "serve-http")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        """Start the batcher and the HTTP side in background threads; returns self."""
+        if self._batcher_thread is None and not self._stopping.is_set():
+            self._batcher_thread = threading.Thread(target=self._batcher, name="serve-batcher", daemon=True)
+            self._batcher_thread.start()
+            self._front.start()
         return self
 
     def close(self) -> None:
-        """Stop accepting requests, answer the queued ones with 503, stop the threads and close the socket."""
+        """Stop accepting connections and requests, finish the batch running, answer the queued requests with 503,
+        write the answers (for up to a few seconds), close every connection and stop the threads."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        if self._threads:
-            self._httpd.shutdown()
-        self._queue.put(None)
-        for t in self._threads:
-            t.join()
-        self._httpd.server_close()
+        self._front.stop_accepting()                  # the port is free once this returns
+        if self._batcher_thread is not None:
+            self._queue.put(None)
+            self._batcher_thread.join()
+        self._front.stop_workers()
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -90,12 +99,57 @@ class ChatServer:
                 break
             if item is not None:
                 item[2].set_exception(_HTTPError(503, "the server is shutting down"))
+        self._front.close()
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.close()
+
+    # -- requests -------------------------------------------------------------------------------------
+    def _handle(self, req: HttpRequest, reply: Reply) -> None:
+        """Runs on a worker: answer ``req`` now, or hand it to the batcher with ``reply`` as its continuation."""
+        route = req.path.rstrip("/")
+        method = "POST" if route == "/v1/chat/completions" else "GET"
+        if route not in ("/v1/chat/completions", "/v1/models", "/health"):
+            return reply.error(404, f"no route {req.method} {req.path[:200]}")
+        if req.method != method:
+            return reply.error(405, f"{route} takes {method}, got {req.method}", headers=(f"Allow: {method}",))
+        if route == "/v1/models":
+            return reply(200, {"object": "list", "data": [{"id": self.model_name, "object": "model",
+                                                           "owned_by": "datacopilot"}]})
+        if route == "/health":
+            return reply(200, {"status": "ok"})
+        try:
+            try:
+                body = json.loads(req.body)
+            except ValueError as e:
+                raise _HTTPError(400, f"the body is not JSON: {e}") from e
+            request, params = parse_chat(body)
+        except _HTTPError as e:
+            return reply.error(e.status, e.message)
+        except DataCopilotError as e:
+            return reply.error(400, str(e))
+        self.submit(request, params).add_done_callback(lambda fut: self._answer(fut, body, reply))
+
+    def _answer(self, fut: Future, body: dict, reply: Reply) -> None:
+        try:
+            resp = fut.result()
+        except _HTTPError as e:
+            return reply.error(e.status, e.message)
+        except Exception as e:  # noqa: BLE001 - the client gets the error, the server keeps running
+            return reply.error(500, f"the backend failed: {type(e).__name__}: {e}")
+        if resp.error is not None:
+            return reply.error(400, resp.error)
+        with self._count_lock:
+            self.requests += 1
+        reply(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or self.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": resp.text},
+                         "finish_reason": resp.finish_reason}],
+            "usage": resp.usage or {}})
 
     # -- batching -------------------------------------------------------------------------------------
     def submit(self, request, params: tuple) -> Future:
@@ -157,11 +211,6 @@ class ChatServer:
             variant.spec = dataclasses.replace(spec, **changes)
             self._variants[params] = variant
         return self._variants[params]
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128    # the default listen backlog (5) drops SYNs of a burst of clients: 1 s retransmits
 
 
 class _HTTPError(Exception):
@@ -252,71 +301,10 @@ def _stops(stop):
     return tuple(stop)
 
 
-def _handler(server: ChatServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True   # headers and body are separate writes: no 40 ms delayed-ACK stall
-
-        def log_message(self, fmt, *args):  # requests are logged at debug level, not on stderr
-            log.debug("%s " + fmt, self.address_string(), *args)
-
-        def do_GET(self):
-            if self.path.rstrip("/") == "/v1/models":
-                self._json(200, {"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                                             "owned_by": "datacopilot"}]})
-            elif self.path.rstrip("/") == "/health":
-                self._json(200, {"status": "ok"})
-            else:
-                self._error(404, f"no route GET {self.path}")
-
-        def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
-                self.close_connection = True
-                return self._error(413, f"request body of {length} bytes exceeds {_MAX_BODY}")
-            raw = self.rfile.read(length)
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._error(404, f"no route POST {self.path}")
-            try:
-                try:
-                    body = json.loads(raw)
-                except ValueError as e:
-                    raise _HTTPError(400, f"the body is not JSON: {e}") from e
-                request, params = parse_chat(body)
-                resp = server.submit(request, params).result()
-            except _HTTPError as e:
-                return self._error(e.status, e.message)
-            except DataCopilotError as e:
-                return self._error(400, str(e))
-            if resp.error is not None:
-                return self._error(400, resp.error)
-            with server._count_lock:
-                server.requests += 1
-            self._json(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model") or server.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": resp.text},
-                             "finish_reason": resp.finish_reason}],
-                "usage": resp.usage or {}})
-
-        def _error(self, status: int, message: str):
-            kind = "invalid_request_error" if status < 500 else "server_error"
-            self._json(status, {"error": {"message": message, "type": kind, "code": status}})
-
-        def _json(self, status: int, doc: dict):
-            data = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
-
-
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, batch_size: int = 16,
-          max_new_tokens: int = 64, name: str | None = None, echo=print) -> None:
-    """Load the paddle model in ``model_dir`` and serve it until SIGINT or SIGTERM (then shut down cleanly).
+          max_new_tokens: int = 64, name: str | None = None, echo=print, limits: ServeLimits | None = None) -> None:
+    """Load the paddle model in ``model_dir`` and serve it until SIGINT or SIGTERM (then shut down cleanly);
+    ``limits`` as in :class:`ChatServer`.
 
     Example::
 
@@ -329,7 +317,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, batch_size:
 
     spec = ModelSpec(backend="paddle", path=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens)
     backend = load_backend(spec)
-    server = ChatServer(backend, host=host, port=port, batch_size=batch_size,
+    server = ChatServer(backend, host=host, port=port, batch_size=batch_size, limits=limits,
                         model_name=name or os.path.basename(os.path.normpath(model_dir)))
     done = threading.Event()
     previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -360,10 +348,17 @@ def register_serve(main) -> None:
     @click.option("--max-new-tokens", "max_new_tokens", default=64, show_default=True, type=click.IntRange(min=1),
                   help="Default when a request has no max_tokens.")
     @click.option("--name", default=None, help="Model name listed by /v1/models (default: the directory name).")
-    def serve_command(model, port, host, batch_size, max_new_tokens, name):
+    @click.option("--read-timeout", "read_timeout", default=ServeLimits.read_timeout, show_default=True,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Seconds a request may take to arrive in full; a stalled client is then dropped.")
+    @click.option("--max-connections", "max_connections", default=ServeLimits.max_connections, show_default=True,
+                  type=click.IntRange(min=1), help="Open connections at most; one more is answered 503.")
+    def serve_command(model, port, host, batch_size, max_new_tokens, name, read_timeout, max_connections):
         """Serve a local paddle model as an OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models.
 
-        Concurrent requests are batched. Stops cleanly on ctrl-c or SIGTERM.
+        Concurrent requests are batched; a fixed number of threads serves any number of connections. Stops
+        cleanly on ctrl-c or SIGTERM.
         """
         serve(model, host=host, port=port, batch_size=batch_size, max_new_tokens=max_new_tokens, name=name,
-              echo=lambda m: click.echo(m))
+              echo=lambda m: click.echo(m),
+              limits=ServeLimits(read_timeout=read_timeout, max_connections=max_connections))

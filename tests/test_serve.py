@@ -1,13 +1,18 @@
 """``datacopilot serve``: the ChatServer's HTTP API (routes, validation, batching, per-request generation
-parameters, shutdown) over a deterministic stand-in backend, then over a tiny Paddle LM built in a temporary
-directory (answers equal the backend's own), and the CLI command in a subprocess stopped with SIGTERM."""
+parameters, shutdown) over a deterministic stand-in backend; the HTTP side over raw sockets on 127.0.0.1
+(malformed requests get a 4xx with a JSON body, stalled clients are dropped after the read timeout, hundreds of
+stalled connections hold no threads and do not stop a normal request, the connection cap answers 503, keep-alive,
+pipelining, 100-continue); then a tiny Paddle LM built in a temporary directory (answers equal the backend's own),
+and the CLI command in a subprocess stopped with SIGTERM, with its thread count under stalled connections."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +23,8 @@ import pytest
 from datacopilot.models.backends import Backend, ModelSpec, Request, Response
 from datacopilot.models.backends.openai import OpenAIBackend
 
-from datacopilot.serve import ChatServer, parse_chat
+from datacopilot.errors import InputError
+from datacopilot.serve import ChatServer, ServeLimits, parse_chat
 
 
 class Recorder(Backend):
@@ -147,6 +153,179 @@ def test_close_answers_nothing_lost_and_frees_the_port(tmp_path):
         urllib.request.urlopen(url + "/models", timeout=5)
 
 
+# -- the HTTP side over raw sockets ----------------------------------------------------------------------------
+
+def address(server):
+    host, port = server.url.split("//")[1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def connect(server):
+    return socket.create_connection(address(server), timeout=20)    # a hang guard, not a measure
+
+
+def read_response(sock):
+    """(status, JSON body, headers) of the next response on ``sock``."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, json.loads(resp.read()), resp
+
+
+def closed(sock) -> bool:
+    """The server closed ``sock``: EOF (or a reset) once whatever it still sends is read."""
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def wait_for(condition, what="the condition"):
+    for _ in range(3000):                          # a hang guard (30 s), not a measure
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{what} never held")
+
+
+def head(method="POST", path="/v1/chat/completions", *lines: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""]).encode("latin-1")
+
+
+CHAT = json.dumps(chat("abc")).encode()
+
+
+@pytest.mark.parametrize("data, status, message, keeps", [
+    (head("POST", "/v1/chat/completions", "Content-Length: abc"), 400,
+     "Content-Length: expected a non-negative integer, got 'abc'", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: -5"), 400, "got '-5'", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: 1e3"), 400, "got '1e3'", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: \u00b2"), 400, "expected a non-negative integer", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: 2", "Content-Length: 3"), 400, "given twice", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: 99999999999999999999999999"), 413, "over the limit", False),
+    (head("POST", "/v1/chat/completions", "Content-Length: 5000") + b"{" * 100, 413,
+     "a request body of 5000 bytes is over the limit of 4096", False),
+    (head("POST", "/v1/chat/completions", "Transfer-Encoding: chunked") + b"0\r\n\r\n", 411,
+     "Transfer-Encoding 'chunked' is not supported", False),
+    (head("POST", "/v1/chat/completions", "Transfer-Encoding: chunked", "Content-Length: 0"), 400,
+     "both Transfer-Encoding and Content-Length", False),
+    (head("POST", "/v1/chat/completions"), 411, "a POST needs a Content-Length header", False),
+    (b"HELLO\r\n\r\n", 400, "bad request line 'HELLO'", False),
+    (b"GET /health HTTP/2.0\r\n\r\n", 400, "unsupported protocol 'HTTP/2.0'", False),
+    (b"GET http://127.0.0.1/health HTTP/1.1\r\n\r\n", 400, "expected a path starting with '/'", False),
+    (head("GET", "/health", "no colon here"), 400, "bad header line 'no colon here'", False),
+    (head("GET", "/health", " folded: line"), 400, "bad header line", False),
+    (head("GET", "/health", "X-Big: " + "x" * 2000), 431, "over 1024 bytes", False),
+    (b"GET /health HTTP/1.1\r\n" + b"x" * 2000, 431, "over 1024 bytes", False),     # headers that never end
+    (head("POST", "/v1/chat/completions", "Content-Length: 2", "Expect: 200-ok") + b"{}", 417,
+     "only 100-continue", False),
+    (head("PUT", "/v1/chat/completions", "Content-Length: 0"), 405, "/v1/chat/completions takes POST, got PUT", True),
+    (head("POST", "/v1/models", "Content-Length: 0"), 405, "takes GET", True),
+    (head("POST", "/v1/chat/completions", "Content-Length: 2") + b"[]", 400, "expected a JSON object, got list", True),
+    (head("POST", "/v1/chat/completions", "Content-Length: 3") + b"\xff\xfe{", 400, "the body is not JSON", True),
+    (head("POST", "/v1/chat/completions", "Content-Length: 0"), 400, "the body is not JSON", True),
+    (head("POST", "/v1/chat/completions", "Content-Length: 13") + b'{"model": "m"}'[:13], 400, "not JSON", True),
+    (head("POST", "/v1/chat/completions", "Content-Length: 14") + b'{"model": "m"}', 400,
+     "messages: expected a non-empty list, got None", True),
+])
+def test_each_malformed_request_gets_its_4xx_with_a_json_body(tmp_path, data, status, message, keeps):
+    """A request that cannot be framed closes its connection; one that was read in full (a bad method or body)
+    keeps it, and the next request on it is answered."""
+    limits = ServeLimits(read_timeout=10, max_body=4096, max_header=1024)
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=limits) as server:
+        with connect(server) as s:
+            s.sendall(data)
+            got, doc, resp = read_response(s)
+            assert (got, doc["error"]["code"]) == (status, status) and message in doc["error"]["message"], doc
+            assert doc["error"]["type"] == "invalid_request_error"
+            assert resp.getheader("Connection") == ("keep-alive" if keeps else "close")
+            if keeps:
+                s.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT)
+                assert read_response(s)[0] == 200
+            else:
+                assert closed(s)
+        assert post(server.url, chat("abc"))[0] == 200          # and the server goes on serving
+
+
+def test_a_client_that_stalls_mid_request_gets_408_and_is_dropped(tmp_path):
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=ServeLimits(read_timeout=0.3)) as server:
+        half_body, half_head, idle = connect(server), connect(server), connect(server)
+        half_body.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT[:10])
+        half_head.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Le")
+        for s in (half_body, half_head):
+            status, doc, resp = read_response(s)
+            assert status == 408 and "did not arrive in full within 0.3 s" in doc["error"]["message"]
+            assert resp.getheader("Connection") == "close" and closed(s)
+        assert idle.recv(10) == b""                # an idle connection is closed without an answer
+        for s in (half_body, half_head, idle):
+            s.close()
+        assert post(server.url, chat("abc"))[0] == 200
+
+
+def test_300_stalled_connections_hold_no_threads_and_a_normal_request_is_answered(tmp_path):
+    before = threading.active_count()
+    limits = ServeLimits(read_timeout=120, workers=3)
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=limits) as server:
+        stalled = [connect(server) for _ in range(300)]
+        for i, s in enumerate(stalled):
+            s.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT[:i % 20]
+                      if i % 2 else b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"[:i % 40])
+        status, doc = post(server.url, chat("abc"))  # accepted after the 300 (one listen queue, in order)
+        assert status == 200 and doc["choices"][0]["message"]["content"].startswith("cba|")
+        assert server.connections >= 300
+        threads = threading.active_count() - before
+        assert threads <= limits.workers + 2, [t.name for t in threading.enumerate()]   # + I/O + batcher
+        keep = http.client.HTTPConnection(*address(server), timeout=20)  # keep-alive: two requests, one connection
+        for text in ("one", "two"):
+            keep.request("POST", "/v1/chat/completions", body=json.dumps(chat(text)))
+            resp = keep.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["choices"][0]["message"]["content"][:3] in (
+                "eno", "owt")
+        keep.close()
+    for s in stalled:                              # close() closed them all
+        assert closed(s)
+        s.close()
+    assert threading.active_count() <= before
+
+
+def test_over_max_connections_a_client_gets_503_and_a_freed_slot_is_reused(tmp_path):
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=ServeLimits(max_connections=3)) as server:
+        held = [connect(server) for _ in range(3)]
+        for s in held:
+            s.sendall(b"GET /he")
+        with connect(server) as extra:
+            status, doc, resp = read_response(extra)
+            assert status == 503 and "connections open" in doc["error"]["message"] and closed(extra)
+        held.pop().close()
+        wait_for(lambda: server.connections == 2)  # the server sees the close
+        assert post(server.url, chat("abc"))[0] == 200
+        for s in held:
+            s.close()
+
+
+def test_pipelined_requests_and_100_continue(tmp_path):
+    with ChatServer(Recorder(spec(tmp_path)), port=0) as server:
+        with connect(server) as s:
+            one = head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT
+            s.sendall(one + b"\r\n" + head("GET", "/health") + one)
+            answers = [read_response(s)[:2] for _ in range(3)]
+            assert [a[0] for a in answers] == [200, 200, 200] and answers[1][1] == {"status": "ok"}
+            assert answers[2][1]["choices"][0]["message"]["content"].startswith("cba|")
+            s.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}", "Expect: 100-continue"))
+            assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(CHAT)
+            assert read_response(s)[0] == 200
+
+
+@pytest.mark.parametrize("kw, message", [({"read_timeout": 0}, "`read_timeout` must be a positive number"),
+                                         ({"workers": 0}, "`workers` must be a positive integer"),
+                                         ({"max_body": 1.5}, "`max_body` must be a positive integer")])
+def test_limits_are_checked(kw, message):
+    with pytest.raises(InputError, match=message):
+        ServeLimits(**kw)
+
+
 # -- a real tiny paddle model ----------------------------------------------------------------------------------
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "the", "image", "shows",
@@ -189,16 +368,25 @@ def test_openai_backend_against_served_paddle_model(lm_dir):
 def test_serve_command_in_a_subprocess(lm_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "datacopilot", "serve", "--model", lm_dir, "--port", "0",
-                             "--max-new-tokens", "4", "--name", "tiny"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                             "--max-new-tokens", "4", "--name", "tiny", "--read-timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving tiny at http://127.0.0.1:"), (line, proc.stderr.read() if not line else "")
         url = line.split(" at ")[1].split()[0]
         status, doc = post(url, chat("a red circle"))
         assert status == 200 and doc["choices"][0]["finish_reason"] in ("stop", "length")
-        with urllib.request.urlopen(url + "/models", timeout=10) as r:
+        threads = len(os.listdir(f"/proc/{proc.pid}/task"))
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        stalled = [socket.create_connection((host, int(port)), timeout=20) for _ in range(300)]
+        for s in stalled:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 40\r\n\r\n{")
+        with urllib.request.urlopen(url + "/models", timeout=10) as r:   # accepted after the 300
             assert json.loads(r.read())["data"][0]["id"] == "tiny"
+        grown = len(os.listdir(f"/proc/{proc.pid}/task")) - threads
+        assert grown <= ServeLimits().workers, grown                     # the process's threads, not per client
+        for s in stalled:
+            s.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
