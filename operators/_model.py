@@ -14,7 +14,10 @@ How a model operator accounts for its rows (see ``operators.base.Outcome``):
 
 A batch makes one call to the backend for all its requests. When a row fails, the executor retries the batch row
 by row to single out the rows that fail; the operator remembers the last responses, so the retry makes no model
-calls. ``cache_dir`` adds an on-disk response cache, so a rerun or a resumed pipeline never pays twice.
+calls: a request's retry budget (``max_retries``) is spent once, in the batch's call. Answers are remembered across
+batches; errors only for the row-by-row retry of the batch that got them (the next batch, or a rerun, asks
+again). ``cache_dir`` adds an on-disk response cache, so a rerun or a resumed pipeline never pays twice: after a
+failure (an endpoint that went away), a rerun asks only for the rows that have no answer yet.
 
 >>> fields_of("Q: {question} A: {answer}")
 ['question', 'answer']
@@ -42,6 +45,7 @@ from .image_filters import row_images
 
 REJECT_POLICIES = ("keep", "fail")
 MEMO_SIZE = 8192
+_BATCH = threading.local()  # .errors: {request digest: error response} of the batch this thread processes
 
 
 class Rejected(Exception):
@@ -142,12 +146,26 @@ class ModelOp:
         self._memo: OrderedDict = OrderedDict()
         self._memo_lock = threading.Lock()
 
+    def process(self, table: pa.Table, policy: str = "raise"):
+        """The executor's call (the hook over the batch, then row by row if it raised), with the batch's errors
+        remembered for its row-by-row retry only."""
+        outer = getattr(_BATCH, "errors", None)
+        _BATCH.errors = {}
+        try:
+            return super().process(table, policy)
+        finally:
+            _BATCH.errors = outer
+
     def ask(self, requests: list) -> list:
-        """The backend's responses to ``requests`` (in order); answers remembered from the last batches are
-        reused, so a row-by-row retry makes no new calls."""
+        """The backend's responses to ``requests`` (in order). Answers remembered from the last batches are
+        reused, and so are the errors the backend gave in the batch being processed (it has spent the requests'
+        retries already), so a row-by-row retry makes no new calls."""
         keys = [r.digest() for r in requests]
+        errors = getattr(_BATCH, "errors", None)
         with self._memo_lock:
             have = {k: self._memo[k] for k in keys if k in self._memo}
+        if errors:
+            have.update((k, errors[k]) for k in keys if k not in have and k in errors)
         todo = {k: r for k, r in zip(keys, requests) if k not in have}
         if todo:
             answers = self.backend.generate(list(todo.values()))
@@ -155,6 +173,8 @@ class ModelOp:
                 for k, resp in zip(todo, answers):
                     if resp.finish_reason != "error":
                         self._memo[k] = resp
+                    elif errors is not None:
+                        errors[k] = resp
                     have[k] = resp
                 while len(self._memo) > MEMO_SIZE:
                     self._memo.popitem(last=False)

@@ -47,6 +47,7 @@ class ModelSpec:
     concurrency: int = 16
     timeout: float = 60.0
     max_retries: int = 5
+    breaker_after: int = 5
     num_cpus: float = 1
     num_gpus: float = 0
     tokenizer: str | None = None
@@ -63,7 +64,8 @@ class ModelSpec:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
-        ints = (("max_new_tokens", 1), ("batch_size", 1), ("concurrency", 1), ("max_retries", 0))
+        ints = (("max_new_tokens", 1), ("batch_size", 1), ("concurrency", 1), ("max_retries", 0),
+                ("breaker_after", 0))
         for name, low in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -118,8 +120,8 @@ class ModelSpec:
         """sha256 (hex) of the model identity and the generation parameters: what a cached response depends on.
 
         Paddle models are identified by the contents of their directory and tokenizer (files over 256 MiB by
-        their size and first and last MiB), so rebuilding a model in the same place changes the key; batch size, concurrency, timeouts and resources are left out (they
-        do not change outputs).
+        their size and first and last MiB), so rebuilding a model in the same place changes the key; batch size,
+        concurrency, timeouts, retries, the breaker and resources are left out (they do not change outputs).
         """
         ident = {"backend": self.backend, "max_new_tokens": self.max_new_tokens,
                  "temperature": float(self.temperature), "top_p": float(self.top_p), "seed": self.seed,
