@@ -16,20 +16,24 @@ import typing as _typing
 # public name -> the module (in this package) that defines it
 _EXPORTS = {
     "block_causal_mask": ".masks", "cu_seqlens": ".masks", "dense_from_flashmask": ".masks",
-    "flashmask_row_indices": ".masks", "position_ids": ".masks",
+    "flashmask_row_indices": ".masks", "position_ids": ".masks", "dense_from_cu_seqlens": ".masks",
+    "VarlenPlan": ".varlen", "bucket_lengths": ".varlen", "varlen_plan": ".varlen",
     "OVERLONG": ".packing", "STRATEGIES": ".packing", "PackPlan": ".packing", "pack": ".packing",
     "PackStream": ".stream", "pack_stream": ".stream",
 }
 
 __all__ = [
-    "OVERLONG", "STRATEGIES", "PackPlan", "PackStream", "block_causal_mask", "cu_seqlens", "dense_from_flashmask",
-    "flashmask_row_indices", "pack", "pack_stream", "position_ids",
+    "OVERLONG", "STRATEGIES", "PackPlan", "PackStream", "VarlenPlan", "block_causal_mask", "bucket_lengths",
+    "cu_seqlens", "dense_from_cu_seqlens", "dense_from_flashmask", "flashmask_row_indices", "pack", "pack_stream",
+    "position_ids", "varlen_plan",
 ]
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
-    from .masks import block_causal_mask, cu_seqlens, dense_from_flashmask, flashmask_row_indices, position_ids
+    from .masks import (block_causal_mask, cu_seqlens, dense_from_cu_seqlens, dense_from_flashmask,
+                        flashmask_row_indices, position_ids)
     from .packing import OVERLONG, STRATEGIES, PackPlan, pack
     from .stream import PackStream, pack_stream
+    from .varlen import VarlenPlan, bucket_lengths, varlen_plan
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -25,7 +25,8 @@ import numpy as np
 from datacopilot.errors import InputError
 
 
-def _check_row(seq_lens, total_length: int, where: str) -> np.ndarray:
+def check_row(seq_lens, total_length: int, where: str) -> np.ndarray:
+    """One row's segment lengths as int64, each positive and all summing to at most ``total_length``."""
     lens = np.asarray(seq_lens, dtype=np.int64).reshape(-1)
     if lens.size and lens.min() <= 0:
         raise InputError(f"{where}: segment lengths must be positive, got {lens.tolist()}")
@@ -34,7 +35,8 @@ def _check_row(seq_lens, total_length: int, where: str) -> np.ndarray:
     return lens
 
 
-def _check_total(total_length) -> int:
+def check_total(total_length) -> int:
+    """``total_length`` as an int; InputError unless it is a positive integer."""
     if isinstance(total_length, bool) or not isinstance(total_length, (int, np.integer)) or total_length <= 0:
         raise InputError(f"`total_length` must be a positive integer, got {total_length!r}")
     return int(total_length)
@@ -56,8 +58,8 @@ def position_ids(seq_lens: Sequence[int] | np.ndarray, total_length: int) -> np.
         >>> position_ids([3, 2], 7).tolist()
         [0, 1, 2, 0, 1, 0, 0]
     """
-    total_length = _check_total(total_length)
-    lens = _check_row(seq_lens, total_length, "seq_lens")
+    total_length = check_total(total_length)
+    lens = check_row(seq_lens, total_length, "seq_lens")
     used = int(lens.sum())
     out = np.zeros(total_length, np.int64)
     starts = np.cumsum(lens) - lens
@@ -72,11 +74,11 @@ def block_causal_mask(batch_seq_lens: Sequence[Sequence[int]], total_length: int
         >>> block_causal_mask([[2, 1]], 4)[0, 0].astype(int).tolist()
         [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     """
-    total_length = _check_total(total_length)
+    total_length = check_total(total_length)
     out = np.empty((len(batch_seq_lens), 1, total_length, total_length), bool)
     causal = np.tri(total_length, dtype=bool)
     for b, row in enumerate(batch_seq_lens):
-        seg = _segment_ids(_check_row(row, total_length, f"batch_seq_lens[{b}]"), total_length)
+        seg = _segment_ids(check_row(row, total_length, f"batch_seq_lens[{b}]"), total_length)
         np.logical_and(seg[:, None] == seg[None, :], causal, out=out[b, 0])
     return out
 
@@ -88,10 +90,10 @@ def cu_seqlens(batch_seq_lens: Sequence[Sequence[int]], total_length: int) -> np
         >>> cu_seqlens([[3, 2], [4]], 6).tolist()
         [0, 3, 5, 6, 10, 12]
     """
-    total_length = _check_total(total_length)
+    total_length = check_total(total_length)
     bounds = [0]
     for b, row in enumerate(batch_seq_lens):
-        lens = _check_row(row, total_length, f"batch_seq_lens[{b}]")
+        lens = check_row(row, total_length, f"batch_seq_lens[{b}]")
         base = b * total_length
         bounds.extend((base + np.cumsum(lens)).tolist())
         if lens.sum() < total_length:
@@ -108,10 +110,10 @@ def flashmask_row_indices(batch_seq_lens: Sequence[Sequence[int]], total_length:
         >>> flashmask_row_indices([[2, 1]], 4)[0, 0, :, 0].tolist()
         [2, 2, 3, 4]
     """
-    total_length = _check_total(total_length)
+    total_length = check_total(total_length)
     out = np.empty((len(batch_seq_lens), 1, total_length, 1), np.int32)
     for b, row in enumerate(batch_seq_lens):
-        lens = _check_row(row, total_length, f"batch_seq_lens[{b}]")
+        lens = check_row(row, total_length, f"batch_seq_lens[{b}]")
         used = int(lens.sum())
         out[b, 0, :used, 0] = np.repeat(np.cumsum(lens), lens)
         out[b, 0, used:, 0] = np.arange(used + 1, total_length + 1)
@@ -130,3 +132,23 @@ def dense_from_flashmask(row_indices: np.ndarray) -> np.ndarray:
     rows = np.arange(length)[:, None]
     cols = np.arange(length)[None, :]
     return (rows >= cols) & (rows < start[:, :, None, :])
+
+
+def dense_from_cu_seqlens(cu: np.ndarray, batch: int, total_length: int) -> np.ndarray:
+    """The dense bool mask ``[B, 1, L, L]`` that causal varlen attention over ``cu_seqlens`` computes.
+
+    Each ``[cu[i], cu[i + 1])`` range of the flattened batch is one causal sequence. On real tokens this is
+    :func:`block_causal_mask`; a padding run of :func:`cu_seqlens` is one sequence, so there a padding position
+    sees the padding before it too (outputs nothing reads: no real token attends to padding).
+
+    Example:
+        >>> dense_from_cu_seqlens(cu_seqlens([[2]], 4), 1, 4).astype(int)[0, 0, 3].tolist()
+        [0, 0, 1, 1]
+    """
+    cu = np.asarray(cu, np.int64)
+    n = batch * total_length
+    if cu.ndim != 1 or cu.size < 2 or cu[0] != 0 or cu[-1] != n or (np.diff(cu) <= 0).any():
+        raise InputError(f"`cu` must rise strictly from 0 to batch * total_length = {n}, got {cu.tolist()}")
+    seq = np.repeat(np.arange(cu.size - 1), np.diff(cu)).reshape(batch, total_length)
+    causal = np.tri(total_length, dtype=bool)
+    return ((seq[:, :, None] == seq[:, None, :]) & causal)[:, None]

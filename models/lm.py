@@ -23,8 +23,10 @@ condition. With ``use_flash_attention=True`` the model checks whether the (float
 (``triu(mask) == mask``), replaces only such a mask with ``None`` and otherwise hands the block mask to
 ``paddle.nn.functional.scaled_dot_product_attention``; a block-diagonal mask is therefore never dropped.
 :func:`build_tiny_lm` saves ``use_flash_attention=False`` and no fused kernels, the plain CPU path. PaddleNLP
-2.8.1's Llama has no FlashMask input (``attn_mask_startend_row_indices``): a GPU FlashMask path needs a newer
-PaddleNLP.
+2.8.1's Llama has no FlashMask input (``attn_mask_startend_row_indices``); instead :func:`load_causal_lm` wires
+:mod:`datacopilot.models.attention` into a loaded Llama, so a :class:`~datacopilot.models.attention.Segments` can
+go where the mask goes: attention per segment (``sum(si^2)``, no ``[L, L]`` mask) on CPU, FlashAttention varlen or
+FlashMask on GPU.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ def load_causal_lm(path: str, use_flash_attention: bool | None = None):
         model = tf.AutoModelForCausalLM.from_pretrained(path, **extra)
     except Exception as e:  # PaddleNLP raises many types (ValueError, KeyError, OSError, EnvironmentError)
         raise ModelError(f"{path}: could not load a causal lm: {type(e).__name__}: {e}") from e
+    from datacopilot.models.attention import wire_attention
+
+    wire_attention(model)  # a Llama also takes Segments as its attention_mask; other models are left as they are
     model.train()
     return model
 
@@ -129,14 +134,19 @@ def load_causal_lm(path: str, use_flash_attention: bool | None = None):
 def lm_logits(model, input_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
     """Run a PaddleNLP causal LM and return its logits ``[B, L, V]``.
 
-    ``attention_mask`` should be a boolean ``[B, 1, L, L]`` tensor (True = may attend); it is passed through
-    unchanged. Labels are never given to the model: PaddleNLP's own criterion neither shifts nor counts tokens
-    the way :func:`causal_lm_loss` does.
+    ``attention_mask`` should be a boolean ``[B, 1, L, L]`` tensor (True = may attend), passed through
+    unchanged, or a :class:`~datacopilot.models.attention.Segments` (a model from :func:`load_causal_lm` only).
+    Labels are never given to the model: PaddleNLP's own criterion neither shifts nor counts tokens the way
+    :func:`causal_lm_loss` does.
     """
     paddle = require_paddle()
-    if attention_mask is not None and attention_mask.dtype != paddle.bool:
+    from datacopilot.models.attention import Segments, check_segments
+
+    if isinstance(attention_mask, Segments):
+        check_segments(model, attention_mask.kind)
+    elif attention_mask is not None and attention_mask.dtype != paddle.bool:
         raise InputError(f"`attention_mask` must be a boolean tensor (True = may attend), got {attention_mask.dtype}")
-    if attention_mask is not None and len(attention_mask.shape) != 4:
+    elif attention_mask is not None and len(attention_mask.shape) != 4:
         raise InputError(f"`attention_mask` must have shape [B, 1, L, L], got {list(attention_mask.shape)}")
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 inputs_embeds=inputs_embeds, return_dict=True)

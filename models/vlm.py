@@ -4,7 +4,8 @@ Images ``[C, H, W]`` go through a patchify convolution and a few pre-norm transf
 ``image_token_count`` feature vectors, projected into the LM's hidden size, and written over the embeddings of
 the image-token positions of a (packed) batch: image ``i`` occupies positions ``image_offset[i] ..
 image_offset[i] + image_token_count - 1`` of pack ``image_pack[i]``. The LM then runs on ``inputs_embeds`` with
-the given per-segment ``position_ids`` and boolean ``[B, 1, L, L]`` mask, and the loss is
+the given per-segment ``position_ids`` and either a boolean ``[B, 1, L, L]`` mask or a
+:class:`~datacopilot.models.attention.Segments` (attention per segment, no ``[L, L]`` mask), and the loss is
 :func:`datacopilot.models.lm.causal_lm_loss` (sum of token losses / number of target tokens).
 
 A saved model is a directory: ``vlm_config.json``, ``vision.pdparams`` (encoder), ``projector.pdparams`` and the
@@ -185,7 +186,10 @@ class TinyVLM(_Layer):
 
     def forward(self, input_ids, position_ids, attention_mask, labels=None, pixel_values=None, image_pack=None,
                 image_offset=None):
-        """Returns ``(loss, logits)``; loss is None without labels, else sum of token losses / target tokens."""
+        """Returns ``(loss, logits)``; loss is None without labels, else sum of token losses / target tokens.
+
+        ``attention_mask`` is a boolean ``[B, 1, L, L]`` tensor or a :class:`~datacopilot.models.attention.Segments`
+        (the LM is wired for it by :func:`load_vlm`)."""
         embeds = self.embed(input_ids, pixel_values, image_pack, image_offset)
         logits = lm_logits(self.lm, position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=embeds)
         loss = causal_lm_loss(logits, labels) if labels is not None else None

@@ -8,8 +8,6 @@ is exactly that of one big batch, however the samples were split into packs and 
 
 from __future__ import annotations
 
-import inspect
-
 from datacopilot.errors import InputError, ModelError
 
 IGNORE_INDEX = -100
@@ -43,9 +41,9 @@ def check_device(cfg) -> str:
         if cfg.precision != "fp32":
             raise InputError(f"{cfg.source}: precision: {cfg.precision!r} needs a gpu (bf16/fp16 training runs on "
                              f"gpu only); no gpu found, use precision: fp32 on cpu")
-        if cfg.attention != "dense":
-            raise InputError(f"{cfg.source}: attention: {cfg.attention!r} needs a gpu (flash attention kernels); "
-                             f"no gpu found, use attention: dense on cpu")
+        if cfg.attention in ("flashmask", "cu_seqlens"):
+            raise InputError(f"{cfg.source}: attention: {cfg.attention!r} needs a gpu (paddle's flash attention "
+                             f"kernels); no gpu found, use attention: varlen (per segment) or dense on cpu")
     paddle.set_device("gpu" if gpu else "cpu")
     return "gpu" if gpu else "cpu"
 
@@ -68,6 +66,13 @@ def load_model(cfg):
             model.lm = _apply_lora(model.lm, cfg)  # vision encoder and projector stay fully trainable
         else:
             model = _apply_lora(model, cfg)
+    if cfg.attention != "dense":
+        from datacopilot.models.attention import check_segments
+
+        try:
+            check_segments(model, cfg.attention)
+        except ModelError as e:
+            raise ModelError(f"{cfg.model}: {e}") from e
     model.train()
     return model
 
@@ -173,20 +178,10 @@ def forward_sum(model, batch: dict, cfg):
     else:
         inputs = {"input_ids": ids}
     if cfg.attention == "dense":
-        logits = lm_logits(lm, position_ids=pos, attention_mask=batch["attention_mask"], **inputs)
-    else:  # pragma: no cover - gpu only
-        logits = _gpu_attention_logits(lm, pos, batch, cfg, inputs)
+        mask = batch["attention_mask"]
+    else:  # varlen, cu_seqlens, flashmask: the segments, never an [L, L] mask
+        from datacopilot.models.attention import Segments
+
+        mask = Segments.from_batch(batch, cfg.attention)
+    logits = lm_logits(lm, position_ids=pos, attention_mask=mask, **inputs)
     return causal_lm_loss(logits, labels, return_sum=True)
-
-
-def _gpu_attention_logits(lm, pos, batch, cfg, inputs):  # pragma: no cover - needs a gpu
-    key = {"flashmask": "attn_mask_startend_row_indices", "cu_seqlens": "cu_seqlens"}[cfg.attention]
-    base = getattr(lm, "model", lm)
-    accepted = inspect.signature(base.forward).parameters
-    if key not in accepted:
-        raise ModelError(f"{cfg.model}: attention: {cfg.attention!r} needs a model whose forward takes `{key}` "
-                         f"(paddlenlp 2.8.1 llama does not); use attention: dense")
-    if key not in batch:
-        raise InputError(f"attention: {cfg.attention!r}: the collator gave no `{key}`")
-    out = lm(position_ids=pos, **{key: batch[key]}, return_dict=True, **inputs)
-    return out.logits

@@ -9,10 +9,13 @@ of ``max_length`` tokens, pads the rest, and builds (all numpy):
 - ``labels`` ``[B, L]`` int64: the samples' labels (``-100`` outside assistant turns), ``-100`` on padding and
   on each segment's first position.
 - ``position_ids`` ``[B, L]`` int64: 0.. within each segment, 0 on padding (``kernels.position_ids``).
-- the mask of the chosen attention path: ``attention="dense"`` gives ``attention_mask`` ``[B, 1, L, L]`` bool
-  (``kernels.block_causal_mask``, True = may attend); ``"flashmask"`` gives ``attn_mask_startend_row_indices``
-  ``[B, 1, L, 1]`` int32 (``kernels.flashmask_row_indices``); ``"cu_seqlens"`` gives ``cu_seqlens`` int32 over the
-  flattened batch (``kernels.cu_seqlens``) and ``max_seqlen``.
+- what the chosen attention path needs (``datacopilot.models.attention.Segments.from_batch`` reads it):
+  ``attention="varlen"`` (the default) gives the bucket plan of per-segment attention (``kernels.varlen_plan``):
+  ``varlen_gather`` and ``varlen_scatter`` int64 indices and ``varlen_buckets`` ``[n, 3]`` int64, no ``[L, L]``
+  array; ``"dense"`` gives ``attention_mask`` ``[B, 1, L, L]`` bool (``kernels.block_causal_mask``, True = may
+  attend); ``"flashmask"`` gives ``attn_mask_startend_row_indices`` ``[B, 1, L, 1]`` int32
+  (``kernels.flashmask_row_indices``); ``"cu_seqlens"`` gives ``cu_seqlens`` int32 over the flattened batch
+  (``kernels.cu_seqlens``) and ``max_seqlen`` (its longest sequence).
 - images, any number per sample (0..k) and so per pack, flattened over the batch in pack order, then sample
   order, then placeholder order: ``image_pack`` / ``image_segment`` / ``image_offset`` ``[n_img]`` int64 give each
   image's row, its segment within the row (the sample it belongs to) and the position of its first token; it
@@ -39,10 +42,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from datacopilot.errors import InputError
-from datacopilot.kernels import block_causal_mask, cu_seqlens, flashmask_row_indices, position_ids
+from datacopilot.kernels import block_causal_mask, cu_seqlens, flashmask_row_indices, position_ids, varlen_plan
 
 IGNORE = -100
-ATTENTION = ("dense", "flashmask", "cu_seqlens")
+ATTENTION = ("varlen", "dense", "flashmask", "cu_seqlens")
 
 
 class PackedCollator:
@@ -57,7 +60,8 @@ class PackedCollator:
     ([[-100, 6, 7, -100, 9, -100, -100, -100]], [[0, 1, 2, 0, 1, 0, 0, 0]], 3)
     """
 
-    def __init__(self, max_length: int, attention: str = "dense", pad_id: int = 0, image_token_count: int | None = None):
+    def __init__(self, max_length: int, attention: str = "varlen", pad_id: int = 0,
+                 image_token_count: int | None = None):
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise InputError(f"`max_length` must be a positive integer, got {max_length!r}")
         if attention not in ATTENTION:
@@ -131,13 +135,16 @@ class PackedCollator:
             "n_target_tokens": int((labels != IGNORE).sum()),
             "fill": float(sum(map(sum, batch_lens)) / (B * L)),
         }
-        if self.attention == "dense":
+        if self.attention == "varlen":
+            plan = varlen_plan(batch_lens, L)
+            out.update(varlen_gather=plan.gather, varlen_scatter=plan.scatter, varlen_buckets=plan.buckets)
+        elif self.attention == "dense":
             out["attention_mask"] = block_causal_mask(batch_lens, L)
         elif self.attention == "flashmask":
             out["attn_mask_startend_row_indices"] = flashmask_row_indices(batch_lens, L)
         else:
             out["cu_seqlens"] = cu_seqlens(batch_lens, L)
-            out["max_seqlen"] = max([max(lens) for lens in batch_lens if lens] + [L - sum(lens) for lens in batch_lens])
+            out["max_seqlen"] = int(np.diff(out["cu_seqlens"]).max())
         if n_with_pixels:
             if n_with_pixels != n_images_total:
                 raise InputError(f"{n_images_total - n_with_pixels} of {n_images_total} images have no pixel_values")

@@ -37,7 +37,7 @@ from datacopilot.errors import InputError
 
 MODEL_TYPES = ("lm", "vlm")
 PRECISIONS = ("fp32", "bf16", "fp16")
-ATTENTIONS = ("dense", "flashmask", "cu_seqlens")
+ATTENTIONS = ("varlen", "dense", "flashmask", "cu_seqlens")  # varlen: per segment (cpu/gpu); the last two: gpu
 PACK_STRATEGIES = ("exact_fit", "bfd", "first_fit", "stream")  # as datacopilot.kernels.STRATEGIES
 DECAYS = ("cosine", "linear", "constant")
 OVERLONG = ("truncate", "drop")
@@ -79,7 +79,7 @@ class SFTConfig:
     seed: int = 0
     lora: dict | None = None
     precision: str = "fp32"
-    attention: str = "dense"
+    attention: str = "varlen"
     pack_strategy: str = "exact_fit"
     overlong: str = "truncate"
     mix_samples: int | None = None

@@ -293,7 +293,7 @@ def test_collator_batches_are_equivalent(vlm):
 
     samples = make_vlm_samples(np.random.default_rng(7), VLM_SPECS)
     plan = pack([len(s["input_ids"]) for s in samples], 64)
-    out = PackedCollator(64, image_token_count=IMAGE_TOKENS)([[samples[i] for i in m] for m in plan.packs()])
+    out = PackedCollator(64, attention="dense", image_token_count=IMAGE_TOKENS)([[samples[i] for i in m] for m in plan.packs()])
     sep_loss, sep_grads = run_separate(vlm, samples)
     total_targets = sum(int((s["labels"][1:] != -100).sum()) for s in samples)
     assert out["n_target_tokens"] == total_targets
@@ -322,7 +322,7 @@ def test_vlm_mixed_pack_through_the_collator_equals_one_at_a_time(vlm):
 
     samples = make_vlm_samples(np.random.default_rng(9), MIXED_SPECS)
     order = pack([len(s["input_ids"]) for s in samples], 96).packs()[0]
-    out = PackedCollator(96, image_token_count=IMAGE_TOKENS)([[samples[i] for i in order]])
+    out = PackedCollator(96, attention="dense", image_token_count=IMAGE_TOKENS)([[samples[i] for i in order]])
     # each image knows its segment: the segment of the 1-image sample once, of the 3-image sample three times
     seg_of = {int(i): k for k, i in enumerate(order)}
     assert sorted(out["image_segment"].tolist()) == sorted([seg_of[1]] + [seg_of[2]] * 3)

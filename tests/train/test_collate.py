@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datacopilot.errors import InputError
-from datacopilot.kernels import block_causal_mask, dense_from_flashmask
+from datacopilot.kernels import block_causal_mask, dense_from_cu_seqlens, dense_from_flashmask, varlen_plan
 from datacopilot.train.collate import IGNORE, PackedCollator
 
 
@@ -35,7 +35,7 @@ def test_segments_positions_and_labels():
 
 def test_dense_mask_is_the_kernels_block_mask_and_blocks_cross_attention():
     packs = [[sample([1, 2, 3]), sample([4, 5])], [sample([6] * 6)]]
-    out = PackedCollator(max_length=8)(packs)
+    out = PackedCollator(max_length=8, attention="dense")(packs)
     m = out["attention_mask"]
     assert m.shape == (2, 1, 8, 8) and m.dtype == bool
     np.testing.assert_array_equal(m, block_causal_mask([[3, 2], [6]], 8))
@@ -52,6 +52,21 @@ def test_other_attention_paths_describe_the_same_mask():
                                   block_causal_mask([[3, 2], [6]], 8))
     cu = PackedCollator(8, attention="cu_seqlens")(packs)
     assert cu["cu_seqlens"].tolist() == [0, 3, 5, 8, 14, 16] and cu["max_seqlen"] == 6
+    np.testing.assert_array_equal(dense_from_cu_seqlens(cu["cu_seqlens"], 2, 8)[0, 0, :5, :5],
+                                  block_causal_mask([[3, 2], [6]], 8)[0, 0, :5, :5])
+
+
+def test_varlen_is_the_default_and_builds_no_square_mask():
+    packs = [[sample([1, 2, 3]), sample([4, 5])], [sample([6] * 6)]]
+    out = PackedCollator(8)(packs)
+    assert "attention_mask" not in out and max(v.size for v in out.values() if isinstance(v, np.ndarray)) <= 32
+    plan = varlen_plan([[3, 2], [6]], 8)
+    np.testing.assert_array_equal(out["varlen_gather"], plan.gather)
+    np.testing.assert_array_equal(out["varlen_scatter"], plan.scatter)
+    np.testing.assert_array_equal(out["varlen_buckets"], plan.buckets)
+    # every real token reads its own position back; padding positions are one-token buckets
+    flat = np.arange(16)
+    np.testing.assert_array_equal(out["varlen_gather"][out["varlen_scatter"]], flat)
 
 
 def test_images_get_their_pack_and_offset_and_pixels_stack():
@@ -120,7 +135,7 @@ def test_demo_conversations_tokenized_packed_and_collated(tmp_path):
             zip(t["input_ids"].to_pylist(), t["labels"].to_pylist(), t["image_offsets"].to_pylist())]
     plan = pack(t["length"].to_numpy(), L)
     packs = [[rows[i] for i in ids] for ids in plan.packs()]
-    out = PackedCollator(L, pad_id=tok.pad_token_id, image_token_count=8)(packs)
+    out = PackedCollator(L, attention="dense", pad_id=tok.pad_token_id, image_token_count=8)(packs)
     assert out["input_ids"].shape == (plan.n_packs, L)
     assert out["fill"] == pytest.approx(plan.fill_rate)
     np.testing.assert_array_equal(out["attention_mask"], block_causal_mask(out["seq_lens"], L))
