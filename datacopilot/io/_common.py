@@ -4,6 +4,7 @@ the schema's storage types, validate, and keep provenance (file and line) for me
 from __future__ import annotations
 
 import json
+import mmap
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,16 +107,59 @@ def raise_broken(broken: list, what: str) -> None:
 
 
 def arrow_json_lines(data, schema) -> "pa.Table | None":
-    """Arrow's multithreaded JSON Lines parser over ``data`` (the schema's Arrow types where it has them, other
-    keys inferred); None when it refuses the bytes."""
+    """Arrow's JSON Lines parser over ``data`` (the schema's Arrow types where it has them, other keys inferred);
+    None when it refuses the bytes.
+
+    Data of more than one block is parsed a block at a time (Arrow's streaming reader, the types set by the first
+    block): the table is held with one block's scratch, not the whole parse's (the one-shot reader held about
+    twice the table at its peak), and the pages of a memory-mapped file are handed back behind the parse (they
+    stay in the page cache), so a load's peak is the table, not the table and the file. Where the first block's
+    types do not fit a later one, the whole data is parsed at once, as before, which may widen them."""
     import pyarrow.json as pajson
 
     opts = pajson.ParseOptions(newlines_in_values=False)
     if schema is not None:
         opts = pajson.ParseOptions(explicit_schema=file_arrow_schema(schema), unexpected_field_behavior="infer")
-    read = pajson.ReadOptions(block_size=16 << 20)
+    read = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
+    buf = pa.py_buffer(data)
     try:
-        return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=opts, read_options=read)
+        if buf.size > JSON_BLOCK_BYTES:
+            table = _streamed_json(buf, data, opts, read)
+            if table is not None:
+                return table
+        return pajson.read_json(pa.BufferReader(buf), parse_options=opts, read_options=read)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
+    finally:
+        _release_pages(data, len(data))
 
+
+JSON_BLOCK_BYTES = 16 << 20  # Arrow's JSON parse blocks
+
+
+def _streamed_json(buf: pa.Buffer, data, opts, read) -> "pa.Table | None":
+    """The block-at-a-time parse of :func:`arrow_json_lines`; None where a block does not fit the first block's
+    types (or the reader refuses the bytes: the one-shot reader then says so)."""
+    import pyarrow.json as pajson
+
+    src = pa.BufferReader(buf)
+    try:
+        reader = pajson.open_json(src, parse_options=opts, read_options=read)
+        batches = []
+        for batch in reader:
+            batches.append(batch)
+            _release_pages(data, src.tell() - 4 * JSON_BLOCK_BYTES)  # behind the blocks in the parser's hands
+        schema = reader.schema
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    return pa.Table.from_batches(batches, schema)
+
+
+def _release_pages(data, upto: int) -> None:
+    """Drop the pages of a read-only file mapping before byte ``upto`` from this process (they are read again from
+    the page cache if touched): a parsed file does not stay in the reader's resident memory. Anything else: no-op."""
+    if isinstance(data, mmap.mmap) and upto >= mmap.PAGESIZE and hasattr(mmap, "MADV_DONTNEED") and not data.closed:
+        try:
+            data.madvise(mmap.MADV_DONTNEED, 0, min(upto, len(data)) // mmap.PAGESIZE * mmap.PAGESIZE)
+        except (OSError, ValueError):
+            pass
