@@ -52,6 +52,7 @@ _DROPPED = (http.client.HTTPException, ConnectionResetError, BrokenPipeError, Co
 _CONNECTION_FAILURES = frozenset({"connect", "timeout", "dropped"})
 FRAGMENT = 8              # this many characters of the key in a row are redacted wherever they appear
 _SCAN_BYTES = 64 << 10    # how much of an error body is decoded and redacted before a snippet is cut from it
+_SEND_PIECE = 16 << 10    # bytes sent per socket write (one TLS record), each under the request's deadline
 _SECRET_FIELDS = [
     (re.compile(r"(?i)\b(bearer)(\s+)[^\s\"',;}\]]+"), r"\1\2***"),
     (re.compile(r"(?i)((?:authorization|proxy-authorization|x-api-key|api[-_]?key|access[-_]?token)[\"']?\s*[:=]\s*"
@@ -222,12 +223,26 @@ class _DeadlineResponse(http.client.HTTPResponse):
 
 
 class _Deadlined:
-    """A connection whose next response is read under ``deadline`` (a ``time.monotonic()`` value)."""
+    """A connection whose next request is sent, and its response read, under ``deadline`` (a
+    ``time.monotonic()`` value)."""
 
     deadline = float("inf")
 
     def response_class(self, sock, *args, **kwargs):  # http.client calls self.response_class(sock, method=...)
         return _DeadlineResponse(sock, self.deadline, *args, **kwargs)
+
+    def send(self, data):
+        """Send in pieces of one TLS record at most, each under the time left (a TLS socket's ``sendall`` would
+        give every record the whole timeout)."""
+        if self.sock is None or not isinstance(data, (bytes, bytearray, memoryview)):
+            return super().send(data)
+        with memoryview(data) as view, view.cast("B") as octets:
+            for start in range(0, len(octets), _SEND_PIECE):
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the request's deadline passed")
+                self.sock.settimeout(left)
+                self.sock.sendall(octets[start:start + _SEND_PIECE])
 
 
 class _HTTPConnection(_Deadlined, http.client.HTTPConnection):
@@ -384,7 +399,6 @@ class OpenAIBackend(Backend):
                 return ("connect", self._redact(f"cannot connect: {e}"), None)
         conn.deadline = deadline
         try:
-            conn.sock.settimeout(max(1e-3, deadline - time.monotonic()))   # the send; reads set their own
             conn.request("POST", self._path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 from datacopilot.models.backends import ModelSpec, Request, shared_backend
-from datacopilot.models.backends.openai import OpenAIBackend
+from datacopilot.models.backends.openai import Breaker, OpenAIBackend, redact
 
 import datacopilot as dc
 from datacopilot.errors import OperatorError
@@ -160,6 +160,23 @@ def test_a_trickling_server_is_cut_at_the_deadline(mode):
     assert server.calls == {mode: 1} and b.attempts == 1
 
 
+def test_a_server_that_never_reads_is_cut_at_the_deadline_while_sending():
+    hung = socket.socket()                             # listens, never accepts: the body fills the socket buffers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(1)
+    try:
+        b = OpenAIBackend(ModelSpec(backend="openai", endpoint=f"http://127.0.0.1:{hung.getsockname()[1]}/v1",
+                                    timeout=0.5, max_retries=0, api_key_env=None))
+        image = b"\x89PNG" + os.urandom(24 << 20)    # more than the kernel buffers on both ends take
+        t0 = time.monotonic()
+        [r] = b.generate([Request([{"role": "user", "content": "<image>"}], images=(image,))])
+        elapsed = time.monotonic() - t0
+    finally:
+        hung.close()
+    assert r.finish_reason == "error" and "no complete response within 0.5s" in r.error
+    assert elapsed < 10 and b.attempts == 1            # a loose guard: it did not wait forever on the send
+
+
 def test_a_trickle_within_the_deadline_is_answered():
     with Server(mode="trickle-body", gap=0.002) as server:
         b = OpenAIBackend(ModelSpec(backend="openai", endpoint=server.endpoint, timeout=10, api_key_env=None))
@@ -210,6 +227,33 @@ def test_a_hung_endpoint_opens_the_breaker_on_timeouts():
     assert all(r.finish_reason == "error" for r in out)
     assert "no complete response within 0.3s" in out[0].error
     assert b.attempts < 40 // 2 and b.refused >= 40 - 4 and b.breaker.opened == 1
+
+
+def test_the_breaker_opens_probes_after_its_cooldown_and_closes_on_an_answer():
+    br = Breaker(2, cooldown=0.05, max_cooldown=0.2)
+    assert br.admit() == "send"
+    br.record("send", True, "cannot connect: refused")
+    br.record("send", False)                           # an answer ends the run
+    br.record("send", True, "cannot connect: refused")
+    assert not br.is_open and br.admit() == "send"
+    br.record("send", True, "cannot connect: refused")
+    assert br.is_open and br.opened == 1 and br.admit() is None
+    assert "unreachable: cannot connect: refused" in br.refusal("http://h/v1/chat/completions")
+    time.sleep(br.retry_in())
+    assert br.admit() == "probe"
+    waited = []                                        # a request during the probe waits for its outcome
+    t = threading.Thread(target=lambda: waited.append(br.admit()))
+    t.start()
+    time.sleep(0.05)
+    assert t.is_alive() and not waited
+    br.record("probe", True, "cannot connect: still refused")
+    t.join(5)
+    assert waited == [None] and br.is_open and br.retry_in() > 0.05   # failed probe: the cooldown doubled
+    time.sleep(br.retry_in())
+    assert br.admit() == "probe"
+    br.record("probe", False)
+    assert not br.is_open and br.admit() == "send" and br.opened == 1
+    assert Breaker(0).admit() == "send"
 
 
 def test_after_the_breaker_opens_a_rerun_asks_only_the_missing_rows(tmp_path):
@@ -276,3 +320,14 @@ def test_an_echoing_endpoint_leaves_no_fragment_of_the_key_anywhere(tmp_path, mo
     raised = f"{info.value}\n{info.value.tb or ''}\n{info.value!r}"
     assert "invalid credentials" in raised and not leaked(raised)
     assert "retry" in caplog.text and not leaked(caplog.text)
+
+
+def test_redact_removes_the_key_its_fragments_and_auth_values_before_anything_is_cut():
+    half = KEY[:len(KEY) // 2]
+    assert redact(f"bad key {KEY}!", KEY) == "bad key ***!"
+    assert redact(f"got '{half}' then '{KEY[-9:]}'", KEY) == "got '***' then '***'"
+    assert redact(f"{KEY[:7]} is only 7 characters of it", KEY) == f"{KEY[:7]} is only 7 characters of it"
+    assert redact('{"Authorization": "Bearer abc.def/ghi=="}') == '{"Authorization": "Bearer ***"}'
+    assert redact("x-api-key: k123, api_key='zz', access_token=t0k") == "x-api-key: ***, api_key='***', access_token=***"
+    assert redact("short key abcd here", "abcd") == "short key *** here"
+    assert redact("nothing secret", KEY) == "nothing secret"
