@@ -21,7 +21,8 @@ servers, or ``datacopilot serve``), over the standard library's ``http.client``.
   request: the caller accounts for each row (an unreachable endpoint's error says "unreachable").
 - The API key is read from ``os.environ[spec.api_key_env]`` and sent as a Bearer header. Every error text and log
   line is passed through :func:`redact` before it is cut or stored (the key, any 8 characters of it in a row, and
-  Bearer / Authorization / api-key values), and the key is removed from generated text.
+  Bearer / Authorization / api-key values), the key is removed from generated text, and a ``user:password@`` in
+  the endpoint is shown as ``***@``.
 """
 
 from __future__ import annotations
@@ -279,6 +280,8 @@ class OpenAIBackend(Backend):
         self._https = url.scheme == "https"
         self._host, self._port = url.hostname, url.port
         self._path = (url.path or "").rstrip("/") + "/chat/completions"
+        shown = url._replace(netloc="***@" + url.netloc.rpartition("@")[2]) if "@" in url.netloc else url
+        self._shown = urllib.parse.urlunsplit(shown) + "/chat/completions"   # messages never show user:password@
         self._key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.breaker = Breaker(spec.breaker_after, cooldown=2 * self.backoff, max_cooldown=self.max_backoff)
@@ -468,7 +471,7 @@ class OpenAIBackend(Backend):
         return delay
 
     def _url(self) -> str:
-        return self.endpoint + "/chat/completions"
+        return self._shown
 
     def _redact(self, text: str) -> str:
         return redact(text, self._key)

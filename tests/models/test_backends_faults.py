@@ -331,3 +331,12 @@ def test_redact_removes_the_key_its_fragments_and_auth_values_before_anything_is
     assert redact("x-api-key: k123, api_key='zz', access_token=t0k") == "x-api-key: ***, api_key='***', access_token=***"
     assert redact("short key abcd here", "abcd") == "short key *** here"
     assert redact("nothing secret", KEY) == "nothing secret"
+
+
+def test_a_password_in_the_endpoint_is_not_shown():
+    port = free_port()
+    b = OpenAIBackend(ModelSpec(backend="openai", endpoint=f"http://bob:pw-0123456789@127.0.0.1:{port}/v1",
+                                max_retries=0, api_key_env=None))
+    [r] = b.generate([user("ok-0")])
+    assert f"endpoint http://***@127.0.0.1:{port}/v1/chat/completions is unreachable" in r.error
+    assert "pw-0123456789" not in r.error and "bob" not in r.error
