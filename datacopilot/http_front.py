@@ -49,6 +49,8 @@ class ServeLimits:
     - ``max_connections``: open connections at most; one more is answered 503 and closed.
     - ``max_body`` / ``max_header``: bytes of a request body (413 above) and of its request line and headers
       (431 above).
+    - ``max_receiving``: bytes of bodies being received at once over all connections (a request that would go
+      over it gets 503), so slow uploads cannot hold ``max_connections`` x ``max_body`` of memory.
 
     Example::
 
@@ -61,12 +63,13 @@ class ServeLimits:
     max_connections: int = 1024
     max_body: int = 64 << 20
     max_header: int = 64 << 10
+    max_receiving: int = 1 << 30
 
     def __post_init__(self):
         t = self.read_timeout
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise InputError(f"`read_timeout` must be a positive number of seconds, got {t!r}")
-        for name in ("workers", "max_connections", "max_body", "max_header"):
+        for name in ("workers", "max_connections", "max_body", "max_header", "max_receiving"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {v!r}")
@@ -186,7 +189,7 @@ class Reply:
 class _Conn:
     """One connection's state; touched only by the I/O thread."""
 
-    __slots__ = ("sock", "inbuf", "scanned", "head", "outbuf", "sent", "close_after", "busy", "lingering",
+    __slots__ = ("sock", "inbuf", "scanned", "head", "reserved", "outbuf", "sent", "close_after", "busy", "lingering",
                  "deadline", "events", "rejected", "closed")
 
     def __init__(self, sock: socket.socket, deadline: float, rejected: bool = False):
@@ -194,6 +197,7 @@ class _Conn:
         self.inbuf = bytearray()
         self.scanned = 0               # bytes of inbuf searched for the end of the headers
         self.head: HttpRequest | None = None
+        self.reserved = 0              # body bytes counted in the front's ``receiving``
         self.outbuf, self.sent, self.close_after = b"", 0, False
         self.busy = self.lingering = self.closed = False
         self.events = 0
@@ -212,6 +216,7 @@ class HttpFront:
         self.limits, self._handle = limits, handle
         self.open = 0                  # connections being served (not the ones told 503)
         self._rejecting = 0
+        self.receiving = 0             # bytes of the bodies being received (declared), over all connections
         self._conns: set = set()
         self._replies: collections.deque = collections.deque()
         self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="serve-worker")
@@ -358,6 +363,11 @@ class HttpFront:
                 conn.head = _parse_head(bytes(conn.inbuf[:end]), self.limits.max_body)
             except _BadRequest as e:
                 return self._fail(conn, e.status, e.message)
+            if self.receiving + conn.head.length > self.limits.max_receiving:
+                return self._fail(conn, 503, f"the server is receiving {self.receiving} bytes of bodies, its limit "
+                                             f"is {self.limits.max_receiving}: try again later")
+            conn.reserved = conn.head.length
+            self.receiving += conn.reserved
             del conn.inbuf[:end + 4]
             conn.scanned = 0
             if conn.head.expect_continue and len(conn.inbuf) < conn.head.length:
@@ -370,6 +380,7 @@ class HttpFront:
             return
         req = dataclasses.replace(head, body=bytes(conn.inbuf[:head.length]))
         del conn.inbuf[:head.length]
+        self._release(conn)
         conn.head, conn.busy, conn.deadline = None, True, None
         self._watch(conn, 0)
         reply = Reply(self, conn, req.keep_alive and req.method != "HEAD" and self._state == "run")
@@ -389,6 +400,7 @@ class HttpFront:
         """Answer a request that cannot be read on with ``status`` and close the connection."""
         conn.inbuf.clear()
         conn.head = None
+        self._release(conn)
         self._send(conn, _response(status, _error_doc(status, message), True), True)
 
     def _send(self, conn: _Conn, data: bytes, close: bool) -> None:
@@ -421,6 +433,7 @@ class HttpFront:
         except OSError:
             return self._close(conn)
         conn.lingering, conn.inbuf, conn.head = True, bytearray(), None
+        self._release(conn)
         conn.deadline = time.monotonic() + min(_LINGER, self.limits.read_timeout)
         self._watch(conn, selectors.EVENT_READ)
 
@@ -442,9 +455,14 @@ class HttpFront:
             self._sel.modify(conn.sock, events, conn)
         conn.events = events
 
+    def _release(self, conn: _Conn) -> None:
+        self.receiving -= conn.reserved
+        conn.reserved = 0
+
     def _close(self, conn: _Conn) -> None:
         if conn.closed:
             return
+        self._release(conn)
         if conn.events:
             self._sel.unregister(conn.sock)
             conn.events = 0

@@ -189,6 +189,14 @@ def wait_for(condition, what="the condition"):
     raise AssertionError(f"{what} never held")
 
 
+def refused(server) -> bool:
+    try:
+        socket.create_connection(address(server), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def head(method="POST", path="/v1/chat/completions", *lines: str) -> bytes:
     return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""]).encode("latin-1")
 
@@ -304,6 +312,42 @@ def test_over_max_connections_a_client_gets_503_and_a_freed_slot_is_reused(tmp_p
             s.close()
 
 
+def test_bodies_being_received_are_capped_over_all_connections(tmp_path):
+    limits = ServeLimits(max_receiving=len(CHAT) + 10)
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=limits) as server:
+        with connect(server) as slow, connect(server) as other:
+            slow.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT[:5])
+            wait_for(lambda: server._front.receiving == len(CHAT))
+            other.sendall(head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT)
+            status, doc, _ = read_response(other)
+            assert status == 503 and f"receiving {len(CHAT)} bytes of bodies" in doc["error"]["message"]
+            slow.sendall(CHAT[5:])
+            assert read_response(slow)[0] == 200
+        assert server._front.receiving == 0 and post(server.url, chat("abc"))[0] == 200
+
+
+def test_close_answers_the_running_and_the_queued_requests(tmp_path):
+    hold = threading.Event()
+    model = Recorder(spec(tmp_path), hold=hold)
+    server = ChatServer(model, port=0, max_wait=0.0).start()
+    answers: list = []
+    clients = [threading.Thread(target=lambda i=i: answers.append(post(server.url, chat(f"r{i}")))) for i in range(4)]
+    clients[0].start()
+    wait_for(lambda: model.batches, "the first batch")                 # running, held
+    for t in clients[1:]:
+        t.start()
+    wait_for(lambda: server._queue.qsize() == 3, "3 queued requests")
+    closing = threading.Thread(target=server.close)
+    closing.start()
+    wait_for(lambda: refused(server), "the port closed")              # the answers are still to come
+    hold.set()
+    closing.join(30)
+    for t in clients:
+        t.join(30)
+    assert not closing.is_alive()
+    assert sorted(doc["choices"][0]["message"]["content"][:2] for _, doc in answers) == ["0r", "1r", "2r", "3r"]
+
+
 def test_pipelined_requests_and_100_continue(tmp_path):
     with ChatServer(Recorder(spec(tmp_path)), port=0) as server:
         with connect(server) as s:
@@ -385,10 +429,11 @@ def test_serve_command_in_a_subprocess(lm_dir):
             assert json.loads(r.read())["data"][0]["id"] == "tiny"
         grown = len(os.listdir(f"/proc/{proc.pid}/task")) - threads
         assert grown <= ServeLimits().workers, grown                     # the process's threads, not per client
-        for s in stalled:
-            s.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)                                 # with the 300 still stalled
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    for s in stalled:
+        assert closed(s)
+        s.close()
     assert "stopped" in out
