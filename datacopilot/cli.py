@@ -282,7 +282,8 @@ def demo(out: str, rows: int, seed: int) -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the config's output_dir.")
 @click.option("--max-steps", "max_steps", default=None, type=click.IntRange(min=1),
-              help="Override the config's max_steps.")
+              help="Stop after this many steps (at most the config's max_steps, which fixes the learning-rate "
+                   "schedule); continue later with --resume.")
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar; print a log line per step.")
 @_root_option
 def train(config: str, resume: bool, max_steps: int | None, no_progress: bool, root: str | None) -> None:
@@ -294,13 +295,11 @@ def train(config: str, resume: bool, max_steps: int | None, no_progress: bool, r
     from datacopilot.train import SFTConfig, sft
 
     cfg = SFTConfig.from_yaml(config)
-    if max_steps is not None:
-        cfg.max_steps = max_steps
     if no_progress:
         cfg.progress = False
     if root is not None:
         cfg.root = os.path.abspath(root)
-    sft(cfg.check(), resume=resume, echo=click.echo)
+    sft(cfg.check(), resume=resume, echo=click.echo, stop_at=max_steps)
 
 
 from .cli_pipeline import register_commands  # noqa: E402

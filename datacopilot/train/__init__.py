@@ -14,11 +14,11 @@ from .mix import mix, mix_counts, mix_indices
 from .schedule import lr_at
 
 
-def sft(config, resume: bool = False, echo=print) -> dict:
+def sft(config, resume: bool = False, echo=print, stop_at: int | None = None) -> dict:
     """Run supervised fine-tuning as configured; see :func:`datacopilot.train.loop.sft`."""
     from .loop import sft as _sft
 
-    return _sft(config, resume=resume, echo=echo)
+    return _sft(config, resume=resume, echo=echo, stop_at=stop_at)
 
 
 __all__ = ["SFTConfig", "sft", "mix", "mix_counts", "mix_indices", "lr_at"]

@@ -41,12 +41,13 @@ ATTENTIONS = ("varlen", "dense", "flashmask", "cu_seqlens")  # varlen: per segme
 PACK_STRATEGIES = ("exact_fit", "bfd", "first_fit", "stream")  # as datacopilot.kernels.STRATEGIES
 DECAYS = ("cosine", "linear", "constant")
 OVERLONG = ("truncate", "drop")
+BAD_SAMPLES = ("error", "skip")  # a sample with a missing or undecodable image: stop before training, or skip it
 LORA_KEYS = ("r", "alpha", "target_modules", "dropout")
 DEFAULT_LORA_TARGETS = (".*q_proj.*", ".*v_proj.*")
 REQUIRED = ("data", "model", "tokenizer", "output_dir")
 # keys that decide which samples each step sees: a resumed run must agree with its checkpoint on them
 DATA_ORDER_KEYS = ("data", "schema", "max_length", "batch_size", "grad_accum", "seed", "pack_strategy", "overlong",
-                   "mix_samples", "image_token_count")
+                   "mix_samples", "image_token_count", "bad_samples")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class SFTConfig:
     attention: str = "varlen"
     pack_strategy: str = "exact_fit"
     overlong: str = "truncate"
+    bad_samples: str = "error"
     mix_samples: int | None = None
     save_every: int = 0
     keep_checkpoints: int = 2
@@ -158,7 +160,8 @@ class SFTConfig:
                 raise InputError(f"{src}: {key}: expected a string, got {value!r}")
         self.data = _normalize_data(self.data, src)
         for key, choices in (("model_type", MODEL_TYPES), ("precision", PRECISIONS), ("attention", ATTENTIONS),
-                             ("pack_strategy", PACK_STRATEGIES), ("decay", DECAYS), ("overlong", OVERLONG)):
+                             ("pack_strategy", PACK_STRATEGIES), ("decay", DECAYS), ("overlong", OVERLONG),
+                             ("bad_samples", BAD_SAMPLES)):
             value = getattr(self, key)
             if value not in choices:
                 raise InputError(f"{src}: {key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -9,9 +9,13 @@ of the benchmark: each sample alone, a micro-batch of ``batch_size`` samples pad
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from datacopilot.errors import InputError
+from datacopilot.errors import DataCopilotError, InputError
+
+from .config import BAD_SAMPLES
 
 
 def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
@@ -38,12 +42,16 @@ class PackedData:
     """
 
     def __init__(self, table, max_length: int, batch_size: int, seed: int = 0, strategy: str = "exact_fit",
-                 overlong: str = "truncate", mode: str = "packed", images=None):
+                 overlong: str = "truncate", mode: str = "packed", images=None, bad_samples: str = "error"):
+        """``bad_samples`` is what a sample whose image is missing or does not decode does: ``"error"`` stops the
+        run naming the sample and the file, ``"skip"`` leaves it out and records it in :attr:`skipped`."""
         for name in ("input_ids", "labels", "length"):
             if name not in table.column_names:
                 raise InputError(f"tokenized data has no {name!r} column (columns: {table.column_names})")
         if mode not in ("packed", "padded"):
             raise InputError(f"`mode` must be 'packed' or 'padded', got {mode!r}")
+        if bad_samples not in BAD_SAMPLES:
+            raise InputError(f"`bad_samples` must be one of {', '.join(map(repr, BAD_SAMPLES))}, got {bad_samples!r}")
         self.ids, self.offsets = _ragged(table.column("input_ids"))
         self.labels, _ = _ragged(table.column("labels"))
         if "image_offsets" in table.column_names:
@@ -59,6 +67,10 @@ class PackedData:
             raise InputError(f"sample {i}: empty input_ids")
         self.max_length, self.batch_size, self.seed = max_length, batch_size, seed
         self.strategy, self.overlong, self.mode, self.images = strategy, overlong, mode, images
+        self.bad_samples = bad_samples
+        self.skipped: list[dict] = []  # samples left out for a bad image: {"sample", "id", "error", "stage"}
+        self._skipped_ids: set[int] = set()
+        self.excluded = np.zeros(len(self.lengths), bool)  # left out of the plan (found by check_images)
         self._epochs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         self._starts = [0]  # first micro-batch index of each epoch, extended as epochs are planned
         self.dropped = self.truncated = 0
@@ -71,6 +83,9 @@ class PackedData:
 
             rng = np.random.default_rng([self.seed, e])
             perm = rng.permutation(len(self.lengths))
+            perm = perm[~self.excluded[perm]]
+            if not len(perm):
+                raise InputError(f"no samples to train on: all {len(self.lengths)} were skipped for a bad image")
             if self.mode == "padded":
                 lens = np.minimum(self.lengths[perm], self.max_length)
                 ids, seg = [perm[i:i + 1] for i in range(len(perm))], [lens[i:i + 1] for i in range(len(perm))]
@@ -84,8 +99,9 @@ class PackedData:
                 bounds = plan.pack_offsets
                 ids = [perm[plan.sample_ids[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
                 seg = [plan.lengths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-            self.dropped = len(self.lengths) - sum(len(p) for p in ids)
-            self.truncated = int((self.lengths > self.max_length).sum()) if self.overlong == "truncate" else 0
+            self.dropped = len(perm) - sum(len(p) for p in ids)
+            kept = self.lengths[~self.excluded]
+            self.truncated = int((kept > self.max_length).sum()) if self.overlong == "truncate" else 0
             if not ids:
                 raise InputError(f"no samples fit `max_length` {self.max_length} (all were dropped as overlong)")
             self._epochs[e] = (ids, seg)
@@ -116,6 +132,34 @@ class PackedData:
             return tokens / cap
         return tokens / (len(ids) * self.max_length)
 
+    # -- bad samples ------------------------------------------------------------------------------------
+    def check_images(self, num_workers: int = 8) -> list[dict]:
+        """Check every sample's images before training (:meth:`ImageLoader.check`: the file is there and starts
+        like an image). Under ``bad_samples="error"`` any bad one raises InputError naming the samples and files;
+        under ``"skip"`` they are left out of the plan and recorded in :attr:`skipped`. Returns the bad ones."""
+        if self.images is None:
+            return []
+        bad = self.images.check(num_workers)
+        if bad and self.bad_samples == "error":
+            shown = "\n".join(f"  {b['error']}" for b in bad[:10])
+            more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise InputError(f"{len(bad)} sample(s) with a missing or undecodable image:\n{shown}{more}\n"
+                             f"fix or remove them, or set `bad_samples: skip` to train without them")
+        for b in bad:
+            self.excluded[b["sample"]] = True
+            self._skipped_ids.add(b["sample"])
+            self.skipped.append({**b, "stage": "check"})
+        self._epochs.clear()
+        self._starts = [0]
+        return bad
+
+    def restore_skipped(self, records: list[dict]) -> None:
+        """Take over the samples a checkpointed run skipped while decoding (so the summary counts them too)."""
+        for r in records:
+            if r.get("stage") == "decode" and r.get("sample") not in self._skipped_ids:
+                self._skipped_ids.add(r["sample"])
+                self.skipped.append(r)
+
     # -- the samples ------------------------------------------------------------------------------------
     def sample(self, i: int, length: int) -> dict:
         """Sample ``i`` cut to ``length`` tokens (images whose tokens are cut off are left out)."""
@@ -123,7 +167,10 @@ class PackedData:
         out = {"input_ids": self.ids[a:a + length], "labels": self.labels[a:a + length]}
         offs = self.img_off[self.img_offsets[i]:self.img_offsets[i + 1]]
         if self.images is not None and len(offs):
-            pix = self.images(i)
+            try:
+                pix = self.images(i)
+            except InputError as e:
+                raise InputError(f"{self._name(i)}: {e}") from e
             if len(pix) != len(offs):
                 raise InputError(f"{self._name(i)}: {len(offs)} image placeholder(s) but {len(pix)} image(s)")
             count = self.images.token_count
@@ -136,11 +183,27 @@ class PackedData:
         return out
 
     def _name(self, i: int) -> str:
-        return f"sample {i}" if self.row_ids is None else f"sample {i} (id {self.row_ids[i].as_py()!r})"
+        return f"sample {i}" if self.row_ids is None else f"sample {i} (id {self._id(i)!r})"
 
     def pack(self, key: tuple[int, int]) -> list[dict]:
+        """The samples of a pack; under ``bad_samples="skip"`` a sample whose image fails to decode here (it passed
+        the header check before training) is left out and recorded in :attr:`skipped`."""
         ids, seg = self.epoch(key[0])
-        return [self.sample(int(i), int(n)) for i, n in zip(ids[key[1]], seg[key[1]])]
+        out = []
+        for i, n in zip(ids[key[1]], seg[key[1]]):
+            if int(i) in self._skipped_ids:
+                continue
+            try:
+                out.append(self.sample(int(i), int(n)))
+            except InputError as e:
+                if self.bad_samples != "skip":
+                    raise
+                self._skipped_ids.add(int(i))
+                self.skipped.append({"sample": int(i), "id": self._id(int(i)), "error": str(e), "stage": "decode"})
+        return out
+
+    def _id(self, i: int):
+        return None if self.row_ids is None else self.row_ids[i].as_py()
 
 
 class ImageLoader:
@@ -153,40 +216,158 @@ class ImageLoader:
     def __init__(self, ds, size: int, token_count: int):
         self.ds, self.size, self.token_count = ds, size, token_count
 
+    def values(self, row: dict) -> list:
+        """The image values (path and/or bytes) of a row, in placeholder order."""
+        schema = self.ds.schema
+        canon = schema.to_canonical(schema.normalize_row(row)) if schema.to_canonical else row
+        return list(canon.get("images") or [])
+
     def __call__(self, i: int) -> list[np.ndarray]:
         from datacopilot.schemas.image import decode_image
 
-        schema = self.ds.schema
-        row = self.ds[i]
-        canon = schema.to_canonical(schema.normalize_row(row)) if schema.to_canonical else row
         out = []
-        for value in canon.get("images") or []:
+        for value in self.values(self.ds[i]):
             img = decode_image(value, self.ds.root).convert("RGB").resize((self.size, self.size))
             arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
             out.append(arr)
         return out
 
+    def check(self, num_workers: int = 8) -> list[dict]:
+        """Every image of every row checked cheaply before training: the file exists and its header names an
+        image format Pillow reads (bytes: the same header check). Returns one record per bad sample,
+        ``{"sample", "id", "error"}``, the error naming the file; empty when all are fine.
 
-def make_loader(data: PackedData, collate, start: int, stop: int):
-    """A Paddle DataLoader (num_workers=0) over micro-batches ``start .. stop-1`` of ``data``."""
+        A file that is cut after its header passes here and fails when its sample is first decoded in training.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = []  # (row, image value)
+        for i, row in enumerate(self.ds):
+            jobs.extend((i, v) for v in self.values(row))
+        root = self.ds.root
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            errors = list(pool.map(lambda job: image_problem(job[1], root), jobs))
+        ids = self.ds.to_arrow().column("id") if "id" in self.ds.columns else None
+        bad: dict[int, dict] = {}
+        for (i, _), err in zip(jobs, errors):
+            if err is not None and i not in bad:
+                rid = None if ids is None else ids[i].as_py()
+                name = f"sample {i}" if rid is None else f"sample {i} (id {rid!r})"
+                bad[i] = {"sample": i, "id": rid, "error": f"{name}: {err}"}
+        return [bad[i] for i in sorted(bad)]
+
+
+def image_problem(value, root: str | None) -> str | None:
+    """None when an image value is there and starts like an image, else what is wrong, naming the file.
+
+    Reads the header only (Pillow's ``Image.open`` is lazy), so it costs about one small read per image.
+    """
+    import io
+
+    from PIL import Image as PILImage
+
+    from datacopilot.schemas.image import Image, data_url_bytes, resolve_path
+
+    try:
+        value = Image().normalize(value)
+    except Exception as e:  # a value the image type refuses
+        return f"not an image value ({e})"
+    path = value.get("path")
+    name = repr(path) if path else "<bytes>"
+    try:
+        data = value.get("bytes")
+        if data is None and path:
+            data = data_url_bytes(path)
+        if data is not None:
+            with PILImage.open(io.BytesIO(bytes(data))):
+                return None
+        if not path:
+            return "image has neither path nor bytes"
+        full = resolve_path(path, root)
+        if "://" in full:
+            import fsspec
+
+            with fsspec.open(full, "rb") as f, PILImage.open(f):
+                return None
+        if not os.path.isfile(full):
+            return f"image {name} not found (looked at {full!r})"
+        with PILImage.open(full):
+            return None
+    except FileNotFoundError:
+        return f"image {name} not found (looked at {resolve_path(path, root)!r})"
+    except Exception as e:  # Pillow raises many types for data that is not an image
+        return f"image {name} does not decode: {e}"
+
+
+class Batches:
+    """The micro-batches ``start .. stop-1`` of ``data``, collated, with numpy arrays as Paddle tensors.
+
+    One background thread reads and collates ahead (``prefetch`` batches) so image decoding overlaps the step. An
+    error in it (a missing or undecodable image) is raised in the training loop with its own message and
+    traceback; a reader thread that stops without a batch or an error is an error too, never a wait: the process
+    always exits.
+    """
+
+    def __init__(self, data: PackedData, collate, start: int, stop: int, prefetch: int = 2):
+        self.data, self.collate, self.start, self.stop, self.prefetch = data, collate, start, stop, prefetch
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read():
+            try:
+                for k in range(self.start, self.stop):
+                    batch = self.collate([self.data.pack(key) for key in self.data.micro_batch(k)])
+                    if not put(("batch", batch)):
+                        return
+                put(("end", None))
+            except BaseException as e:  # handed to the training loop, which raises it
+                put(("error", e))
+
+        thread = threading.Thread(target=read, name="datacopilot-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    kind, item = q.get(timeout=0.5)
+                except queue.Empty:
+                    if not thread.is_alive() and q.empty():
+                        raise DataCopilotError("the batch reader thread stopped without a batch or an error")
+                    continue
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield _as_tensors(item)
+        finally:
+            stop.set()
+
+
+def _as_tensors(batch: dict) -> dict:
     import paddle
 
-    class _Packs(paddle.io.Dataset):
-        def __len__(self):
-            return len(data.lengths)
-
-        def __getitem__(self, key):
-            return data.pack(key)
-
-    class _MicroBatches(paddle.io.Sampler):
-        def __iter__(self):
-            for k in range(start, stop):
-                yield data.micro_batch(k)
-
-        def __len__(self):
-            return stop - start
-
-    return paddle.io.DataLoader(_Packs(), batch_sampler=_MicroBatches(), collate_fn=collate, num_workers=0)
+    return {k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
-__all__ = ["PackedData", "ImageLoader", "make_loader"]
+def make_loader(data: PackedData, collate, start: int, stop: int):
+    """The micro-batches ``start .. stop-1`` of ``data`` as collated dicts of Paddle tensors (see :class:`Batches`)."""
+    return Batches(data, collate, start, stop)
+
+
+__all__ = ["PackedData", "ImageLoader", "Batches", "make_loader", "image_problem"]

@@ -67,7 +67,8 @@ def prepare(cfg: SFTConfig):
     tok = tokenize_dataset(ds, tpl, cfg.max_length, cache_dir=cache, num_workers=cfg.num_workers)
     images = ImageLoader(tok, cfg.image_size, cfg.image_token_count) if cfg.model_type == "vlm" else None
     data = PackedData(tok.to_arrow(), cfg.max_length, cfg.batch_size, seed=cfg.seed, strategy=cfg.pack_strategy,
-                      overlong=cfg.overlong, images=images)
+                      overlong=cfg.overlong, images=images, bad_samples=cfg.bad_samples)
+    data.check_images(num_workers=max(4, cfg.num_workers))  # before training: a bad image stops the run now
     return tokenizer, tok, data
 
 
@@ -100,22 +101,32 @@ def seed_all(seed: int) -> None:
     paddle.seed(seed)
 
 
-def sft(config, resume: bool = False, echo=print) -> dict:
+def sft(config, resume: bool = False, echo=print, stop_at: int | None = None) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns ``{"loss", "steps", "history", ...}``.
 
-    ``config`` is an :class:`SFTConfig`, a dict or a YAML path. With ``resume=True`` the newest checkpoint in
-    ``output_dir/checkpoints`` is restored (model, optimizer, scheduler, RNG, data cursor) and training continues
-    with the batches an uninterrupted run would have seen; without one, training starts from step 0.
+    ``config`` is an :class:`SFTConfig`, a dict or a YAML path. With ``resume=True`` the newest intact checkpoint
+    in ``output_dir/checkpoints`` is restored (model, optimizer, scheduler, RNG, data cursor) and training
+    continues with the batches and learning rates an uninterrupted run would have had; a damaged newer checkpoint
+    is reported by file name and skipped; without one, training starts from step 0. A resumed run must keep the
+    config keys that fix the data order and the schedule (``max_steps`` among them), or it is refused.
+
+    ``stop_at`` stops after that optimizer step (at most ``max_steps``) with a checkpoint and no final model; the
+    schedule and data order stay those of the configured ``max_steps``, so resuming to the end gives the
+    uninterrupted run's losses. Images are checked before training (``bad_samples`` in the config).
 
     >>> result = sft("sft.yaml")                                 # doctest: +SKIP
     >>> result["history"][0]["loss"] > result["loss"]            # doctest: +SKIP
     True
     """
     from .build import check_device, check_vocab, load_model, make_optimizer, require_training_stack
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .schedule import make_scheduler
+    from .checkpoint import load_latest
+    from .schedule import make_scheduler, set_step
 
     cfg = _config(config)
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1
+                                or stop_at > cfg.max_steps):
+        raise InputError(f"{cfg.source}: a run can stop at a step from 1 to max_steps ({cfg.max_steps}), got "
+                         f"{stop_at!r}; to train longer raise max_steps, which fixes the learning-rate schedule")
     require_training_stack()
     device = check_device(cfg)
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -126,32 +137,50 @@ def sft(config, resume: bool = False, echo=print) -> dict:
     scheduler = make_scheduler(cfg)
     optimizer = make_optimizer(cfg, model, scheduler)
     start, history = 0, []
-    ckpt = latest_checkpoint(cfg.output_dir) if resume else None
+    ckpt = load_latest(cfg.output_dir, model, optimizer, warn=echo) if resume else None
     if ckpt:
-        state = load_checkpoint(ckpt, model, optimizer)
-        _check_same_data(cfg, state, ckpt)
-        start, history = int(state["step"]), list(state["history"])
-        echo(f"resuming from {ckpt} at step {start}")
+        _check_same_run(cfg, ckpt.state, ckpt.path, data)
+        start, history = ckpt.step, list(ckpt.state["history"])
+        set_step(scheduler, start)  # the rate of step `start` of this schedule, not the saved scheduler's last
+        data.restore_skipped(ckpt.state.get("skipped") or [])
+        echo(f"resuming from {ckpt.path} at step {start}")
+        if stop_at is not None and stop_at < start:
+            raise InputError(f"{cfg.source}: the checkpoint {ckpt.path} is at step {start}, past the requested stop "
+                             f"at step {stop_at}")
     elif resume:
         echo(f"no checkpoint in {cfg.output_dir}; starting from step 0")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = Collate(cfg.max_length, cfg.attention, pad_id,
                       image_token_count=cfg.image_token_count if cfg.model_type == "vlm" else None)
     run = Run(cfg, model, optimizer, scheduler, data, collate, echo)
-    history = run.train(start, history)
+    history = run.train(start, history, stop=stop_at)
     return run.finish(history, tokenizer, device, len(tok))
 
 
-def _check_same_data(cfg: SFTConfig, state: dict, ckpt: str) -> None:
+def _check_same_run(cfg: SFTConfig, state: dict, ckpt: str, data) -> None:
+    """A resumed run must be the run its checkpoint was cut from: same data order, same schedule, same samples
+    skipped for bad images; else InputError saying which key changed and why it matters."""
+    from .schedule import SCHEDULE_KEYS
+
     saved = state.get("config", {})
     now = cfg.to_dict()
-    for key in DATA_ORDER_KEYS:
-        a, b = saved.get(key), now.get(key)
-        if key == "data":
-            a = [list(x) for x in a or []]
-        if key in saved and a != b:
-            raise InputError(f"{cfg.source}: {key}: is {b!r} but the checkpoint {ckpt} was written with {a!r}; "
-                             f"a resumed run must keep the keys that fix the data order ({', '.join(DATA_ORDER_KEYS)})")
+    for keys, what in ((DATA_ORDER_KEYS, "the data order"), (SCHEDULE_KEYS, "the learning-rate schedule")):
+        for key in keys:
+            a, b = saved.get(key), now.get(key)
+            if key == "data":
+                a = [list(x) for x in a or []]
+            if key in saved and a != b:
+                raise InputError(f"{cfg.source}: {key}: is {b!r} but the checkpoint {ckpt} was written with {a!r}; "
+                                 f"a resumed run must keep the keys that fix {what} ({', '.join(keys)}), or it "
+                                 f"would not repeat the run it continues; to stop a run early use --max-steps "
+                                 f"(stop_at) and keep max_steps")
+    if "skipped" in state:
+        then = sorted(r["sample"] for r in state["skipped"] if r.get("stage") == "check")
+        now_ = sorted(r["sample"] for r in data.skipped if r.get("stage") == "check")
+        if then != now_:
+            raise InputError(f"{cfg.source}: the samples with a bad image changed since the checkpoint {ckpt} "
+                             f"({len(then)} skipped then, {len(now_)} now): the data order would differ; fix the "
+                             f"images back or start again without resume")
 
 
 __all__ = ["sft", "load_data", "prepare", "Collate", "seed_all"]

@@ -165,12 +165,12 @@ def test_cli_train_and_resume(env, tmp_path):
 
     cfg = tmp_path / "sft.yaml"
     cfg.write_text(f"data: {env['shards']}\nmodel: {env['lm']}\ntokenizer: {env['tokenizer']}\noutput_dir: run\n"
-                   f"max_length: 192\nbatch_size: 2\nlr: 3e-3\nmax_steps: 2\nsave_every: 1\nnum_workers: 1\n")
+                   f"max_length: 192\nbatch_size: 2\nlr: 3e-3\nmax_steps: 3\nsave_every: 1\nnum_workers: 1\n")
     runner = CliRunner()
-    res = runner.invoke(main, ["train", str(cfg), "--no-progress"])
+    res = runner.invoke(main, ["train", str(cfg), "--no-progress", "--max-steps", "2"])  # stop early
     assert res.exit_code == 0, res.output
-    assert "step 2/2" in res.output and (tmp_path / "run" / "loss.png").is_file()
-    res = runner.invoke(main, ["train", str(cfg), "--no-progress", "--resume", "--max-steps", "3"])
+    assert "step 2/3" in res.output and (tmp_path / "run" / "loss.png").is_file()
+    res = runner.invoke(main, ["train", str(cfg), "--no-progress", "--resume"])
     assert res.exit_code == 0, res.output
     assert "resuming from" in res.output and "step 3/3" in res.output and "step 1/3" not in res.output
     cfg.write_text(cfg.read_text() + "batch: 3\n")
