@@ -485,6 +485,10 @@ class OpenAIBackend(Backend):
 def _closed_by_peer(sock) -> bool:
     """Whether an idle kept-alive socket is readable: the server closed it (or sent what nobody asked for)."""
     try:
+        if hasattr(select, "poll"):            # select() refuses descriptors past FD_SETSIZE
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
