@@ -272,10 +272,7 @@ class HttpFront:
                     elif key.data == "wake":
                         self._drain_wake()
                     elif not key.data.closed:
-                        if mask & selectors.EVENT_READ:
-                            self._read(key.data)
-                        if mask & selectors.EVENT_WRITE and not key.data.closed:
-                            self._flush(key.data)
+                        self._event(key.data, mask)
                 while self._replies:
                     conn, data, close = self._replies.popleft()
                     if not conn.closed:
@@ -296,6 +293,16 @@ class HttpFront:
         finally:
             self._stopped.set()
             self._teardown()
+
+    def _event(self, conn: _Conn, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read(conn)
+            if mask & selectors.EVENT_WRITE and not conn.closed:
+                self._flush(conn)
+        except Exception:  # noqa: BLE001 - one connection's fault closes that connection, not the server
+            log.exception("serve: a connection failed")
+            self._close(conn)
 
     def _timeout(self) -> float:
         now, soonest = time.monotonic(), 1.0

@@ -348,6 +348,40 @@ def test_close_answers_the_running_and_the_queued_requests(tmp_path):
     assert sorted(doc["choices"][0]["message"]["content"][:2] for _, doc in answers) == ["0r", "1r", "2r", "3r"]
 
 
+def test_mangled_requests_never_break_the_server(tmp_path):
+    """Seeded random cuts, flips and insertions into valid requests: each gets a well-formed JSON answer or a close,
+    no connection or reserved byte is leaked, and the server goes on serving."""
+    r = random.Random(13)
+    valid = [head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}") + CHAT, head("GET", "/health"),
+             head("POST", "/v1/chat/completions", f"Content-Length: {len(CHAT)}", "Connection: close") + CHAT]
+    with ChatServer(Recorder(spec(tmp_path)), port=0, limits=ServeLimits(read_timeout=5)) as server:
+        seen = set()
+        for _ in range(150):
+            data = bytearray(r.choice(valid) * r.randint(1, 2))
+            for _ in range(r.randint(1, 3)):
+                i = r.randrange(len(data))
+                kind = r.randrange(3)
+                if kind == 0:
+                    data[i] = r.choice(b"\r\n :-0a\x00\xff")
+                elif kind == 1:
+                    data[i:i] = r.choice([b"\r\n", b":", b"9", b" "])
+                else:
+                    del data[i:]
+            with connect(server) as s:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)         # nothing more is coming: a half request is closed at once
+                while True:
+                    try:
+                        status, doc, _ = read_response(s)
+                    except (http.client.RemoteDisconnected, ConnectionResetError):
+                        break
+                    assert status == 200 or (400 <= status < 500 and doc["error"]["code"] == status), doc
+                    seen.add(status)
+        assert {200, 400} <= seen, seen
+        wait_for(lambda: server.connections == 0, "every connection closed")
+        assert server._front.receiving == 0 and post(server.url, chat("abc"))[0] == 200
+
+
 def test_pipelined_requests_and_100_continue(tmp_path):
     with ChatServer(Recorder(spec(tmp_path)), port=0) as server:
         with connect(server) as s:
