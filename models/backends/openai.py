@@ -133,6 +133,11 @@ class Breaker:
     def is_open(self) -> bool:
         return self._open.is_set()
 
+    @property
+    def current_cooldown(self) -> float:
+        """The wait before the next probe: ``cooldown``, doubled by each failed probe (up to ``max_cooldown``)."""
+        return self._wait
+
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a probe through (0 when closed or due)."""
         return max(0.0, self._probe_at - time.monotonic()) if self._open.is_set() else 0.0
