@@ -1,20 +1,24 @@
-"""Training throughput on the tiny LM: packed (exact fit, the default) vs padded batches, same data, same steps.
+"""Training throughput on the tiny LM and VLM: varlen packed vs dense-mask packed vs padded, same data, same steps.
 
-Both runs use the training loop's own parts (``PackedData``, the Paddle DataLoader, the collator, the optimizer
-step of ``datacopilot.train``) on the same tokenized samples, with the same seed and number of optimizer steps:
+Every run uses the training loop's own parts (``PackedData``, the loader, the collator, the optimizer step of
+``datacopilot.train``) on the same tokenized samples, with the same seed, at each ``max_length``:
 
-- packed: ``batch_size`` packs of ``max_length`` tokens per step, samples placed by the default strategy (exact
-  fit), block diagonal causal mask;
-- padded: the same samples in the same shuffled order, ``batch_size * samples per pack`` of them per step (so each
-  step sees about as many samples as a packed step), every batch padded to its longest sample.
+- varlen: ``batch`` packs of ``max_length`` tokens per step (exact fit, the default), attention per segment
+  (``attention: varlen``, the default: buckets of near-equal segments, ``sum(si^2)``, no ``[L, L]`` mask);
+- dense: the same packs with the dense ``[B, 1, L, L]`` block-diagonal mask (``attention: dense``);
+- padded: the same samples in the same shuffled order, ``batch * samples per pack`` of them per step (so a step
+  sees about as many samples as a packed step), each batch padded to its longest sample, dense causal mask.
 
-Effective tokens/s counts target tokens only (labels != -100 after the shift), not padding and not prompt tokens.
-Lengths follow the text-heavy SFT distribution of ``bench/packing.py`` (lognormal, median 200, sigma 1.0), cut
-at ``max_length``; 30% of each sample is prompt (no labels). The first step of each run (warm-up) is not timed;
-the timed steps of the two runs alternate, so a busy shared machine slows both alike.
+``batch`` is ``tokens_per_step // max_length`` packs (4 at 1024, as before; 1 at 4096), so every run's step holds
+about the same tokens. Effective tokens/s counts target tokens only (labels != -100 after the shift), not padding
+and not prompt tokens. Lengths follow the text-heavy SFT distribution of ``bench/packing.py`` (lognormal, median
+200, sigma 1.0), cut at ``max_length``; 30% of each sample is prompt. For the VLM every other sample carries one
+32x32 image (``image_tokens`` tokens after a 2-token prefix, no labels on them). The first step of each run is not
+timed; the timed steps of the three runs alternate, so a busy shared machine slows all of them alike.
 
-    python bench/train_throughput.py                  # prints both rates and the ratio, writes RESULTS_train.md
-    python bench/packing.py --train                   # the same, appended to the packing results
+    python bench/train_throughput.py --out /tmp/train.md             # 1024, 2048, 4096; LM and VLM
+    python bench/train_throughput.py --lengths 1024 --models lm       # one configuration
+    python bench/packing.py --train                                   # appended to the packing results
 """
 
 from __future__ import annotations
@@ -28,33 +32,57 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGET_RATIO = 1.68
-DEFAULTS = {"samples": 2000, "max_length": 1024, "batch_size": 4, "steps": 12, "vocab": 1000, "hidden": 128,
-            "layers": 2, "seed": 0}
+TARGET_PADDED = 1.68   # packed / padded, kept from the packing work
+TARGET_VARLEN = 1.5    # varlen / dense-mask packed at the longest max_length
+IMAGE_TOKEN = 3
+DEFAULTS = {"samples": 2000, "tokens_per_step": 4096, "steps": 3, "vocab": 1000, "hidden": 128, "layers": 2,
+            "image_tokens": 16, "seed": 0}
+LISTS = {"lengths": "1024,2048,4096", "models": "lm,vlm"}
+MODES = ("varlen", "dense", "padded")
 
 
-def synthetic_table(n: int, max_length: int, vocab: int, seed: int):
-    """Tokenized samples as the tokenizer leaves them: input_ids, labels (-100 on the first 30%), length."""
+def synthetic_table(n: int, max_length: int, vocab: int, seed: int, image_tokens: int = 0):
+    """Tokenized samples as the tokenizer leaves them: input_ids, labels (-100 on the first 30%), length; with
+    ``image_tokens`` every other sample has one image at offset 2 (its tokens labelled -100)."""
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(np.log(200), 1.0, n).astype(np.int64), 8, max_length)
-    ids, labels = [], []
-    for n_tok in lengths:
-        x = rng.integers(3, vocab, n_tok)
+    lengths = np.clip(rng.lognormal(np.log(200), 1.0, n).astype(np.int64), 8 + image_tokens, max_length)
+    ids, labels, offsets = [], [], []
+    for i, n_tok in enumerate(lengths):
+        x = rng.integers(4, vocab, n_tok)
         y = x.copy()
         y[: max(1, int(0.3 * n_tok))] = -100
+        off = []
+        if image_tokens and i % 2 == 0:
+            off = [2]
+            x[2:2 + image_tokens] = IMAGE_TOKEN
+            y[: 2 + image_tokens] = -100
         ids.append(x.astype(np.int32))
         labels.append(y.astype(np.int32))
+        offsets.append(off)
     return pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())),
                      "labels": pa.array(labels, pa.list_(pa.int32())),
+                     "image_offsets": pa.array(offsets, pa.list_(pa.int32())),
                      "length": pa.array(lengths.astype(np.int32))})
 
 
-class Trainer:
-    """One run (``"packed"`` or ``"padded"``) of the training loop's parts; :meth:`step` does one optimizer step."""
+class SyntheticImages:
+    """``i -> [one float32 [3, size, size] array]`` for samples with an image (seeded by ``i``)."""
 
-    def __init__(self, mode: str, table, model_dir: str, max_length: int, batch_size: int, steps: int, seed: int):
+    def __init__(self, size: int, token_count: int):
+        self.size, self.token_count = size, token_count
+
+    def __call__(self, i: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(i)
+        return [rng.uniform(-1, 1, (3, self.size, self.size)).astype(np.float32)]
+
+
+class Trainer:
+    """One run (a mode of :data:`MODES`) of the training loop's parts; :meth:`step` does one optimizer step."""
+
+    def __init__(self, mode: str, kind: str, table, model_dir: str, max_length: int, batch_size: int, steps: int,
+                 seed: int, image_tokens: int):
         from datacopilot.train import SFTConfig
         from datacopilot.train.build import load_model, make_optimizer
         from datacopilot.train.data import PackedData, make_loader
@@ -62,20 +90,24 @@ class Trainer:
         from datacopilot.train.runner import Run
         from datacopilot.train.schedule import make_scheduler
 
+        attention = "varlen" if mode == "varlen" else "dense"
         cfg = SFTConfig(data="synthetic", model=model_dir, tokenizer="-", output_dir=tempfile.mkdtemp(),
-                        max_length=max_length, batch_size=batch_size, max_steps=steps + 1, lr=1e-3, seed=seed,
+                        model_type=kind, max_length=max_length, batch_size=batch_size, max_steps=steps + 1, lr=1e-3,
+                        seed=seed, attention=attention, image_token_count=image_tokens, image_size=32,
                         progress=False).check()
         seed_all(seed)
-        data = PackedData(table, max_length, batch_size, seed=seed)
+        images = SyntheticImages(32, image_tokens) if kind == "vlm" else None
+        data = PackedData(table, max_length, batch_size, seed=seed, images=images)
         self.samples_per_pack = len(data.lengths) / len(data.epoch(0)[0])
         if mode == "padded":
             data = PackedData(table, max_length, max(1, round(batch_size * self.samples_per_pack)), seed=seed,
-                              mode="padded")
+                              mode="padded", images=images)
         model = load_model(cfg)
         scheduler = make_scheduler(cfg)
         self.mode, self.data = mode, data
         self.run = Run(cfg, model, make_optimizer(cfg, model, scheduler), scheduler, data,
-                       Collate(max_length, "dense", 0, padded=mode == "padded"), print)
+                       Collate(max_length, attention, 0, padded=mode == "padded",
+                               image_token_count=image_tokens if kind == "vlm" else None), print)
         self.run._step = 0
         self.loader = iter(make_loader(data, self.run.collate, 0, steps + 1))
         self.timed: list[dict] = []
@@ -96,56 +128,88 @@ class Trainer:
                 "loss_first": self.timed[0]["loss"], "loss_last": self.timed[-1]["loss"]}
 
 
-def measure(table, model_dir: str, max_length: int, batch_size: int, steps: int, seed: int) -> tuple[dict, dict]:
-    """Packed and padded runs, their steps interleaved (so load on a shared machine hits both alike)."""
-    runs = [Trainer(mode, table, model_dir, max_length, batch_size, steps, seed) for mode in ("packed", "padded")]
+def measure(kind: str, table, model_dir: str, max_length: int, batch_size: int, steps: int, seed: int,
+            image_tokens: int) -> dict[str, dict]:
+    """The three runs of :data:`MODES`, their steps interleaved (load on a shared machine hits all alike)."""
+    runs = [Trainer(m, kind, table, model_dir, max_length, batch_size, steps, seed, image_tokens) for m in MODES]
     for r in runs:
         r.step(timed=False)  # warm-up: paddle's kernels and allocator
     for _ in range(steps):
         for r in runs:
             r.step()
-    return runs[0].summary(), runs[1].summary()
+    return {r.mode: r.summary() for r in runs}
 
 
-def run(args=None, **overrides) -> list[str]:
-    """Measure packed and padded; return markdown lines (``bench/packing.py --train`` appends them)."""
-    from datacopilot.models.lm import build_tiny_lm
-
-    opts = dict(DEFAULTS)
+def _options(args, overrides) -> dict:
+    opts = {**DEFAULTS, **LISTS}
     if args is not None:
         opts["seed"] = getattr(args, "seed", opts["seed"])
-        for key in DEFAULTS:
+        for key in list(DEFAULTS) + list(LISTS):
             value = getattr(args, f"train_{key}", None)
             if value is not None:
                 opts[key] = value
     opts.update(overrides)
-    table = synthetic_table(opts["samples"], opts["max_length"], opts["vocab"], opts["seed"])
+    opts["lengths"] = [int(x) for x in str(opts["lengths"]).split(",")]
+    opts["models"] = [x.strip() for x in str(opts["models"]).split(",")]
+    return opts
+
+
+def run(args=None, **overrides) -> list[str]:
+    """Measure every model x max_length x mode; return markdown lines (``bench/packing.py --train`` appends them)."""
+    from datacopilot.models.lm import build_tiny_lm
+    from datacopilot.models.vlm import build_tiny_vlm
+
+    opts = _options(args, overrides)
+    rows, ratios = [], []
+    top = max(opts["lengths"])
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_lm(os.path.join(tmp, "lm"), opts["vocab"], hidden=opts["hidden"],
-                                  layers=opts["layers"], max_position=opts["max_length"], seed=opts["seed"])
-        packed, padded = measure(table, model_dir, opts["max_length"], opts["batch_size"], opts["steps"],
-                                 opts["seed"])
-    ratio = packed["tokens_per_s"] / padded["tokens_per_s"]
-    verdict = "meets" if ratio >= TARGET_RATIO else "misses"
-    return [
-        "## Training throughput: packed vs padded (tiny LM, CPU)", "",
-        f"Tiny PaddleNLP Llama ({opts['layers']} layers, hidden {opts['hidden']}, vocab {opts['vocab']}), "
-        f"{opts['samples']} synthetic samples (lognormal, median 200, cut at {opts['max_length']}; 30% prompt), "
-        f"{opts['steps']} timed optimizer steps each after one warm-up step (packed and padded steps "
-        f"interleaved), seed {opts['seed']}, "
-        f"{os.cpu_count()} CPU core(s), paddle dense attention.", "",
-        "| run | batch per step | fill | effective tokens/s (target tokens) | first -> last loss |",
-        "|---|---|---:|---:|---|",
-        f"| packed (exact fit) | {opts['batch_size']} packs x {opts['max_length']} | {packed['fill']:.1%} | "
-        f"{packed['tokens_per_s']:,.0f} | {packed['loss_first']:.3f} -> {packed['loss_last']:.3f} |",
-        f"| padded | {padded['batch_size']} samples, padded to the batch's longest | {padded['fill']:.1%} | "
-        f"{padded['tokens_per_s']:,.0f} | {padded['loss_first']:.3f} -> {padded['loss_last']:.3f} |", "",
-        f"**packed / padded = {ratio:.2f}x** (target >= {TARGET_RATIO}x: {verdict}).", "",
-        f"The ratio follows the padded batches' fill ({padded['fill']:.1%}, so 1 / fill = "
-        f"{1 / padded['fill']:.2f}x): a step's cost tracks the positions it computes, real or padding. Dense CPU "
-        "attention also computes the masked-out blocks of each pack's L x L scores; at this model size that "
-        "does not dominate.", "",
+        for kind in opts["models"]:
+            path = os.path.join(tmp, kind)
+            if kind == "vlm":
+                build_tiny_vlm(path, opts["vocab"], image_token_count=opts["image_tokens"], image_size=32,
+                               hidden=opts["hidden"], layers=opts["layers"], max_position=top,
+                               image_token_id=IMAGE_TOKEN, seed=opts["seed"])
+            else:
+                build_tiny_lm(path, opts["vocab"], hidden=opts["hidden"], layers=opts["layers"], max_position=top,
+                              seed=opts["seed"])
+            for length in opts["lengths"]:
+                image_tokens = opts["image_tokens"] if kind == "vlm" else 0
+                table = synthetic_table(opts["samples"], length, opts["vocab"], opts["seed"], image_tokens)
+                batch = max(1, opts["tokens_per_step"] // length)
+                res = measure(kind, table, path, length, batch, opts["steps"], opts["seed"], opts["image_tokens"])
+                print(f"{kind} {length}: " + ", ".join(f"{m} {res[m]['tokens_per_s']:,.0f} tok/s" for m in MODES),
+                      flush=True)
+                for m in MODES:
+                    r = res[m]
+                    shape = (f"{r['batch_size']} packs x {length}" if m != "padded"
+                             else f"{r['batch_size']} samples, padded")
+                    rows.append(f"| {kind} | {length} | {m} | {shape} | {r['fill']:.1%} | {r['tokens_per_s']:,.0f} | "
+                                f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
+                rate = {m: res[m]["tokens_per_s"] for m in MODES}
+                ratios.append((kind, length, rate["varlen"] / rate["dense"], rate["varlen"] / rate["padded"],
+                               rate["dense"] / rate["padded"]))
+    out = [
+        "## Training throughput: varlen packed vs dense-mask packed vs padded (tiny LM and VLM, CPU)", "",
+        f"Tiny PaddleNLP Llama ({opts['layers']} layers, hidden {opts['hidden']}, vocab {opts['vocab']}; the VLM "
+        f"adds a 1-layer vision encoder, one 32x32 image = {opts['image_tokens']} tokens on every other sample), "
+        f"{opts['samples']} synthetic samples (lognormal, median 200, cut at max_length; 30% prompt), "
+        f"{opts['tokens_per_step']} tokens per packed step, {opts['steps']} timed optimizer steps per run after one "
+        f"warm-up step (the three runs' steps interleaved), seed {opts['seed']}, {os.cpu_count()} CPU core(s).", "",
+        "| model | max_length | run | batch per step | fill | effective tokens/s (target tokens) "
+        "| first -> last loss |",
+        "|---|---:|---|---|---:|---:|---|", *rows, "",
+        "| model | max_length | varlen / dense-mask packed | varlen / padded | dense-mask packed / padded |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {k} | {n} | **{a:.2f}x** | **{b:.2f}x** | {c:.2f}x |" for k, n, a, b, c in ratios], "",
     ]
+    for kind, n, a, b, _ in ratios:
+        if n == top:
+            out.append(f"- {kind} at {n}: varlen / dense-mask packed {a:.2f}x (target >= {TARGET_VARLEN}x: "
+                       f"{'meets' if a >= TARGET_VARLEN else 'misses'}).")
+    for kind, n, a, b, _ in ratios:
+        out.append(f"- {kind} at {n}: packed (varlen) / padded {b:.2f}x (target >= {TARGET_PADDED}x: "
+                   f"{'meets' if b >= TARGET_PADDED else 'misses'}).")
+    return out + [""]
 
 
 def main(argv=None) -> None:
@@ -153,10 +217,13 @@ def main(argv=None) -> None:
     for key, value in DEFAULTS.items():
         ap.add_argument(f"--{key.replace('_', '-')}", dest=f"train_{key}" if key != "seed" else "seed",
                         type=int, default=value)
+    for key, value in LISTS.items():
+        ap.add_argument(f"--{key}", dest=f"train_{key}", default=value, help=f"comma-separated (default {value})")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS_train.md"))
     args = ap.parse_args(argv)
     lines = run(args)
-    text = "\n".join(["# Training throughput", "", "Command: `python bench/train_throughput.py`", ""] + lines)
+    command = "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = "\n".join(["# Training throughput", "", f"Command: `{command.strip()}`", ""] + lines)
     print(text)
     with open(args.out, "w") as f:
         f.write(text + "\n")

@@ -20,7 +20,7 @@ position is a segment of length 1 (it attends only to itself, as in :func:`block
 
 Example:
     >>> plan = varlen_plan([[3, 2]], 6)
-    >>> plan.buckets.tolist()          # a padding position (m=1); segments of 3 and 2 in one bucket of 6 (8, capped at L)
+    >>> plan.buckets.tolist()   # a padding position (m=1); segments of 3 and 2 in one bucket of 6 (8, capped at L)
     [[1, 1, 0], [6, 2, 1]]
     >>> plan.gather.tolist()
     [5, 0, 1, 2, 6, 6, 6, 3, 4, 6, 6, 6, 6]

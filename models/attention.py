@@ -59,7 +59,7 @@ BATCH_KEYS = {"varlen": ("varlen_gather", "varlen_scatter", "varlen_buckets"),
               "cu_seqlens": ("cu_seqlens", "max_seqlen"), "flashmask": ("attn_mask_startend_row_indices",)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Segments:
     """The segments of a packed batch ``[batch, length]`` and the kernel (``kind``) that attends over them.
 
@@ -93,21 +93,22 @@ class Segments:
             arrays = {"cu_seqlens": cu, "max_seqlen": int(np.diff(cu).max())}
         else:
             arrays = {"attn_mask_startend_row_indices": flashmask_row_indices(batch_seq_lens, length)}
-        return cls.from_batch({**arrays, "shape": (len(batch_seq_lens), int(length))}, kind)
+        return cls._from_arrays(arrays, kind, len(batch_seq_lens), int(length))
 
     @classmethod
     def from_batch(cls, batch: dict, kind: str) -> "Segments":
         """Segments of a batch from :class:`~datacopilot.train.collate.PackedCollator` (numpy or tensors)
         collated with ``attention=kind``; InputError names a missing key."""
         _check_kind(kind)
-        missing = [k for k in BATCH_KEYS[kind] if k not in batch]
+        missing = [k for k in BATCH_KEYS[kind] + ("input_ids",) if k not in batch]
         if missing:
             raise InputError(f"attention: {kind!r}: the batch has no {', '.join(map(repr, missing))}; collate it "
                              f"with PackedCollator(attention={kind!r})")
-        if "shape" in batch:
-            b, length = batch["shape"]
-        else:
-            b, length = (int(x) for x in batch["input_ids"].shape)
+        b, length = (int(x) for x in batch["input_ids"].shape)
+        return cls._from_arrays(batch, kind, b, length)
+
+    @classmethod
+    def _from_arrays(cls, batch: dict, kind: str, b: int, length: int) -> "Segments":
         if kind == "varlen":
             buckets = tuple(tuple(int(x) for x in row) for row in _numpy(batch["varlen_buckets"]).reshape(-1, 3))
             return cls(kind, b, length, gather=_tensor(batch["varlen_gather"], "int64"),
