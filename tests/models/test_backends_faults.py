@@ -95,7 +95,8 @@ class Server:
                         said = f"{'x' * 130} invalid credentials: {auth} (check your key)"   # the key at 182..232
                         if kind == "echo200":
                             content = f'["color"] you sent {auth}'
-                            return self.reply(200, json.dumps({"choices": [{"message": {"content": content}}]}).encode())
+                            doc = {"choices": [{"message": {"content": content}}]}
+                            return self.reply(200, json.dumps(doc).encode())
                         return self.reply(int(kind[4:]), json.dumps({"error": {"message": said}}).encode())
                     self.reply(200, answer)
                 except OSError:
@@ -332,7 +333,8 @@ def test_redact_removes_the_key_its_fragments_and_auth_values_before_anything_is
     assert redact(f"got '{half}' then '{KEY[-9:]}'", KEY) == "got '***' then '***'"
     assert redact(f"{KEY[:7]} is only 7 characters of it", KEY) == f"{KEY[:7]} is only 7 characters of it"
     assert redact('{"Authorization": "Bearer abc.def/ghi=="}') == '{"Authorization": "Bearer ***"}'
-    assert redact("x-api-key: k123, api_key='zz', access_token=t0k") == "x-api-key: ***, api_key='***', access_token=***"
+    assert (redact("x-api-key: k123, api_key='zz', access_token=t0k")
+            == "x-api-key: ***, api_key='***', access_token=***")
     assert redact("short key abcd here", "abcd") == "short key *** here"
     assert redact("nothing secret", KEY) == "nothing secret"
 
