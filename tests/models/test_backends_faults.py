@@ -24,6 +24,8 @@ import datacopilot as dc
 from datacopilot.errors import OperatorError
 from datacopilot.operators import create
 
+from ..executors._ray import executor, ray_session  # noqa: F401
+
 KEY = "sk-live-9f8e7d6c5b4a39281706f5e4d3c2b1a0ZYXWVUTSRQ"
 MARK = re.compile(r"\b(ok|e500|e400|drop|echo400|echo500|echo200)-(\d+)\b")
 
@@ -186,11 +188,11 @@ def test_a_trickle_within_the_deadline_is_answered():
 
 
 # -- one retry budget per row -------------------------------------------------------------------------------------
-def test_a_failing_row_costs_at_most_max_retries_plus_one_calls(tmp_path):
+def test_a_failing_row_costs_at_most_max_retries_plus_one_calls(executor):
     names = ["ok-0", "e500-1", "ok-2", "e400-3", "drop-4", "ok-5", "e500-6"]
-    with Server() as server:
+    with Server() as server:                           # counts the calls wherever the backend runs (a Ray actor)
         op = tag(server.endpoint, max_retries=2, breaker_after=0)
-        out = dc.pipeline(rows(names), on_error="quarantine").apply(op).collect()
+        out = dc.pipeline(rows(names), on_error="quarantine").apply(op).collect(executor=executor)
     rec = out.history()[-1]
     assert rec.failed == 4 and len(out.quarantine) == 4
     assert sorted(out.quarantine.to_arrow().column("id").to_pylist()) == ["r1", "r3", "r4", "r6"]
