@@ -21,7 +21,14 @@ What is measured, per (size, side):
   per output block gives its row count; after the measured run, a task per block a digest of its rows' positions
   and ids), so this is what the plan holds on the driver, not its result. Both sides' ids (in order) and rows out are
   checked equal.
-* *time per row*: the run's wall time (execute plus the per-block row counts) over the input rows.
+* *time per row*: the run's wall time (execute plus the per-block row counts) over the input rows; and, as the
+  wall time is noise on a loaded machine, the *CPU seconds per row* of every process of the cluster (driver, GCS,
+  raylets, agents, workers: :class:`TreeCPU`), also *net* of the cluster's idle CPU (its rate over the
+  :data:`IDLE` seconds before the run, times the run's wall time: idle processes poll, so the gross figure grows
+  with the wall time too).
+* *spilled*: the most bytes the nodes held spilled to disk at once during the run (read every 5 s from the
+  raylets' ``ray_spill_manager_objects_bytes{State="Spilled"}``), with the spill and restore requests: object
+  stores are ``--store-mb`` a worker node (``--head-store-mb`` the head), so a size past them spills.
 * *bytes between nodes*: the sum over all nodes of the raylets' ``ray_object_manager_bytes{Type="Received"}``
   counter (bytes of objects the node's object manager pulled from another node's object store), scraped from each
   node's metrics endpoint before and after the run (``RAY_metrics_report_interval_ms=1000``; read until it stops
@@ -40,6 +47,7 @@ fetches (every block into every output task) are not what this counter sees.
     python bench/scale.py                          # 1M, 2M, 4M rows (hours, and memory, on a real machine)
     python bench/scale.py --rows 100000            # 100k, 200k, 400k
     python bench/scale.py --rows 20000 --sizes 1 2 --workers 2
+    python bench/scale.py --report                 # the tables of the last run's saved results (--json)
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ FILES = 16  # files of the 4N rows; size kN reads the first 4k
 WINDOW = 4096  # duplicates copy one of the previous WINDOW rows
 EXACT, NEAR = 0.15, 0.12
 SIDES = ("partitioned", "driver")
+IDLE = 6.0  # seconds the cluster's idle CPU is measured before each run
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -109,30 +118,39 @@ def ensure_data(n: int) -> tuple[str, list[str], str]:
 
 
 # -- on the cluster's driver ----------------------------------------------------------------------------------
-def received_bytes() -> float:
-    """Bytes the object managers of all alive nodes received from other nodes so far (their raylets' counter)."""
+def metrics() -> dict:
+    """Sums over all alive nodes of the raylets' counters read here: ``moved``, the bytes their object managers
+    received from other nodes (``ray_object_manager_bytes{Type="Received"}``); ``spills`` and ``restores``, the
+    spill manager's requests; ``spilled``, the bytes of objects spilled to disk now."""
     import ray
 
-    total = 0.0
+    got = {"moved": 0.0, "spills": 0.0, "restores": 0.0, "spilled": 0.0}
     for node in ray.nodes():
         if not node["Alive"]:
             continue
         url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         for line in text.splitlines():
+            value = line.rsplit(" ", 1)[-1]
             if line.startswith("ray_object_manager_bytes{") and 'Type="Received"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+                got["moved"] += float(value)
+            elif line.startswith("ray_spill_manager_request_total{") and 'Type="Spilled"' in line:
+                got["spills"] += float(value)
+            elif line.startswith("ray_spill_manager_request_total{") and 'Type="Restored"' in line:
+                got["restores"] += float(value)
+            elif line.startswith("ray_spill_manager_objects_bytes{") and 'State="Spilled"' in line:
+                got["spilled"] += float(value)
+    return got
 
 
-def settled_bytes(every: float = 1.5, tries: int = 20) -> float:
-    """:func:`received_bytes` once two readings ``every`` seconds apart agree (the counters are reported each
+def settled() -> dict:
+    """:func:`metrics` once two readings 1.5 s apart agree on the bytes moved (the counters are reported each
     second)."""
-    last = received_bytes()
-    for _ in range(tries):
-        time.sleep(every)
-        now = received_bytes()
-        if now == last:
+    last = metrics()
+    for _ in range(20):
+        time.sleep(1.5)
+        now = metrics()
+        if now["moved"] == last["moved"]:
             return now
         last = now
     return last
@@ -220,9 +238,13 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     from datacopilot.executors.ray import RayOptions, execute
 
     me = psutil.Process()
-    before = settled_bytes()
+    idle, t_idle = TreeCPU(), time.perf_counter()  # the cluster's CPU when it runs nothing: per second
+    before = settled()
+    time.sleep(max(0.0, IDLE - (time.perf_counter() - t_idle)))
+    idle.sample()
+    idle_rate = idle.totals()[0] / (time.perf_counter() - t_idle)
     start = me.memory_info().rss
-    peak, stop = [start], threading.Event()
+    peak, stop, spilled = [start], threading.Event(), [0.0]
     cpu = TreeCPU()
 
     def watch():  # the driver's RSS every 20 ms (with ``sample``), the cluster's CPU times every second
@@ -234,6 +256,10 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
                 cpu.own += time.thread_time() - t0
             if n % 50 == 0:
                 cpu.sample()
+            if n % 250 == 0:  # the bytes spilled to disk now, every 5 s
+                t0 = time.thread_time()
+                spilled[0] = max(spilled[0], metrics()["spilled"])
+                cpu.own += time.thread_time() - t0
             n += 1
             time.sleep(0.02)
 
@@ -248,7 +274,8 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     t.join()
     cpu.sample()
     cpu_s, driver_cpu, procs = cpu.totals()
-    moved = settled_bytes() - before
+    after = settled()
+    moved = after["moved"] - before["moved"]
     bases = [0]
     for n in got[:-1]:
         bases.append(bases[-1] + n)
@@ -256,7 +283,9 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     del refs
     return {"secs": secs, "rows_out": sum(got), "out_blocks": len(got), "ids": f"{ids:016x}",
             "peak_mb": peak[0] / 2**20, "growth_mb": (peak[0] - start) / 2**20, "moved": moved,
-            "cpu": cpu_s, "driver_cpu": driver_cpu, "procs": procs,
+            "cpu": cpu_s, "driver_cpu": driver_cpu, "procs": procs, "idle_cpu_per_s": idle_rate,
+            "net_cpu": cpu_s - idle_rate * secs, "spills": after["spills"] - before["spills"],
+            "restores": after["restores"] - before["restores"], "spilled_peak": max(spilled[0], after["spilled"]),
             "blocks": ray_group.DRIVER.get("blocks")}
 
 
@@ -281,7 +310,8 @@ def side_run(paths, warm, side: str, a) -> dict:
     from tests._cluster import ClusterSession
 
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the raylets' counters reported each second
-    with ClusterSession(workers=a.workers, timeout=a.timeout, store_mb=a.store_mb) as c:
+    with ClusterSession(workers=a.workers, timeout=a.timeout, store_mb=a.store_mb,
+                        head_store_mb=a.head_store_mb) as c:
         if c.off_loopback:
             raise SystemExit(f"Ray listens off loopback: {c.off_loopback}")
         return c.call("bench.scale:measure", paths, warm, side, a.block_rows, a.threshold)
@@ -296,9 +326,12 @@ def main(argv=None) -> int:
     ap.add_argument("--block-rows", type=int, default=8192)
     ap.add_argument("--threshold", type=float, default=0.7, help="dedup_near_text's threshold")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds a side may take")
-    ap.add_argument("--store-mb", type=int, default=2048,
-                    help="each node's object store in MiB (default 2048: 6 GiB on a head and 2 workers; Ray's "
-                         "default is 30%% of the machine's memory per node)")
+    ap.add_argument("--store-mb", type=int, default=3584,
+                    help="each worker node's object store in MiB (default 3584; Ray's default is 30%% of the "
+                         "machine's memory per node)")
+    ap.add_argument("--head-store-mb", type=int, default=512,
+                    help="the head's object store in MiB (default 512: it runs no task; 7.5 GiB in all with 2 "
+                         "workers)")
     ap.add_argument("--json", default=os.path.join(HERE, "_data", "scale_results.json"),
                     help="results written here after each (size, side), so a run cut short keeps what finished")
     ap.add_argument("--report", action="store_true", help="print the tables of --json's results, run nothing")
@@ -315,15 +348,16 @@ def main(argv=None) -> int:
     _, paths, warm = ensure_data(a.rows)
     res: dict = {}
     args = {"rows": a.rows, "workers": a.workers, "block_rows": a.block_rows, "threshold": a.threshold,
-            "store_mb": a.store_mb}
+            "store_mb": a.store_mb, "head_store_mb": a.head_store_mb}
     for k in sorted(a.sizes):
         rows = a.rows * k
         for side in SIDES:
             print(f"{time.strftime('%H:%M:%S')} {rows:,} rows, {side} barriers ...", file=sys.stderr, flush=True)
             res[rows, side] = side_run(paths[:4 * k], warm, side, a)
             g = res[rows, side]["plan"]
-            print(f"  plan {g['secs']:.0f} s, cluster CPU {g['cpu']:.0f} s (driver {g['driver_cpu']:.0f} s), driver "
-                  f"peak {g['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+            print(f"  plan {g['secs']:.0f} s, cluster CPU {g['cpu']:.0f} s (net of idle {g['net_cpu']:.0f} s, "
+                  f"driver {g['driver_cpu']:.0f} s), driver peak {g['peak_mb']:.0f} MB, spilled "
+                  f"{g['spilled_peak'] / 2**20:.0f} MB", file=sys.stderr, flush=True)
             with open(a.json, "w") as f:  # after each side: a run cut short keeps what finished
                 json.dump({"args": args, "runs": [{"rows": r, "side": sd, "res": v} for (r, sd), v in res.items()]},
                           f, indent=1)
@@ -340,35 +374,39 @@ def report(res: dict, a: dict) -> int:
     sides = [sd for sd in SIDES if any(k[1] == sd for k in res)]
     nodes = next(iter(res.values()))["nodes"]
     print(f"\nplan: clean_whitespace -> dedup_exact -> dedup_near_text({a['threshold']}) -> shuffle; {a['workers']} "
-          f"worker nodes of 1 CPU + a 0-CPU head ({nodes} nodes), object stores of {a['store_mb']} MiB, blocks of "
-          f"{a['block_rows']:,} rows; rows out equal on both sides (ids in order). CPU: user + system seconds of "
-          f"every process of the cluster (driver, GCS, raylets, workers)")
+          f"worker nodes of 1 CPU + a 0-CPU head ({nodes} nodes), object stores of {a['store_mb']} MiB a worker "
+          f"and {a.get('head_store_mb') or a['store_mb']} MiB the head, blocks of {a['block_rows']:,} rows; rows "
+          f"out equal on both sides (ids in order). CPU: user + system seconds of every process of the cluster "
+          f"(driver, GCS, raylets, workers); net: less the cluster's idle CPU rate (measured before the run) "
+          f"times the run's wall time; spilled: the most bytes held spilled to disk at once")
     print(f"{'rows':>10} {'barriers':>12} {'seconds':>8} {'us/row':>7} {'CPU s':>7} {'CPU us/row':>10} "
-          f"{'driver CPU s':>12} {'driver peak MB':>15} {'growth MB':>10} {'KB/block':>9} {'rows out':>9} "
-          f"{'moved MB':>9}")
+          f"{'net us/row':>10} {'driver CPU s':>12} {'driver peak MB':>15} {'growth MB':>10} {'KB/block':>9} "
+          f"{'rows out':>9} {'moved MB':>9} {'spilled MB':>10}")
     for rows in sizes:
         for side in sides:
             if (rows, side) not in res:
                 continue
             g = res[rows, side]["plan"]
             print(f"{rows:>10,} {side:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['cpu']:>7.0f} "
-                  f"{g['cpu'] / rows * 1e6:>10.1f} {g['driver_cpu']:>12.1f} {g['peak_mb']:>15.0f} "
-                  f"{g['growth_mb']:>10.1f} {g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
-                  f"{g['moved'] / 2**20:>9.1f}")
+                  f"{g['cpu'] / rows * 1e6:>10.1f} {g.get('net_cpu', g['cpu']) / rows * 1e6:>10.1f} "
+                  f"{g['driver_cpu']:>12.1f} {g['peak_mb']:>15.0f} {g['growth_mb']:>10.1f} "
+                  f"{g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
+                  f"{g['moved'] / 2**20:>9.1f} {g.get('spilled_peak', 0) / 2**20:>10.0f}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\n{'':>10} {'barriers':>12} {'peak ' + f'{hi // lo}x rows':>14} {'growth':>8} "
-              f"{'wall us/row per doubling':>25} {'CPU us/row per doubling':>24}")
+              f"{'wall us/row per doubling':>25} {'CPU us/row per doubling':>24} {'net CPU per doubling':>21}")
         for side in sides:
             have = [r for r in sizes if (r, side) in res]
             g = [res[r, side]["plan"] for r in have]
 
             def per(key):
-                return " ".join(f"{b[key] / r2 / (a_[key] / r1):.2f}x"
+                return " ".join(f"{b.get(key, b['cpu']) / r2 / (a_.get(key, a_['cpu']) / r1):.2f}x"
                                 for a_, b, r1, r2 in zip(g, g[1:], have, have[1:]))
 
             print(f"{'':>10} {side:>12} {g[-1]['peak_mb'] / g[0]['peak_mb']:>13.2f}x "  # over the sizes it has
-                  f"{g[-1]['growth_mb'] / max(g[0]['growth_mb'], 1e-9):>7.2f}x {per('secs'):>25} {per('cpu'):>24}")
+                  f"{g[-1]['growth_mb'] / max(g[0]['growth_mb'], 1e-9):>7.2f}x {per('secs'):>25} {per('cpu'):>24} "
+                  f"{per('net_cpu'):>21}")
     print(f"\nbytes received between nodes (sum of the raylets' object manager counters) by shuffle alone, and by "
           f"clean_whitespace alone (read + mapper, no barrier)")
     print(f"{'rows':>10} {'blocks':>7} {'barriers':>12} {'shuffle MB':>11} {'MB/block':>9} {'mapper MB':>10} "

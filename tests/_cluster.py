@@ -22,7 +22,8 @@ Usage, one cluster per test module::
         assert cluster.off_loopback == []
         got = cluster.call("tests.executors._dist:exact", table)
 
-Run as ``python -m tests._cluster READ_FD WRITE_FD WORKERS STORE_MB`` it is the child (inside the namespace).
+Run as ``python -m tests._cluster READ_FD WRITE_FD WORKERS STORE_MB HEAD_STORE_MB`` it is the child (inside the
+namespace).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def off_loopback() -> list[str]:
     return bad
 
 
-def start(workers: int = 3, store_mb: int = 0):
+def start(workers: int = 3, store_mb: int = 0, head_store_mb: int = 0):
     """Start a cluster in this process (which should be in a loopback-only namespace) and connect ray to it.
-    ``store_mb``: each node's object store in MiB (0: Ray's default, 30% of the machine's memory per node)."""
+    ``store_mb``: each worker node's object store in MiB, ``head_store_mb`` the head's (0: ``store_mb``; both 0:
+    Ray's default, 30% of the machine's memory per node)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -88,8 +90,9 @@ def start(workers: int = 3, store_mb: int = 0):
                     raise
 
     store = {"object_store_memory": int(store_mb) * 2**20} if store_mb else {}
+    head = {"object_store_memory": int(head_store_mb) * 2**20} if head_store_mb else store
     cluster = retried(lambda: Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False, **store}))
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False, **head}))
     for _ in range(workers):
         retried(lambda: cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", **store))
     ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
@@ -107,9 +110,10 @@ def stop(cluster) -> None:
 class ClusterSession:
     """The test side: starts the child (the cluster in its namespace), sends it calls, stops it on close."""
 
-    def __init__(self, workers: int = 3, timeout: float = 300, store_mb: int = 0):
-        """``store_mb``: each node's object store in MiB (0: Ray's default, 30% of the machine's memory per node,
-        which with several nodes is more than the machine has)."""
+    def __init__(self, workers: int = 3, timeout: float = 300, store_mb: int = 0, head_store_mb: int = 0):
+        """``store_mb``: each worker node's object store in MiB, ``head_store_mb`` the head's (0: ``store_mb``;
+        both 0: Ray's default, 30% of the machine's memory per node, which with several nodes is more than the
+        machine has)."""
         self.timeout = timeout
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -118,7 +122,7 @@ class ClusterSession:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         env.setdefault("RAY_DEDUP_LOGS", "0")
         cmd = (f"ip link set lo up && exec {sys.executable} -m tests._cluster {to_child_r} {from_child_w} "
-               f"{int(workers)} {int(store_mb)}")
+               f"{int(workers)} {int(store_mb)} {int(head_store_mb)}")
         # the child's (and Ray's) stderr to a file: a pipe nobody reads would block them once it is full
         self.err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env,
@@ -201,12 +205,12 @@ def where(cluster, tasks: int = 6) -> dict:
     return {"workers": alive, "ran_on": set(ray.get([node.remote() for _ in range(tasks)]))}
 
 
-def _child(read_fd: int, write_fd: int, workers: int, store_mb: int = 0) -> None:
+def _child(read_fd: int, write_fd: int, workers: int, store_mb: int = 0, head_store_mb: int = 0) -> None:
     import importlib
 
     recv, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     try:
-        cluster = start(workers, store_mb)
+        cluster = start(workers, store_mb, head_store_mb)
         send.send((True, off_loopback()))
     except BaseException:
         send.send((False, traceback.format_exc()))
@@ -228,4 +232,4 @@ def _child(read_fd: int, write_fd: int, workers: int, store_mb: int = 0) -> None
 
 
 if __name__ == "__main__":
-    _child(*map(int, sys.argv[1:5]))
+    _child(*map(int, sys.argv[1:6]))
