@@ -9,8 +9,9 @@
   (:mod:`.ray_stages`).
 * Deduplicators and groupers are barriers (:mod:`datacopilot.engine.barriers`): the task closing the run before
   one observes its rows (its keys or signatures are held in the block's event row, its rows stay in the object
-  store); a deduplicator's keys are then hash-partitioned across tasks, each partition decides its own and the
-  dropped rows go back to their blocks (:mod:`.ray_dedup`), a grouper's rows are range- or hash-partitioned
+  store); a deduplicator's keys are then hash-partitioned across tasks (by the stage's own task when its
+  operators have no state: no task more per block), each partition decides its own and the dropped rows go back
+  to their blocks (:mod:`.ray_dedup`), a grouper's rows are range- or hash-partitioned
   (:mod:`.ray_group`); the driver holds references and per-block counts. ``barriers="driver"`` decides a
   deduplicator on the driver as before (``dedup_drops``, online against the keys seen so far), and a grouper's
   order (``group_order``), for comparison.
@@ -353,6 +354,12 @@ def _stage(ray, ds, ops: list, first: int, template: Accounting, options: RayOpt
                                    f"cluster has {have:g}; set num_gpus: 0 (the model spec or resources) or "
                                    f"connect to a cluster with GPUs")
         common["num_gpus"] = res["num_gpus"]
+    if isinstance(ops[-1], Deduplicator) and options.barriers == "partitioned" and ops[-1].partitionable \
+            and not stateful(ops[0]):  # the stage runs in the tasks that scatter its keys (no task more a block)
+        from .ray_dedup import dedup
+
+        resources = {"num_cpus": res["num_cpus"], **({"num_gpus": res["num_gpus"]} if res["num_gpus"] else {})}
+        return dedup(ray, ds, ops[-1], first + len(ops) - 1, template, get, stage=(ops, first, batch_size, resources))
     if stateful(ops[0]):
         ds = ds.map_batches(st.StageActor, fn_constructor_args=(ops, first, template, batch_size),
                             concurrency=res["concurrency"], **common)

@@ -2,8 +2,10 @@
 deciding its own (:mod:`datacopilot.engine.dedup_parts`), the decisions routed back to the blocks. The driver
 holds object refs only, O(blocks x partitions), never a key or a row position.
 
-1. **scatter**, one task per block (:func:`scatter_block`): the block's payload (keys, band keys, perceptual
-   hashes, observed in the task that ran the stage) split by partition of the key's hash, each partition's
+1. **scatter**, in the task that runs the stage ending with the deduplicator (:func:`stage_scatter`: its
+   operators over the block, the keys observed, then scattered; no task of its own and the block is not fetched
+   again), or one task per block after a stage that ran in an actor pool (:func:`scatter_block`): the block's
+   payload (keys, band keys, perceptual hashes) split by partition of the key's hash, each partition's
    ``(keys, rows, extra)`` put in the object store of the task's node; the task returns the block's live row
    count, whether a failure waits to be raised, and the refs. The driver turns the counts into each block's first
    global position (blocks are in input order).
@@ -51,6 +53,30 @@ def scatter_block(block, op, template, parts: int):
     return (n, failed, [ray.put(piece) for piece in dp.scatter(op, keys, parts)]), ev
 
 
+def stage_scatter(block, ops: list, first: int, template, batch_rows: int, parts: int):
+    """The stage of operators ``ops`` (``first, ...`` of the plan), which ends with a deduplicator, and the scatter
+    of its keys, in one Ray task (three returns): ``(the block's rows out with their event row, without the
+    payload: the keys leave in the pieces; (live rows, a failure waits, [one ref per partition]); that event
+    row)``. The rows, keys and accounting are :func:`.ray_stages.run_block`'s, then :func:`scatter_block`'s."""
+    import ray
+
+    from datacopilot.engine.barriers import keys_of
+
+    op = ops[-1]
+    got = st.run_stage(block, ops, first, template, batch_rows)
+    if got is None:  # no live rows: nothing ran
+        out, ev = st.split(block)
+        acc, pieces = st.accounting(ev, template), []
+    else:
+        out, acc, pieces = got
+    keys = keys_of(op, pieces)
+    n = len(keys) if keys is not None else 0
+    if n != out.num_rows:
+        raise DataCopilotError(f"{op.label}: {n} keys for a block of {out.num_rows} rows")
+    ev = st.event(acc)
+    return st.join(out, ev), (n, acc.failed, [ray.put(piece) for piece in dp.scatter(op, keys, parts)]), ev
+
+
 def _positions(offsets: np.ndarray, pieces: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A partition's pieces of every block (in block order) as keys, global positions and extra."""
     keys = np.concatenate([p[0] for p in pieces])
@@ -93,15 +119,17 @@ def apply_part(block, op, k: int, template, n: int, *drops):
     return st.apply_block(block, op, k, dp.drop_mask(n, list(drops)), template), True
 
 
-def dedup(ray, ds, op, k: int, template, get, partitions: int | None = None):
+def dedup(ray, ds, op, k: int, template, get, partitions: int | None = None, stage: tuple | None = None):
     """The barrier of deduplicator ``op`` (operator ``k``) over Ray dataset ``ds``: a Ray dataset of its output.
-    ``get``: ``ray.get`` re-raising a datacopilot error as itself."""
+    ``get``: ``ray.get`` re-raising a datacopilot error as itself. ``stage``: ``(ops, first, batch_rows, Ray
+    resources)`` of the stage that ends with ``op``, when ``ds`` is that stage's input (it then runs in the
+    scatter's tasks, :func:`stage_scatter`); None when ``ds`` holds the stage's output."""
     refs = list(ds.to_arrow_refs())
     parts = partitions or partition_count(ray, len(refs))
     lost = (ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError)
     for attempt in range(ATTEMPTS):
         try:
-            return ray.data.from_arrow_refs(_run(ray, refs, op, k, template, get, parts))
+            return ray.data.from_arrow_refs(_run(ray, refs, op, k, template, get, parts, stage))
         except lost + (ray.exceptions.RayTaskError,) as e:
             cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else e
             if not isinstance(cause, lost) or attempt == ATTEMPTS - 1:
@@ -109,27 +137,36 @@ def dedup(ray, ds, op, k: int, template, get, partitions: int | None = None):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _run(ray, refs: list, op, k: int, template, get, parts: int) -> list:
-    """One run of the barrier: the refs of its output blocks, once every block is applied."""
-    counts, pieces = scatter_all(ray, refs, op, template, get, parts)
+def _run(ray, refs: list, op, k: int, template, get, parts: int, stage: tuple | None = None) -> list:
+    """One run of the barrier (and of the stage before it, with ``stage``): the refs of its output blocks, once
+    every block is applied."""
+    blocks, counts, pieces = scatter_all(ray, refs, op, template, get, parts, stage)
     routed = decide_all(ray, op, counts, pieces, get)
     del pieces
-    return apply_all(ray, refs, op, k, template, counts, routed, get)
+    return apply_all(ray, blocks, op, k, template, counts, routed, get)
 
 
-def scatter_all(ray, refs: list, op, template, get, parts: int) -> tuple[np.ndarray, list[list]]:
-    """Scatter every block: ``(each block's live rows, [per partition, a ref per block to its piece]))``, once
-    every block is scattered; a failure waiting to be raised (``on_error="raise"``) is raised, the first of all
-    the blocks, as the local executor meets it."""
+def scatter_all(ray, refs: list, op, template, get, parts: int, stage: tuple | None = None
+                ) -> tuple[list, np.ndarray, list[list]]:
+    """Scatter every block (running the stage first, with ``stage``): ``(refs of the blocks to apply the decision
+    to, each block's live rows, [per partition, a ref per block to its piece]))``, once every block is scattered;
+    a failure waiting to be raised (``on_error="raise"``) is raised, the first of all the blocks, as the local
+    executor meets it."""
     import pyarrow as pa
 
-    scatter = ray.remote(scatter_block).options(num_returns=2)
-    got = [scatter.remote(r, op, template, parts) for r in refs]
+    if stage is not None:
+        ops, first, batch_rows, resources = stage
+        task = ray.remote(stage_scatter).options(num_returns=3, **resources)
+        got = [task.remote(r, ops, first, template, batch_rows, parts) for r in refs]
+        blocks, got = [b for b, _, _ in got], [(m, e) for _, m, e in got]
+    else:
+        scatter = ray.remote(scatter_block).options(num_returns=2)
+        blocks, got = refs, [scatter.remote(r, op, template, parts) for r in refs]
     metas = get(ray, [m for m, _ in got])  # O(blocks x partitions): counts, flags and refs
     if any(failed for _, failed, _ in metas):
         st.accounting(pa.concat_tables(get(ray, [e for _, e in got])), template).check()
     counts = np.array([n for n, _, _ in metas], np.int64)
-    return counts, [[pieces[p] for _, _, pieces in metas] for p in range(parts)]
+    return blocks, counts, [[pieces[p] for _, _, pieces in metas] for p in range(parts)]
 
 
 def decide_all(ray, op, counts: np.ndarray, pieces: list[list], get) -> list[list]:

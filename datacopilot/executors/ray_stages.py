@@ -78,9 +78,22 @@ def run_block(block: pa.Table, ops: list, first: int, template: Accounting, batc
     event rows and given back, with this stage's, in one event row."""
     from datacopilot.engine import is_barrier
 
+    got = run_stage(block, ops, first, template, batch_rows)
+    if got is None:
+        return block
+    out, total, payload = got
+    return join(out, event(total, payload if is_barrier(ops[-1]) else None))
+
+
+def run_stage(block: pa.Table, ops: list, first: int, template: Accounting, batch_rows: int
+              ) -> tuple[pa.Table, Accounting, list] | None:
+    """What :func:`run_block` computes, not joined: ``(the live rows out, the block's accounting with this
+    stage's, the payload pieces of a barrier closing the run)``; None for a block without live rows."""
+    from datacopilot.engine import is_barrier
+
     live, old = split(block)
     if not live.num_rows:
-        return block
+        return None
     acc, policy = template.fresh(), template.policy
     barrier = ops[-1] if is_barrier(ops[-1]) else None
     chain = ops[:-1] if barrier is not None else ops
@@ -98,7 +111,7 @@ def run_block(block: pa.Table, ops: list, first: int, template: Accounting, batc
     out = concat(outs) if outs else t  # (no rows: the last batch's empty output)
     total = accounting(old, template)
     total.merge(acc)
-    return join(out, event(total, payload if barrier is not None else None))
+    return out, total, payload
 
 
 class StageActor:

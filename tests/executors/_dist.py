@@ -22,9 +22,9 @@ def driver_state(cluster, table, ops, block_rows):
     scatter, decide = ray_dedup.scatter_all, ray_dedup.decide_all
 
     def scatter_all(*a, **k):
-        counts, pieces = scatter(*a, **k)
+        blocks, counts, pieces = scatter(*a, **k)
         seen.append({"counts": counts, "pieces": pieces})
-        return counts, pieces
+        return blocks, counts, pieces
 
     def decide_all(*a, **k):
         routed = decide(*a, **k)

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pyarrow as pa
 from datacopilot.operators import Augmenter, Grouper, Mapper, Outcome
+from datacopilot.operators.dedup import NearTextDedup
 
 
 class FailOn(Mapper):
@@ -96,3 +97,13 @@ class JoinByLetter(Grouper):
         first = table.take([int(a) for a in offsets[:-1]])
         out = first.set_column(first.schema.get_field_index("id"), "id", pa.array(["+".join(g) for g in groups]))
         return Outcome(out, {"merged groups": len(groups)})
+
+
+class NearTextWithSetup(NearTextDedup):
+    """``dedup_near_text`` with state (a ``setup()``): it runs in an actor pool, its keys scattered by a task per
+    block after it (the path of a deduplicator that is not folded into the stage's task)."""
+
+    name = "test_dedup_near_text_setup"
+
+    def setup(self):
+        self.ready = True

@@ -13,7 +13,7 @@ import datacopilot as dc
 from datacopilot.errors import OperatorError
 from datacopilot.executors.ray import RayOptions, run_ops_on_ray, stateful
 
-from ._ops import CountSetup, DieOnce, FailOn, Twice
+from ._ops import CountSetup, DieOnce, FailOn, NearTextWithSetup, Twice
 
 
 def mm(i, *turns):
@@ -120,6 +120,31 @@ def test_killed_worker_is_retried_without_loss_or_duplicates(ray_session, tmp_pa
     assert marker.exists()  # a worker really died
     assert table.to_pylist() == local.to_arrow().to_pylist()
     assert [r.rows_in for r in recs] == [30, 30, 30] and recs[2].rows_out == len(local)
+
+
+def test_partitioned_dedups_in_the_stage_tasks_after_a_dying_worker_and_after_an_actor_pool(ray_session, tmp_path):
+    """A deduplicator closing a stateless stage scatters its keys in the stage's tasks (a worker of one dies and
+    Ray runs it again); one with state runs in an actor pool and a task per block scatters after it: the rows and
+    accounting are the local executor's, and those of the driver-side barriers."""
+    def text(g, changed=0):  # 20 words of group g, the first ``changed`` of them replaced
+        return " ".join(["other"] * changed + [f"w{g}x{k}" for k in range(changed, 20)])
+
+    # per group of 13: the row, an exact copy once whitespace is cleaned, a near copy (one word changed)
+    data = [mm(i, [text(i % 13), text(i % 13).replace(" ", "   ", 2), text(i % 13, 1)][i % 3], "ok")
+            for i in range(60)]
+    ds = dc.MMDataset.from_rows(data, schema="MM")
+    marker = tmp_path / "died"
+    ops = [create("clean_whitespace"), DieOnce(marker=str(marker)), create("dedup_exact"),
+           NearTextWithSetup(threshold=0.7, ngram=3), create("dedup_near_text", threshold=0.5, ngram=2)]
+    assert stateful(ops[3]) and not stateful(ops[2])
+    local = ds.apply([op for op in ops if not isinstance(op, DieOnce)])
+    for barriers in ("partitioned", "driver"):
+        marker.unlink(missing_ok=True)
+        table, recs, _ = run_ops_on_ray(ds, ops, batch_size=5, options=RayOptions(block_rows=1, barriers=barriers))
+        assert marker.exists()  # a worker really died in the stage before the first barrier
+        assert table.to_pylist() == local.to_arrow().to_pylist()
+        assert [r for r in records(recs) if r[0] != "test_die_once"] == records(local.history())
+        assert [sum(r.dropped.values()) > 0 for r in recs[2:4]] == [True, True]
 
 
 def test_files_read_in_parallel_tasks(ray_session, tmp_path):
