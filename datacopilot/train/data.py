@@ -215,6 +215,8 @@ class ImageLoader:
 
     def __init__(self, ds, size: int, token_count: int):
         self.ds, self.size, self.token_count = ds, size, token_count
+        table = ds.to_arrow()  # the schema's columns only: a row is read without its token lists
+        self._rows = table.select([c for c in ds.schema.names if c in table.column_names])
 
     def values(self, row: dict) -> list:
         """The image values (path and/or bytes) of a row, in placeholder order."""
@@ -226,7 +228,7 @@ class ImageLoader:
         from datacopilot.schemas.image import decode_image
 
         out = []
-        for value in self.values(self.ds[i]):
+        for value in self.values(self._rows.slice(i, 1).to_pylist()[0]):
             img = decode_image(value, self.ds.root).convert("RGB").resize((self.size, self.size))
             arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
             out.append(arr)
@@ -242,11 +244,15 @@ class ImageLoader:
         from concurrent.futures import ThreadPoolExecutor
 
         jobs = []  # (row, image value)
-        for i, row in enumerate(self.ds):
-            jobs.extend((i, v) for v in self.values(row))
+        i = 0
+        for batch in self._rows.to_batches(max_chunksize=4096):
+            for row in batch.to_pylist():
+                jobs.extend((i, v) for v in self.values(row))
+                i += 1
         root = self.ds.root
+        chunks = [jobs[a:a + 512] for a in range(0, len(jobs), 512)]
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            errors = list(pool.map(lambda job: image_problem(job[1], root), jobs))
+            errors = [e for part in pool.map(lambda c: [image_problem(v, root) for _, v in c], chunks) for e in part]
         ids = self.ds.to_arrow().column("id") if "id" in self.ds.columns else None
         bad: dict[int, dict] = {}
         for (i, _), err in zip(jobs, errors):
@@ -257,10 +263,21 @@ class ImageLoader:
         return [bad[i] for i in sorted(bad)]
 
 
+# the first bytes of the formats training data mostly holds (signature, offset, more bytes expected there); a file
+# that starts otherwise falls back to Pillow's own header check
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", 12, b"IHDR"), (b"\xff\xd8\xff", 0, b""), (b"GIF87a", 0, b""), (b"GIF89a", 0, b""),
+          (b"RIFF", 8, b"WEBP"), (b"BM", 0, b""), (b"II*\x00", 0, b""), (b"MM\x00*", 0, b""))
+
+
+def _known_header(head: bytes) -> bool:
+    return any(head.startswith(sig) and head[at:at + len(more)] == more for sig, at, more in _MAGIC)
+
+
 def image_problem(value, root: str | None) -> str | None:
     """None when an image value is there and starts like an image, else what is wrong, naming the file.
 
-    Reads the header only (Pillow's ``Image.open`` is lazy), so it costs about one small read per image.
+    Reads the first bytes only: a known signature (PNG with its IHDR chunk, JPEG, GIF, WebP, BMP, TIFF) is
+    enough; anything else must open in Pillow (which reads the header lazily). About one small read per image.
     """
     import io
 
@@ -279,6 +296,8 @@ def image_problem(value, root: str | None) -> str | None:
         if data is None and path:
             data = data_url_bytes(path)
         if data is not None:
+            if _known_header(bytes(data[:32])):
+                return None
             with PILImage.open(io.BytesIO(bytes(data))):
                 return None
         if not path:
@@ -289,10 +308,12 @@ def image_problem(value, root: str | None) -> str | None:
 
             with fsspec.open(full, "rb") as f, PILImage.open(f):
                 return None
-        if not os.path.isfile(full):
-            return f"image {name} not found (looked at {full!r})"
-        with PILImage.open(full):
-            return None
+        with open(full, "rb") as f:
+            if _known_header(f.read(32)):
+                return None
+            f.seek(0)
+            with PILImage.open(f):
+                return None
     except FileNotFoundError:
         return f"image {name} not found (looked at {resolve_path(path, root)!r})"
     except Exception as e:  # Pillow raises many types for data that is not an image

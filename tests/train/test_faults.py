@@ -183,6 +183,34 @@ def test_interrupt_between_the_update_and_the_counter_saves_the_step_the_weights
                                rtol=1e-6)
 
 
+def test_sigterm_saves_the_step_reached_and_exits(env, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    cfg = _write_yaml(tmp_path / "sft.yaml", _cfg(env, str(out), max_steps=400, max_length=96, progress=False))
+    proc = subprocess.Popen([sys.executable, "-m", "datacopilot", "train", cfg, "--no-progress"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("step 2/400"):
+                proc.send_signal(signal.SIGTERM)  # what a scheduler or a preempted machine sends
+                break
+        rest, _ = proc.communicate(timeout=GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(seen) + rest
+    assert proc.returncode != 0, text
+    assert "interrupted: saved" in text and "step 400/400" not in text
+    [(step, path)] = list_checkpoints(str(out))
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    assert step >= 2 and state["step"] == step and [h["step"] for h in state["history"]] == list(range(1, step + 1))
+
+
 # -- stop early, resume -----------------------------------------------------------------------------------
 def test_max_steps_then_resume_repeats_the_uninterrupted_run(env, tmp_path):
     from click.testing import CliRunner
