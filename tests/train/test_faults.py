@@ -318,3 +318,32 @@ def test_a_checkpoint_records_its_files_checksums_and_the_step(saved):
                 assert hashlib.sha256(f.read()).hexdigest() == meta["sha256"]
         with open(os.path.join(path, "state.json")) as f:
             assert json.load(f)["step"] == step
+
+
+def test_what_a_killed_save_leaves_is_ignored_and_swept(env, saved, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(saved["output_dir"], out)
+    left = os.path.join(out, "checkpoints", "step-000006.tmp-4242")
+    os.makedirs(left)
+    with open(os.path.join(left, "model.pdparams"), "wb") as f:
+        f.write(b"half")
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    lines = []
+    sft(_cfg(env, out, max_steps=4, save_every=2, max_length=96), resume=True, echo=lines.append)
+    assert any("step-000004" in line for line in lines if "resuming from" in line)
+    assert not os.path.exists(left)  # swept by the next save
+
+
+def test_a_checkpoint_without_manifest_still_loads_and_a_damaged_file_in_it_is_named(env, saved, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(saved["output_dir"], out)
+    for step in (2, 4):
+        os.remove(os.path.join(out, "checkpoints", f"step-{step:06d}", "manifest.json"))  # written before manifests
+    bad = os.path.join(out, "checkpoints", "step-000004", "rng.pkl")
+    _damage(bad, "truncated")
+    lines = []
+    res = sft(_cfg(env, out, max_steps=4, save_every=2, max_length=96), resume=True, echo=lines.append)
+    assert any(bad in line and "truncated or corrupt" in line for line in lines if line.startswith("warning:"))
+    assert any("resuming from" in line and "step-000002" in line for line in lines)
+    np.testing.assert_allclose([h["loss"] for h in res["history"]], [h["loss"] for h in saved["history"]],
+                               rtol=1e-6)
