@@ -1,10 +1,16 @@
-"""The SFT loop: data -> tokenize -> pack -> Paddle DataLoader -> AdamW with warmup/decay, accumulation, clipping.
+"""The SFT loop: data -> tokenize -> check images -> pack -> batches -> AdamW with warmup/decay, accumulation, clipping.
 
 Per optimizer step it logs loss, learning rate, effective tokens/s (target tokens only, not padding nor prompt
 tokens) and the pack fill rate; a tqdm bar shows progress; checkpoints go to ``<output_dir>/checkpoints`` every
 ``save_every`` steps and at the end, with ``log.jsonl``, ``loss.png`` and the trained model in ``<output_dir>/final``.
 The loss is the sum of token losses / number of target tokens over all micro-batches of the step (see
 :mod:`datacopilot.train.build`).
+
+Faults: every image is checked before training (a missing or undecodable one stops the run naming the sample and
+the file, or under ``bad_samples: skip`` is left out, counted and listed in ``bad_samples.jsonl``); an error while
+reading batches ends the run with its message, never a hang; Ctrl-C or SIGTERM saves the step the weights are at
+(:mod:`datacopilot.train.runner`); resume uses the newest intact checkpoint (:mod:`datacopilot.train.checkpoint`)
+and refuses a config whose data order or schedule differs from the checkpoint's.
 """
 
 from __future__ import annotations
