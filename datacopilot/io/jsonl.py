@@ -129,7 +129,7 @@ def iter_jsonl(path: str, schema: Schema | None, batch_size: int, invalid: str =
                 pending += _long_line(b, path, line0, invalid)
                 line0 += 1
                 continue
-            if b.data.strip():
+            if b.data and not b.data.isspace():  # (strip() would copy the block)
                 clean, flawed = screened(b.data, path, invalid, line0, b.offset)
                 loaded = read_lines(clean, path, schema, invalid, line0)
                 loaded.bad = pending + flawed + loaded.bad

@@ -6,6 +6,8 @@ multiples of ``step``, or ``end`` the file's size) the lines that start in it: t
 ``start``, through the line that straddles ``end``. So a file read range by range gives the blocks of the file read
 whole. A line longer than ``screen.MAX_LINE_BYTES`` is never held whole: it comes as a :class:`Long` (its size and
 first bytes).
+A block is one read of the file and one copy (the bytes past its last line are read again with the next block when
+the file can seek), so a block's text is not copied over and over in memory.
 
 >>> import io
 >>> [(b.offset, b.data) for b in LineBlocks(io.BytesIO(b"ab\\ncd\\nef"), 0, None, 4).blocks()]
@@ -42,6 +44,13 @@ class Long:
     head: bytes
 
 
+def _seekable(f) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class LineBlocks:
     """The lines of ``f`` that start in ``[start, end)`` (``end`` None: to the end of the file), as :meth:`blocks`;
     ``skipped``: the newlines between ``start`` and the first of them (0, or 1 when ``start`` fell inside a line)."""
@@ -71,14 +80,16 @@ class LineBlocks:
     def blocks(self):
         """:class:`Block` and :class:`Long` items, in file order."""
         step, f = self.step, self.f
+        seekable = _seekable(f)
+        past = min(TAIL, step) if seekable else 0  # read past the bound: the newline ending a block is in that read
         while self.end is None or self.pos < self.end:
             bound = (self.pos // step + 1) * step
             need = (bound if self.end is None else min(bound, self.end)) - self.pos
             while len(self.buf) < need:  # a read may give less than asked before the end of the file
-                chunk = f.read(need - len(self.buf))
+                chunk = f.read(need + past - len(self.buf))
                 if not chunk:
                     break
-                self.buf += chunk
+                self.buf += chunk  # the first read of a block: buf is empty, so this is the chunk (no copy)
             if len(self.buf) < need:  # the end of the file
                 if self.buf:
                     yield Block(self.pos, self.buf)
@@ -91,9 +102,14 @@ class LineBlocks:
                 if got < 0:  # an over-long line, given
                     continue
                 nl = got
-            data, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
-            yield Block(self.pos, data)
+            data, at = self.buf[:nl + 1], self.pos
             self.pos += nl + 1
+            if seekable and len(self.buf) > nl + 1:  # the rest read again with the next block, not copied onto it
+                f.seek(self.pos)
+                self.buf = b""
+            else:
+                self.buf = self.buf[nl + 1:]
+            yield Block(at, data)
 
     def _finish_line(self, need: int):
         """Read on to the end of the line straddling ``pos + need``: the index of its newline in ``buf``; or None
@@ -119,7 +135,7 @@ class LineBlocks:
         data = b"".join(pieces)
         if head:
             yield Block(self.pos, data[:head])
-        kept = data[head:head + screen.QUARANTINE_TEXT_BYTES]
+        kept = data[head:head + min(screen.QUARANTINE_TEXT_BYTES, screen.MAX_LINE_BYTES + 1)]  # however it was read
         del pieces, data
         while True:  # past the rest of the over-long line, holding nothing of it
             chunk = self.f.read(size)

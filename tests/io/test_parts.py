@@ -293,3 +293,17 @@ def test_line_blocks_take_short_reads():
     for a, b in ranges(len(data), 128, 64):
         got += b"".join(x.data for x in LineBlocks(Short(data), a, b, 64).blocks())
     assert got == data
+
+
+def test_line_blocks_of_a_stream_that_cannot_seek_are_those_of_a_file_that_can():
+    """A seekable file's block is one read past its bound, the bytes after its last line read again with the next
+    block; a stream that cannot seek carries them over instead: the same blocks either way, any range."""
+    class Stream(io.BytesIO):
+        def seekable(self):
+            return False
+
+    data = b"".join(b"line %d %s\n" % (k, b"x" * (k % 37)) for k in range(300))
+    for step in (16, 64, 100):
+        want = [(b.offset, b.data) for b in LineBlocks(Stream(data), 0, None, step).blocks()]
+        assert [(b.offset, b.data) for b in LineBlocks(io.BytesIO(data), 0, None, step).blocks()] == want
+        assert b"".join(d for _, d in want) == data
