@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datacopilot.errors import InputError
-from datacopilot.kernels import block_causal_mask, bucket_lengths, pack, varlen_plan
+from datacopilot.kernels import (block_causal_mask, bucket_lengths, cu_seqlens, dense_from_cu_seqlens, pack,
+                                 varlen_plan)
 
 
 @st.composite
@@ -57,6 +58,20 @@ def test_plan_attends_exactly_as_the_block_mask(batch):
     assert (np.diff(m) > 0).all() and (m <= total).all()
     assert plan.buckets[-1, 2] + plan.buckets[-1, 0] * plan.buckets[-1, 1] == len(plan.gather)
     np.testing.assert_array_equal(implied_mask(plan, len(rows), total), block_causal_mask(rows, total))
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches())
+def test_cu_seqlens_attend_as_the_block_mask_on_real_tokens(batch):
+    """What flash_attn_unpadded computes over cu_seqlens: the block mask on every real query row; a padding row
+    sees only padding (the padding run is one sequence there)."""
+    rows, total = batch
+    implied = dense_from_cu_seqlens(cu_seqlens(rows, total), len(rows), total)
+    dense = block_causal_mask(rows, total)
+    for b, lens in enumerate(rows):
+        used = sum(lens)
+        np.testing.assert_array_equal(implied[b, 0, :used], dense[b, 0, :used])
+        assert not implied[b, 0, used:, :used].any()
 
 
 @settings(max_examples=200, deadline=None)
