@@ -168,6 +168,7 @@ def varlen_attention(q, k, v, segments: Segments):
     slots = paddle.gather(qkv, segments.gather, axis=0)
     top = max(m for m, _, _ in segments.buckets)
     bias = causal_bias(top, dtype) if top > 1 else None
+    size = bias.shape[0] if top > 1 else 0
     outs = []
     for m, count, first in segments.buckets:
         x = slots[first:first + count * m]
@@ -177,7 +178,7 @@ def varlen_attention(q, k, v, segments: Segments):
         x = x.reshape([count, m, heads, 3 * dim]).transpose([0, 2, 1, 3])
         qb, kb, vb = paddle.split(x, 3, axis=-1)
         scores = paddle.matmul(qb / math.sqrt(dim), kb, transpose_y=True)
-        scores = scores + (bias[:m, :m] if m < top else bias).astype(scores.dtype)
+        scores = scores + (bias[:m, :m] if m < size else bias).astype(scores.dtype)
         with paddle.amp.auto_cast(False):
             probs = F.softmax(scores, axis=-1, dtype="float32").astype(dtype)
         outs.append(paddle.matmul(probs, vb).transpose([0, 2, 1, 3]).reshape([count * m, heads * dim]))
@@ -185,10 +186,19 @@ def varlen_attention(q, k, v, segments: Segments):
     return out.reshape([b, length, heads * dim])
 
 
+_BIAS: dict = {}  # (dtype, place) -> the largest causal bias built so far; a smaller one is its top-left corner
+
+
 def causal_bias(m: int, dtype):
-    """``[m, m]`` additive causal mask: 0 on and below the diagonal, ``finfo(dtype).min`` above (as PaddleNLP)."""
-    keep = paddle.tril(paddle.ones([m, m], "bool"))
-    return paddle.where(keep, paddle.zeros([m, m], dtype), paddle.full([m, m], paddle.finfo(dtype).min, dtype))
+    """An additive causal mask of at least ``[m, m]`` (its top-left ``[m, m]`` corner is the one of size ``m``):
+    0 on and below the diagonal, ``finfo(dtype).min`` above, as PaddleNLP's dense mask. Kept between calls."""
+    key = (str(dtype), str(paddle.get_device()))
+    have = _BIAS.get(key)
+    if have is None or have.shape[0] < m:
+        keep = paddle.tril(paddle.ones([m, m], "bool"))
+        have = paddle.where(keep, paddle.zeros([m, m], dtype), paddle.full([m, m], paddle.finfo(dtype).min, dtype))
+        _BIAS[key] = have
+    return have
 
 
 def kernel_dtype(dtype):
