@@ -130,7 +130,6 @@ class Run:
         cfg = self.cfg
         accum = cfg.grad_accum
         stop = cfg.max_steps if stop is None else stop
-        self.stop = stop
         loader = make_loader(self.data, self.collate, start * accum, stop * accum)
         bar = tqdm(total=stop, initial=start, disable=not cfg.progress, desc="sft", unit="step",
                    dynamic_ncols=True)
