@@ -6,8 +6,8 @@ multiples of ``step``, or ``end`` the file's size) the lines that start in it: t
 ``start``, through the line that straddles ``end``. So a file read range by range gives the blocks of the file read
 whole. A line longer than ``screen.MAX_LINE_BYTES`` is never held whole: it comes as a :class:`Long` (its size and
 first bytes).
-A block is one read of the file and one copy (the bytes past its last line are read again with the next block when
-the file can seek), so a block's text is not copied over and over in memory.
+A block of a file that can seek is one read of its exact size (its end found by a look past its bound), so its text
+is not copied over in memory; a stream that cannot seek carries the bytes past a block's last line to the next.
 
 >>> import io
 >>> [(b.offset, b.data) for b in LineBlocks(io.BytesIO(b"ab\\ncd\\nef"), 0, None, 4).blocks()]
@@ -85,6 +85,13 @@ class LineBlocks:
         while self.end is None or self.pos < self.end:
             bound = (self.pos // step + 1) * step
             need = (bound if self.end is None else min(bound, self.end)) - self.pos
+            if seekable and not self.buf:
+                data, whole = self._exact(need, past)
+                if whole:
+                    yield Block(self.pos, data)
+                    self.pos += len(data)
+                    continue
+                self.buf = data  # the end of the file near, or a line longer than ``past``: read on as below
             while len(self.buf) < need:  # a read may give less than asked before the end of the file
                 chunk = f.read(need + past - len(self.buf))
                 if not chunk:
@@ -110,6 +117,23 @@ class LineBlocks:
             else:
                 self.buf = self.buf[nl + 1:]
             yield Block(at, data)
+
+    def _exact(self, need: int, past: int) -> tuple[bytes, bool]:
+        """The block at ``pos`` in one read of its exact size, its end found by a look at the ``past`` bytes from
+        its bound, and True; or the first ``need`` bytes (what there are of them) and False where no newline is in
+        that look (the file is then left after the bytes given)."""
+        f = self.f
+        f.seek(self.pos + need - 1)
+        nl = f.read(past).find(b"\n")
+        f.seek(self.pos)
+        size = need + nl if nl >= 0 else need
+        data = f.read(size)
+        while data and len(data) < size:  # a short read
+            chunk = f.read(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data, nl >= 0 and len(data) == size
 
     def _finish_line(self, need: int):
         """Read on to the end of the line straddling ``pos + need``: the index of its newline in ``buf``; or None
