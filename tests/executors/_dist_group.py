@@ -70,3 +70,29 @@ def nodes_alive(cluster) -> int:
     import ray
 
     return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
+
+
+def range_pieces(cluster, table: pa.Table, ops: list, block_rows: int) -> dict:
+    """A run whose range stage's pieces (rows per block group and range) are kept to be looked at: how many, how
+    many Ray kept inline (in the driver's memory: no node holds them) and their sizes, with the run's split groups
+    and blocks."""
+    import ray
+
+    pt.INLINE_BYTES = INLINE_BYTES
+    many, kept = ray_group._many, []
+
+    def recorded(ref_or_refs, n):
+        got = many(ref_or_refs, n)
+        kept.extend(got)
+        return got
+
+    ray_group._many = recorded
+    try:
+        run_ops_on_ray(table, ops, "raise", batch_size=block_rows, options=RayOptions(block_rows=block_rows))
+    finally:
+        ray_group._many = many
+    where = ray.experimental.get_object_locations(kept)
+    return {"pieces": len(kept), "inline": sum(not w["node_ids"] for w in where.values()),
+            "smallest": min(w["object_size"] or 0 for w in where.values()),
+            "groups": ray_group.DRIVER.get("split_groups"), "blocks": ray_group.DRIVER["blocks"],
+            "ranges": ray_group.DRIVER["partitions"]}

@@ -117,6 +117,23 @@ def test_the_driver_holds_nothing_per_row(cluster, make):
     assert own[0]["partitions"] == 0 and own[1]["fetched_bytes"] > 3 * own[0]["fetched_bytes"] > 0
 
 
+def test_a_range_stage_keeps_no_rows_in_the_drivers_memory(cluster):
+    """Each block's share of one range is under the 100 KiB Ray keeps inline, in the driver's memory: the rows are
+    split per group of blocks, so every piece is in a worker's object store; the rows are the local executor's."""
+    from tests.executors._dist_group import INLINE_BYTES
+
+    ds = dc.MMDataset.from_rows([mm(f"r{i}", f"<image>\nquestion {i} " + "x" * 1000, "a") for i in range(2400)],
+                                schema="MM")
+    ops = [create("shuffle", seed=3)]
+    got = cluster.call("tests.executors._dist_group:range_pieces", ds.to_arrow(), ops, 200)
+    assert got["blocks"] == 12 and got["ranges"] >= 6
+    assert 1 < got["groups"] < got["blocks"]  # a block alone: about 37 KB for each of 6 ranges
+    assert got["pieces"] == got["groups"] * got["ranges"]
+    assert got["inline"] == 0 and got["smallest"] >= INLINE_BYTES
+    run, _ = on_cluster(cluster, ds, ops, batch_size=200, block_rows=200, inline_bytes=INLINE_BYTES)
+    assert_same_run(run, local(ds, ops, batch_size=200))
+
+
 def test_the_local_executor_names_a_failed_merge_by_input_position_over_many_buckets(monkeypatch):
     import datacopilot.executors.spill as spill
 
