@@ -19,6 +19,9 @@ POSITIONS = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bot
              "center": (0.5, 0.5)}
 PLACES = {"left": "on the left of", "right": "on the right of", "top": "at the top of",
           "bottom": "at the bottom of", "center": "in the center of"}
+# what the generator knows of every image, and the values each attribute takes
+ATTRIBUTES = ("shape", "color", "position", "background")
+VALUES = {"shape": SHAPES, "color": tuple(COLORS), "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
 SIZE = 64
 MAX_ANSWER_CHARS = 400  # the demo's filter drops rows with a longer answer; overlong rows exceed it
 
@@ -27,7 +30,8 @@ DIRTY_SHARE = {"duplicates": 0.05, "empty_answers": 0.03, "missing_images": 0.03
                "unanswered": 0.02, "invalid": 0.02}
 
 
-def _draw(shape: str, color: str, position: str, background: str, path: str) -> None:
+def draw(shape: str, color: str, position: str, background: str, path: str) -> None:
+    """Draw one demo image (a ``SIZE`` x ``SIZE`` PNG) of the given attributes to ``path``."""
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[background])
@@ -59,18 +63,34 @@ def caption(shape: str, color: str, position: str, background: str) -> str:
     return f"a {color} {shape} {PLACES[position]} a {background} background"
 
 
-def _qa(attrs: dict) -> list[tuple[str, str]]:
+def questions(attrs: dict) -> dict[str, tuple[str, str]]:
+    """Per attribute (:data:`ATTRIBUTES`), the demo's question about it and its true answer.
+
+    >>> questions({"shape": "circle", "color": "red", "position": "left", "background": "white"})["color"]
+    ('What color is the circle?', 'It is red.')
+    """
     s, c, p, b = attrs["shape"], attrs["color"], attrs["position"], attrs["background"]
     where = {"left": "On the left.", "right": "On the right.", "top": "At the top.", "bottom": "At the bottom.",
              "center": "In the center."}[p]
-    cap = caption(s, c, p, b)
-    return [
-        ("What shape is in the image?", f"A {s}."),
-        (f"What color is the {s}?", f"It is {c}."),
-        (f"Where is the {s}?", where),
-        ("What color is the background?", f"{b.capitalize()}."),
-        ("Describe the image.", cap[0].upper() + cap[1:] + "."),
-    ]
+    return {"shape": ("What shape is in the image?", f"A {s}."), "color": (f"What color is the {s}?", f"It is {c}."),
+            "position": (f"Where is the {s}?", where), "background": ("What color is the background?",
+                                                                       f"{b.capitalize()}.")}
+
+
+def answer_choices(attribute: str, attrs: dict) -> list[str]:
+    """The answers the demo's question about ``attribute`` can have (one per value, in :data:`VALUES` order),
+    the true one among them.
+
+    >>> answer_choices("background", {"shape": "circle", "color": "red", "position": "left", "background": "gray"})
+    ['White.', 'Gray.', 'Beige.', 'Black.']
+    """
+    return [questions({**attrs, attribute: v})[attribute][1] for v in VALUES[attribute]]
+
+
+def _qa(attrs: dict) -> list[tuple[str, str]]:
+    q = questions(attrs)
+    cap = caption(attrs["shape"], attrs["color"], attrs["position"], attrs["background"])
+    return [*(q[a] for a in ATTRIBUTES), ("Describe the image.", cap[0].upper() + cap[1:] + ".")]
 
 
 def _conversation(rng: random.Random, attrs: dict) -> list[dict]:
@@ -169,7 +189,7 @@ def make_demo_data(out_dir: str, n: int = 400, seed: int = 0) -> dict:
     for i, row in enumerate(rows):
         if dirty_of.get(i) != "missing_images":
             m = row["meta"]
-            _draw(m["shape"], m["color"], m["position"], m["background"], os.path.join(out_dir, row["image"]))
+            draw(m["shape"], m["color"], m["position"], m["background"], os.path.join(out_dir, row["image"]))
     copies = [json.loads(json.dumps(rows[i])) for i in rng.sample(clean_ids, counts["duplicates"])]
     for copy in copies:
         rows.insert(rng.randrange(len(rows) + 1), copy)
