@@ -372,6 +372,11 @@ def main(argv=None) -> int:
     return report(res, args)
 
 
+def _or_dash(value, scale: float, fmt: str) -> str:
+    """``value * scale`` formatted, or "-" for a figure a results file of an older version lacks."""
+    return "-" if value is None else format(value * scale, fmt)
+
+
 def report(res: dict, a: dict) -> int:
     """Print the tables of ``res`` ({(rows, side): :func:`measure`'s result}) for the run's arguments ``a``."""
     sizes = sorted({r for r, _ in res})
@@ -392,10 +397,10 @@ def report(res: dict, a: dict) -> int:
                 continue
             g = res[rows, side]["plan"]
             print(f"{rows:>10,} {side:>12} {g['secs']:>8.1f} {g['secs'] / rows * 1e6:>7.1f} {g['cpu']:>7.0f} "
-                  f"{g['cpu'] / rows * 1e6:>10.1f} {g.get('net_cpu', g['cpu']) / rows * 1e6:>10.1f} "
+                  f"{g['cpu'] / rows * 1e6:>10.1f} {_or_dash(g.get('net_cpu'), 1e6 / rows, '.1f'):>10} "
                   f"{g['driver_cpu']:>12.1f} {g['peak_mb']:>15.0f} {g['growth_mb']:>10.1f} "
                   f"{g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
-                  f"{g['moved'] / 2**20:>9.1f} {g.get('spilled_peak', 0) / 2**20:>10.0f}")
+                  f"{g['moved'] / 2**20:>9.1f} {_or_dash(g.get('spilled_peak'), 2**-20, '.0f'):>10}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\n{'':>10} {'barriers':>12} {'peak ' + f'{hi // lo}x rows':>14} {'growth':>8} "
@@ -405,7 +410,7 @@ def report(res: dict, a: dict) -> int:
             g = [res[r, side]["plan"] for r in have]
 
             def per(key):
-                return " ".join(f"{b.get(key, b['cpu']) / r2 / (a_.get(key, a_['cpu']) / r1):.2f}x"
+                return " ".join("-" if key not in a_ or key not in b else f"{b[key] / r2 / (a_[key] / r1):.2f}x"
                                 for a_, b, r1, r2 in zip(g, g[1:], have, have[1:]))
 
             print(f"{'':>10} {side:>12} {g[-1]['peak_mb'] / g[0]['peak_mb']:>13.2f}x "  # over the sizes it has
