@@ -1,7 +1,9 @@
 """A small LLaVA-style vision-language model: a Paddle vision encoder, an MLP projector and a PaddleNLP causal LM.
 
-Images ``[C, H, W]`` go through a patchify convolution and a few pre-norm transformer blocks, are pooled to
-``image_token_count`` feature vectors, projected into the LM's hidden size, and written over the embeddings of
+Images ``[C, H, W]`` go through a vision encoder (``encoder: patch``: a patchify convolution, learned positions and
+a few pre-norm transformer blocks, pooled; ``encoder: conv``: a stem of stride-2 3x3 convolutions down to a 4x4
+grid of cells, a 2-D positional embedding (row + column), the same blocks, and each token a linear function of all
+the cells), giving ``image_token_count`` feature vectors, projected into the LM's hidden size, and written over the embeddings of
 the image-token positions of a (packed) batch: image ``i`` occupies positions ``image_offset[i] ..
 image_offset[i] + image_token_count - 1`` of pack ``image_pack[i]``. The LM then runs on ``inputs_embeds`` with
 the given per-segment ``position_ids`` and either a boolean ``[B, 1, L, L]`` mask or a
@@ -35,6 +37,8 @@ except ImportError:  # pragma: no cover - construction raises MissingDependencyE
 
 CONFIG_NAME = "vlm_config.json"
 LM_DIR = "lm"
+ENCODERS = ("patch", "conv")
+CONV_GRID = 4  # the conv encoder's grid of cells is CONV_GRID x CONV_GRID
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class VLMConfig:
     ``image_token_count`` features per image (need not be a square: the patch grid is pooled to it);
     ``patch_size`` 0 means ``image_size // ceil(sqrt(image_token_count))``; ``lm_hidden`` is the LM's hidden size;
     ``image_token_id`` is recorded for tokenizers and templates, the model itself places features by offset.
+    ``encoder`` is ``"patch"`` (the first design; configs written before the key existed load as it) or ``"conv"``
+    (:class:`ConvEncoder`: ``image_size`` 4 times a power of two; ``patch_size`` is not used).
     """
 
     lm_hidden: int
@@ -55,18 +61,27 @@ class VLMConfig:
     vision_layers: int = 1
     vision_heads: int = 4
     image_token_id: int | None = None
+    encoder: str = "patch"
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "image_token_id":
+            if f.name in ("image_token_id", "encoder"):
                 continue
-            if not isinstance(v, int) or v < (0 if f.name == "patch_size" else 1):
+            if not isinstance(v, int) or v < (0 if f.name in ("patch_size", "vision_layers") else 1):
                 raise InputError(f"VLMConfig.{f.name}: expected a positive integer, got {v!r}")
         if self.vision_hidden % self.vision_heads:
             raise InputError(f"VLMConfig: vision_hidden ({self.vision_hidden}) must be divisible by vision_heads "
                              f"({self.vision_heads})")
-        if self.patch > self.image_size:
+        if self.encoder not in ENCODERS:
+            raise InputError(f"VLMConfig.encoder: expected one of {', '.join(map(repr, ENCODERS))}, got "
+                             f"{self.encoder!r}")
+        if self.encoder == "conv":
+            ratio = self.image_size // CONV_GRID
+            if not ratio or ratio * CONV_GRID != self.image_size or ratio & (ratio - 1):
+                raise InputError(f"VLMConfig: encoder 'conv' needs image_size {CONV_GRID} times a power of two "
+                                 f"(16, 32, 64, ...), got {self.image_size}")
+        elif self.patch > self.image_size:
             raise InputError(f"VLMConfig: patch_size {self.patch} is larger than image_size {self.image_size}")
 
     @property
@@ -81,7 +96,7 @@ class VLMConfig:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             return cls(**data)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, InputError) as e:
             raise ModelError(f"{path}: not a vlm config: {e}") from e
 
     def to_json(self, path: str) -> None:
@@ -115,6 +130,45 @@ class VisionEncoder(_Layer):
         return x                                               # [N, count, d]
 
 
+class ConvEncoder(_Layer):
+    """Stride-2 3x3 convolutions (GELU) from ``image_size`` down to a ``4 x 4`` grid of cells that keeps the image's
+    layout, a learned row and column embedding added to each cell, the pre-norm transformer blocks over the cells,
+    then ``image_token_count`` tokens each a learned linear function of all the cells (flattened in reading
+    order): every token can carry what is drawn and where, so the LM need not find the one cell that holds it."""
+
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        d, g = cfg.vision_hidden, CONV_GRID
+        self.count = cfg.image_token_count
+        n = int(math.log2(cfg.image_size // g))
+        widths = [max(8, d >> (n - 1 - i)) for i in range(n)]
+        convs, c_in = [], cfg.image_channels
+        for w in widths:
+            convs.append(nn.Conv2D(c_in, w, kernel_size=3, stride=2, padding=1))
+            c_in = w
+        self.convs = nn.LayerList(convs)
+        self.cell = nn.Linear(c_in, d)
+        self.row = self.create_parameter([g, 1, d], default_initializer=nn.initializer.Normal(std=0.02))
+        self.col = self.create_parameter([1, g, d], default_initializer=nn.initializer.Normal(std=0.02))
+        self.blocks = nn.LayerList([
+            nn.TransformerEncoderLayer(d, cfg.vision_heads, 2 * d, dropout=0.0, normalize_before=True)
+            for _ in range(cfg.vision_layers)])
+        self.mix = nn.Linear(g * g * d, self.count * d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, pixel_values):
+        x = pixel_values
+        for conv in self.convs:
+            x = nn.functional.gelu(conv(x))                    # [N, c, h/2, w/2]
+        d = self.row.shape[-1]
+        x = self.cell(x.flatten(2).transpose([0, 2, 1]))       # [N, 16, d], cells in reading order
+        x = x + (self.row + self.col).reshape([1, -1, d])
+        for block in self.blocks:
+            x = block(x)
+        x = self.mix(x.flatten(1)).reshape([-1, self.count, d])
+        return self.norm(x)                                    # [N, count, d]
+
+
 class Projector(_Layer):
     """Two-layer MLP from the vision width to the LM's hidden size (LLaVA-1.5 style)."""
 
@@ -145,7 +199,7 @@ class TinyVLM(_Layer):
         if config.lm_hidden != lm_hidden:
             raise ModelError(f"vlm config lm_hidden {config.lm_hidden} does not match the lm's hidden_size {lm_hidden}")
         self.config = config
-        self.vision = VisionEncoder(config)
+        self.vision = ConvEncoder(config) if config.encoder == "conv" else VisionEncoder(config)
         self.projector = Projector(config.vision_hidden, lm_hidden)
         self.lm = lm
 
@@ -237,11 +291,12 @@ def load_vlm(path: str) -> TinyVLM:
 def build_tiny_vlm(out_dir: str, vocab_size: int, image_token_count: int = 16, image_size: int = 32,
                    hidden: int = 128, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
                    vision_layers: int = 1, max_position: int = 2048, image_token_id: int | None = None,
-                   seed: int = 0, init_std: float = 0.02) -> str:
+                   seed: int = 0, init_std: float = 0.02, encoder: str = "patch") -> str:
     """Build a TinyVLM with random float32 weights (seeded) and save it to ``out_dir``; returns ``out_dir``.
 
     ``init_std`` is the LM's initializer scale (see :func:`~datacopilot.models.lm.build_tiny_lm`); the vision
-    encoder and projector use Paddle's default initializers.
+    encoder and projector use Paddle's default initializers. ``encoder`` is ``"patch"`` or ``"conv"`` (see
+    :class:`VLMConfig`).
 
     Example::
 
@@ -249,7 +304,8 @@ def build_tiny_vlm(out_dir: str, vocab_size: int, image_token_count: int = 16, i
     """
     require_paddle()
     config = VLMConfig(lm_hidden=hidden, image_size=image_size, image_token_count=image_token_count,
-                       vision_hidden=vision_hidden, vision_layers=vision_layers, image_token_id=image_token_id)
+                       vision_hidden=vision_hidden, vision_layers=vision_layers, image_token_id=image_token_id,
+                       encoder=encoder)
     lm_dir = os.path.join(out_dir, LM_DIR)
     build_tiny_lm(lm_dir, vocab_size, hidden=hidden, layers=layers, heads=heads, max_position=max_position, seed=seed,
                   init_std=init_std)

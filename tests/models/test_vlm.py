@@ -172,3 +172,44 @@ def test_several_images_in_one_pack_each_land_on_their_own_positions(vlm_dir):
         is_image[0, o:o + COUNT] = True
     np.testing.assert_array_equal(mixed[~is_image], plain[~is_image])   # text and the text-only pack untouched
     assert np.abs(feats[0] - feats[2]).max() > 1e-4                      # distinct images, distinct features
+
+
+def test_conv_encoder_round_trip_and_image_dependence(tmp_path):
+    out = build_tiny_vlm(str(tmp_path / "conv"), vocab_size=VOCAB, image_token_count=8, image_size=64, hidden=HIDDEN,
+                         vision_hidden=32, max_position=128, seed=0, encoder="conv")
+    cfg = VLMConfig.from_json(os.path.join(out, "vlm_config.json"))
+    assert (cfg.encoder, cfg.image_size, cfg.image_token_count) == ("conv", 64, 8)
+    model = load_vlm(out)
+    assert type(model.vision).__name__ == "ConvEncoder"
+    rng = np.random.default_rng(7)
+    px = paddle.to_tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    feats = model.image_features(px).numpy()
+    assert feats.shape == (2, 8, HIDDEN)
+    moved = px.numpy().copy()
+    moved[1] = np.roll(moved[1], 20, axis=2)                     # the same pixels, somewhere else
+    assert np.abs(model.image_features(paddle.to_tensor(moved)).numpy()[1] - feats[1]).max() > 1e-4
+    with paddle.no_grad():
+        for p in model.parameters():
+            p.set_value(p + 0.02 * paddle.randn(p.shape))
+    loaded = load_vlm(model.save_pretrained(str(tmp_path / "saved")))
+    np.testing.assert_array_equal(model.image_features(px).numpy(), loaded.image_features(px).numpy())
+
+
+def test_configs_without_an_encoder_load_as_patch_and_bad_ones_are_named(tmp_path, vlm_dir):
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(vlm_dir, old)
+    cfg = json.loads((old / "vlm_config.json").read_text())
+    cfg.pop("encoder", None)                                     # as written before the key existed
+    (old / "vlm_config.json").write_text(json.dumps(cfg))
+    assert type(load_vlm(str(old)).vision).__name__ == "VisionEncoder"
+    (old / "vlm_config.json").write_text(json.dumps({**cfg, "encoder": "vit"}))
+    with pytest.raises(ModelError, match=r"vlm_config.json: not a vlm config: VLMConfig.encoder: expected one of "
+                                         r"'patch', 'conv', got 'vit'"):
+        load_vlm(str(old))
+    (old / "vlm_config.json").write_text(json.dumps({**cfg, "encoder": "conv"}))   # conv weights missing
+    with pytest.raises(ModelError, match=r"vision.pdparams: missing weights"):
+        load_vlm(str(old))
+    with pytest.raises(InputError, match="encoder 'conv' needs image_size 4 times a power of two"):
+        VLMConfig(lm_hidden=32, image_size=48, encoder="conv")
