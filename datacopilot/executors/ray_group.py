@@ -5,12 +5,14 @@ holds references and per-block counts, nothing per row (:mod:`datacopilot.engine
    signatures) and returns its number of rows and whether a failure waits to be raised (to the driver), its
    accounting (an event row, which travels ahead of the output) and, for a ``"hash"`` grouper, its keyed rows'
    ``(position, key, size)``, for a ``"range"`` one a sample of its signatures.
-2. ``"range"`` (``sort``, ``shuffle``): one task picks the range boundaries from the samples; a task per block
-   splits its rows by range (:func:`~datacopilot.engine.partitions.range_of`); a task per range sorts its rows.
+2. ``"range"`` (``sort``, ``shuffle``): one task picks the range boundaries from the samples; a task per group of
+   consecutive blocks (see below) splits their rows by range (:func:`~datacopilot.engine.partitions.range_of`);
+   a task per range sorts its rows.
 3. ``"hash"`` (``merge_same_image``): a task per group of consecutive blocks scatters their keyed rows by key
    partition; a task per key partition decides the groups of its keys (each row's leader,
-   :func:`~datacopilot.engine.partitions.leaders`) and returns them per group of blocks; a task per block takes
-   its rows' leaders from its group's and sends its rows to the output range of their leader; a task per range
+   :func:`~datacopilot.engine.partitions.leaders`) and returns them per group of blocks; a task per group of
+   consecutive blocks (see below) takes its rows' leaders and sends its rows to the output range of their
+   leader; a task per range
    lays out and merges its groups (:func:`~datacopilot.engine.barriers.merge_rows`).
 
 The ranges' tasks yield blocks of about ``block_rows`` rows, then their accounting. A grouper with its own
@@ -20,8 +22,9 @@ Ray keeps a task's result smaller than ``max_direct_call_object_size`` (100 KiB 
 memory, the driver's, not in the object store: so the ``"hash"`` stage scatters and decides per group of blocks
 whose piece for one partition holds at least that much (``partitions.INLINE_BYTES``), not per block (a block's
 share of one partition, 16 to 24 bytes for each of ``block_rows / partitions`` rows, would be kept inline:
-measured, 200,000 rows, +8 MB of driver peak). A ``"range"`` stage's pieces are rows, small only when the rows are
-(a block's bytes over the partitions under 100 KiB).
+measured, 200,000 rows, +8 MB of driver peak). The pieces of rows (split by range, routed) are made per group of
+consecutive blocks of at least twice that per range, by the blocks' bytes: a block's share of one range shrinks
+as the ranges grow with the blocks (4M rows in 488 blocks, 31 ranges: the driver at 1.1 GB, per block).
 """
 
 from __future__ import annotations
@@ -61,17 +64,18 @@ def group(ray, ds, op, k: int, template, batch_size: int, block_rows: int, get):
     DRIVER.clear()
     DRIVER.update(blocks=blocks, partitions=parts, fetched_bytes=len(pickle.dumps(stats)),
                   refs=blocks + sum(len(c) for c in counted))
-    if any(failed for _, failed, _ in stats):  # the first failure of all the blocks, raised now
+    if any(failed for _, failed, _, _ in stats):  # the first failure of all the blocks, raised now
         st.accounting(pa.concat_tables(get(ray, events)), template).check()
-    counts = np.array([n for n, _, _ in stats], np.int64)
+    counts = np.array([n for n, _, _, _ in stats], np.int64)
+    sizes = np.array([b for _, _, _, b in stats], np.int64)  # each block's bytes
     bases = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     if not counts.sum():
         return ray.data.from_arrow_refs(events)
     if op.partitioning == "hash":
-        keyed = np.array([m for _, _, m in stats], np.int64)
-        gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed)
+        keyed = np.array([m for _, _, m, _ in stats], np.int64)
+        gens = _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed,
+                           sizes)
     else:
-        sizes = np.array([m for _, _, m in stats], np.int64)
         gens = _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, bases, sizes, get)
     DRIVER["refs"] += len(gens)
     del refs, counted  # each held now by the tasks that take it, freed as they end
@@ -101,7 +105,8 @@ def _range_stage(ray, refs, counted, op, k, template, batch_size, block_rows, pa
     return [sort.remote(op, k, template, batch_size, block_rows, *(p[q] for p in pieces)) for q in range(ranges)]
 
 
-def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed) -> list:
+def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, parts, counts, bases, keyed,
+                sizes) -> list:
     # the keys scattered and the leaders decided per group of blocks whose piece for one partition holds about
     # twice INLINE_BYTES of leaders (16 bytes a keyed row; twice: the partitions' shares vary): Ray keeps smaller
     # results in the driver's memory, and the specs of the tasks they are passed to, inlined, for as long as
@@ -114,11 +119,17 @@ def _hash_stage(ray, refs, counted, op, k, template, batch_size, block_rows, par
     decided = [_many(decide.remote(op, *(g[p] for g in scattered)), len(groups)) for p in range(parts)]
     cuts = pt.output_cuts(counts, parts)
     ranges = len(cuts) - 1
+    # the rows routed per group of consecutive blocks of about twice INLINE_BYTES per range, as a range stage
+    # splits them (a block's share of one range can be smaller), with the decisions of the key groups they span
+    key_group = np.repeat(np.arange(len(groups)), [hi - lo for lo, hi in groups])
     route = ray.remote(_route).options(num_returns=ranges)
-    routed = [_many(route.remote(refs[i], int(bases[i]), cuts, *(d[g] for d in decided)), ranges)
-              for g, (lo, hi) in enumerate(groups) for i in range(lo, hi)]
+    routes = pt.block_groups(sizes, 2 * ranges * pt.INLINE_BYTES)
+    routed = [_many(route.remote(bases[lo:hi], cuts, hi - lo, *refs[lo:hi],
+                                 *(d[g] for g in range(key_group[lo], key_group[hi - 1] + 1) for d in decided)),
+                    ranges) for lo, hi in routes]
     merge = ray.remote(_merge_range).options(num_returns="streaming")
-    DRIVER["refs"] += len(groups) * 2 * parts + len(refs) * ranges
+    DRIVER["refs"] += len(groups) * 2 * parts + len(routes) * ranges
+    DRIVER["split_groups"] = len(routes)
     return [merge.remote(op, k, template, batch_size, block_rows, *(r[q] for r in routed)) for q in range(ranges)]
 
 
@@ -128,9 +139,9 @@ def _payload(ev: pa.Table) -> list:
 
 
 def _count(block: pa.Table, template, op):
-    """A block's ``(rows, failed, keyed rows (``"hash"``) or bytes (``"range"``))``, its event row without the
-    payload, then its keyed rows (``"hash"``: an ``(m, 3)`` uint64 array of local position, key, size) or a
-    sample of its signatures (``"range"``: ``(local positions, signatures)`` per batch)."""
+    """A block's ``(rows, failed, keyed rows (``"hash"``), bytes)``, its event row without the payload, then its
+    keyed rows (``"hash"``: an ``(m, 3)`` uint64 array of local position, key, size) or a sample of its signatures
+    (``"range"``: ``(local positions, signatures)`` per batch)."""
     live, ev = st.split(block)
     acc = st.accounting(ev, template)
     pieces = _payload(ev)
@@ -140,12 +151,12 @@ def _count(block: pa.Table, template, op):
             idx = pt.sample_at(len(p))
             sample.append((at + idx, pt.take_signatures(p, idx)))
             at += len(p)
-        return (live.num_rows, acc.failed, live.nbytes), st.event(acc), sample
+        return (live.num_rows, acc.failed, 0, live.nbytes), st.event(acc), sample
     sigs = (np.concatenate([np.asarray(p, dtype=np.uint64).reshape(-1, 2) for p in pieces]) if pieces
             else np.zeros((0, 2), np.uint64))
     keyed = np.flatnonzero(sigs[:, 0] != 0)
     table = np.stack([keyed.astype(np.uint64), sigs[keyed, 0], sigs[keyed, 1]], axis=1)
-    return (live.num_rows, acc.failed, len(keyed)), st.event(acc), table
+    return (live.num_rows, acc.failed, len(keyed), live.nbytes), st.event(acc), table
 
 
 def _scatter(parts: int, bases: np.ndarray, *keyed) -> tuple | np.ndarray:
@@ -232,14 +243,22 @@ def _decide(op, *pieces) -> tuple | np.ndarray:
     return _by(which, len(pieces), lambda idx: np.stack([pos[idx], lead[idx]], axis=1))
 
 
-def _route(block: pa.Table, base: int, cuts: np.ndarray, *decided):
-    """A block's rows by the output range of their leader: ``(rows, positions, leaders)`` per range."""
-    live, _ = st.split(block)
-    pos = base + np.arange(live.num_rows, dtype=np.int64)
-    lead = pos.copy()  # a row without a key leads its own group
-    for d in decided:  # (the decisions of the block's group: its own rows taken)
-        mine = d[(d[:, 0] >= base) & (d[:, 0] < base + live.num_rows)]
-        lead[mine[:, 0] - base] = mine[:, 1]
+def _route(bases: np.ndarray, cuts: np.ndarray, n: int, *args):
+    """Consecutive blocks' rows (``args[:n]``, the first of each at global position ``bases[i]``) by the output
+    range of their leader, given the decisions (``args[n:]``) of the key groups they span: ``(rows, positions,
+    leaders)`` per range, in input order."""
+    lives, poss, leads = [], [], []
+    for block, base in zip(args[:n], bases):
+        live, _ = st.split(block)
+        pos = int(base) + np.arange(live.num_rows, dtype=np.int64)
+        lead = pos.copy()  # a row without a key leads its own group
+        for d in args[n:]:  # (the decisions of the blocks' groups: this block's rows taken)
+            mine = d[(d[:, 0] >= base) & (d[:, 0] < base + live.num_rows)]
+            lead[mine[:, 0] - base] = mine[:, 1]
+        lives.append(live)
+        poss.append(pos)
+        leads.append(lead)
+    live, pos, lead = _rows(lives), np.concatenate(poss), np.concatenate(leads)
     return _by(pt.range_index(cuts, lead), len(cuts) - 1, lambda idx: (take_rows(live, idx), pos[idx], lead[idx]))
 
 
