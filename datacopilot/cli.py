@@ -8,6 +8,7 @@
     datacopilot verify shards/
     datacopilot demo --out demo/ --rows 400
     datacopilot train sft.yaml [--resume]
+    datacopilot eval demo/train/tiny-vlm --rows 50 --out demo/eval   # held-out accuracy, exact match, controls
     datacopilot submit pipeline.yaml --address http://head:8265   # a Ray job; also status JOB, stop JOB
 
 Errors of the library (bad input, invalid rows, impossible conversions) print one ``error: ...`` message and
@@ -313,6 +314,10 @@ register_serve(main)
 from .cli_jobs import register_jobs  # noqa: E402
 
 register_jobs(main)
+
+from .cli_eval import register_eval  # noqa: E402
+
+register_eval(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

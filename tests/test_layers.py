@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"datacopilot": "datacopilot", "schemas": "datacopilot.schemas", "kernels": "datacopilot.kernels",
            "models": "datacopilot.models", "operators": "datacopilot.operators"}
 APPS = ("datacopilot.train", "datacopilot.cli", "datacopilot.cli_pipeline", "datacopilot.cli_jobs", "datacopilot.jobs",
-        "datacopilot.serve", "datacopilot.demo", "datacopilot.demo_data", "datacopilot.demo_synth",
-        "datacopilot.__main__")
+        "datacopilot.cli_eval", "datacopilot.serve", "datacopilot.demo", "datacopilot.demo_data",
+        "datacopilot.demo_synth", "datacopilot.__main__")
 MAY_IMPORT = {
     "errors": {"errors"},
     "schemas": {"errors", "schemas"},
