@@ -81,18 +81,21 @@ def _save_invalid(bad: list, path: str) -> None:
 
 
 def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print,
-             train_steps: int = 16, synth_rows: int = 32) -> dict:
+             train_steps: int = 16, synth_rows: int = 32,
+             eval_rows: int = 50) -> dict:
     """Make the demo data in ``out_dir``, clean it with a pipeline of registered operators that streams Arrow
     shards to ``out_dir/shards``, save the pipeline as ``out_dir/pipeline.yaml``, then train a tiny VLM on the
     shards for ``train_steps`` packed steps (0 = no training; skipped with the install line without paddle),
     and with it caption and generate question-answer pairs for ``synth_rows`` curated rows (0 = no synthesis);
-    return a report.
+    score it on ``eval_rows`` new images (0 = no evaluation; see
+    :func:`datacopilot.train.demo_eval.evaluate_on_demo`); return a report.
 
     The report holds ``data`` (what :func:`make_demo_data` injected), ``steps`` (per operator: step, op, rows in,
     out, dropped by reason, failed, seconds), ``rows_in``, ``quarantined`` (invalid input rows and rows that
     failed), ``invalid`` (the invalid input rows: where and error), ``kept``, ``dropped`` (total), ``shards_dir``,
     ``manifest``, ``shards``, ``spec``, ``seconds``, ``train`` (the sft result, or None) and ``synth`` (the
-    synthesis pipeline's report with per-operator generated / rejected / skipped counts, or None).
+    synthesis pipeline's report with per-operator generated / rejected / skipped counts, or None) and
+    ``eval`` (the held-out evaluation's report, or None).
     ``rows_in == kept + dropped + quarantined`` always holds.
 
     >>> report = run_demo("/tmp/dc-demo", n=100, train_steps=0)  # doctest: +SKIP
@@ -152,11 +155,21 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
                                         echo=echo)
         if report["train"] is not None:
             echo(f"   loss curve: {report['train']['loss_curve']}  [{time.perf_counter() - t1:.1f}s]")
+    report["eval"] = None
+    if report["train"] is not None and eval_rows:
+        from datacopilot.train.demo_eval import evaluate_on_demo
+
+        echo(f"\n5. evaluating the VLM on new images: accuracy by ranking each question's answers by log-likelihood, "
+             f"exact match of its greedy answer, against chance and with another image's pixels (wrong image)")
+        t3 = time.perf_counter()
+        report["eval"] = evaluate_on_demo(report["train"], out_dir, n=eval_rows, seed=seed, shards_dir=shards_dir,
+                                          echo=echo)
+        echo(f"   [{time.perf_counter() - t3:.1f}s]")
     report["synth"] = None
     if report["train"] is not None and synth_rows:
         from datacopilot.demo_synth import synthesize_on_demo
 
-        echo(f"\n5. synthesis with the VLM just trained: captions and question-answer pairs for {synth_rows} "
+        echo(f"\n6. synthesis with the VLM just trained: captions and question-answer pairs for {synth_rows} "
              f"curated rows (operators caption -> generate_vqa; what does not parse is rejected, with the reason)")
         t2 = time.perf_counter()
         report["synth"] = synthesize_on_demo(shards_dir, report["train"], out_dir, rows=synth_rows, echo=echo)

@@ -33,7 +33,9 @@ def synthesize_on_demo(shards_dir: str, train: dict, out_dir: str, rows: int = 3
                        echo: Callable[[str], None] = print) -> dict:
     """Run :func:`synthesis_ops` over the first ``rows`` rows of ``shards_dir`` with the model of ``train`` (the
     demo's sft result) and write the result to ``out_dir/synth``; returns the pipeline's report (per operator:
-    rows in / out, dropped, failed, and ``counts``: generated, rejected by reason, skipped).
+    rows in / out, dropped, failed, and ``counts``: generated, rejected by reason, skipped) and ``truth``: the
+    synthesized pairs and captions checked against the drawn attributes
+    (:func:`datacopilot.train.demo_eval.score_synthesized`).
 
     >>> report = synthesize_on_demo("demo/shards", train_result, "demo")     # doctest: +SKIP
     >>> report["ops"][0]["counts"]                                           # doctest: +SKIP
@@ -49,6 +51,14 @@ def synthesize_on_demo(shards_dir: str, train: dict, out_dir: str, rows: int = 3
     echo(f"   {len(ds)} rows -> {report['rows']} rows in {report['output']} "
          f"({report['quarantined']} quarantined)")
     echo(table(report["ops"]))
+    from datacopilot.train.demo_eval import qa_pairs, score_synthesized, synth_table
+
+    before = {r["id"]: len(qa_pairs(r["conversations"])) for r in ds}
+    report["truth"] = score_synthesized(datacopilot.load(report["output"]),
+                                        skip_pairs=lambda r: before.get(r["id"], 0))
+    echo("   checked against what was drawn (synthesized pairs by the attribute asked, captions by the attributes "
+         "they name):")
+    echo(synth_table(report["truth"]))
     return report
 
 

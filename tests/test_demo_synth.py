@@ -32,7 +32,8 @@ def test_synthesis_accounts_for_every_row(demo):
     assert synth["rows"] + synth["quarantined"] == 10
     written = dc.load(str(out / "synth"))
     assert len(written) == synth["rows"] and "caption" in written.columns
-    assert "5. synthesis with the VLM just trained" in text and "generate_vqa" in text
+    assert "6. synthesis with the VLM just trained" in text and "generate_vqa" in text
+    assert synth["truth"]["rows"] == synth["rows"] and synth["truth"]["rows_without_truth"] == 0
 
 
 def test_captions_written_are_the_generated_ones(demo):

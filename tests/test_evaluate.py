@@ -169,6 +169,20 @@ def test_synthesized_pairs_and_captions_are_checked_against_the_image():
     assert caps["position"]["correct"] == 1
 
 
+def test_the_generators_own_rows_are_all_correct(tmp_path):
+    from datacopilot.demo_data import make_demo_data
+
+    with open(make_demo_data(str(tmp_path), n=40, seed=2)["path"]) as fh:
+        rows = [json.loads(line) for line in fh]  # the dirty rows too: an empty answer is unscorable, not wrong
+    s = score_synthesized(rows)
+    assert s["rows_without_truth"] == 0 and s["pairs"]["other"]["n"] == 0
+    assert sum(p["n"] for p in s["pairs"].values()) > 20 and sum(c["n"] for c in s["captions"].values()) > 0
+    for kind in ATTRIBUTES:
+        assert s["pairs"][kind]["wrong"] == 0 and s["captions"][kind]["wrong"] == 0
+    # answers with a removed (empty) value are unscorable, never correct
+    assert all(p["correct"] + p["unscorable"] == p["n"] for k, p in s["pairs"].items() if k != "other")
+
+
 # -- real models, saved and loaded through the user-facing path ---------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
@@ -249,3 +263,17 @@ def test_the_eval_command_draws_a_heldout_set_and_scores_a_saved_vlm(tiny_models
     assert len(flat[0]) == 3 * 21 and flat[1] == pytest.approx(flat[0], abs=1e-4)
     bad = CliRunner().invoke(main, ["eval", str(tmp_path), "--rows", "2", "--out", str(tmp_path / "ev3")])
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_the_demo_evaluates_its_model_on_new_images(tmp_path):
+    pytest.importorskip("paddlenlp")
+    from datacopilot.demo import run_demo
+
+    lines: list[str] = []
+    report = run_demo(str(tmp_path), n=40, seed=1, echo=lines.append, train_steps=2, synth_rows=4, eval_rows=3)
+    ev = report["eval"]
+    assert sorted(ev["kinds"]) == sorted(ATTRIBUTES) and ev["all"]["n"] == 12
+    assert ev["files"]["png"].startswith(str(tmp_path)) and (tmp_path / "eval" / "eval.json").is_file()
+    text = "\n".join(lines)
+    assert "5. evaluating the VLM on new images" in text and "wrong image" in text
+    assert report["synth"]["truth"]["rows"] == 4 and "checked against what was drawn" in text

@@ -11,6 +11,7 @@ against what was drawn.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -63,14 +64,41 @@ def demo_items(out_dir: str, n: int = 50, seed: int = 0) -> list[Item]:
     return items
 
 
+def evaluate_on_demo(train: dict, out_dir: str, n: int = 50, seed: int = 0, shards_dir: str | None = None,
+                     echo: Callable[[str], None] = print) -> dict:
+    """Score the demo's trained VLM (``train``: the sft result, with ``model_dir`` and ``tokenizer_dir``) on ``n``
+    new demo images drawn into ``out_dir/heldout``, the report written to ``out_dir/eval``; returns the report
+    (see :func:`~datacopilot.train.evaluate.evaluate`), with ``seen_in_training``: how many held-out images have
+    attributes some row of ``shards_dir`` also has (the generator draws 700 combinations without jitter, so those
+    images are the same pixels as a training image)."""
+    from .evaluate import evaluate_model
+
+    items = demo_items(os.path.join(out_dir, "heldout"), n=n, seed=seed)
+    seen = None
+    if shards_dir is not None:
+        import datacopilot
+
+        trained = {tuple(sorted((k, m.get(k)) for k in ATTRIBUTES)) for m in
+                   map(row_attrs, datacopilot.load(shards_dir)) if m is not None}
+        seen = sum(tuple(sorted((k, a[k]) for k in ATTRIBUTES)) in trained for a in heldout_attrs(n, seed))
+    echo(f"   {len(items)} questions about {n} new images (drawn apart from the training rows"
+         + (f"; {seen} of them with attributes also drawn in training" if seen is not None else "") + ")")
+    report = evaluate_model(train["model_dir"], items, os.path.join(out_dir, "eval"), echo=echo,
+                            tokenizer=train.get("tokenizer_dir"), seed=seed)
+    report["seen_in_training"] = seen
+    return report
+
+
 # -- synthesized rows against the truth ----------------------------------------------------------------------
 def question_kind(question: str) -> str | None:
-    """The attribute a free-form question asks about, or None.
+    """The attribute a free-form question asks about, ``"caption"`` for a request to describe the image, or None.
 
     >>> question_kind("What colour is the background?"), question_kind("Where is the cross?")
     ('background', 'position')
     """
     q = str(question).lower()
+    if re.search(r"\b(describe|description|caption)\b", q):
+        return "caption"
     if "background" in q:
         return "background"
     if re.search(r"\bcolou?rs?\b", q):
@@ -115,7 +143,9 @@ def caption_verdicts(caption: str, attrs: dict) -> dict[str, str]:
     return out
 
 
-def _pairs(turns) -> list[tuple[str, str]]:
+def qa_pairs(turns) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of a conversation (MM ``from``/``value`` or ``role``/``content`` turns), the
+    ``<image>`` placeholder taken out of the questions."""
     out, question = [], None
     for t in turns or []:
         role = t.get("from", t.get("role"))
@@ -128,6 +158,21 @@ def _pairs(turns) -> list[tuple[str, str]]:
     return out
 
 
+def row_attrs(row: dict) -> dict | None:
+    """The attributes a demo row was drawn with: its ``meta`` (a dict, or the JSON text the shards hold), or None.
+
+    >>> row_attrs({"meta": '{"shape": "circle"}'})
+    {'shape': 'circle'}
+    """
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    return meta if isinstance(meta, dict) else None
+
+
 def score_synthesized(rows: Iterable[dict], truth: Callable[[dict], dict | None] | None = None,
                       skip_pairs: Callable[[dict], int] | None = None, caption_field: str = "caption") -> dict:
     """Check synthesized rows against the attributes of their images.
@@ -136,11 +181,11 @@ def score_synthesized(rows: Iterable[dict], truth: Callable[[dict], dict | None]
     row is counted in ``rows_without_truth``); ``skip_pairs(row)`` how many of its first question-answer pairs are
     not synthesized (by default 0). Each synthesized pair's question is classed by attribute
     (:func:`question_kind`; ``other`` when none) and its answer judged by :func:`verdict`; the ``caption_field``
-    text is judged per attribute it names. Returns ``{"rows", "rows_without_truth", "pairs": {kind: {"n",
+    text and the answers to a request for a description are judged as captions, per attribute they name. Returns ``{"rows", "rows_without_truth", "pairs": {kind: {"n",
     "correct", "wrong", "unscorable", "accuracy"}}, "captions": {kind: {"n", "correct", "wrong", "accuracy"}},
     "captions_scored"}``; ``accuracy`` is correct / n (None for ``other``).
     """
-    truth = truth or (lambda row: row.get("meta"))
+    truth = truth or row_attrs
     pairs = {k: {"n": 0, "correct": 0, "wrong": 0, "unscorable": 0} for k in (*ATTRIBUTES, "other")}
     caps = {k: {"n": 0, "correct": 0, "wrong": 0} for k in ATTRIBUTES}
     seen = without = captions = 0
@@ -151,8 +196,14 @@ def score_synthesized(rows: Iterable[dict], truth: Callable[[dict], dict | None]
             without += 1
             continue
         skip = skip_pairs(row) if skip_pairs else 0
-        for q, a in _pairs(row.get("conversations") or row.get("messages"))[skip:]:
+        for q, a in qa_pairs(row.get("conversations") or row.get("messages"))[skip:]:
             kind = question_kind(q)
+            if kind == "caption":
+                captions += 1
+                for k, v in caption_verdicts(a, attrs).items():
+                    caps[k]["n"] += 1
+                    caps[k][v] += 1
+                continue
             if kind is None:
                 pairs["other"]["n"] += 1
                 continue
@@ -192,5 +243,5 @@ def synth_table(score: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ITEMS_FILE", "caption_verdicts", "demo_items", "heldout_attrs", "mentioned", "question_kind",
-           "score_synthesized", "synth_table", "verdict"]
+__all__ = ["ITEMS_FILE", "caption_verdicts", "demo_items", "evaluate_on_demo", "heldout_attrs", "mentioned", "qa_pairs",
+           "question_kind", "row_attrs", "score_synthesized", "synth_table", "verdict"]
