@@ -8,7 +8,7 @@
     datacopilot verify shards/
     datacopilot demo --out demo/ --rows 400
     datacopilot train sft.yaml [--resume]
-    datacopilot eval demo/train/tiny-vlm --rows 50 --out demo/eval   # held-out accuracy, exact match, controls
+    datacopilot eval demo/train/run/final --tokenizer demo/train/tokenizer --out demo/eval   # held-out accuracy
     datacopilot submit pipeline.yaml --address http://head:8265   # a Ray job; also status JOB, stop JOB
 
 Errors of the library (bad input, invalid rows, impossible conversions) print one ``error: ...`` message and

@@ -153,7 +153,8 @@ def test_synthesized_pairs_and_captions_are_checked_against_the_image():
     meta = {"shape": "circle", "color": "red", "position": "left", "background": "white"}
     row = {"id": "x", "meta": meta, "caption": "A blue circle on the left of a white background.",
            "conversations": [
-               {"from": "human", "value": "<image>\nWhat shape is in the image?"}, {"from": "gpt", "value": "A circle."},
+               {"from": "human", "value": "<image>\nWhat shape is in the image?"},
+               {"from": "gpt", "value": "A circle."},
                {"from": "human", "value": "What color is the circle?"}, {"from": "gpt", "value": "It is red."},
                {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "At the top."},
                {"from": "human", "value": "What colour is the background?"}, {"from": "gpt", "value": "Nice."},

@@ -181,9 +181,10 @@ def score_synthesized(rows: Iterable[dict], truth: Callable[[dict], dict | None]
     row is counted in ``rows_without_truth``); ``skip_pairs(row)`` how many of its first question-answer pairs are
     not synthesized (by default 0). Each synthesized pair's question is classed by attribute
     (:func:`question_kind`; ``other`` when none) and its answer judged by :func:`verdict`; the ``caption_field``
-    text and the answers to a request for a description are judged as captions, per attribute they name. Returns ``{"rows", "rows_without_truth", "pairs": {kind: {"n",
-    "correct", "wrong", "unscorable", "accuracy"}}, "captions": {kind: {"n", "correct", "wrong", "accuracy"}},
-    "captions_scored"}``; ``accuracy`` is correct / n (None for ``other``).
+    text and the answers to a request for a description are judged as captions, per attribute they name.
+    Returns ``{"rows", "rows_without_truth", "pairs": {kind: {"n", "correct", "wrong", "unscorable",
+    "accuracy"}}, "captions": {kind: {"n", "correct", "wrong", "accuracy"}}, "captions_scored"}``; ``accuracy``
+    is correct / n (None for ``other``).
     """
     truth = truth or row_attrs
     pairs = {k: {"n": 0, "correct": 0, "wrong": 0, "unscorable": 0} for k in (*ATTRIBUTES, "other")}

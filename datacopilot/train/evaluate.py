@@ -20,7 +20,7 @@ The wrong-image control asks the same questions with another item's image (a see
 images): a model that reads the image falls toward chance there, one that answers from the question's text alone
 does not move. Items without an image have no control.
 
->>> report = evaluate(model_scorer("demo/train/tiny-vlm"), items)   # doctest: +SKIP
+>>> report = evaluate(model_scorer("demo/train/run/final", "demo/train/tokenizer"), items)  # doctest: +SKIP
 >>> print(format_table(report))                                    # doctest: +SKIP
 >>> save_report(report, "demo/eval")                               # doctest: +SKIP
 {'json': 'demo/eval/eval.json', 'png': 'demo/eval/eval.png'}
@@ -224,7 +224,9 @@ def evaluate_model(model_dir: str, items: Sequence[Item], out_dir: str | None = 
     """:func:`evaluate` the model in ``model_dir`` (see :func:`model_scorer`) on ``items``, print the table with
     ``echo``, and with ``out_dir`` write the JSON and PNG there (their paths in the report's ``files``).
 
-    >>> report = evaluate_model("demo/train/tiny-vlm", demo_items("demo/heldout", 50), "demo/eval")  # doctest: +SKIP
+    >>> items = demo_items("demo/heldout", 50)                                               # doctest: +SKIP
+    >>> report = evaluate_model("demo/train/run/final", items, "demo/eval",
+    ...                         tokenizer="demo/train/tokenizer")                            # doctest: +SKIP
     """
     import warnings
 
