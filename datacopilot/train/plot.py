@@ -77,7 +77,7 @@ def save_bars(groups: list[str], series: dict[str, list], chance: list[float] | 
         return _pillow_bars(groups, series, chance, path, title)
     names = list(series)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 2), 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 3), 3.5), dpi=100)
     for j, name in enumerate(names):
         xs = [i - 0.4 + width * (j + 0.5) for i, v in enumerate(series[name]) if v is not None]
         ax.bar(xs, [v for v in series[name] if v is not None], width, label=name)
@@ -87,7 +87,7 @@ def save_bars(groups: list[str], series: dict[str, list], chance: list[float] | 
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
