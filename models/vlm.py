@@ -131,18 +131,22 @@ class VisionEncoder(_Layer):
 
 
 class ConvEncoder(_Layer):
-    """Stride-2 3x3 convolutions (GELU) from ``image_size`` down to a ``4 x 4`` grid of cells that keeps the image's
+    """The image less its mean colour (per channel: what differs from the background stands out), a 3x3
+    convolution and stride-2 3x3 convolutions (GELU) from ``image_size`` down to a ``4 x 4`` grid of cells that keeps the image's
     layout, a learned row and column embedding added to each cell, the pre-norm transformer blocks over the cells,
     then ``image_token_count`` tokens each a learned linear function of all the cells (flattened in reading
-    order): every token can carry what is drawn and where, so the LM need not find the one cell that holds it."""
+    order) plus one of the cells' maximum and one of the mean colour: every token can carry what is drawn and
+    where, so the LM need not find the one cell that holds it, and the maximum sees a shape the same wherever it
+    is drawn."""
 
     def __init__(self, cfg: VLMConfig):
         super().__init__()
         d, g = cfg.vision_hidden, CONV_GRID
         self.count = cfg.image_token_count
         n = int(math.log2(cfg.image_size // g))
-        widths = [max(8, d >> (n - 1 - i)) for i in range(n)]
-        convs, c_in = [], cfg.image_channels
+        widths = [max(16, d >> (n - 1 - i)) for i in range(n)]
+        convs, c_in = [nn.Conv2D(cfg.image_channels, widths[0] if n else d, kernel_size=3, padding=1)], None
+        c_in = widths[0] if n else d
         for w in widths:
             convs.append(nn.Conv2D(c_in, w, kernel_size=3, stride=2, padding=1))
             c_in = w
@@ -154,18 +158,22 @@ class ConvEncoder(_Layer):
             nn.TransformerEncoderLayer(d, cfg.vision_heads, 2 * d, dropout=0.0, normalize_before=True)
             for _ in range(cfg.vision_layers)])
         self.mix = nn.Linear(g * g * d, self.count * d)
+        self.pool = nn.Linear(c_in, d)
+        self.mean = nn.Linear(cfg.image_channels, d)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, pixel_values):
-        x = pixel_values
+        mean = pixel_values.mean(axis=[2, 3])                  # [N, C]: mostly the background's colour
+        x = pixel_values - mean.unsqueeze(-1).unsqueeze(-1)    # what differs from it: the drawing stands out
         for conv in self.convs:
             x = nn.functional.gelu(conv(x))                    # [N, c, h/2, w/2]
         d = self.row.shape[-1]
-        x = self.cell(x.flatten(2).transpose([0, 2, 1]))       # [N, 16, d], cells in reading order
-        x = x + (self.row + self.col).reshape([1, -1, d])
+        cells = x.flatten(2).transpose([0, 2, 1])              # [N, 16, c], cells in reading order
+        x = self.cell(cells) + (self.row + self.col).reshape([1, -1, d])
         for block in self.blocks:
             x = block(x)
-        x = self.mix(x.flatten(1)).reshape([-1, self.count, d])
+        x = self.mix(x.flatten(1)).reshape([-1, self.count, d]) + (self.pool(cells.max(axis=1))
+                                                                    + self.mean(mean)).unsqueeze(1)
         return self.norm(x)                                    # [N, count, d]
 
 
