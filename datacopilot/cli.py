@@ -272,11 +272,13 @@ def verify(directory: str, partial: bool) -> None:
               help="Directory for the data, images and shards.")
 @click.option("--rows", "rows", default=400, show_default=True, type=click.IntRange(min=1), help="Rows to draw.")
 @click.option("--seed", "seed", default=0, show_default=True, type=int)
-def demo(out: str, rows: int, seed: int) -> None:
-    """Draw a dirty synthetic image-caption set, clean it step by step, and write Arrow shards."""
+@click.option("--quick", is_flag=True, help="A short training run (16 steps, the first recipe) for CI: under a "
+                                            "minute, the model learns little.")
+def demo(out: str, rows: int, seed: int, quick: bool) -> None:
+    """Draw a dirty synthetic image-caption set, clean it step by step, write Arrow shards, train a tiny VLM."""
     from datacopilot.demo import run_demo
 
-    run_demo(out, n=rows, seed=seed, echo=click.echo)
+    run_demo(out, n=rows, seed=seed, echo=click.echo, quick=quick)
 
 
 @main.command()

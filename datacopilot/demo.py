@@ -81,11 +81,12 @@ def _save_invalid(bad: list, path: str) -> None:
 
 
 def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print,
-             train_steps: int = 16, synth_rows: int = 32,
+             train_steps: int | None = None, synth_rows: int = 32, quick: bool = False,
              eval_rows: int = 50) -> dict:
     """Make the demo data in ``out_dir``, clean it with a pipeline of registered operators that streams Arrow
     shards to ``out_dir/shards``, save the pipeline as ``out_dir/pipeline.yaml``, then train a tiny VLM on the
-    shards for ``train_steps`` packed steps (0 = no training; skipped with the install line without paddle),
+    shards for ``train_steps`` packed steps (None = the recipe's: :data:`datacopilot.train.demo.FULL`, or
+    ``QUICK`` with ``quick``; 0 = no training; skipped with the install line without paddle),
     and with it caption and generate question-answer pairs for ``synth_rows`` curated rows (0 = no synthesis);
     score it on ``eval_rows`` new images (0 = no evaluation; see
     :func:`datacopilot.train.demo_eval.evaluate_on_demo`); return a report.
@@ -145,14 +146,15 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
     echo(f"   load them back with datacopilot.load({shards_dir!r})  [{report['seconds']:.2f}s]")
     echo(f"   pipeline spec: {spec}; rerun it with: datacopilot run {spec}")
     report["train"] = None
-    if train_steps:
-        from datacopilot.train.demo import train_on_demo
+    if train_steps != 0:
+        from datacopilot.train.demo import FULL, QUICK, train_on_demo
 
-        echo(f"\n4. training a tiny VLM on the shards: {train_steps} steps of packed batches (MixToken, no "
-             f"cross-sample attention)")
+        recipe = QUICK if quick else FULL
+        echo(f"\n4. training a tiny VLM on the shards: {train_steps or recipe.steps} steps of packed batches "
+             f"(MixToken, no cross-sample attention)")
         t1 = time.perf_counter()
         report["train"] = train_on_demo(shards_dir, os.path.join(out_dir, "train"), steps=train_steps, seed=seed,
-                                        echo=echo)
+                                        echo=echo, recipe=recipe)
         if report["train"] is not None:
             echo(f"   loss curve: {report['train']['loss_curve']}  [{time.perf_counter() - t1:.1f}s]")
     report["eval"] = None

@@ -225,7 +225,7 @@ def test_unknown_schema_is_a_clean_error(runner, good):
 
 def test_demo_command(runner, tmp_path):
     out = tmp_path / "demo"
-    res = runner.invoke(main, ["demo", "--out", str(out), "--rows", "60", "--seed", "3"])
+    res = runner.invoke(main, ["demo", "--out", str(out), "--rows", "60", "--seed", "3", "--quick"])
     assert res.exit_code == 0, res.output
     assert "quarantined" in res.output and "manifest" in res.output
     assert (out / "shards" / "manifest.json").exists()

@@ -14,7 +14,7 @@ def build(root: str, rows: int = 80) -> dict:
     from datacopilot.models.tokenizer import load_tokenizer, train_tokenizer
     from datacopilot.models.vlm import build_tiny_vlm
 
-    report = run_demo(os.path.join(root, "demo"), n=rows, seed=1, echo=lambda s: None, synth_rows=0)
+    report = run_demo(os.path.join(root, "demo"), n=rows, seed=1, echo=lambda s: None, train_steps=0)
     ds = datacopilot.load(report["shards_dir"])
     tok = train_tokenizer([t["value"] for r in ds for t in r["conversations"]], os.path.join(root, "tok"),
                           vocab_size=400)
