@@ -26,9 +26,10 @@ What is measured, per (size, side):
   raylets, agents, workers: :class:`TreeCPU`), also *net* of the cluster's idle CPU (its rate over the
   :data:`IDLE` seconds before the run, times the run's wall time: idle processes poll, so the gross figure grows
   with the wall time too).
-* *spilled*: the most bytes the nodes held spilled to disk at once during the run (read every 5 s from the
-  raylets' ``ray_spill_manager_objects_bytes{State="Spilled"}``), with the spill and restore requests: object
-  stores are ``--store-mb`` a worker node (``--head-store-mb`` the head), so a size past them spills.
+* *spilled*: the bytes the nodes spilled to disk during the run (the raylets'
+  ``ray_spill_manager_objects_bytes{State="Spilled"}``, which only grows during a cluster's life: after less
+  before), with the spill and restore requests: object stores are ``--store-mb`` a worker node
+  (``--head-store-mb`` the head), so a size past them spills.
 * *bytes between nodes*: the sum over all nodes of the raylets' ``ray_object_manager_bytes{Type="Received"}``
   counter (bytes of objects the node's object manager pulled from another node's object store), scraped from each
   node's metrics endpoint before and after the run (``RAY_metrics_report_interval_ms=1000``; read until it stops
@@ -121,7 +122,7 @@ def ensure_data(n: int) -> tuple[str, list[str], str]:
 def metrics() -> dict:
     """Sums over all alive nodes of the raylets' counters read here: ``moved``, the bytes their object managers
     received from other nodes (``ray_object_manager_bytes{Type="Received"}``); ``spills`` and ``restores``, the
-    spill manager's requests; ``spilled``, the bytes of objects spilled to disk now."""
+    spill manager's requests; ``spilled``, the bytes of objects spilled to disk so far (it only grows)."""
     import ray
 
     got = {"moved": 0.0, "spills": 0.0, "restores": 0.0, "spilled": 0.0}
@@ -244,7 +245,7 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
     idle.sample()
     idle_rate = idle.totals()[0] / (time.perf_counter() - t_idle)
     start = me.memory_info().rss
-    peak, stop, spilled = [start], threading.Event(), [0.0]
+    peak, stop = [start], threading.Event()
     cpu = TreeCPU()
 
     def watch():  # the driver's RSS every 20 ms (with ``sample``), the cluster's CPU times every second
@@ -256,10 +257,6 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
                 cpu.own += time.thread_time() - t0
             if n % 50 == 0:
                 cpu.sample()
-            if n % 250 == 0:  # the bytes spilled to disk now, every 5 s
-                t0 = time.thread_time()
-                spilled[0] = max(spilled[0], metrics()["spilled"])
-                cpu.own += time.thread_time() - t0
             n += 1
             time.sleep(0.02)
 
@@ -285,7 +282,7 @@ def _run(paths: list[str], ops: list, side: str, block_rows: int, sample: bool =
             "peak_mb": peak[0] / 2**20, "growth_mb": (peak[0] - start) / 2**20, "moved": moved,
             "cpu": cpu_s, "driver_cpu": driver_cpu, "procs": procs, "idle_cpu_per_s": idle_rate,
             "net_cpu": cpu_s - idle_rate * secs, "spills": after["spills"] - before["spills"],
-            "restores": after["restores"] - before["restores"], "spilled_peak": max(spilled[0], after["spilled"]),
+            "restores": after["restores"] - before["restores"], "spilled": after["spilled"] - before["spilled"],
             "blocks": ray_group.DRIVER.get("blocks")}
 
 
@@ -359,7 +356,7 @@ def main(argv=None) -> int:
             g = res[rows, side]["plan"]
             print(f"  plan {g['secs']:.0f} s, cluster CPU {g['cpu']:.0f} s (net of idle {g['net_cpu']:.0f} s, "
                   f"driver {g['driver_cpu']:.0f} s), driver peak {g['peak_mb']:.0f} MB, spilled "
-                  f"{g['spilled_peak'] / 2**20:.0f} MB", file=sys.stderr, flush=True)
+                  f"{g['spilled'] / 2**20:.0f} MB", file=sys.stderr, flush=True)
             with open(a.json, "w") as f:  # after each side: a run cut short keeps what finished
                 json.dump({"args": args, "runs": [{"rows": r, "side": sd, "res": v} for (r, sd), v in res.items()]},
                           f, indent=1)
@@ -387,7 +384,7 @@ def report(res: dict, a: dict) -> int:
           f"and {a.get('head_store_mb') or a['store_mb']} MiB the head, blocks of {a['block_rows']:,} rows; rows "
           f"out equal on both sides (ids in order). CPU: user + system seconds of every process of the cluster "
           f"(driver, GCS, raylets, workers); net: less the cluster's idle CPU rate (measured before the run) "
-          f"times the run's wall time; spilled: the most bytes held spilled to disk at once")
+          f"times the run's wall time; spilled: bytes spilled to disk during the run")
     print(f"{'rows':>10} {'barriers':>12} {'seconds':>8} {'us/row':>7} {'CPU s':>7} {'CPU us/row':>10} "
           f"{'net us/row':>10} {'driver CPU s':>12} {'driver peak MB':>15} {'growth MB':>10} {'KB/block':>9} "
           f"{'rows out':>9} {'moved MB':>9} {'spilled MB':>10}")
@@ -400,7 +397,7 @@ def report(res: dict, a: dict) -> int:
                   f"{g['cpu'] / rows * 1e6:>10.1f} {_or_dash(g.get('net_cpu'), 1e6 / rows, '.1f'):>10} "
                   f"{g['driver_cpu']:>12.1f} {g['peak_mb']:>15.0f} {g['growth_mb']:>10.1f} "
                   f"{g['growth_mb'] * 1024 / (g['blocks'] or 1):>9.0f} {g['rows_out']:>9,} "
-                  f"{g['moved'] / 2**20:>9.1f} {_or_dash(g.get('spilled_peak'), 2**-20, '.0f'):>10}")
+                  f"{g['moved'] / 2**20:>9.1f} {_or_dash(g.get('spilled'), 2**-20, '.0f'):>10}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\n{'':>10} {'barriers':>12} {'peak ' + f'{hi // lo}x rows':>14} {'growth':>8} "
