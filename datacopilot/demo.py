@@ -82,13 +82,13 @@ def _save_invalid(bad: list, path: str) -> None:
 
 def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], None] = print,
              train_steps: int | None = None, synth_rows: int = 32, quick: bool = False,
-             eval_rows: int = 50) -> dict:
+             eval_rows: int | None = None) -> dict:
     """Make the demo data in ``out_dir``, clean it with a pipeline of registered operators that streams Arrow
     shards to ``out_dir/shards``, save the pipeline as ``out_dir/pipeline.yaml``, then train a tiny VLM on the
     shards for ``train_steps`` packed steps (None = the recipe's: :data:`datacopilot.train.demo.FULL`, or
     ``QUICK`` with ``quick``; 0 = no training; skipped with the install line without paddle),
     and with it caption and generate question-answer pairs for ``synth_rows`` curated rows (0 = no synthesis);
-    score it on ``eval_rows`` new images (0 = no evaluation; see
+    score it on ``eval_rows`` new images (None: 12 with ``quick``, else 50; 0 = no evaluation; see
     :func:`datacopilot.train.demo_eval.evaluate_on_demo`); return a report.
 
     The report holds ``data`` (what :func:`make_demo_data` injected), ``steps`` (per operator: step, op, rows in,
@@ -158,6 +158,7 @@ def run_demo(out_dir: str, n: int = 400, seed: int = 0, echo: Callable[[str], No
         if report["train"] is not None:
             echo(f"   loss curve: {report['train']['loss_curve']}  [{time.perf_counter() - t1:.1f}s]")
     report["eval"] = None
+    eval_rows = eval_rows if eval_rows is not None else (12 if quick else 50)
     if report["train"] is not None and eval_rows:
         from datacopilot.train.demo_eval import evaluate_on_demo
 
